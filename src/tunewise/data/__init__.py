@@ -1,0 +1,1 @@
+"""The data stage: load -> normalize -> validate -> stats -> dedup/leakage -> split -> dataset version."""

@@ -1,0 +1,304 @@
+"""The task spec, `tunewise.yaml`: stage 1 of the guide, a precise task boundary.
+
+Typed with pydantic; every problem is reported at once with its line in the file, and an unknown key names
+the nearest valid one. `load_spec()` is the only way the rest of tunewise reads a spec.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunewise.errors import ConfigError, nearest
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+Auto = Literal["auto"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class TaskSpec(_Strict):
+    name: str = Field(min_length=1, description="Short identifier, used in model and report names.")
+    target: str = Field(
+        min_length=1,
+        description="The behavioural target in one sentence: what the model must do after fine-tuning.",
+    )
+
+
+class LabelContract(_Strict):
+    type: Literal["label"]
+    labels: list[str] = Field(min_length=2, description="The closed set of valid answers.")
+
+    @field_validator("labels")
+    @classmethod
+    def _unique(cls, labels: list[str]) -> list[str]:
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"labels repeat: {', '.join(dupes)}")
+        return labels
+
+
+class JsonContract(_Strict):
+    type: Literal["json"]
+    json_schema: dict[str, Any] = Field(
+        default_factory=dict, alias="schema", description="A JSON Schema every completion must meet."
+    )
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        import jsonschema
+
+        try:
+            jsonschema.validators.validator_for(schema).check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ValueError(f"not a valid JSON Schema: {exc.message}") from None
+        return schema
+
+
+class RegexContract(_Strict):
+    type: Literal["regex"]
+    pattern: str = Field(description="A Python regular expression the whole completion must match.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"regular expression does not compile: {exc}") from None
+        return pattern
+
+
+class TextContract(_Strict):
+    type: Literal["text"] = "text"
+
+
+Contract = Annotated[
+    Union[LabelContract, JsonContract, RegexContract, TextContract], Field(discriminator="type")
+]
+
+
+class CsvColumns(_Strict):
+    prompt: str = Field(description="CSV column holding the user's input.")
+    completion: str = Field(description="CSV column holding the ideal answer.")
+    system: str | None = Field(default=None, description="Optional CSV column holding a system prompt.")
+
+
+class DataSpec(_Strict):
+    train: list[str] = Field(min_length=1, description="Training files (paths relative to tunewise.yaml).")
+    eval: list[str] = Field(
+        default_factory=list, description="Held-out files; when empty, a stratified split of train."
+    )
+    format: Literal["auto", "openai", "prompt-completion", "alpaca", "sharegpt", "csv"] = "auto"
+    csv_columns: CsvColumns | None = None
+    eval_fraction: float = Field(default=0.2, gt=0, lt=1)
+    seed: int = 0
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+
+class ModelSpec(_Strict):
+    base: str = Field(
+        default=EMBEDDED_MODEL,
+        description="`embedded:smollm2-135m-instruct`, a local Hugging Face folder, or a Hub id.",
+    )
+    trust_remote_code: bool = False
+
+
+class Hyperparameters(_Strict):
+    epochs: Auto | Annotated[int, Field(ge=1, le=100)] = "auto"
+    learning_rate: Auto | Annotated[float, Field(gt=0, lt=1)] = "auto"
+    batch_size: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
+    lora_rank: Auto | Annotated[int, Field(ge=1, le=1024)] = "auto"
+    lora_alpha: Auto | Annotated[float, Field(gt=0)] = "auto"
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    max_length: Auto | Annotated[int, Field(ge=16)] = "auto"
+
+
+ArmName = Literal["zero-shot", "few-shot", "retrieved", "fine-tuned"]
+
+
+class EndpointArm(_Strict):
+    name: str
+    base_url: str
+    model: str
+    api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
+    prompt: Literal["zero-shot", "few-shot", "retrieved"] = "zero-shot"
+
+
+class EvaluationSpec(_Strict):
+    arms: list[ArmName] = Field(default_factory=lambda: ["zero-shot", "few-shot", "retrieved", "fine-tuned"])
+    endpoints: list[EndpointArm] = Field(default_factory=list)
+    few_shot_k: int = Field(default=4, ge=1, le=64)
+    few_shot_token_budget: int = Field(default=1024, ge=64)
+    consistency_samples: int = Field(default=5, ge=1, le=100)
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_new_tokens: Auto | Annotated[int, Field(ge=1, le=8192)] = "auto"
+    limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N held-out examples.")
+
+
+class EconomicsSpec(_Strict):
+    queries_per_day: float = Field(default=500, ge=0)
+    platforms: list[str] = Field(default_factory=lambda: ["azure-openai", "together", "vertex", "self-hosted"])
+    retrain_every_days: float = Field(default=91, gt=0, description="Quarterly retraining by default.")
+    value_per_accuracy_point: float | None = Field(
+        default=None, ge=0, description="What one point of accuracy is worth per month, in dollars."
+    )
+    pricing_file: str | None = None
+
+
+class Spec(_Strict):
+    task: TaskSpec
+    contract: Contract = Field(default_factory=TextContract)
+    system_prompt: str = Field(default="", description="The system prompt of the prompted arms.")
+    data: DataSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    method: Literal["lora", "full"] = "lora"
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    economics: EconomicsSpec = Field(default_factory=EconomicsSpec)
+
+    @model_validator(mode="after")
+    def _csv_needs_columns(self) -> Spec:
+        if self.data.format == "csv" and self.data.csv_columns is None:
+            raise ValueError("data.format is csv but data.csv_columns is missing (say which columns hold prompt and completion)")
+        return self
+
+    def warnings(self) -> list[str]:
+        """Problems that do not stop a run but weaken the task boundary (the guide's stage 1 failure point)."""
+        out = []
+        words = re.findall(r"\w+", self.task.target)
+        if len(words) < 4:
+            out.append(
+                f"task.target is vague ({len(words)} word(s)): write one sentence naming the input, the output "
+                "and its form, e.g. 'Given a support ticket, reply with JSON holding category, priority and "
+                "the ticket's reference number.'"
+            )
+        if isinstance(self.contract, TextContract):
+            out.append(
+                "no output contract (contract.type is text): format compliance cannot be measured; use label, "
+                "json or regex if the output has a form"
+            )
+        if not self.system_prompt.strip():
+            out.append("system_prompt is empty: the prompted arms get no instructions, which strawmans them")
+        return out
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map each key path in a YAML document to its 1-based line, to point errors at the right line."""
+    index: dict[tuple, int] = {}
+
+    def walk(node: yaml.Node, path: tuple) -> None:
+        index.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, key.value)
+                index[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Valid field names of the model found at `loc` in the Spec tree (for 'did you mean')."""
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        fields = getattr(model, "model_fields", {})
+        if part in fields:
+            ann = fields[part].annotation
+            model = next(
+                (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None,
+            )
+        elif part in {"label", "json", "regex", "text"}:
+            continue  # pydantic puts the discriminator value in the loc of a tagged union
+        else:
+            return []
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _describe(errors: list[dict], lines: dict[tuple, int]) -> list[str]:
+    problems: list[tuple[int, str]] = []
+    for err in errors:
+        if any(isinstance(p, str) and p.startswith("literal[") for p in err["loc"]):
+            continue  # the 'auto' branch of an `auto | number` field: the number branch says more
+        # Drop the union-member names pydantic puts in a loc (tags, 'constrained-int', 'function-after[...]').
+        loc = tuple(
+            p
+            for p in err["loc"]
+            if p not in {"label", "json", "regex", "text"} and not (isinstance(p, str) and ("[" in p or p.startswith("constrained-")))
+        )
+        dotted = ".".join(str(p) for p in loc) or "(top level)"
+        line = lines.get(loc) or lines.get(loc[:-1]) or 0
+        where = f"line {line}: " if line else ""
+        auto = " or 'auto'" if loc and loc[0] in {"hyperparameters", "evaluation"} and loc[-1] in _AUTO_FIELDS else ""
+        if err["type"] == "extra_forbidden":
+            valid = _fields_at(loc[:-1])
+            guess = nearest(str(loc[-1]), valid)
+            tip = f" (did you mean '{guess}'?)" if guess else f" (valid keys: {', '.join(valid)})" if valid else ""
+            problems.append((line, f"{where}unknown key '{dotted}'{tip}"))
+        elif err["type"] == "missing":
+            problems.append((line, f"{where}'{dotted}' is required"))
+        elif err["type"] == "union_tag_invalid":
+            problems.append((line, f"{where}{dotted}: type must be one of label, json, regex, text"))
+        else:
+            msg = err["msg"].removeprefix("Value error, ") + auto
+            got = err.get("input")
+            shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
+            problems.append((line, f"{where}{dotted}: {msg}{shown}"))
+    return [text for _, text in sorted(problems, key=lambda p: p[0])]
+
+
+_AUTO_FIELDS = {"epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "max_length", "max_new_tokens"}
+
+
+def parse_spec(text: str, source: str = "tunewise.yaml") -> Spec:
+    """Parse and validate spec text; raises ConfigError listing every problem."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["the file must be a YAML mapping with at least 'task' and 'data'"])
+    try:
+        return Spec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(source, _describe(exc.errors(), _line_index(text))) from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        from tunewise.errors import TunewiseError
+
+        raise TunewiseError(f"no task spec at {path}", hint="run `tunewise init` to create one")
+    return parse_spec(path.read_text(encoding="utf-8"), source=str(path))

@@ -1,0 +1,100 @@
+from pathlib import Path
+
+import pytest
+
+from tunewise.errors import ConfigError
+from tunewise.scaffold import TEMPLATE
+from tunewise.spec import EMBEDDED_MODEL, JsonContract, LabelContract, parse_spec
+
+MINIMAL = """\
+task:
+  name: t
+  target: Given a review, answer with its sentiment label.
+contract: {type: label, labels: [positive, negative]}
+system_prompt: Answer positive or negative.
+data: {train: train.jsonl}
+"""
+
+
+def test_minimal_spec_gets_documented_defaults():
+    spec = parse_spec(MINIMAL)
+    assert isinstance(spec.contract, LabelContract)
+    assert spec.model.base == EMBEDDED_MODEL
+    assert spec.method == "lora"
+    assert spec.hyperparameters.epochs == "auto"
+    assert spec.data.train == ["train.jsonl"]
+    assert spec.evaluation.consistency_samples == 5
+    assert spec.warnings() == []
+
+
+def test_every_problem_reported_at_once_with_lines_and_suggestions():
+    text = """\
+task:
+  name: x
+  taget: y
+contract:
+  type: label
+  labels: [a]
+data:
+  train: a.jsonl
+hyperparameters:
+  learning_rte: 3
+  epochs: 0
+methd: lora
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_spec(text)
+    problems = info.value.problems
+    assert "line 3: unknown key 'task.taget' (did you mean 'target'?)" in problems
+    assert "line 10: unknown key 'hyperparameters.learning_rte' (did you mean 'learning_rate'?)" in problems
+    assert "line 12: unknown key 'methd' (did you mean 'method'?)" in problems
+    assert any(p.startswith("line 6: contract.labels") for p in problems)
+    assert any(p.startswith("line 11: hyperparameters.epochs") and "'auto'" in p for p in problems)
+    assert any("'task.target' is required" in p for p in problems)
+    assert len(problems) == 6
+
+
+def test_json_contract_schema_is_checked():
+    bad = MINIMAL.replace("{type: label, labels: [positive, negative]}", "{type: json, schema: {type: 12}}")
+    with pytest.raises(ConfigError, match="not a valid JSON Schema"):
+        parse_spec(bad)
+    good = MINIMAL.replace(
+        "{type: label, labels: [positive, negative]}", "{type: json, schema: {type: object, required: [a]}}"
+    )
+    spec = parse_spec(good)
+    assert isinstance(spec.contract, JsonContract)
+    assert spec.contract.json_schema["required"] == ["a"]
+
+
+def test_bad_regex_and_yaml_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="does not compile"):
+        parse_spec(MINIMAL.replace("{type: label, labels: [positive, negative]}", "{type: regex, pattern: '(['}"))
+    with pytest.raises(ConfigError, match="line 3: not valid YAML"):
+        parse_spec("task:\n  name: [unclosed\n")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        parse_spec("- a list\n")
+
+
+def test_vague_target_and_missing_contract_warn():
+    spec = parse_spec("task: {name: t, target: marketing}\ndata: {train: a.jsonl}\n")
+    warnings = spec.warnings()
+    assert any("task.target is vague" in w for w in warnings)
+    assert any("no output contract" in w for w in warnings)
+    assert any("system_prompt is empty" in w for w in warnings)
+
+
+def test_scaffold_template_is_a_valid_spec():
+    spec = parse_spec(TEMPLATE.format(name="demo"))
+    assert spec.task.name == "demo"
+    assert spec.warnings() == []
+
+
+def test_init_creates_project_layout_and_refuses_overwrite(tmp_path: Path, run_cli):
+    code, out, _ = run_cli("init", tmp_path / "p")
+    assert code == 0, out
+    assert (tmp_path / "p" / "tunewise.yaml").is_file()
+    assert (tmp_path / "p" / ".tunewise" / "registry.sqlite3").is_file()
+    code, _, err = run_cli("init", tmp_path / "p")
+    assert code == 1
+    assert "already exists" in err and "--force" in err
+    assert "Traceback" not in err
