@@ -98,3 +98,16 @@ def test_init_creates_project_layout_and_refuses_overwrite(tmp_path: Path, run_c
     assert code == 1
     assert "already exists" in err and "--force" in err
     assert "Traceback" not in err
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200) | st.sampled_from([MINIMAL[:n] for n in range(0, len(MINIMAL), 7)]))
+def test_fuzz_spec_parser_only_raises_config_errors(text):
+    try:
+        parse_spec(text)
+    except ConfigError as exc:
+        assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)

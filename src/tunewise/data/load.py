@@ -1,0 +1,80 @@
+"""Read a data file of any supported format into normalized chat examples, refusing invalid input.
+
+The checker (`data check`) reports every problem; this loader is for stages that need clean examples and
+stops at the first file with errors, pointing at the checker.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import orjson
+
+from tunewise.data.formats import check_messages, detect_format, normalize
+from tunewise.errors import TunewiseError
+
+
+def load_examples(path: Path, fmt: str = "auto", csv_columns: dict | None = None) -> list[dict]:
+    if not path.is_file():
+        raise TunewiseError(f"{path}: no such file", hint="check data.train / data.eval in tunewise.yaml")
+    problems: list[str] = []
+    examples: list[dict] = []
+    if path.suffix.lower() == ".csv" or fmt == "csv":
+        rows = _csv_rows(path, csv_columns, problems)
+    else:
+        rows = _jsonl_rows(path, fmt, problems)
+    for line, messages in rows:
+        errors = [p for p in check_messages(messages) if p[0] == "error"]
+        if errors:
+            problems.extend(f"{path}:{line}: {e[2]}: {e[3]}" for e in errors)
+        else:
+            examples.append({"messages": messages})
+        if len(problems) >= 5:
+            break
+    if problems:
+        shown = "\n  ".join(problems[:5])
+        raise TunewiseError(f"{path} has invalid examples:\n  {shown}", hint=f"run `tunewise data check {path}` for the full report")
+    if not examples:
+        raise TunewiseError(f"{path} holds no examples")
+    return examples
+
+
+def _jsonl_rows(path: Path, fmt: str, problems: list[str]):
+    file_fmt = None if fmt == "auto" else fmt
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            raw = raw.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else raw
+            if not raw.strip():
+                continue
+            try:
+                record = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                problems.append(f"{path}:{line_no}: invalid JSON or UTF-8: {exc}")
+                return
+            if not isinstance(record, dict) or (found := detect_format(record)) is None:
+                problems.append(f"{path}:{line_no}: not a record of a known format")
+                return
+            file_fmt = file_fmt or found
+            messages, found_problems = normalize(record, file_fmt)
+            errors = [p for p in found_problems if p[0] == "error"]
+            if errors:
+                problems.extend(f"{path}:{line_no}: {e[2]}: {e[3]}" for e in errors)
+                return
+            yield line_no, messages
+
+
+def _csv_rows(path: Path, columns: dict | None, problems: list[str]):
+    if not columns:
+        problems.append(f"{path}: a CSV file needs data.csv_columns (prompt, completion)")
+        return
+    text = path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="strict")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    for row in reader:
+        messages = []
+        if columns.get("system") and row.get(columns["system"]):
+            messages.append({"role": "system", "content": row[columns["system"]]})
+        messages.append({"role": "user", "content": row.get(columns["prompt"]) or ""})
+        messages.append({"role": "assistant", "content": row.get(columns["completion"]) or ""})
+        yield reader.line_num, messages

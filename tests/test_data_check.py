@@ -1,0 +1,204 @@
+"""The data checker: every problem found, on the right line, summarized when repeated; never a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tunewise.data.check import CheckOptions
+from tunewise.data.validate import check_files, options_from_spec
+from tunewise.models.tokenizer import ChatTokenizer
+from tunewise.spec import EMBEDDED_MODEL, parse_spec
+
+
+def chat(user: str, answer: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> ChatTokenizer:
+    return ChatTokenizer.for_base(EMBEDDED_MODEL)
+
+
+def codes_at(report) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for group in report.problems.sorted():
+        found.setdefault(group.code, []).extend(line for _, line, _ in group.first)
+    return found
+
+
+def test_seeded_file_reports_each_problem_on_its_line(tmp_path: Path, tokenizer):
+    long_text = " ".join(f"w{i}x" for i in range(6000))  # far more than 8,192 tokens
+    lines = [
+        b"\xef\xbb\xbf" + chat("How do I reset my password?", "account").encode(),  # 1 BOM
+        chat("Where is my parcel, it is late", "delivery").encode(),  # 2 valid
+        b'{"messages": [',  # 3 invalid JSON
+        b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',  # 4 invalid UTF-8
+        b"[1, 2]",  # 5 not an object
+        json.dumps({"prompt": "a", "completion": "b"}).encode(),  # 6 mixed formats
+        json.dumps({"messages": [{"role": "user", "content": "x y z", "foo": 1}, {"role": "assistant", "content": "refund"}]}).encode(),  # 7 unknown key
+        json.dumps({"messages": [{"content": "x"}, {"role": "assistant", "content": "refund"}]}).encode(),  # 8 missing role
+        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "refund"}]}).encode(),  # 9 unknown role
+        json.dumps({"messages": [{"role": "assistant", "content": "refund"}, {"role": "user", "content": "x"}]}).encode(),  # 10 order
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "refund"}]}).encode(),  # 11 alternation
+        chat("my card", "  ").encode(),  # 12 empty content
+        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),  # 13 no assistant
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "refund", "weight": 2}]}).encode(),  # 14 weight
+        chat("I want my money back for the order", "money").encode(),  # 15 label not in the set
+        chat("Where is my parcel, it is late", "delivery").encode(),  # 16 exact duplicate of 2
+        chat("where is my parcel, it is late!!", "delivery").encode(),  # 17 near duplicate of 2
+        b"",  # 18 blank line
+        chat(long_text, "account").encode(),  # 19 longer than the context
+        chat("Where is my parcel, it is late", "refund").encode(),  # 20 same input, different answer
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    opts = options_from_spec(None, tokenizer=tokenizer)
+    opts.labels = ["account", "delivery", "refund"]
+    report = check_files([path], None, opts, tokenizer)
+    found = codes_at(report)
+    expected = {
+        "bom": [1], "invalid_json": [3], "invalid_utf8": [4], "not_object": [5], "mixed_formats": [6],
+        "unknown_key": [7], "missing_key": [8], "unknown_role": [9], "empty_content": [12],
+        "no_assistant": [13], "invalid_weight": [14], "contract_label": [15], "duplicate": [16],
+        "blank_line": [18], "too_long": [19], "conflicting_answers": [2],
+    }
+    for code, lines_ in expected.items():
+        assert found.get(code) == lines_, f"{code}: expected lines {lines_}, got {found.get(code)}"
+    assert sorted(found["role_order"]) == [10, 11]
+    assert 2 in found["near_duplicates"], found["near_duplicates"]
+    assert "too_few" in found  # 20 lines: under the guide's 50
+    assert report.errors > 0
+
+
+def test_leakage_between_train_and_eval(tmp_path: Path):
+    train = tmp_path / "train.jsonl"
+    held = tmp_path / "eval.jsonl"
+    train.write_text("\n".join(chat(f"question number {i} about my account balance", "a") for i in range(60)) + "\n")
+    held.write_text(
+        chat("question number 7 about my account balance", "a") + "\n"  # exact leak
+        + chat("Question number 7 about my account balance!", "a") + "\n"  # near leak
+        + chat("a completely different sentence on deliveries and parcels", "a") + "\n"
+    )
+    report = check_files([train], [held], CheckOptions(), None)
+    found = codes_at(report)
+    assert found["leakage"] == [1]
+    assert found["near_leakage"] == [2]
+
+
+def test_imbalance_and_per_class_minimum(tmp_path: Path):
+    rows = [chat(f"text {i} alpha", "a") for i in range(100)] + [chat(f"text {i} beta", "b") for i in range(5)]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    report = check_files([path], None, CheckOptions(near_duplicates=False), None)
+    found = codes_at(report)
+    assert "imbalance" in found
+    assert report.stats["labels"] == {"a": 100, "b": 5}
+    assert report.errors == 0
+
+
+def test_json_and_regex_contracts(tmp_path: Path):
+    spec = parse_spec(
+        "task: {name: t, target: Extract the order as JSON with an id field.}\n"
+        "contract: {type: json, schema: {type: object, required: [id], properties: {id: {type: integer}}}}\n"
+        "system_prompt: Return JSON.\ndata: {train: x.jsonl}\n"
+    )
+    path = tmp_path / "j.jsonl"
+    path.write_text("\n".join([chat("order 1", '{"id": 1}'), chat("order 2", "{id: 2}"), chat("order 3", '{"id": "3"}')]) + "\n")
+    found = codes_at(check_files([path], None, options_from_spec(spec), None))
+    assert found["contract_json"] == [2]
+    assert found["contract_schema"] == [3]
+    opts = CheckOptions(pattern=r"[A-Z]{3}-\d+")
+    path.write_text("\n".join([chat("a", "ABC-12"), chat("b", "abc-12")]) + "\n")
+    assert codes_at(check_files([path], None, opts, None))["contract_regex"] == [2]
+
+
+def test_repeated_problems_are_summarized(tmp_path: Path):
+    path = tmp_path / "many.jsonl"
+    path.write_text("\n".join(chat(f"q{i}", "") for i in range(1000)) + "\n")
+    report = check_files([path], None, CheckOptions(near_duplicates=False), None)
+    group = next(g for g in report.problems.sorted() if g.code == "empty_content")
+    assert group.count == 1000
+    assert [line for _, line, _ in group.first] == [1, 2, 3, 4, 5]
+
+
+def test_other_formats_are_normalized(tmp_path: Path):
+    rows = {
+        "pc.jsonl": [{"prompt": "hello there", "completion": "hi"}],
+        "alpaca.jsonl": [{"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}],
+        "sharegpt.jsonl": [{"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": "hello"}]}],
+    }
+    for name, records in rows.items():
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+        report = check_files([path], None, CheckOptions(), None)
+        assert report.errors == 0, report.to_json()
+        assert report.files[0]["examples"] == 1
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('text,label\n"hello, world",greeting\nbye,farewell\n')
+    report = check_files([csv_path], None, CheckOptions(csv_columns={"prompt": "text", "completion": "label"}), None)
+    assert report.errors == 0 and report.files[0]["examples"] == 2
+    report = check_files([csv_path], None, CheckOptions(csv_columns={"prompt": "txt", "completion": "label"}), None)
+    assert "missing_key" in codes_at(report)
+
+
+def test_token_statistics_match_the_tokenizer(tmp_path: Path, tokenizer):
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(chat(f"message number {i}", "positive") for i in range(10)) + "\n")
+    report = check_files([path], None, options_from_spec(None, tokenizer=tokenizer), tokenizer)
+    tokens = report.stats["tokens"]
+    assert tokens["exact"] is True and tokens["sampled"] == 10
+    messages = [{"role": "user", "content": "message number 0"}, {"role": "assistant", "content": "positive"}]
+    full = tokenizer.count([tokenizer.render(messages)])[0]
+    prompt = tokenizer.count([tokenizer.render(messages[:1], add_generation_prompt=True)])[0]
+    assert tokens["completion"]["p50"] == full - prompt  # 'positive' + <|im_end|> + newline
+    assert tokens["total"]["max"] >= full
+
+
+def test_empty_file_is_an_error(tmp_path: Path):
+    path = tmp_path / "empty.jsonl"
+    path.write_bytes(b"")
+    report = check_files([path], None, CheckOptions(), None)
+    assert codes_at(report)["empty_file"] == [0]
+
+
+def test_parallel_workers_agree_with_one(tmp_path: Path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(chat(f"row {i} text", "x" if i % 3 else "") for i in range(3000)) + "\n")
+    one = check_files([path], None, CheckOptions(workers=1), None)
+    import tunewise.data.check as check_module
+
+    old = check_module.PARALLEL_MIN_BYTES
+    check_module.PARALLEL_MIN_BYTES = 0
+    try:
+        two = check_files([path], None, CheckOptions(workers=2), None)
+    finally:
+        check_module.PARALLEL_MIN_BYTES = old
+    assert one.errors == two.errors == 1000
+    first = lambda r: [line for g in r.problems.sorted() if g.code == "empty_content" for _, line, _ in g.first]  # noqa: E731
+    assert first(one) == first(two) == [1, 4, 7, 10, 13]
+    assert one.files[0]["examples"] == two.files[0]["examples"] == 2000
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=80) | st.sampled_from([b'{"messages": [{"role": "user"}]}', b'{"prompt": 1}', b"\xef\xbb\xbf{}", b'{"conversations": [{"from": 1}]}', b'{"messages": [{"role": "assistant", "content": "x", "weight": true}]}']), max_size=8))
+def test_fuzz_never_crashes(tmp_path_factory, lines):
+    path = tmp_path_factory.mktemp("fuzz") / "f.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    report = check_files([path], None, CheckOptions(), None)
+    n_lines = len(b"\n".join(lines).split(b"\n"))
+    for group in report.problems.sorted():
+        assert group.count >= len(group.first) >= 1
+        assert all(0 <= line <= n_lines for _, line, _ in group.first), group.to_json()
+    json.dumps(report.to_json())  # the report is always serializable
+
+
+def test_every_shared_dataset_passes(shared_datasets: Path, tokenizer):
+    for train in sorted(shared_datasets.glob("*/train.jsonl")):
+        report = check_files([train], None, options_from_spec(None, tokenizer=tokenizer), tokenizer)
+        assert report.errors == 0, (train, [g.to_json() for g in report.problems.sorted()][:3])
+        assert report.files[0]["examples"] > 500
