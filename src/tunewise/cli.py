@@ -56,6 +56,8 @@ def _register() -> None:
     from tunewise.data import cli as data_cli
 
     app.add_typer(data_cli.app, name="data")
+    from tunewise.decide import cli as decide_cli  # noqa: F401  (advise, decide)
+    from tunewise.economics import cli as economics_cli  # noqa: F401  (cost, pricing)
 
 
 def main() -> None:

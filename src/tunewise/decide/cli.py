@@ -1,0 +1,249 @@
+"""`tunewise advise` (before data) and `tunewise decide` (after evaluation): parse, call, render."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from tunewise.cli import app, err, out, print_json
+from tunewise.errors import TunewiseError
+
+ADVISE_HELP = """Prompt engineering, RAG, fine-tuning, RAG + fine-tuning, or not yet: the guide's rules applied to a
+short questionnaire, each reason tied to its rule, plus what to measure next. Unanswered questions are asked
+when stdin is a terminal (unless --no-input); --spec supplies the volume and counts the training examples.
+
+Example: tunewise advise --problem behaviour --prompt-tested --prompt-consistency 0.8 --queries-per-day 2000 --validated-examples 400 --can-judge-quality --facts-stable"""
+
+
+def _count_examples(spec_path: Path) -> int | None:
+    """Records in the spec's JSONL training files (None when a file is missing or not JSONL)."""
+    from tunewise.spec import load_spec
+
+    spec = load_spec(spec_path)
+    total = 0
+    for name in spec.data.train:
+        path = spec_path.parent / name
+        if not path.is_file() or path.suffix != ".jsonl":
+            return None
+        with path.open(encoding="utf-8") as fh:
+            total += sum(1 for line in fh if line.strip())
+    return total
+
+
+def _read(question: str, parse):
+    """Ask one question on stderr and parse the typed line; re-ask up to three times on a bad answer."""
+    for _ in range(3):
+        err.print(question, end=" ", highlight=False)
+        line = sys.stdin.readline()
+        if not line:
+            raise TunewiseError(
+                "no answer (end of input)", hint="answer with flags instead; see tunewise advise --help"
+            )
+        try:
+            return parse(line.strip())
+        except ValueError as exc:
+            err.print(f"  {exc}", highlight=False)
+    raise TunewiseError(
+        f"no valid answer to: {question}", hint="answer with flags instead; see tunewise advise --help"
+    )
+
+
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("y", "yes"):
+        return True
+    if text.lower() in ("n", "no"):
+        return False
+    raise ValueError("answer y or n")
+
+
+def _problem(text: str) -> str:
+    text = text.lower().replace("behavior", "behaviour")
+    if text not in ("knowledge", "behaviour", "both"):
+        raise ValueError("answer knowledge, behaviour or both")
+    return text
+
+
+def _ask(answers, questions: dict[str, str]) -> None:
+    """Prompt for each unanswered question (interactive terminals only), in the questionnaire's order."""
+    parsers = {
+        "problem": _problem,
+        "prompt_consistency": float,
+        "queries_per_day": float,
+        "validated_examples": int,
+    }
+    for name in questions:
+        if getattr(answers, name) is not None:
+            continue
+        if name == "prompt_consistency" and answers.prompt_tested is not True:
+            continue  # only asked about a prompt that was tested
+        parse = parsers.get(name, _yes_no)
+        suffix = " [knowledge/behaviour/both]" if name == "problem" else " [y/n]" if parse is _yes_no else ""
+        setattr(answers, name, _read(questions[name] + suffix, parse))
+    answers.__post_init__()  # validate what was typed
+
+
+@app.command(help=ADVISE_HELP)
+def advise(
+    problem: str | None = typer.Option(None, "--problem", help="knowledge, behaviour or both."),
+    format_only: bool | None = typer.Option(
+        None, "--format-only/--not-format-only", help="Is the problem only the output's format?"
+    ),
+    facts_change_often: bool | None = typer.Option(
+        None, "--facts-change-often/--facts-stable", help="Do facts or requirements change monthly or faster?"
+    ),
+    prompt_tested: bool | None = typer.Option(
+        None, "--prompt-tested/--prompt-not-tested", help="Was a structured few-shot prompt tested?"
+    ),
+    prompt_consistency: float | None = typer.Option(
+        None, "--prompt-consistency", help="Its consistency over 100+ runs, 0-1."
+    ),
+    queries_per_day: float | None = typer.Option(None, "--queries-per-day", help="Expected volume."),
+    validated_examples: int | None = typer.Option(
+        None, "--validated-examples", help="Validated input/output examples."
+    ),
+    can_judge_quality: bool | None = typer.Option(
+        None, "--can-judge-quality/--cannot-judge-quality", help="Can someone judge data quality?"
+    ),
+    spec: Path | None = typer.Option(
+        None, "--spec", help="Take the volume and example count from a task spec."
+    ),
+    no_input: bool = typer.Option(False, "--no-input", help="Never prompt, even on a terminal."),
+    as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
+) -> None:
+    from tunewise.decide.advisor import QUESTIONS, Answers
+    from tunewise.decide.advisor import advise as run_advice
+
+    if problem is not None:
+        problem = problem.strip().lower().replace("behavior", "behaviour")
+    if spec is not None:
+        from tunewise.spec import load_spec
+
+        if queries_per_day is None:
+            queries_per_day = load_spec(spec).economics.queries_per_day
+        if validated_examples is None:
+            validated_examples = _count_examples(spec)
+            if validated_examples is not None:
+                err.print(
+                    f"note: counted {validated_examples} training examples in the spec's data.train; "
+                    "they count as validated only if someone reviewed them",
+                    highlight=False,
+                )
+    answers = Answers(
+        problem,
+        format_only,
+        facts_change_often,
+        prompt_tested,
+        prompt_consistency,
+        queries_per_day,
+        validated_examples,
+        can_judge_quality,
+    )  # type: ignore[arg-type]
+    if answers.missing() and sys.stdin.isatty() and not no_input and not as_json:
+        _ask(answers, QUESTIONS)
+    advice = run_advice(answers)
+    if as_json:
+        print_json(advice.to_dict())
+        return
+    out.print(f"recommendation: {advice.recommendation}", highlight=False)
+    out.print("reasons:", highlight=False)
+    for r in advice.reasons:
+        mark = {True: "+", False: "-", None: "?"}[r.favours_fine_tuning]
+        out.print(f"  {mark} {r.rule} = {r.answer}: {r.effect}", highlight=False)
+        out.print(f"      guide: {r.guide}", highlight=False)
+    out.print("measure next:", highlight=False)
+    for m in advice.measure_next:
+        out.print(f"  - {m}", highlight=False)
+
+
+DECIDE_HELP = """The verdict after evaluation: fine-tune only when the gain over the best prompted arm is significant,
+accuracy >= 85%, consistency >= 95%, the unsupported-content rate did not rise, and the monthly cost at the stated
+volume is lower or the value of the gain covers it. Prints every rule with its numbers, the cheapest platform, the
+break-even volume and the weakest point of the evidence.
+
+Example: tunewise decide reports/eval_summary.json --prompted-cost 0.03 --tuned-cost 0.02 --platform together --queries-per-day 500 --value-per-point 40"""
+
+
+@app.command(help=DECIDE_HELP)
+def decide(
+    summary_path: Path = typer.Argument(..., metavar="EVAL_SUMMARY.json", help="Evaluation summary JSON."),
+    spec: Path | None = typer.Option(
+        None, "--spec", help="Volume, platforms, cadence, value per point, pricing file."
+    ),
+    queries_per_day: float | None = typer.Option(None, "--queries-per-day", help="Stated volume."),
+    platform: str | None = typer.Option(None, "--platform", help="Comma-separated platforms to price."),
+    prompted_cost: float | None = typer.Option(
+        None, "--prompted-cost", help="Dollars per query, best prompted arm."
+    ),
+    tuned_cost: float | None = typer.Option(None, "--tuned-cost", help="Dollars per query, fine-tuned arm."),
+    hosting_per_hour: float | None = typer.Option(
+        None, "--hosting-per-hour", help="Fine-tuned hosting, $/hour."
+    ),
+    hosting_per_month: float | None = typer.Option(
+        None, "--hosting-per-month", help="Fine-tuned hosting, $/month."
+    ),
+    training_cost: float | None = typer.Option(
+        None, "--training-cost", help="One-time training cost, dollars."
+    ),
+    value_per_point: float | None = typer.Option(
+        None, "--value-per-point", help="Dollars per accuracy point per month."
+    ),
+    fine_tuned: str | None = typer.Option(
+        None, "--fine-tuned", help="Which fine-tuned arm (default: the most accurate)."
+    ),
+    pricing: Path | None = typer.Option(None, "--pricing", help="Pricing override YAML."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
+) -> None:
+    from tunewise.decide.verdict import Economics, load_summary
+    from tunewise.decide.verdict import decide as run_verdict
+    from tunewise.economics.cli import _platforms, _spec_economics
+    from tunewise.economics.pricing import load_catalog
+
+    econ_spec, spec_pricing = _spec_economics(spec)
+    qpd = (
+        queries_per_day if queries_per_day is not None else (econ_spec.queries_per_day if econ_spec else None)
+    )
+    if qpd is None:
+        raise TunewiseError("no volume given", hint="pass --queries-per-day N (or --spec tunewise.yaml)")
+    platforms = _platforms(platform)
+    explicit_hosting = hosting_per_hour is not None or hosting_per_month is not None
+    if platforms is None:
+        platforms = list(econ_spec.platforms) if econ_spec and not explicit_hosting else []
+    econ = Economics(
+        queries_per_day=qpd,
+        value_per_accuracy_point=value_per_point
+        if value_per_point is not None
+        else (econ_spec.value_per_accuracy_point if econ_spec else None),
+        platforms=platforms,
+        prompted_cost=prompted_cost,
+        tuned_cost=tuned_cost,
+        hosting_per_hour=hosting_per_hour,
+        hosting_per_month=hosting_per_month,
+        training_cost=training_cost,
+        retrain_every_days=econ_spec.retrain_every_days if econ_spec else 91.0,
+    )
+    verdict = run_verdict(load_summary(summary_path), econ, load_catalog(spec_pricing, pricing), fine_tuned)
+    if as_json:
+        print_json(verdict.to_dict())
+        return
+    out.print(f"verdict: {verdict.recommendation}", highlight=False)
+    out.print(
+        f"  fine-tuned arm: {verdict.fine_tuned_arm}; best prompted arm: {verdict.best_prompted_arm}",
+        highlight=False,
+    )
+    out.print("rules:", highlight=False)
+    for r in verdict.rules:
+        mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]
+        out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False)
+        out.print(f"         guide: {r.guide}", highlight=False)
+    if verdict.cheapest_platform:
+        out.print(f"cheapest fine-tuned option: {verdict.cheapest_platform}", highlight=False)
+    if verdict.break_even:
+        be = verdict.break_even
+        vol = be["queries_per_day"]
+        shown = f"{vol:,.1f} queries/day" if vol is not None else "none (the lines do not cross)"
+        out.print(f"break-even ({be['between'][0]} vs {be['between'][1]}): {shown}", highlight=False)
+        out.print(f"  {be['formula']}", highlight=False)
+        out.print(f"  {be['summary']}", highlight=False)
+    out.print(f"weakest point of the evidence: {verdict.weakest_point}", highlight=False)

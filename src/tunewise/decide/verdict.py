@@ -1,0 +1,448 @@
+"""The verdict, after evaluation: does fine-tuning pay, and is that proven?
+
+Reads an evaluation summary (the evaluation stage writes it) and applies the guide's rules, every one returned
+as a record with the numbers it used:
+
+1. significant gain   the fine-tuned arm beats the best prompted arm (constrained variants included) on
+                      accuracy, and the paired interval excludes zero ("if you cannot quantify the improvement
+                      over the base model plus a good system prompt, you cannot justify the cost")
+2. accuracy bar       task accuracy >= 85% ("below 85% means data or task definition needs work")
+3. consistency bar    consistency >= 95% ("target 95%+")
+4. unsupported rate   not above the best prompted arm's ("should not increase vs. base model")
+5. cost              the fine-tuned option's monthly cost at the stated volume is lower, or the stated value of
+                      the gain covers the difference ("a fine-tuned model that scores 92% accuracy but costs
+                      $0.45 per query is worse than a prompted model at 89% accuracy and $0.03 per query")
+
+Fine-tuning is recommended only when every rule passes. The verdict also names the cheapest platform, the
+break-even volume and the weakest point of the evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunewise.economics.cost import RETRAIN_EVERY_DAYS, break_even, monthly_cost
+from tunewise.economics.plan import ArmTokens, CostRequest, build_options
+from tunewise.economics.pricing import Catalog
+from tunewise.errors import ConfigError, TunewiseError
+
+ACCURACY_BAR = 0.85  # the guide's "Task Accuracy ... Below 85% means data or task definition needs work"
+CONSISTENCY_BAR = 0.95  # the guide's "Consistency Rate ... Target 95%+"
+SMALL_EVAL_SET = 100  # the guide: a consistency gap "that persists across 100+ prompted generations"
+WIDE_INTERVAL = 0.10  # a 95% interval wider than 10 accuracy points cannot separate close arms
+
+# --- the evaluation summary ----------------------------------------------------------------------------
+
+
+class Interval(BaseModel):
+    # Extra keys are allowed: the evaluation stage may add fields (n, method) this stage does not need.
+    model_config = ConfigDict(extra="allow")
+
+    value: float
+    low: float | None = None
+    high: float | None = None
+
+    @property
+    def width(self) -> float | None:
+        return None if self.low is None or self.high is None else self.high - self.low
+
+
+class Latency(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    p50: float | None = None
+    p95: float | None = None
+
+
+class ArmResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    kind: Literal["prompted", "fine-tuned", "endpoint"]
+    constrained: bool = False
+    accuracy: Interval
+    format_compliance: Interval | None = None
+    consistency: Interval | None = None
+    unsupported_rate: Interval | None = None
+    latency_ms: Latency | None = None
+    prompt_tokens: float = Field(default=0.0, ge=0)
+    completion_tokens: float = Field(default=0.0, ge=0)
+
+
+class Paired(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    a: str
+    b: str
+    metric: str
+    diff: float
+    low: float
+    high: float
+    mcnemar_p: float | None = None
+
+
+class EvalSummary(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    task: str = ""
+    n_examples: int = Field(ge=0)
+    contract: str = "text"
+    arms: list[ArmResult] = Field(min_length=1)
+    paired: list[Paired] = Field(default_factory=list)
+
+    def arm(self, name: str) -> ArmResult:
+        for a in self.arms:
+            if a.name == name:
+                return a
+        raise TunewiseError(
+            f"no arm named '{name}' in the evaluation summary",
+            hint=f"arms: {', '.join(a.name for a in self.arms)}",
+        )
+
+    def paired_diff(self, a: str, b: str, metric: str = "accuracy") -> Paired | None:
+        """The paired comparison a - b, flipping a stored b - a record."""
+        for p in self.paired:
+            if p.metric != metric:
+                continue
+            if (p.a, p.b) == (a, b):
+                return p
+            if (p.a, p.b) == (b, a):
+                return Paired(
+                    a=a, b=b, metric=metric, diff=-p.diff, low=-p.high, high=-p.low, mcnemar_p=p.mcnemar_p
+                )
+        return None
+
+
+def load_summary(path: str | Path) -> EvalSummary:
+    path = Path(path)
+    if not path.is_file():
+        raise TunewiseError(
+            f"no evaluation summary at {path}", hint="run the evaluation stage first, or check the path"
+        )
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(str(path), [f"line {exc.lineno}: not valid JSON: {exc.msg}"]) from None
+    try:
+        return EvalSummary.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(str(path), problems) from None
+
+
+# --- the rules ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RuleRecord:
+    rule: str
+    guide: str  # the guide's rule behind it
+    numbers: dict[str, Any]
+    passed: bool | None  # None: not applicable (it neither blocks nor supports)
+    detail: str
+
+
+@dataclass
+class Verdict:
+    recommendation: Literal["fine-tune", "keep prompting"]
+    fine_tuned_arm: str | None
+    best_prompted_arm: str | None
+    rules: list[RuleRecord]
+    cheapest_platform: str | None = None
+    break_even: dict[str, Any] | None = None
+    weakest_point: str = ""
+    reasons: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Economics:
+    """What the cost rule needs: the stated volume, the value of a point of accuracy, and how to price arms."""
+
+    queries_per_day: float
+    value_per_accuracy_point: float | None = None
+    platforms: list[str] = field(default_factory=list)
+    prompted_cost: float | None = None
+    tuned_cost: float | None = None
+    hosting_per_hour: float | None = None
+    hosting_per_month: float | None = None
+    training_cost: float | None = None
+    retrain_every_days: float = RETRAIN_EVERY_DAYS
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def best_prompted(summary: EvalSummary) -> ArmResult:
+    """The strongest arm that is not fine-tuned (constrained variants included), by accuracy then consistency."""
+    prompted = [a for a in summary.arms if a.kind != "fine-tuned"]
+    if not prompted:
+        raise TunewiseError(
+            "the evaluation has no prompted arm",
+            hint="evaluate at least one prompted arm: the verdict compares against it",
+        )
+    return max(prompted, key=lambda a: (a.accuracy.value, a.consistency.value if a.consistency else -1.0))
+
+
+def _cost_options(
+    summary: EvalSummary, tuned: ArmResult, prompted: ArmResult, econ: Economics, catalog: Catalog
+):
+    """(prompted options, fine-tuned options, skipped reasons) priced from flags or measured tokens."""
+    if econ.prompted_cost is not None or econ.tuned_cost is not None:
+        if econ.prompted_cost is None or econ.tuned_cost is None:
+            raise TunewiseError(
+                "give both --prompted-cost and --tuned-cost, or neither (then measured tokens are priced)"
+            )
+        request = CostRequest(
+            queries_per_day=econ.queries_per_day,
+            prompted_cost=econ.prompted_cost,
+            tuned_cost=econ.tuned_cost,
+            hosting_per_hour=econ.hosting_per_hour,
+            hosting_per_month=econ.hosting_per_month,
+            platforms=econ.platforms,
+            training_cost=econ.training_cost,
+            retrain_every_days=econ.retrain_every_days,
+        )
+    else:
+        request = CostRequest(
+            queries_per_day=econ.queries_per_day,
+            platforms=econ.platforms,
+            arms=[ArmTokens(a.name, a.kind, a.prompt_tokens, a.completion_tokens) for a in (prompted, tuned)],
+            training_cost=econ.training_cost,
+            retrain_every_days=econ.retrain_every_days,
+        )
+    options, skipped, _ = build_options(request, catalog)
+    tuned_opts = [o for o in options if o.arm in ("fine-tuned", tuned.name)]
+    prompted_opts = [o for o in options if o not in tuned_opts]
+    return prompted_opts, tuned_opts, skipped
+
+
+def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None) -> Verdict:
+    """Apply the verdict rules; fine-tuning is recommended only when every applicable rule passes."""
+    tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
+    if fine_tuned is not None:
+        tuned = summary.arm(fine_tuned)
+    elif tuned_arms:
+        tuned = max(tuned_arms, key=lambda a: a.accuracy.value)
+    else:
+        raise TunewiseError(
+            "the evaluation has no fine-tuned arm",
+            hint="train and evaluate a fine-tuned arm, or keep prompting",
+        )
+    prompted = best_prompted(summary)
+    rules: list[RuleRecord] = []
+
+    # 1. A significant gain over the best prompted arm.
+    paired = summary.paired_diff(tuned.name, prompted.name, "accuracy")
+    if paired is None:
+        rules.append(
+            RuleRecord(
+                "significant gain",
+                "quantify the improvement over the base model plus a good system prompt",
+                {"fine_tuned": tuned.name, "best_prompted": prompted.name},
+                False,
+                f"no paired accuracy comparison of {tuned.name} vs {prompted.name} in the summary: the gain is unproven",
+            )
+        )
+    else:
+        ok = paired.low > 0
+        rules.append(
+            RuleRecord(
+                "significant gain",
+                "quantify the improvement over the base model plus a good system prompt",
+                {
+                    "diff": paired.diff,
+                    "low": paired.low,
+                    "high": paired.high,
+                    "mcnemar_p": paired.mcnemar_p,
+                    "fine_tuned": tuned.name,
+                    "best_prompted": prompted.name,
+                },
+                ok,
+                f"{tuned.name} - {prompted.name} accuracy = {100 * paired.diff:+.1f} points, 95% interval "
+                f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]: "
+                + ("excludes zero" if ok else "includes zero or is negative"),
+            )
+        )
+
+    # 2. The accuracy bar.
+    acc = tuned.accuracy.value
+    rules.append(
+        RuleRecord(
+            "accuracy bar",
+            "task accuracy below 85% means data or task definition needs work",
+            {"accuracy": acc, "bar": ACCURACY_BAR},
+            acc >= ACCURACY_BAR,
+            f"{tuned.name} accuracy {_pct(acc)} {'>=' if acc >= ACCURACY_BAR else '<'} {_pct(ACCURACY_BAR)}",
+        )
+    )
+
+    # 3. The consistency bar.
+    cons = tuned.consistency.value if tuned.consistency else None
+    rules.append(
+        RuleRecord(
+            "consistency bar",
+            "consistency rate: target 95%+",
+            {"consistency": cons, "bar": CONSISTENCY_BAR},
+            cons is not None and cons >= CONSISTENCY_BAR,
+            "consistency was not measured"
+            if cons is None
+            else f"{tuned.name} consistency {_pct(cons)} {'>=' if cons >= CONSISTENCY_BAR else '<'} {_pct(CONSISTENCY_BAR)}",
+        )
+    )
+
+    # 4. Unsupported content must not increase over the best prompted arm.
+    tu = tuned.unsupported_rate.value if tuned.unsupported_rate else None
+    pu = prompted.unsupported_rate.value if prompted.unsupported_rate else None
+    if tu is None and pu is None:
+        unsupported = RuleRecord(
+            "unsupported-content rate",
+            "hallucination rate should not increase vs. base model",
+            {"fine_tuned": None, "best_prompted": None},
+            None,
+            "not measured for either arm (not applicable to this contract)",
+        )
+    elif tu is None or pu is None:
+        unsupported = RuleRecord(
+            "unsupported-content rate",
+            "hallucination rate should not increase vs. base model",
+            {"fine_tuned": tu, "best_prompted": pu},
+            False,
+            "measured for one arm only: cannot show it did not increase",
+        )
+    else:
+        unsupported = RuleRecord(
+            "unsupported-content rate",
+            "hallucination rate should not increase vs. base model",
+            {"fine_tuned": tu, "best_prompted": pu},
+            tu <= pu,
+            f"{tuned.name} {_pct(tu)} {'<=' if tu <= pu else '>'} {prompted.name} {_pct(pu)}",
+        )
+    rules.append(unsupported)
+
+    # 5. Cost at the stated volume, or the value of the gain covers the difference.
+    verdict_extra: dict[str, Any] = {}
+    try:
+        p_opts, t_opts, skipped = _cost_options(summary, tuned, prompted, econ, catalog)
+    except TunewiseError as exc:
+        p_opts, t_opts, skipped = [], [], [exc.message]
+    q = econ.queries_per_day
+    if not p_opts or not t_opts:
+        rules.append(
+            RuleRecord(
+                "cost at stated volume",
+                "always evaluate performance and economics together",
+                {"queries_per_day": q, "skipped": skipped},
+                False,
+                "cost unknown: "
+                + ("; ".join(skipped) if skipped else "no priced option")
+                + " (give --prompted-cost/--tuned-cost or a pricing override)",
+            )
+        )
+    else:
+        best_p = min(p_opts, key=lambda o: monthly_cost(o, q).total)
+        best_t = min(t_opts, key=lambda o: monthly_cost(o, q).total)
+        p_month, t_month = monthly_cost(best_p, q).total, monthly_cost(best_t, q).total
+        extra = t_month - p_month
+        # The gain valued is the paired interval's lower bound: the part of the gain the evidence vouches for.
+        gain_points = 100 * paired.low if paired is not None else 0.0
+        value = (econ.value_per_accuracy_point or 0.0) * max(gain_points, 0.0)
+        ok = extra <= 0 or (econ.value_per_accuracy_point is not None and value >= extra)
+        numbers = {
+            "queries_per_day": q,
+            "prompted_option": best_p.name,
+            "prompted_monthly": p_month,
+            "fine_tuned_option": best_t.name,
+            "fine_tuned_monthly": t_month,
+            "extra_monthly": extra,
+            "gain_points_lower_bound": gain_points,
+            "value_per_accuracy_point": econ.value_per_accuracy_point,
+            "value_of_gain_monthly": value,
+            "skipped": skipped,
+        }
+        if extra <= 0:
+            detail = f"{best_t.name} ${t_month:,.2f}/month <= {best_p.name} ${p_month:,.2f}/month at {q:,.0f} queries/day"
+        elif econ.value_per_accuracy_point is None:
+            detail = (
+                f"{best_t.name} costs ${extra:,.2f}/month more than {best_p.name} at {q:,.0f} queries/day and no "
+                "value per accuracy point was stated (economics.value_per_accuracy_point)"
+            )
+        else:
+            detail = (
+                f"{best_t.name} costs ${extra:,.2f}/month more; the gain is worth {gain_points:.1f} points x "
+                f"${econ.value_per_accuracy_point:,.2f} = ${value:,.2f}/month: "
+                + ("covers it" if ok else "does not cover it")
+            )
+        rules.append(
+            RuleRecord(
+                "cost at stated volume",
+                "always evaluate performance and economics together",
+                numbers,
+                ok,
+                detail,
+            )
+        )
+        be = break_even(best_p, best_t)
+        verdict_extra["cheapest_platform"] = best_t.platform or best_t.name
+        verdict_extra["break_even"] = {
+            "between": [best_p.name, best_t.name],
+            "queries_per_day": be.volume,
+            "formula": be.formula,
+            "summary": be.summary,
+        }
+
+    failed = [r for r in rules if r.passed is False]
+    return Verdict(
+        recommendation="keep prompting" if failed else "fine-tune",
+        fine_tuned_arm=tuned.name,
+        best_prompted_arm=prompted.name,
+        rules=rules,
+        weakest_point=weakest_point(summary, tuned, paired),
+        reasons=[f"{r.rule}: {r.detail}" for r in failed],
+        **verdict_extra,
+    )
+
+
+def weakest_point(summary: EvalSummary, tuned: ArmResult, paired: Paired | None) -> str:
+    """The weakest point of the evidence: a small held-out set, else the widest interval, else the closest call.
+
+    >>> s = EvalSummary(n_examples=40, arms=[ArmResult(name="a", kind="prompted", accuracy=Interval(value=0.5))])
+    >>> weakest_point(s, s.arms[0], None)
+    'small held-out set: 40 examples (under 100); intervals are wide and a few examples swing the verdict'
+    """
+    n = summary.n_examples
+    if n < SMALL_EVAL_SET:
+        return f"small held-out set: {n} examples (under {SMALL_EVAL_SET}); intervals are wide and a few examples swing the verdict"
+    widths = []
+    if paired is not None:
+        widths.append((paired.high - paired.low, f"paired accuracy difference {tuned.name} vs {paired.b}"))
+    for name, iv in (("accuracy", tuned.accuracy), ("consistency", tuned.consistency)):
+        if iv is not None and iv.width is not None:
+            widths.append((iv.width, f"{tuned.name} {name}"))
+    if not widths:
+        return f"no confidence intervals in the summary ({n} examples): the numbers are point estimates"
+    width, what = max(widths)
+    label = "wide interval" if width > WIDE_INTERVAL else "widest interval"
+    return f"{label}: {what} spans {100 * width:.1f} points on {n} examples"
+
+
+__all__ = [
+    "ArmResult",
+    "EvalSummary",
+    "Economics",
+    "Interval",
+    "Paired",
+    "RuleRecord",
+    "Verdict",
+    "best_prompted",
+    "decide",
+    "load_summary",
+    "weakest_point",
+]

@@ -1,0 +1,220 @@
+"""`tunewise cost` and `tunewise pricing`: parse, call the economics API, render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from tunewise.cli import app, err, out, print_json
+from tunewise.economics.cost import RETRAIN_EVERY_DAYS
+from tunewise.errors import TunewiseError
+
+COST_HELP = """Monthly cost per option at a volume, and the break-even volume between every two options.
+
+monthly = cost_per_query x queries_per_day x 30 + hosting_per_month + training x 30 / retrain_every_days;
+break-even q = (fixed_B - fixed_A) / (30 x (per_query_A - per_query_B)).
+
+Example (the guide's worked example): tunewise cost --prompted-cost 0.08 --tuned-cost 0.02 --platform azure-openai,together --queries-per-day 500
+
+Also: tunewise cost --prompted-cost 0.08 --tuned-cost 0.02 --hosting-per-hour 1.70 --queries-per-day 500
+      tunewise cost --spec tunewise.yaml --eval reports/eval_summary.json --plot reports/cost"""
+
+
+def _usd(x: float, places: int = 2) -> str:
+    return f"${x:,.{places}f}"
+
+
+def _vol(q: float) -> str:
+    """A volume as typed: 500 -> '500', 83.3 -> '83.3'."""
+    return f"{q:,.1f}".removesuffix(".0")
+
+
+def _platforms(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _spec_economics(spec_path: Path | None):
+    """(economics section, pricing file resolved against the spec's folder) or (None, None)."""
+    if spec_path is None:
+        return None, None
+    from tunewise.spec import load_spec
+
+    spec = load_spec(spec_path)
+    econ = spec.economics
+    pricing = (spec_path.parent / econ.pricing_file) if econ.pricing_file else None
+    return econ, pricing
+
+
+def render_cost(report) -> None:
+    """Print a CostReport as plain aligned text (stable under any terminal width)."""
+    q = report.queries_per_day
+    width = max(len("option"), *(len(m.option) for m in report.monthly))
+    out.print(f"Monthly cost at {_vol(q)} queries/day (30-day month)", highlight=False)
+    header = f"  {'option':<{width}}  {'$/query':>9}  {'usage/mo':>12}  {'hosting/mo':>11}  {'training/mo':>11}  {'total/mo':>12}"
+    out.print(header, highlight=False)
+    for m in report.monthly:
+        out.print(
+            f"  {m.option:<{width}}  {_usd(m.per_query, 4):>9}  {_usd(m.usage):>12}  {_usd(m.hosting):>11}  "
+            f"{_usd(m.training):>11}  {_usd(m.total):>12}",
+            highlight=False,
+        )
+    if report.break_evens:
+        out.print("Break-even volumes", highlight=False)
+    for be in report.break_evens:
+        shown = f"{be.volume:,.1f} queries/day" if be.volume is not None else "never (the lines do not cross)"
+        out.print(f"  {be.a} vs {be.b}: {shown}", highlight=False)
+        out.print(f"    {be.formula}", highlight=False)
+        out.print(f"    {be.summary}", highlight=False)
+        for note in be.notes:
+            out.print(f"    note: {note}", highlight=False)
+    c = report.cheapest
+    out.print(f"Cheapest at {_vol(q)} queries/day: {c.option} ({_usd(c.total)}/month)", highlight=False)
+    for note in report.notes:
+        err.print(f"note: {note}", highlight=False)
+    for reason in report.skipped:
+        err.print(f"skipped: {reason}", highlight=False)
+
+
+@app.command(help=COST_HELP)
+def cost(
+    spec: Path | None = typer.Option(
+        None, "--spec", help="Task spec: volume, platforms, cadence, pricing file."
+    ),
+    eval_summary: Path | None = typer.Option(
+        None, "--eval", help="Evaluation summary JSON: measured tokens per arm."
+    ),
+    prompted_cost: float | None = typer.Option(
+        None, "--prompted-cost", help="Dollars per query of the prompted arm."
+    ),
+    tuned_cost: float | None = typer.Option(
+        None, "--tuned-cost", help="Dollars per query of the fine-tuned arm."
+    ),
+    hosting_per_hour: float | None = typer.Option(
+        None, "--hosting-per-hour", help="Fine-tuned hosting, $/hour (x 24 x 30)."
+    ),
+    hosting_per_month: float | None = typer.Option(
+        None, "--hosting-per-month", help="Fine-tuned hosting, $/month."
+    ),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Comma-separated platforms or entry ids from the catalog."
+    ),
+    queries_per_day: float | None = typer.Option(None, "--queries-per-day", help="Stated volume."),
+    training_cost: float | None = typer.Option(
+        None, "--training-cost", help="One-time training cost in dollars."
+    ),
+    training_tokens: float | None = typer.Option(
+        None, "--training-tokens", help="Training tokens per epoch (priced per platform)."
+    ),
+    epochs: float = typer.Option(1.0, "--epochs", help="Epochs, for --training-tokens."),
+    retrain_every_days: float | None = typer.Option(
+        None, "--retrain-every-days", help="Retraining cadence (default 91: quarterly)."
+    ),
+    pricing: Path | None = typer.Option(
+        None, "--pricing", help="Pricing override YAML (same shape as the catalog)."
+    ),
+    plot: Path | None = typer.Option(None, "--plot", help="Write the volume sweep to PATH.png and PATH.svg."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    from tunewise.economics.plan import ArmTokens, CostRequest, cost_report
+    from tunewise.economics.pricing import load_catalog
+
+    econ, spec_pricing = _spec_economics(spec)
+    qpd = queries_per_day if queries_per_day is not None else (econ.queries_per_day if econ else None)
+    if qpd is None:
+        raise TunewiseError("no volume given", hint="pass --queries-per-day N (or --spec tunewise.yaml)")
+    platforms = _platforms(platform)
+    if platforms is None:
+        # A spec's platforms price the fine-tuned arm unless hosting was given explicitly.
+        explicit = hosting_per_hour is not None or hosting_per_month is not None
+        platforms = list(econ.platforms) if econ and not explicit else []
+    arms = []
+    if eval_summary is not None:
+        from tunewise.decide.verdict import load_summary
+
+        summary = load_summary(eval_summary)
+        arms = [ArmTokens(a.name, a.kind, a.prompt_tokens, a.completion_tokens) for a in summary.arms]
+    cadence = (
+        retrain_every_days
+        if retrain_every_days is not None
+        else (econ.retrain_every_days if econ else RETRAIN_EVERY_DAYS)
+    )
+    catalog = load_catalog(spec_pricing, pricing)
+    report = cost_report(
+        CostRequest(
+            queries_per_day=qpd,
+            prompted_cost=prompted_cost,
+            tuned_cost=tuned_cost,
+            hosting_per_hour=hosting_per_hour,
+            hosting_per_month=hosting_per_month,
+            platforms=platforms,
+            arms=arms,
+            training_cost=training_cost,
+            training_tokens=training_tokens,
+            epochs=epochs,
+            retrain_every_days=cadence,
+        ),
+        catalog,
+    )
+    payload = report.to_dict()
+    if plot is not None:
+        from tunewise.economics.plot import plot_sweep
+
+        files = plot_sweep(report.options, plot, queries_per_day=qpd)
+        payload["plots"] = [str(f) for f in files]
+    if as_json:
+        print_json(payload)
+    else:
+        render_cost(report)
+        for f in payload.get("plots", []):
+            err.print(f"wrote {f}", highlight=False)
+
+
+PRICING_HELP = """List the pricing catalog: every figure with its source and date; unknown figures say why.
+
+Example: tunewise pricing --platform together
+
+Also: tunewise pricing --pricing my-prices.yaml --json"""
+
+
+@app.command(help=PRICING_HELP)
+def pricing(
+    platform: str | None = typer.Option(
+        None, "--platform", help="Show only these platforms (comma-separated)."
+    ),
+    pricing_file: Path | None = typer.Option(None, "--pricing", help="Pricing override YAML to apply."),
+    spec: Path | None = typer.Option(None, "--spec", help="Apply the spec's economics.pricing_file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the catalog as JSON."),
+) -> None:
+    from tunewise.economics.pricing import FIGURE_FIELDS, load_catalog
+
+    _, spec_pricing = _spec_economics(spec)
+    catalog = load_catalog(spec_pricing, pricing_file)
+    wanted = _platforms(platform)
+    entries = catalog.entries
+    if wanted:
+        chosen = {catalog.get(p).platform if "/" not in p else p for p in wanted}
+        entries = [e for e in entries if e.platform in chosen or e.id in chosen]
+    if as_json:
+        print_json(
+            {"sources": catalog.sources, "entries": [json.loads(e.model_dump_json()) for e in entries]}
+        )
+        return
+    out.print(f"pricing catalog: {' + '.join(catalog.sources)}", highlight=False)
+    for entry in entries:
+        default = f" (default for {entry.platform})" if entry.default else ""
+        out.print(f"\n{entry.id}{default}: {entry.description}", highlight=False)
+        for name in FIGURE_FIELDS:
+            fig = getattr(entry, name)
+            if fig.known:
+                value = f"{fig.value:g}" + (f" {fig.unit}" if fig.unit else "")
+                value = (
+                    value if name in ("throughput_tokens_per_second", "minimum_billing") else _usd(fig.value)
+                )
+            else:
+                value = "unknown"
+            note = f" - {fig.note}" if fig.note else ""
+            out.print(f"  {name:<36} {value:>9}  {fig.source} ({fig.date}){note}", highlight=False)

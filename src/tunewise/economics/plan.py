@@ -1,0 +1,228 @@
+"""From inputs (flags, a spec, an evaluation's measured tokens) and the pricing catalog to cost options and a
+cost report. The arithmetic itself lives in `cost.py`; this module only decides which numbers go in.
+
+Two ways in:
+- explicit per-query costs (`prompted_cost`, `tuned_cost`), with hosting given directly or taken from the
+  catalog for each named platform: the guide's worked example;
+- measured tokens per arm (from an evaluation summary) x each platform's per-token prices.
+
+A platform whose needed figure is unknown is skipped with a reason naming the entry and the field; when no
+option is left, the first reason becomes the error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tunewise.economics.cost import (
+    RETRAIN_EVERY_DAYS,
+    BreakEven,
+    CostOption,
+    MonthlyCost,
+    break_even,
+    cheapest,
+    guide_notes,
+    hosting_per_month,
+    monthly_cost,
+    per_query_cost,
+    training_cost,
+)
+from tunewise.economics.pricing import Catalog, Entry
+from tunewise.errors import TunewiseError
+
+
+@dataclass(frozen=True)
+class ArmTokens:
+    """An evaluated arm's measured mean tokens per query."""
+
+    name: str
+    kind: str  # prompted | fine-tuned | endpoint
+    prompt_tokens: float
+    completion_tokens: float
+
+
+@dataclass
+class CostRequest:
+    queries_per_day: float
+    prompted_cost: float | None = None
+    tuned_cost: float | None = None
+    hosting_per_hour: float | None = None
+    hosting_per_month: float | None = None
+    platforms: list[str] = field(default_factory=list)
+    arms: list[ArmTokens] = field(default_factory=list)
+    training_cost: float | None = None  # one-time, dollars, when known directly
+    training_tokens: float | None = None  # tokens per epoch, from the data stage
+    epochs: float = 1.0
+    retrain_every_days: float = RETRAIN_EVERY_DAYS
+
+
+@dataclass
+class CostReport:
+    queries_per_day: float
+    options: list[CostOption]
+    monthly: list[MonthlyCost]
+    break_evens: list[BreakEven]
+    cheapest: MonthlyCost
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queries_per_day": self.queries_per_day,
+            "days_per_month": 30,
+            "options": [asdict(o) | {"fixed_per_month": o.fixed_per_month} for o in self.options],
+            "monthly": [asdict(m) for m in self.monthly],
+            "break_even": [asdict(b) for b in self.break_evens],
+            "cheapest": asdict(self.cheapest),
+            "skipped": self.skipped,
+            "notes": self.notes,
+        }
+
+
+def _training(request: CostRequest, entry: Entry | None) -> float:
+    if request.training_cost is not None:
+        return request.training_cost
+    if request.training_tokens is None or entry is None:
+        return 0.0
+    if entry.training_per_million_tokens.known:
+        return training_cost(
+            request.training_tokens, request.epochs, entry.require("training_per_million_tokens")
+        )
+    entry.require("training_per_million_tokens")  # raises, naming the entry and field
+    return 0.0
+
+
+def gpu_capacity(entry: Entry, arm: ArmTokens) -> float | None:
+    """Queries per day one always-on GPU can serve at its measured throughput, when the entry has one.
+
+    >>> e = Entry(id="self-hosted/gpu", platform="self-hosted", model_class="gpu", hosting_applies_to="all",
+    ...           throughput_tokens_per_second={"value": 100.0, "source": "bench", "date": "2026-06"})
+    >>> gpu_capacity(e, ArmTokens("ft", "fine-tuned", 150, 50))  # 100 x 86,400 / 200
+    43200.0
+    """
+    tokens = arm.prompt_tokens + arm.completion_tokens
+    if not entry.throughput_tokens_per_second.known or entry.hosting_applies_to != "all" or tokens <= 0:
+        return None
+    return float(entry.throughput_tokens_per_second.value) * 86_400 / tokens  # type: ignore[arg-type]
+
+
+def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOption], list[str], list[str]]:
+    """The cost options the request describes, the platforms skipped (with why), and notes."""
+    options: list[CostOption] = []
+    skipped: list[str] = []
+    notes: list[str] = []
+    entries: list[Entry] = [catalog.get(p) for p in request.platforms]
+    explicit_hosting = request.hosting_per_hour is not None or request.hosting_per_month is not None
+    cadence = request.retrain_every_days
+
+    if request.prompted_cost is not None or request.tuned_cost is not None:
+        if request.arms:
+            notes.append("per-query costs given directly: the evaluation's measured tokens are not used")
+        if request.prompted_cost is not None:
+            options.append(
+                CostOption("prompted", request.prompted_cost, arm="prompted", retrain_every_days=cadence)
+            )
+        if request.tuned_cost is not None:
+            if explicit_hosting or not entries:
+                hosting = hosting_per_month(request.hosting_per_hour, request.hosting_per_month)
+                if not explicit_hosting:
+                    notes.append("no hosting given: the fine-tuned option has no fixed monthly cost")
+                name = "fine-tuned" if not entries else "fine-tuned @ given hosting"
+                options.append(
+                    CostOption(
+                        name, request.tuned_cost, hosting, _training(request, None), cadence, arm="fine-tuned"
+                    )
+                )
+            for entry in entries:
+                try:
+                    options.append(
+                        CostOption(
+                            f"fine-tuned @ {entry.platform}",
+                            request.tuned_cost,
+                            entry.hosting_monthly(),
+                            _training(request, entry),
+                            cadence,
+                            arm="fine-tuned",
+                            platform=entry.id,
+                        )
+                    )
+                except TunewiseError as exc:
+                    skipped.append(exc.message)
+    elif request.arms:
+        if not entries:
+            raise TunewiseError(
+                "measured tokens need platforms to price them",
+                hint="pass --platform azure-openai,together (or list economics.platforms in tunewise.yaml)",
+            )
+        for arm in request.arms:
+            tuned = arm.kind == "fine-tuned"
+            for entry in entries:
+                try:
+                    per_query = per_query_cost(
+                        arm.prompt_tokens,
+                        arm.completion_tokens,
+                        entry.require("inference_input_per_million_tokens"),
+                        entry.require("inference_output_per_million_tokens"),
+                    )
+                    pays_hosting = tuned or entry.hosting_applies_to == "all"
+                    options.append(
+                        CostOption(
+                            f"{arm.name} @ {entry.platform}",
+                            per_query,
+                            entry.hosting_monthly() if pays_hosting else 0.0,
+                            _training(request, entry) if tuned else 0.0,
+                            cadence,
+                            arm=arm.name,
+                            platform=entry.id,
+                        )
+                    )
+                except TunewiseError as exc:
+                    skipped.append(f"{arm.name} @ {entry.platform}: {exc.message}")
+                    continue
+                capacity = gpu_capacity(entry, arm)
+                if capacity is not None and request.queries_per_day > capacity:
+                    # Hosting here is one always-on GPU: beyond its throughput the bill needs more GPUs.
+                    notes.append(
+                        f"{arm.name} @ {entry.platform}: {request.queries_per_day:,.0f} queries/day exceeds one GPU's "
+                        f"capacity of {capacity:,.0f}/day ({entry.throughput_tokens_per_second.value:g} tokens/s); "
+                        "the hosting shown is for one GPU"
+                    )
+    else:
+        raise TunewiseError(
+            "nothing to price",
+            hint="give --prompted-cost and --tuned-cost (dollars per query), or --eval EVAL_SUMMARY.json with --platform",
+        )
+    if not options:
+        raise TunewiseError(
+            "no option could be priced: " + (skipped[0] if skipped else "no inputs"),
+            hint="set the missing figures in a pricing override file (--pricing FILE)",
+        )
+    return options, list(dict.fromkeys(skipped)), notes
+
+
+def cost_report(request: CostRequest, catalog: Catalog) -> CostReport:
+    """Monthly bills at the stated volume, break-even for every pair of options, and the cheapest option."""
+    options, skipped, notes = build_options(request, catalog)
+    names = [o.name for o in options]
+    if len(set(names)) != len(names):
+        raise TunewiseError(f"two options share a name: {', '.join(names)}", hint="name each platform once")
+    monthly = [monthly_cost(o, request.queries_per_day) for o in options]
+    pairs = []
+    for i, a in enumerate(options):
+        for b in options[i + 1 :]:
+            be = break_even(a, b)
+            be.notes.extend(guide_notes(a, b, be))
+            pairs.append(be)
+    return CostReport(
+        queries_per_day=request.queries_per_day,
+        options=options,
+        monthly=monthly,
+        break_evens=pairs,
+        cheapest=cheapest(options, request.queries_per_day),
+        skipped=skipped,
+        notes=notes,
+    )
+
+
+__all__ = ["ArmTokens", "CostReport", "CostRequest", "build_options", "cost_report", "gpu_capacity"]

@@ -1,0 +1,311 @@
+"""The verdict: each rule flips "fine-tune" to "keep prompting"; costs and break-even are hand-computed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tunewise.decide.verdict import Economics, EvalSummary, decide, load_summary
+from tunewise.economics.pricing import load_builtin
+from tunewise.errors import TunewiseError
+
+
+def summary_dict() -> dict:
+    """An evaluation summary in the evaluation stage's shape, where fine-tuning passes every rule."""
+    return {
+        "task": "intent",
+        "n_examples": 200,
+        "contract": "label",
+        "arms": [
+            {
+                "name": "zero-shot", "kind": "prompted", "constrained": False,
+                "accuracy": {"value": 0.55, "low": 0.48, "high": 0.62},
+                "consistency": {"value": 0.70, "low": 0.63, "high": 0.76},
+                "unsupported_rate": {"value": 0.08, "low": 0.05, "high": 0.13},
+                "prompt_tokens": 120.0, "completion_tokens": 20.0,
+            },
+            {
+                "name": "few-shot", "kind": "prompted", "constrained": False,
+                "accuracy": {"value": 0.70, "low": 0.63, "high": 0.76},
+                "format_compliance": {"value": 0.9, "low": 0.85, "high": 0.94},
+                "consistency": {"value": 0.80, "low": 0.74, "high": 0.85},
+                "unsupported_rate": {"value": 0.05, "low": 0.02, "high": 0.09},
+                "latency_ms": {"p50": 120.0, "p95": 300.0},
+                "prompt_tokens": 812.4, "completion_tokens": 21.3,
+            },
+            {
+                "name": "fine-tuned", "kind": "fine-tuned", "constrained": False,
+                "accuracy": {"value": 0.90, "low": 0.85, "high": 0.94},
+                "consistency": {"value": 0.97, "low": 0.94, "high": 0.99},
+                "unsupported_rate": {"value": 0.03, "low": 0.01, "high": 0.06},
+                "prompt_tokens": 80.0, "completion_tokens": 21.0,
+            },
+        ],
+        "paired": [
+            {"a": "fine-tuned", "b": "few-shot", "metric": "accuracy", "diff": 0.20, "low": 0.12, "high": 0.28, "mcnemar_p": 0.001},
+            {"a": "fine-tuned", "b": "zero-shot", "metric": "accuracy", "diff": 0.35, "low": 0.27, "high": 0.43, "mcnemar_p": 0.0001},
+        ],
+    }  # fmt: skip
+
+
+# The guide's worked example: prompted $0.08/query, fine-tuned $0.02/query + Together's $150/month, 500/day.
+WORKED = Economics(
+    queries_per_day=500, prompted_cost=0.08, tuned_cost=0.02, platforms=["azure-openai", "together"]
+)
+CATALOG = load_builtin()
+
+
+def run(raw: dict, econ: Economics = WORKED):
+    return decide(EvalSummary.model_validate(raw), econ, CATALOG)
+
+
+def rule(verdict, name):
+    return next(r for r in verdict.rules if r.rule == name)
+
+
+def test_all_rules_pass_recommends_fine_tuning():
+    v = run(summary_dict())
+    assert v.recommendation == "fine-tune"
+    assert v.best_prompted_arm == "few-shot" and v.fine_tuned_arm == "fine-tuned"
+    assert [r.passed for r in v.rules] == [True, True, True, True, True]
+    # cheapest: Together, 0.02 x 500 x 30 + 150 = 450 < Azure's 300 + 1224; prompted 0.08 x 15000 = 1200
+    cost = rule(v, "cost at stated volume")
+    assert cost.numbers["fine_tuned_monthly"] == pytest.approx(450.0)
+    assert cost.numbers["prompted_monthly"] == pytest.approx(1200.0)
+    assert v.cheapest_platform == "together/lora-up-to-16b"
+    assert v.break_even["queries_per_day"] == pytest.approx(250 / 3)  # 150 / (30 x 0.06)
+    assert "wide interval" in v.weakest_point and "16.0 points" in v.weakest_point  # 0.28 - 0.12
+
+
+def _flip(path: str, value) -> dict:
+    raw = summary_dict()
+    arm, key, field = path.split(".")
+    target = next(a for a in raw["arms"] if a["name"] == arm)
+    if field == "*":
+        target[key] = value
+    else:
+        target[key][field] = value
+    return raw
+
+
+@pytest.mark.parametrize(
+    "raw, failed",
+    [
+        # the paired interval includes zero: no significant gain
+        (lambda r: r["paired"][0].update(diff=0.04, low=-0.02, high=0.10) or r, "significant gain"),
+        (lambda r: _flip("fine-tuned.accuracy.value", 0.84), "accuracy bar"),
+        (lambda r: _flip("fine-tuned.consistency.value", 0.94), "consistency bar"),
+        (
+            lambda r: _flip("fine-tuned.unsupported_rate.value", 0.06),
+            "unsupported-content rate",
+        ),  # 6% > few-shot's 5%
+        (lambda r: _flip("fine-tuned.consistency.*", None), "consistency bar"),
+        (lambda r: r.update(paired=[]) or r, "significant gain"),
+    ],
+)
+def test_each_quality_rule_flips_the_verdict(raw, failed):
+    v = run(raw(summary_dict()))
+    assert v.recommendation == "keep prompting"
+    assert [r.rule for r in v.rules if r.passed is False] == [failed]
+    assert v.reasons and v.reasons[0].startswith(failed)
+
+
+def test_cost_rule_flips_the_verdict_and_the_value_of_the_gain_flips_it_back():
+    # Azure only: 300 + 1224 = 1524 > 1200 prompted, so fine-tuning costs $324/month more.
+    azure = Economics(queries_per_day=500, prompted_cost=0.08, tuned_cost=0.02, platforms=["azure-openai"])
+    v = run(summary_dict(), azure)
+    cost = rule(v, "cost at stated volume")
+    assert v.recommendation == "keep prompting" and cost.passed is False
+    assert cost.numbers["extra_monthly"] == pytest.approx(324.0)
+    # The gain vouched for is the interval's lower bound, 12 points: at $27/point that is $324: covers it.
+    covered = Economics(**{**azure.__dict__, "value_per_accuracy_point": 27.0})
+    v = run(summary_dict(), covered)
+    assert v.recommendation == "fine-tune"
+    assert rule(v, "cost at stated volume").numbers["value_of_gain_monthly"] == pytest.approx(324.0)
+    # At $26/point the 12 points are worth $312 < $324: not covered.
+    short = Economics(**{**azure.__dict__, "value_per_accuracy_point": 26.0})
+    assert run(summary_dict(), short).recommendation == "keep prompting"
+
+
+def test_the_guides_92_percent_at_045_is_worse_than_89_at_003():
+    raw = summary_dict()
+    raw["arms"][1]["accuracy"] = {"value": 0.89, "low": 0.84, "high": 0.93}
+    raw["arms"][2]["accuracy"] = {"value": 0.92, "low": 0.88, "high": 0.95}
+    raw["paired"][0].update(diff=0.03, low=0.01, high=0.05)
+    # At 500/day: prompted 0.03 x 15000 = $450; fine-tuned 0.45 x 15000 = $6,750 (+ hosting): $6,300+ more a month,
+    # while the 1 point vouched for, at a generous $100/point, is worth $100.
+    econ = Economics(queries_per_day=500, prompted_cost=0.03, tuned_cost=0.45, value_per_accuracy_point=100.0)
+    v = run(raw, econ)
+    assert v.recommendation == "keep prompting"
+    cost = rule(v, "cost at stated volume")
+    assert cost.numbers["extra_monthly"] == pytest.approx(6300.0)
+    assert cost.numbers["value_of_gain_monthly"] == pytest.approx(100.0)
+    assert all(r.passed for r in v.rules if r.rule != "cost at stated volume")
+
+
+def test_constrained_prompted_variant_is_the_bar_to_beat():
+    raw = summary_dict()
+    raw["arms"].append(
+        {
+            "name": "few-shot+constrained", "kind": "prompted", "constrained": True,
+            "accuracy": {"value": 0.86, "low": 0.80, "high": 0.91},
+            "consistency": {"value": 0.99, "low": 0.97, "high": 1.0},
+            "unsupported_rate": {"value": 0.02, "low": 0.0, "high": 0.05},
+        }
+    )  # fmt: skip
+    # stored as b - a: the verdict flips it to fine-tuned - constrained = +0.04 [-0.02, +0.10]
+    raw["paired"].append(
+        {
+            "a": "few-shot+constrained",
+            "b": "fine-tuned",
+            "metric": "accuracy",
+            "diff": -0.04,
+            "low": -0.10,
+            "high": 0.02,
+        }
+    )
+    v = run(raw)
+    assert v.best_prompted_arm == "few-shot+constrained"
+    gain = rule(v, "significant gain")
+    assert gain.passed is False
+    assert gain.numbers["diff"] == pytest.approx(0.04) and gain.numbers["low"] == pytest.approx(-0.02)
+    # 3% unsupported is above the constrained arm's 2%
+    assert rule(v, "unsupported-content rate").passed is False
+    assert v.recommendation == "keep prompting"
+
+
+def test_unsupported_rate_not_measured_is_not_applicable():
+    raw = summary_dict()
+    for arm in raw["arms"]:
+        arm.pop("unsupported_rate")
+    v = run(raw)
+    assert rule(v, "unsupported-content rate").passed is None
+    assert v.recommendation == "fine-tune"
+
+
+def test_unknown_prices_fail_the_cost_rule_naming_the_field():
+    # No per-query costs given: measured tokens x catalog prices, and the guide gives no inference prices.
+    v = run(summary_dict(), Economics(queries_per_day=500, platforms=["azure-openai"]))
+    cost = rule(v, "cost at stated volume")
+    assert cost.passed is False and v.recommendation == "keep prompting"
+    assert "inference_input_per_million_tokens" in cost.detail and "azure-openai/gpt-4o-mini" in cost.detail
+
+
+def test_measured_tokens_priced_from_an_override(tmp_path):
+    from tunewise.economics.pricing import load_catalog
+
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "entries:\n  - id: together/lora-up-to-16b\n"
+        "    inference_input_per_million_tokens: 1.0\n    inference_output_per_million_tokens: 2.0\n"
+    )
+    econ = Economics(queries_per_day=10000, platforms=["together"])
+    v = decide(EvalSummary.model_validate(summary_dict()), econ, load_catalog(f))
+    cost = rule(v, "cost at stated volume")
+    # few-shot: (812.4 x 1 + 21.3 x 2)/1e6 = 0.000855 $/query x 300,000 = 256.5; fine-tuned: (80 + 42)/1e6 x
+    # 300,000 = 36.6 + 150 hosting = 186.6
+    assert cost.numbers["prompted_monthly"] == pytest.approx(256.5)
+    assert cost.numbers["fine_tuned_monthly"] == pytest.approx(186.6)
+    assert cost.passed is True
+
+
+def test_weakest_point_small_held_out_set():
+    raw = summary_dict()
+    raw["n_examples"] = 60
+    assert run(raw).weakest_point.startswith("small held-out set: 60 examples")
+
+
+def test_no_fine_tuned_or_prompted_arm_is_an_error():
+    raw = summary_dict()
+    raw["arms"] = [a for a in raw["arms"] if a["kind"] != "fine-tuned"]
+    with pytest.raises(TunewiseError, match="no fine-tuned arm"):
+        run(raw)
+    raw = summary_dict()
+    raw["arms"] = [a for a in raw["arms"] if a["kind"] == "fine-tuned"]
+    with pytest.raises(TunewiseError, match="no prompted arm"):
+        run(raw)
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def summary_file(tmp_path):
+    path = tmp_path / "eval_summary.json"
+    path.write_text(json.dumps(summary_dict()))
+    return path
+
+
+def test_cli_decide_prints_every_rule_with_numbers(run_cli, summary_file):
+    code, out, err = run_cli(
+        "decide", str(summary_file), "--prompted-cost", "0.08", "--tuned-cost", "0.02",
+        "--platform", "azure-openai,together", "--queries-per-day", "500",
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.startswith("verdict: fine-tune")
+    assert (
+        "[PASS] significant gain: fine-tuned - few-shot accuracy = +20.0 points, 95% interval [+12.0, +28.0]"
+        in out
+    )
+    assert "[PASS] accuracy bar: fine-tuned accuracy 90.0% >= 85.0%" in out
+    assert "[PASS] consistency bar: fine-tuned consistency 97.0% >= 95.0%" in out
+    assert "fine-tuned @ together $450.00/month <= prompted $1,200.00/month at 500 queries/day" in out
+    assert "cheapest fine-tuned option: together/lora-up-to-16b" in out
+    assert "83.3 queries/day" in out
+    assert "weakest point of the evidence: wide interval" in out
+
+
+def test_cli_decide_keep_prompting_and_json(run_cli, summary_file):
+    code, out, _ = run_cli(
+        "decide", str(summary_file), "--prompted-cost", "0.08", "--tuned-cost", "0.02",
+        "--hosting-per-hour", "1.70", "--queries-per-day", "500", "--json",
+    )  # fmt: skip
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["recommendation"] == "keep prompting"
+    cost = next(r for r in payload["rules"] if r["rule"] == "cost at stated volume")
+    assert cost["passed"] is False and cost["numbers"]["extra_monthly"] == pytest.approx(324.0)
+    assert payload["break_even"]["queries_per_day"] == pytest.approx(680.0)
+
+
+def test_cli_decide_value_per_point_from_spec(run_cli, summary_file, tmp_path):
+    spec = tmp_path / "tunewise.yaml"
+    spec.write_text(
+        "task: {name: t, target: Given a ticket reply with its intent label}\n"
+        "data: {train: data/train.jsonl}\n"
+        "economics: {queries_per_day: 500, platforms: [azure-openai], value_per_accuracy_point: 30}\n"
+    )
+    code, out, err = run_cli(
+        "decide", str(summary_file), "--spec", str(spec), "--prompted-cost", "0.08", "--tuned-cost", "0.02"
+    )
+    assert code == 0, err
+    # 12 points x $30 = $360 >= $324 more a month
+    assert out.startswith("verdict: fine-tune")
+    assert "12.0 points x $30.00 = $360.00/month: covers it" in out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no evaluation summary at"),
+        ("{not json", "not valid JSON"),
+        ('{"n_examples": 10, "arms": []}', "arms"),
+    ],
+)
+def test_cli_decide_bad_summary_is_one_error_line(run_cli, tmp_path, content, message):
+    path = tmp_path / "s.json"
+    if content is not None:
+        path.write_text(content)
+    code, out, err = run_cli("decide", str(path), "--queries-per-day", "5")
+    assert code == 1 and out == ""
+    assert err.startswith("error:") and message in err and "Traceback" not in err
+
+
+def test_load_summary_keeps_extra_fields_from_the_evaluation_stage(tmp_path):
+    raw = summary_dict()
+    raw["arms"][0]["n"] = 200  # the evaluation stage may add fields; the verdict must not break on them
+    raw["created_at"] = "2026-11-29"
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(raw))
+    assert load_summary(path).arms[0].name == "zero-shot"
