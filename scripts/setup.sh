@@ -17,7 +17,10 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating virtual environment in $VENV" >&2
   "$PYTHON" -m venv "$VENV"
 fi
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+# pip's own warnings about this machine's extra package folders are noise: filter them, keep real errors.
+pip() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
 
 # torch: the CPU wheel where no GPU is present (a plain `torch` requirement would pull a multi-GB CUDA build).
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then

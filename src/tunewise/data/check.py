@@ -129,7 +129,7 @@ class Partial:
     lines: array = field(default_factory=lambda: array("I"))
     example_hash: array = field(default_factory=lambda: array("Q"))
     prompt_hash: array = field(default_factory=lambda: array("Q"))
-    bands: list = field(default_factory=list)
+    signatures: list = field(default_factory=list)  # MinHash signatures, one array per batch
     completions: Counter = field(default_factory=Counter)
     completions_overflow: bool = False
     sample: list = field(default_factory=list)  # (random key, messages)
@@ -219,7 +219,7 @@ class _Checker:
 
     def flush(self) -> None:
         if self.pending_texts:
-            self.part.bands.append(minhash.band_hashes(self.pending_texts))
+            self.part.signatures.append(minhash.signatures(self.pending_texts))
             self.pending_texts = []
 
     def parse_error(self, line_no: int, raw: bytes, exc: Exception) -> None:
@@ -437,7 +437,7 @@ def _merge(partials: list[Partial]) -> Partial:
         out.lines.extend(p.lines)
         out.example_hash.extend(p.example_hash)
         out.prompt_hash.extend(p.prompt_hash)
-        out.bands.extend(p.bands)
+        out.signatures.extend(p.signatures)
         if out.completions_overflow or p.completions_overflow:
             out.completions_overflow = True
             out.completions.clear()

@@ -126,9 +126,8 @@ def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOption
                 ls = sorted(lines[g].tolist())
                 problems.add("warning", "conflicting_answers", "(example)", r.path, ls[0],
                              f"the same input has different answers on lines {', '.join(map(str, ls[:6]))}{' ...' if len(ls) > 6 else ''}")
-        if opts.near_duplicates and part.bands:
-            bands = np.concatenate(part.bands)
-            labels = minhash.cluster(bands)
+        if opts.near_duplicates and part.signatures:
+            labels = minhash.cluster(np.concatenate(part.signatures))
             exact_of = np.zeros(len(ex), dtype=bool)
             for g in exact_groups:
                 exact_of[g[1:]] = True
@@ -138,7 +137,7 @@ def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOption
                 ls = sorted(lines[g].tolist())
                 shown = ", ".join(map(str, ls[:4])) + (f" and {len(ls) - 4} more" if len(ls) > 4 else "")
                 problems.add("warning", "near_duplicates", "(example)", r.path, ls[0],
-                             f"a group of {len(ls)} near-duplicate inputs (MinHash, Jaccard about 0.8 or more): lines {shown}")
+                             f"a group of {len(ls)} near-duplicate inputs (5-gram Jaccard about {minhash.THRESHOLD} or more, numbers ignored): lines {shown}")
             r.summary["near_duplicate_groups"] = len(near)
             r.summary["near_duplicate_examples"] = int(sum(len(g) for g in near))
         r.summary["exact_duplicates"] = int(sum(len(g) - 1 for g in exact_groups))
@@ -152,15 +151,26 @@ def _leakage(results: list[FileResult], problems: Problems) -> None:
     train_hashes = set()
     for r in train:
         train_hashes.update(r.part.prompt_hash)
-    train_bands = np.concatenate([b for r in train for b in r.part.bands]) if any(r.part.bands for r in train) else None
-    band_sets = [set(train_bands[:, i].tolist()) for i in range(train_bands.shape[1])] if train_bands is not None else []
+    train_sig = [s for r in train for s in r.part.signatures]
+    train_sig = np.concatenate(train_sig) if train_sig else None
+    buckets: list[dict[int, int]] = []
+    if train_sig is not None:
+        train_bands = minhash.bands(train_sig)
+        for b in range(minhash.BANDS):
+            bucket: dict[int, int] = {}
+            for i, value in enumerate(train_bands[:, b].tolist()):
+                bucket.setdefault(value, i)
+            buckets.append(bucket)
     for r in evals:
-        bands = np.concatenate(r.part.bands) if r.part.bands else None
+        sig = np.concatenate(r.part.signatures) if r.part.signatures else None
+        eval_bands = minhash.bands(sig) if sig is not None else None
         for i, (line, h) in enumerate(zip(r.part.lines, r.part.prompt_hash)):
             if h in train_hashes:
                 problems.add("error", "leakage", "(example)", r.path, line, "this held-out input also appears in the training data")
-            elif bands is not None and any(int(bands[i, b]) in band_sets[b] for b in range(len(band_sets))):
-                problems.add("warning", "near_leakage", "(example)", r.path, line, "this held-out input is a near-duplicate of a training input")
+            elif eval_bands is not None and buckets:
+                hits = {bucket[v] for bucket, v in zip(buckets, eval_bands[i].tolist()) if v in bucket}
+                if any(minhash.similarity(sig[i], train_sig[j]) >= minhash.THRESHOLD for j in hits):
+                    problems.add("warning", "near_leakage", "(example)", r.path, line, "this held-out input is a near-duplicate of a training input")
 
 
 def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -> None:
