@@ -45,7 +45,12 @@ def tree_rss(pid: int) -> int:
 def run_tunewise(path: Path, *flags: str) -> tuple[float, int, int]:
     exe = Path(sys.executable).parent / "tunewise"
     started = time.perf_counter()
-    proc = subprocess.Popen([str(exe), "data", "check", str(path), *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(exe), "data", "check", str(path), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_rss(proc.pid))
@@ -81,19 +86,29 @@ def main() -> None:
         n = build(SHARED, args.out, int(args.size_mb * 1e6))
         print(f"built {args.out} ({n:,} examples)")
     size = args.out.stat().st_size
-    print(f"file: {args.out} ({size / 1e6:.0f} MB); cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"file: {args.out} ({size / 1e6:.0f} MB); cores: {os.cpu_count()}; load average {os.getloadavg()[0]:.2f}"
+    )
 
     run_together(args.out)  # warm the page cache so neither side pays for the disk
     together = min(run_together(args.out) for _ in range(2))
     print(f"together check_file (structure only):       {together:6.2f} s")
     structural, rss_s, _ = run_tunewise(args.out, "--no-tokens", "--no-near-duplicates")
-    print(f"tunewise data check --no-tokens --no-near:  {structural:6.2f} s   peak RSS {rss_s / 2**20:6.0f} MB")
+    print(
+        f"tunewise data check --no-tokens --no-near:  {structural:6.2f} s   peak RSS {rss_s / 2**20:6.0f} MB"
+    )
     full, rss_f, _ = run_tunewise(args.out)
     print(f"tunewise data check (full default):         {full:6.2f} s   peak RSS {rss_f / 2**20:6.0f} MB")
     print()
-    print(f"structural / together = {structural / together:.2f}   (target < 1.00) {'PASS' if structural < together else 'MISS'}")
-    print(f"full / together       = {full / together:.2f}   (target <= 3.00) {'PASS' if full <= 3 * together else 'MISS'}")
-    print(f"full peak RSS         = {rss_f / 2**20:.0f} MB (target < 500) {'PASS' if rss_f < 500 * 2**20 else 'MISS'}")
+    print(
+        f"structural / together = {structural / together:.2f}   (target < 1.00) {'PASS' if structural < together else 'MISS'}"
+    )
+    print(
+        f"full / together       = {full / together:.2f}   (target <= 3.00) {'PASS' if full <= 3 * together else 'MISS'}"
+    )
+    print(
+        f"full peak RSS         = {rss_f / 2**20:.0f} MB (target < 500) {'PASS' if rss_f < 500 * 2**20 else 'MISS'}"
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,9 @@ DATASETS = SHARED / "datasets"
 @pytest.fixture
 def shared_datasets() -> Path:
     if not DATASETS.is_dir():
-        pytest.skip(f"../shared/datasets is absent ({DATASETS}): the public datasets live beside the repository")
+        pytest.skip(
+            f"../shared/datasets is absent ({DATASETS}): the public datasets live beside the repository"
+        )
     return DATASETS
 
 

@@ -16,7 +16,9 @@ from tunewise.spec import EMBEDDED_MODEL, parse_spec
 
 
 def chat(user: str, answer: str) -> str:
-    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+    return json.dumps(
+        {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +42,44 @@ def test_seeded_file_reports_each_problem_on_its_line(tmp_path: Path, tokenizer)
         b'{"messages": [{"role": "user", "content": "caf\xe9"}]}',  # 4 invalid UTF-8
         b"[1, 2]",  # 5 not an object
         json.dumps({"prompt": "a", "completion": "b"}).encode(),  # 6 mixed formats
-        json.dumps({"messages": [{"role": "user", "content": "x y z", "foo": 1}, {"role": "assistant", "content": "refund"}]}).encode(),  # 7 unknown key
-        json.dumps({"messages": [{"content": "x"}, {"role": "assistant", "content": "refund"}]}).encode(),  # 8 missing role
-        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "refund"}]}).encode(),  # 9 unknown role
-        json.dumps({"messages": [{"role": "assistant", "content": "refund"}, {"role": "user", "content": "x"}]}).encode(),  # 10 order
-        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "refund"}]}).encode(),  # 11 alternation
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "x y z", "foo": 1},
+                    {"role": "assistant", "content": "refund"},
+                ]
+            }
+        ).encode(),  # 7 unknown key
+        json.dumps(
+            {"messages": [{"content": "x"}, {"role": "assistant", "content": "refund"}]}
+        ).encode(),  # 8 missing role
+        json.dumps(
+            {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "refund"}]}
+        ).encode(),  # 9 unknown role
+        json.dumps(
+            {"messages": [{"role": "assistant", "content": "refund"}, {"role": "user", "content": "x"}]}
+        ).encode(),  # 10 order
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "user", "content": "b"},
+                    {"role": "assistant", "content": "refund"},
+                ]
+            }
+        ).encode(),  # 11 alternation
         chat("my card", "  ").encode(),  # 12 empty content
-        json.dumps({"messages": [{"role": "user", "content": "only a question"}]}).encode(),  # 13 no assistant
-        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "refund", "weight": 2}]}).encode(),  # 14 weight
+        json.dumps(
+            {"messages": [{"role": "user", "content": "only a question"}]}
+        ).encode(),  # 13 no assistant
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "refund", "weight": 2},
+                ]
+            }
+        ).encode(),  # 14 weight
         chat("I want my money back for the order", "money").encode(),  # 15 label not in the set
         chat("Where is my parcel, it is late", "delivery").encode(),  # 16 exact duplicate of 2
         chat("where is my parcel, it is late!!", "delivery").encode(),  # 17 near duplicate of 2
@@ -62,10 +94,22 @@ def test_seeded_file_reports_each_problem_on_its_line(tmp_path: Path, tokenizer)
     report = check_files([path], None, opts, tokenizer)
     found = codes_at(report)
     expected = {
-        "bom": [1], "invalid_json": [3], "invalid_utf8": [4], "not_object": [5], "mixed_formats": [6],
-        "unknown_key": [7], "missing_key": [8], "unknown_role": [9], "empty_content": [12],
-        "no_assistant": [13], "invalid_weight": [14], "contract_label": [15], "duplicate": [16],
-        "blank_line": [18], "too_long": [19], "conflicting_answers": [2],
+        "bom": [1],
+        "invalid_json": [3],
+        "invalid_utf8": [4],
+        "not_object": [5],
+        "mixed_formats": [6],
+        "unknown_key": [7],
+        "missing_key": [8],
+        "unknown_role": [9],
+        "empty_content": [12],
+        "no_assistant": [13],
+        "invalid_weight": [14],
+        "contract_label": [15],
+        "duplicate": [16],
+        "blank_line": [18],
+        "too_long": [19],
+        "conflicting_answers": [2],
     }
     for code, lines_ in expected.items():
         assert found.get(code) == lines_, f"{code}: expected lines {lines_}, got {found.get(code)}"
@@ -78,11 +122,16 @@ def test_seeded_file_reports_each_problem_on_its_line(tmp_path: Path, tokenizer)
 def test_leakage_between_train_and_eval(tmp_path: Path):
     train = tmp_path / "train.jsonl"
     held = tmp_path / "eval.jsonl"
-    train.write_text("\n".join(chat(f"question number {i} about my account balance", "a") for i in range(60)) + "\n")
+    train.write_text(
+        "\n".join(chat(f"question number {i} about my account balance", "a") for i in range(60)) + "\n"
+    )
     held.write_text(
-        chat("question number 7 about my account balance", "a") + "\n"  # exact leak
-        + chat("Question number 7 about my account balance!", "a") + "\n"  # near leak
-        + chat("a completely different sentence on deliveries and parcels", "a") + "\n"
+        chat("question number 7 about my account balance", "a")
+        + "\n"  # exact leak
+        + chat("Question number 7 about my account balance!", "a")
+        + "\n"  # near leak
+        + chat("a completely different sentence on deliveries and parcels", "a")
+        + "\n"
     )
     report = check_files([train], [held], CheckOptions(), None)
     found = codes_at(report)
@@ -91,7 +140,9 @@ def test_leakage_between_train_and_eval(tmp_path: Path):
 
 
 def test_imbalance_and_per_class_minimum(tmp_path: Path):
-    rows = [chat(f"text {i} alpha", "a") for i in range(100)] + [chat(f"text {i} beta", "b") for i in range(5)]
+    rows = [chat(f"text {i} alpha", "a") for i in range(100)] + [
+        chat(f"text {i} beta", "b") for i in range(5)
+    ]
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(rows) + "\n")
     report = check_files([path], None, CheckOptions(near_duplicates=False), None)
@@ -108,7 +159,10 @@ def test_json_and_regex_contracts(tmp_path: Path):
         "system_prompt: Return JSON.\ndata: {train: x.jsonl}\n"
     )
     path = tmp_path / "j.jsonl"
-    path.write_text("\n".join([chat("order 1", '{"id": 1}'), chat("order 2", "{id: 2}"), chat("order 3", '{"id": "3"}')]) + "\n")
+    path.write_text(
+        "\n".join([chat("order 1", '{"id": 1}'), chat("order 2", "{id: 2}"), chat("order 3", '{"id": "3"}')])
+        + "\n"
+    )
     found = codes_at(check_files([path], None, options_from_spec(spec), None))
     assert found["contract_json"] == [2]
     assert found["contract_schema"] == [3]
@@ -130,7 +184,9 @@ def test_other_formats_are_normalized(tmp_path: Path):
     rows = {
         "pc.jsonl": [{"prompt": "hello there", "completion": "hi"}],
         "alpaca.jsonl": [{"instruction": "Say hi", "input": "to Bob", "output": "Hi Bob"}],
-        "sharegpt.jsonl": [{"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": "hello"}]}],
+        "sharegpt.jsonl": [
+            {"conversations": [{"from": "human", "value": "hey"}, {"from": "gpt", "value": "hello"}]}
+        ],
     }
     for name, records in rows.items():
         path = tmp_path / name
@@ -140,9 +196,13 @@ def test_other_formats_are_normalized(tmp_path: Path):
         assert report.files[0]["examples"] == 1
     csv_path = tmp_path / "d.csv"
     csv_path.write_text('text,label\n"hello, world",greeting\nbye,farewell\n')
-    report = check_files([csv_path], None, CheckOptions(csv_columns={"prompt": "text", "completion": "label"}), None)
+    report = check_files(
+        [csv_path], None, CheckOptions(csv_columns={"prompt": "text", "completion": "label"}), None
+    )
     assert report.errors == 0 and report.files[0]["examples"] == 2
-    report = check_files([csv_path], None, CheckOptions(csv_columns={"prompt": "txt", "completion": "label"}), None)
+    report = check_files(
+        [csv_path], None, CheckOptions(csv_columns={"prompt": "txt", "completion": "label"}), None
+    )
     assert "missing_key" in codes_at(report)
 
 
@@ -179,13 +239,29 @@ def test_parallel_workers_agree_with_one(tmp_path: Path):
     finally:
         check_module.PARALLEL_MIN_BYTES = old
     assert one.errors == two.errors == 1000
-    first = lambda r: [line for g in r.problems.sorted() if g.code == "empty_content" for _, line, _ in g.first]  # noqa: E731
+    def first(r):
+        return [line for g in r.problems.sorted() if g.code == "empty_content" for _, line, _ in g.first]
+
     assert first(one) == first(two) == [1, 4, 7, 10, 13]
     assert one.files[0]["examples"] == two.files[0]["examples"] == 2000
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.binary(max_size=80) | st.sampled_from([b'{"messages": [{"role": "user"}]}', b'{"prompt": 1}', b"\xef\xbb\xbf{}", b'{"conversations": [{"from": 1}]}', b'{"messages": [{"role": "assistant", "content": "x", "weight": true}]}']), max_size=8))
+@given(
+    st.lists(
+        st.binary(max_size=80)
+        | st.sampled_from(
+            [
+                b'{"messages": [{"role": "user"}]}',
+                b'{"prompt": 1}',
+                b"\xef\xbb\xbf{}",
+                b'{"conversations": [{"from": 1}]}',
+                b'{"messages": [{"role": "assistant", "content": "x", "weight": true}]}',
+            ]
+        ),
+        max_size=8,
+    )
+)
 def test_fuzz_never_crashes(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("fuzz") / "f.jsonl"
     path.write_bytes(b"\n".join(lines))

@@ -9,12 +9,16 @@ from tunewise.data.load import load_examples
 
 
 def chat(user: str, answer: str) -> str:
-    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]})
+    return json.dumps(
+        {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+    )
 
 
 def test_check_exit_codes_and_json(tmp_path: Path, run_cli):
     good = tmp_path / "good.jsonl"
-    good.write_text("\n".join(chat(f"question {i} about cards", "card" if i % 2 else "loan") for i in range(60)) + "\n")
+    good.write_text(
+        "\n".join(chat(f"question {i} about cards", "card" if i % 2 else "loan") for i in range(60)) + "\n"
+    )
     code, out, err = run_cli("data", "check", good, "--no-tokens", cwd=tmp_path)
     assert code == 0, err
     assert "60 examples" in out and "0 error(s)" in out
@@ -49,7 +53,12 @@ def test_check_uses_the_project_spec(tmp_path: Path, run_cli):
     code, _, _ = run_cli("init", tmp_path / "p")
     assert code == 0
     data = tmp_path / "p" / "data" / "train.jsonl"
-    data.write_text("\n".join(chat(f"order {i} never came", "delivery") for i in range(50)) + "\n" + chat("x", "bogus") + "\n")
+    data.write_text(
+        "\n".join(chat(f"order {i} never came", "delivery") for i in range(50))
+        + "\n"
+        + chat("x", "bogus")
+        + "\n"
+    )
     code, out, err = run_cli("data", "check", "--no-tokens", cwd=tmp_path / "p")
     assert code == 1, out
     assert "label 'bogus' is not in the contract's label set" in out
@@ -98,3 +107,18 @@ def test_every_command_has_help_with_an_example(run_cli):
         assert "Example" in out, f"`tunewise {' '.join(path)} --help` shows no example"
         seen += 1
     assert seen >= 5
+
+
+def test_convert_writes_the_provider_format(tmp_path: Path, run_cli):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "Where is my parcel?", "completion": "delivery"}) + "\n")
+    out = tmp_path / "vertex.jsonl"
+    code, stdout, err = run_cli("data", "convert", src, "--to", "vertex", "--out", out, cwd=tmp_path)
+    assert code == 0, err
+    record = json.loads(out.read_text())
+    assert record["contents"] == [
+        {"role": "user", "parts": [{"text": "Where is my parcel?"}]},
+        {"role": "model", "parts": [{"text": "delivery"}]},
+    ]
+    code, _, err = run_cli("data", "convert", src, "--to", "azure", "--out", out, cwd=tmp_path)
+    assert code == 1 and "unknown provider 'azure'" in err

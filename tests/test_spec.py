@@ -68,7 +68,9 @@ def test_json_contract_schema_is_checked():
 
 def test_bad_regex_and_yaml_errors_are_config_errors():
     with pytest.raises(ConfigError, match="does not compile"):
-        parse_spec(MINIMAL.replace("{type: label, labels: [positive, negative]}", "{type: regex, pattern: '(['}"))
+        parse_spec(
+            MINIMAL.replace("{type: label, labels: [positive, negative]}", "{type: regex, pattern: '(['}")
+        )
     with pytest.raises(ConfigError, match="line 3: not valid YAML"):
         parse_spec("task:\n  name: [unclosed\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):

@@ -17,7 +17,8 @@ from rich.console import Console
 from tunewise import __version__
 from tunewise.errors import TunewiseError
 
-out = Console(soft_wrap=True)  # results
+# Results: when piped (not a terminal), do not squeeze tables into rich's default of 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True)  # narration, warnings, errors
 
 app = typer.Typer(
@@ -42,7 +43,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details to stderr."),
 ) -> None:
     logging.basicConfig(
@@ -50,14 +53,23 @@ def _root(
     )
 
 
-def _register() -> None:
-    # Each pipeline stage owns its commands; importing them here keeps this file the table of contents.
-    from tunewise import commands  # noqa: F401
-    from tunewise.data import cli as data_cli
+# Each pipeline stage owns its commands; this list is the table of contents, in the order `--help` shows them.
+COMMAND_MODULES = (
+    "tunewise.commands",  # init
+    "tunewise.data.cli",  # data check/split/versions/convert
+    "tunewise.economics.cli",  # cost, pricing
+    "tunewise.decide.cli",  # advise, decide
+    "tunewise.report.cli",  # report
+)
 
-    app.add_typer(data_cli.app, name="data")
-    from tunewise.decide import cli as decide_cli  # noqa: F401  (advise, decide)
-    from tunewise.economics import cli as economics_cli  # noqa: F401  (cost, pricing)
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        if name == "tunewise.data.cli" and not any(g.name == "data" for g in app.registered_groups):
+            app.add_typer(module.app, name="data")
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """The project folder: `tunewise.yaml` beside a state folder `.tunewise/`.
 
-    my-task/
-      tunewise.yaml            the task spec (stage 1 of the guide)
-      data/                    your training and held-out files
-      .tunewise/
-        registry.sqlite3       dataset versions, runs, evaluations, model calls, reviews, jobs
-        datasets/<version>/    normalized, content-addressed dataset versions
-        runs/<run-id>/         one self-describing directory per training or evaluation run
-      reports/                 HTML and JSON reports
+my-task/
+  tunewise.yaml            the task spec (stage 1 of the guide)
+  data/                    your training and held-out files
+  .tunewise/
+    registry.sqlite3       dataset versions, runs, evaluations, model calls, reviews, jobs
+    datasets/<version>/    normalized, content-addressed dataset versions
+    runs/<run-id>/         one self-describing directory per training or evaluation run
+  reports/                 HTML and JSON reports
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ economics:
   platforms: [azure-openai, together, vertex, self-hosted]
 """
 
+
 def scaffold(path: Path, force: bool = False) -> Project:
     project = Project(path.resolve())
     if project.spec_path.exists() and not force:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -81,9 +81,7 @@ class TextContract(_Strict):
     type: Literal["text"] = "text"
 
 
-Contract = Annotated[
-    Union[LabelContract, JsonContract, RegexContract, TextContract], Field(discriminator="type")
-]
+Contract = Annotated[LabelContract | JsonContract | RegexContract | TextContract, Field(discriminator="type")]
 
 
 class CsvColumns(_Strict):
@@ -150,7 +148,9 @@ class EvaluationSpec(_Strict):
 
 class EconomicsSpec(_Strict):
     queries_per_day: float = Field(default=500, ge=0)
-    platforms: list[str] = Field(default_factory=lambda: ["azure-openai", "together", "vertex", "self-hosted"])
+    platforms: list[str] = Field(
+        default_factory=lambda: ["azure-openai", "together", "vertex", "self-hosted"]
+    )
     retrain_every_days: float = Field(default=91, gt=0, description="Quarterly retraining by default.")
     value_per_accuracy_point: float | None = Field(
         default=None, ge=0, description="What one point of accuracy is worth per month, in dollars."
@@ -172,7 +172,9 @@ class Spec(_Strict):
     @model_validator(mode="after")
     def _csv_needs_columns(self) -> Spec:
         if self.data.format == "csv" and self.data.csv_columns is None:
-            raise ValueError("data.format is csv but data.csv_columns is missing (say which columns hold prompt and completion)")
+            raise ValueError(
+                "data.format is csv but data.csv_columns is missing (say which columns hold prompt and completion)"
+            )
         return self
 
     def warnings(self) -> list[str]:
@@ -232,7 +234,11 @@ def _fields_at(loc: tuple) -> list[str]:
         if part in fields:
             ann = fields[part].annotation
             model = next(
-                (a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)),
+                (
+                    a
+                    for a in getattr(ann, "__args__", (ann,))
+                    if isinstance(a, type) and issubclass(a, BaseModel)
+                ),
                 ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None,
             )
         elif part in {"label", "json", "regex", "text"}:
@@ -253,16 +259,27 @@ def _describe(errors: list[dict], lines: dict[tuple, int]) -> list[str]:
         loc = tuple(
             p
             for p in err["loc"]
-            if p not in {"label", "json", "regex", "text"} and not (isinstance(p, str) and ("[" in p or p.startswith("constrained-")))
+            if p not in {"label", "json", "regex", "text"}
+            and not (isinstance(p, str) and ("[" in p or p.startswith("constrained-")))
         )
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         line = lines.get(loc) or lines.get(loc[:-1]) or 0
         where = f"line {line}: " if line else ""
-        auto = " or 'auto'" if loc and loc[0] in {"hyperparameters", "evaluation"} and loc[-1] in _AUTO_FIELDS else ""
+        auto = (
+            " or 'auto'"
+            if loc and loc[0] in {"hyperparameters", "evaluation"} and loc[-1] in _AUTO_FIELDS
+            else ""
+        )
         if err["type"] == "extra_forbidden":
             valid = _fields_at(loc[:-1])
             guess = nearest(str(loc[-1]), valid)
-            tip = f" (did you mean '{guess}'?)" if guess else f" (valid keys: {', '.join(valid)})" if valid else ""
+            tip = (
+                f" (did you mean '{guess}'?)"
+                if guess
+                else f" (valid keys: {', '.join(valid)})"
+                if valid
+                else ""
+            )
             problems.append((line, f"{where}unknown key '{dotted}'{tip}"))
         elif err["type"] == "missing":
             problems.append((line, f"{where}'{dotted}' is required"))
@@ -276,7 +293,15 @@ def _describe(errors: list[dict], lines: dict[tuple, int]) -> list[str]:
     return [text for _, text in sorted(problems, key=lambda p: p[0])]
 
 
-_AUTO_FIELDS = {"epochs", "learning_rate", "batch_size", "lora_rank", "lora_alpha", "max_length", "max_new_tokens"}
+_AUTO_FIELDS = {
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "lora_rank",
+    "lora_alpha",
+    "max_length",
+    "max_new_tokens",
+}
 
 
 def parse_spec(text: str, source: str = "tunewise.yaml") -> Spec:

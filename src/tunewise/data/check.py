@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from tunewise.data import minhash
@@ -96,7 +95,9 @@ class Problems:
     def __init__(self) -> None:
         self.groups: dict[tuple[str, str, str], Group] = {}
 
-    def add(self, severity: str, code: str, fld: str, file: str, line: int, message: str, count: int = 1) -> None:
+    def add(
+        self, severity: str, code: str, fld: str, file: str, line: int, message: str, count: int = 1
+    ) -> None:
         key = (severity, code, _INDEX.sub("[]", fld))
         group = self.groups.get(key)
         if group is None:
@@ -116,7 +117,9 @@ class Problems:
         return sum(g.count for g in self.groups.values() if g.severity == severity)
 
     def sorted(self) -> list[Group]:
-        return sorted(self.groups.values(), key=lambda g: (g.severity != "error", g.first[0][0], g.first[0][1]))
+        return sorted(
+            self.groups.values(), key=lambda g: (g.severity != "error", g.first[0][0], g.first[0][1])
+        )
 
 
 @dataclass
@@ -202,20 +205,48 @@ class _Checker:
         add = self.part.problems.add
         if self.label_set is not None and answer not in self.label_set:
             shown = answer if len(answer) <= 60 else answer[:57] + "..."
-            add("error", "contract_label", "completion", self.file, line, f"label '{shown}' is not in the contract's label set")
+            add(
+                "error",
+                "contract_label",
+                "completion",
+                self.file,
+                line,
+                f"label '{shown}' is not in the contract's label set",
+            )
         elif self.opts.is_json:
             try:
                 value = orjson.loads(answer)
             except orjson.JSONDecodeError as exc:
-                add("error", "contract_json", "completion", self.file, line, f"completion is not valid JSON: {exc}")
+                add(
+                    "error",
+                    "contract_json",
+                    "completion",
+                    self.file,
+                    line,
+                    f"completion is not valid JSON: {exc}",
+                )
                 return
             if self.schema_validator is not None:
                 error = next(iter(self.schema_validator.iter_errors(value)), None)
                 if error is not None:
                     where = "/".join(map(str, error.absolute_path)) or "(root)"
-                    add("error", "contract_schema", "completion", self.file, line, f"completion breaks the schema at {where}: {error.message}")
+                    add(
+                        "error",
+                        "contract_schema",
+                        "completion",
+                        self.file,
+                        line,
+                        f"completion breaks the schema at {where}: {error.message}",
+                    )
         elif self.regex is not None and not self.regex.fullmatch(answer):
-            add("error", "contract_regex", "completion", self.file, line, "completion does not match the contract's regex")
+            add(
+                "error",
+                "contract_regex",
+                "completion",
+                self.file,
+                line,
+                "completion does not match the contract's regex",
+            )
 
     def flush(self) -> None:
         if self.pending_texts:
@@ -226,8 +257,14 @@ class _Checker:
         try:
             raw.decode("utf-8")
         except UnicodeDecodeError as uexc:
-            self.part.problems.add("error", "invalid_utf8", "(line)", self.file, line_no,
-                                   f"invalid UTF-8 at byte {uexc.start}: save the file as UTF-8")
+            self.part.problems.add(
+                "error",
+                "invalid_utf8",
+                "(line)",
+                self.file,
+                line_no,
+                f"invalid UTF-8 at byte {uexc.start}: save the file as UTF-8",
+            )
             return
         self.part.problems.add("error", "invalid_json", "(line)", self.file, line_no, f"invalid JSON: {exc}")
 
@@ -235,19 +272,39 @@ class _Checker:
         """The general path: one parsed line of any format, every problem reported."""
         add = self.part.problems.add
         if not isinstance(record, dict):
-            add("error", "not_object", "(line)", self.file, line_no, f"each line must be a JSON object, got {type(record).__name__}")
+            add(
+                "error",
+                "not_object",
+                "(line)",
+                self.file,
+                line_no,
+                f"each line must be a JSON object, got {type(record).__name__}",
+            )
             return
         fmt = detect_format(record)
         if fmt is None:
             keys = ", ".join(sorted(record)[:6]) or "none"
-            add("error", "unknown_format", "(record)", self.file, line_no,
-                f"cannot tell the format from the keys ({keys}): expected messages, prompt/completion, instruction/output or conversations")
+            add(
+                "error",
+                "unknown_format",
+                "(record)",
+                self.file,
+                line_no,
+                f"cannot tell the format from the keys ({keys}): expected messages, prompt/completion, instruction/output or conversations",
+            )
             return
         if self.fmt is None:
             self.fmt = fmt
             self.part.first_format = fmt
         elif fmt != self.fmt:
-            add("error", "mixed_formats", "(record)", self.file, line_no, f"this record is {fmt} but the file is {self.fmt}: one format per file")
+            add(
+                "error",
+                "mixed_formats",
+                "(record)",
+                self.file,
+                line_no,
+                f"this record is {fmt} but the file is {self.fmt}: one format per file",
+            )
             return
         messages, problems = normalize(record, fmt)
         if not any(p[0] == "error" for p in problems):
@@ -312,7 +369,14 @@ class _Checker:
                 pos += len(raw)
                 line_no += 1
                 if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                    add("error", "bom", "(file)", path, 1, "the file starts with a UTF-8 byte-order mark: save it as UTF-8 without BOM")
+                    add(
+                        "error",
+                        "bom",
+                        "(file)",
+                        path,
+                        1,
+                        "the file starts with a UTF-8 byte-order mark: save it as UTF-8 without BOM",
+                    )
                     raw = raw[3:]
                 raw = raw.rstrip(b"\r\n")
                 if not raw or raw.isspace():
@@ -328,10 +392,23 @@ class _Checker:
                     msgs = rec.get("messages")
                     if type(msgs) is list and len(msgs) == 2:
                         u, a = msgs
-                        if type(u) is dict and type(a) is dict and u.keys() == user_keys and a.keys() == assistant_keys \
-                                and u["role"] == "user" and a["role"] == "assistant":
+                        if (
+                            type(u) is dict
+                            and type(a) is dict
+                            and u.keys() == user_keys
+                            and a.keys() == assistant_keys
+                            and u["role"] == "user"
+                            and a["role"] == "assistant"
+                        ):
                             p, c = u["content"], a["content"]
-                            if type(p) is str and type(c) is str and p and c and not p.isspace() and not c.isspace():
+                            if (
+                                type(p) is str
+                                and type(c) is str
+                                and p
+                                and c
+                                and not p.isspace()
+                                and not c.isspace()
+                            ):
                                 if self.fmt is None:
                                     self.fmt = self.part.first_format = "openai"
                                 rows.append((line_no, raw, p, c, msgs))
@@ -346,7 +423,9 @@ class _Checker:
         return self.part
 
 
-def _check_range(path: str, start: int, end: int, first_line: int, opts: CheckOptions, fmt: str | None, seed: int) -> Partial:
+def _check_range(
+    path: str, start: int, end: int, first_line: int, opts: CheckOptions, fmt: str | None, seed: int
+) -> Partial:
     return _Checker(path, opts, fmt, seed).run(path, start, end, first_line)
 
 
@@ -403,7 +482,10 @@ class FileResult:
 
 def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResult:
     if not path.is_file():
-        raise TunewiseError(f"{path}: no such file", hint="check the path (relative paths are relative to the working directory)")
+        raise TunewiseError(
+            f"{path}: no such file",
+            hint="check the path (relative paths are relative to the working directory)",
+        )
     size = path.stat().st_size
     if size == 0:
         part = Partial(Problems())
@@ -423,7 +505,10 @@ def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResul
         import multiprocessing
 
         with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [pool.submit(_check_range, str(path), a, b, ln, opts, fmt, i) for i, (a, b, ln) in enumerate(ranges)]
+            futures = [
+                pool.submit(_check_range, str(path), a, b, ln, opts, fmt, i)
+                for i, (a, b, ln) in enumerate(ranges)
+            ]
             partials = [f.result() for f in futures]
     return FileResult(str(path), role, _merge(partials), size)
 

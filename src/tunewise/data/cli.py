@@ -34,15 +34,29 @@ def _spec_and_project(spec_path: Path | None):
 )
 def check(
     files: list[Path] = typer.Argument(None, help="Training files (default: data.train of tunewise.yaml)."),
-    eval: list[Path] = typer.Option(None, "--eval", help="Held-out files: checked too, and for leakage from train."),
-    provider: str = typer.Option(None, "--for", help=f"Also apply a provider's rules: {', '.join(PROVIDERS)}."),
-    fmt: str = typer.Option("auto", "--format", help="auto, openai, prompt-completion, alpaca, sharegpt or csv."),
+    eval: list[Path] = typer.Option(
+        None, "--eval", help="Held-out files: checked too, and for leakage from train."
+    ),
+    provider: str = typer.Option(
+        None, "--for", help=f"Also apply a provider's rules: {', '.join(PROVIDERS)}."
+    ),
+    fmt: str = typer.Option(
+        "auto", "--format", help="auto, openai, prompt-completion, alpaca, sharegpt or csv."
+    ),
     spec_path: Path = typer.Option(None, "--spec", help="Task spec for the output contract and base model."),
-    labels: str = typer.Option(None, "--labels", help="Comma-separated label set to check completions against."),
+    labels: str = typer.Option(
+        None, "--labels", help="Comma-separated label set to check completions against."
+    ),
     prompt_column: str = typer.Option(None, "--prompt-column", help="CSV: the column holding the input."),
-    completion_column: str = typer.Option(None, "--completion-column", help="CSV: the column holding the answer."),
-    tokens: bool = typer.Option(True, "--tokens/--no-tokens", help="Token statistics and context-length check."),
-    near: bool = typer.Option(True, "--near-duplicates/--no-near-duplicates", help="MinHash near-duplicate search."),
+    completion_column: str = typer.Option(
+        None, "--completion-column", help="CSV: the column holding the answer."
+    ),
+    tokens: bool = typer.Option(
+        True, "--tokens/--no-tokens", help="Token statistics and context-length check."
+    ),
+    near: bool = typer.Option(
+        True, "--near-duplicates/--no-near-duplicates", help="MinHash near-duplicate search."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -51,13 +65,18 @@ def check(
     from tunewise.data.validate import check_files, options_from_spec
 
     if provider is not None and provider not in PROVIDERS:
-        raise TunewiseError(f"unknown provider '{provider}' for --for", hint=f"use one of {', '.join(PROVIDERS)}")
+        raise TunewiseError(
+            f"unknown provider '{provider}' for --for", hint=f"use one of {', '.join(PROVIDERS)}"
+        )
     if fmt != "auto" and fmt not in FORMATS:
         raise TunewiseError(f"unknown format '{fmt}'", hint=f"use auto or one of {', '.join(FORMATS)}")
     spec, project = _spec_and_project(spec_path)
     if not files:
         if spec is None:
-            raise TunewiseError("no files given and no tunewise.yaml here", hint="pass files: tunewise data check data/train.jsonl")
+            raise TunewiseError(
+                "no files given and no tunewise.yaml here",
+                hint="pass files: tunewise data check data/train.jsonl",
+            )
         files = [project.root / p for p in spec.data.train]
         eval = eval or [project.root / p for p in spec.data.eval]
     tokenizer = None
@@ -96,7 +115,10 @@ def _render(report) -> None:
             extra = f", {f['exact_duplicates']} exact duplicates"
         if f.get("near_duplicate_groups"):
             extra += f", {f['near_duplicate_groups']} near-duplicate groups ({f['near_duplicate_examples']} examples)"
-        out.print(f"[bold]{escape(f['path'])}[/] ({f['role']}): {f['examples']} examples, format {f['format']}{extra}", highlight=False)
+        out.print(
+            f"[bold]{escape(f['path'])}[/] ({f['role']}): {f['examples']} examples, format {f['format']}{extra}",
+            highlight=False,
+        )
     for g in report.problems.sorted():
         color = "red" if g.severity == "error" else "yellow"
         more = f" ({g.count} occurrences)" if g.count > 1 else ""
@@ -120,11 +142,18 @@ def _render(report) -> None:
     if stats.get("labels"):
         labels = stats["labels"]
         shown = ", ".join(f"{k} {v}" for k, v in list(labels.items())[:12])
-        out.print(f"labels ({len(labels)}): {shown}{' ...' if len(labels) > 12 else ''}", highlight=False, markup=False)
+        out.print(
+            f"labels ({len(labels)}): {shown}{' ...' if len(labels) > 12 else ''}",
+            highlight=False,
+            markup=False,
+        )
     for note in report.notes:
         out.print(f"note: {note}", highlight=False, markup=False)
     verdict = "[red]FAILED[/]" if report.errors else "[green]ok[/]"
-    out.print(f"{verdict}: {report.errors} error(s), {report.warnings} warning(s) in {len(report.files)} file(s), {report.seconds:.1f} s", highlight=False)
+    out.print(
+        f"{verdict}: {report.errors} error(s), {report.warnings} warning(s) in {len(report.files)} file(s), {report.seconds:.1f} s",
+        highlight=False,
+    )
 
 
 @app.command(
@@ -133,7 +162,9 @@ def _render(report) -> None:
 )
 def split(
     file: Path = typer.Argument(..., help="The file to split."),
-    eval_fraction: float = typer.Option(0.2, "--eval-fraction", min=0.01, max=0.9, help="Share of examples held out."),
+    eval_fraction: float = typer.Option(
+        0.2, "--eval-fraction", min=0.01, max=0.9, help="Share of examples held out."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
     out_dir: Path = typer.Option(Path("."), "--out", help="Folder for train.jsonl and eval.jsonl."),
     fmt: str = typer.Option("auto", "--format", help="Input format (default: detected)."),
@@ -149,7 +180,11 @@ def split(
 
     spec, project = _spec_and_project(spec_path)
     examples = load_examples(file, fmt)
-    labels = spec.contract.labels if spec and isinstance(spec.contract, LabelContract) else _detect_labels(examples)
+    labels = (
+        spec.contract.labels
+        if spec and isinstance(spec.contract, LabelContract)
+        else _detect_labels(examples)
+    )
     train, held = split_examples(examples, eval_fraction, seed, labels)
     atomic_write_text(out_dir / "train.jsonl", to_jsonl(train))
     atomic_write_text(out_dir / "eval.jsonl", to_jsonl(held))
@@ -187,7 +222,9 @@ def _detect_labels(examples: list[dict]) -> list[str] | None:
     return None
 
 
-@app.command(help="List the dataset versions recorded in this project.\n\nExample: tunewise data versions --json")
+@app.command(
+    help="List the dataset versions recorded in this project.\n\nExample: tunewise data versions --json"
+)
 def versions(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
     from rich.table import Table
 
@@ -204,7 +241,9 @@ def versions(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
         return
     table = Table("version", "name", "examples", "created", "sources")
     for r in rows:
-        table.add_row(r["id"][:16], r["name"], str(r["n_examples"]), r["created_at"], ", ".join(r["source_paths"]))
+        table.add_row(
+            r["id"][:16], r["name"], str(r["n_examples"]), r["created_at"], ", ".join(r["source_paths"])
+        )
     out.print(table)
 
 
@@ -214,14 +253,18 @@ def versions(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
 )
 def convert(
     file: Path = typer.Argument(..., help="The file to convert (any supported input format)."),
-    to: str = typer.Option(..., "--to", help="openai, together, vertex, bedrock or hf."),
+    to: str = typer.Option(
+        ..., "--to", help="openai, together, vertex, bedrock (conversation), bedrock-prompt-completion or hf."
+    ),
     out_path: Path = typer.Option(..., "--out", help="Where to write the JSONL."),
     fmt: str = typer.Option("auto", "--format", help="Input format (default: detected)."),
 ) -> None:
     from tunewise.cli import out
-    from tunewise.data.convert import convert_file
+    from tunewise.data.convert import PROVIDERS, convert_file
     from tunewise.data.load import load_examples
 
+    if to not in PROVIDERS:
+        raise TunewiseError(f"unknown provider '{to}' for --to", hint=f"use one of {', '.join(PROVIDERS)}")
     examples = load_examples(file, fmt)
     convert_file(examples, to, out_path)
     out.print(f"wrote {len(examples)} examples in {to} format to {out_path}", highlight=False)

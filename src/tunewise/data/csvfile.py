@@ -16,24 +16,51 @@ def check_csv(path: Path, opts: CheckOptions) -> Partial:
     add = checker.part.problems.add
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
-        add("error", "bom", "(file)", str(path), 1, "the file starts with a UTF-8 byte-order mark: save it as UTF-8 without BOM")
+        add(
+            "error",
+            "bom",
+            "(file)",
+            str(path),
+            1,
+            "the file starts with a UTF-8 byte-order mark: save it as UTF-8 without BOM",
+        )
         raw = raw[3:]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        add("error", "invalid_utf8", "(line)", str(path), line, f"invalid UTF-8 at byte {exc.start}: save the file as UTF-8")
+        add(
+            "error",
+            "invalid_utf8",
+            "(line)",
+            str(path),
+            line,
+            f"invalid UTF-8 at byte {exc.start}: save the file as UTF-8",
+        )
         return checker.part
     reader = csv.DictReader(io.StringIO(text, newline=""))
     header = reader.fieldnames or []
     prompt_col, completion_col = cols.get("prompt"), cols.get("completion")
     if not prompt_col or not completion_col:
-        add("error", "csv_columns", "(file)", str(path), 1,
-            f"a CSV file needs a column mapping: data.csv_columns (or --prompt-column/--completion-column); columns are: {', '.join(header)}")
+        add(
+            "error",
+            "csv_columns",
+            "(file)",
+            str(path),
+            1,
+            f"a CSV file needs a column mapping: data.csv_columns (or --prompt-column/--completion-column); columns are: {', '.join(header)}",
+        )
         return checker.part
     missing = [c for c in (prompt_col, completion_col, cols.get("system")) if c and c not in header]
     if missing:
-        add("error", "missing_key", "(header)", str(path), 1, f"column(s) {', '.join(missing)} not in the header ({', '.join(header)})")
+        add(
+            "error",
+            "missing_key",
+            "(header)",
+            str(path),
+            1,
+            f"column(s) {', '.join(missing)} not in the header ({', '.join(header)})",
+        )
         return checker.part
     for row in reader:
         line = reader.line_num

@@ -22,9 +22,19 @@ RECORD_KEYS = {
     "alpaca": frozenset({"instruction", "input", "output", "system", "history", "metadata"}),
     "sharegpt": frozenset({"conversations", "system", "tools", "id", "metadata"}),
 }
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "system": "system",
-                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "system": "system",
+    "function_call": "assistant",
+    "observation": "tool",
+    "tool": "tool",
+}
 
 Problem = tuple[str, str, str, str]  # severity ('error' | 'warning'), code, field, message
 
@@ -60,7 +70,9 @@ def _text(value: Any, field: str, problems: list[Problem], *, required: bool = T
             problems.append(("error", "missing_key", field, f"'{field}' is missing"))
         return ""
     if not isinstance(value, str):
-        problems.append(("error", "wrong_type", field, f"'{field}' must be a string, got {type(value).__name__}"))
+        problems.append(
+            ("error", "wrong_type", field, f"'{field}' must be a string, got {type(value).__name__}")
+        )
         return ""
     return value
 
@@ -81,7 +93,9 @@ def normalize(record: dict[str, Any], fmt: str) -> tuple[list[dict], list[Proble
         if system:
             messages.append({"role": "system", "content": system})
         messages.append({"role": "user", "content": _text(record.get("prompt"), "prompt", problems)})
-        messages.append({"role": "assistant", "content": _text(record.get("completion"), "completion", problems)})
+        messages.append(
+            {"role": "assistant", "content": _text(record.get("completion"), "completion", problems)}
+        )
         return messages, problems
     if fmt == "alpaca":
         messages = []
@@ -90,11 +104,15 @@ def normalize(record: dict[str, Any], fmt: str) -> tuple[list[dict], list[Proble
             messages.append({"role": "system", "content": system})
         history = record.get("history") or []
         if not isinstance(history, list):
-            problems.append(("error", "wrong_type", "history", "'history' must be a list of [user, assistant] pairs"))
+            problems.append(
+                ("error", "wrong_type", "history", "'history' must be a list of [user, assistant] pairs")
+            )
             history = []
         for i, turn in enumerate(history):
             if not (isinstance(turn, list) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
-                problems.append(("error", "wrong_type", f"history[{i}]", "each history turn must be [user, assistant]"))
+                problems.append(
+                    ("error", "wrong_type", f"history[{i}]", "each history turn must be [user, assistant]")
+                )
                 continue
             messages += [{"role": "user", "content": turn[0]}, {"role": "assistant", "content": turn[1]}]
         instruction = _text(record.get("instruction"), "instruction", problems)
@@ -117,7 +135,9 @@ def _openai(record: dict[str, Any], problems: list[Problem]) -> list[dict]:
     for i, msg in enumerate(raw):
         field = f"messages[{i}]"
         if not isinstance(msg, dict):
-            problems.append(("error", "wrong_type", field, f"{field} must be an object with role and content"))
+            problems.append(
+                ("error", "wrong_type", field, f"{field} must be an object with role and content")
+            )
             continue
         for key in msg:
             if key not in MESSAGE_KEYS:
@@ -152,7 +172,9 @@ def _sharegpt(record: dict[str, Any], problems: list[Problem]) -> list[dict]:
         source = turn.get("from")
         role = SHAREGPT_ROLES.get(source) if isinstance(source, str) else None
         if role is None:
-            problems.append(("error", "unknown_role", f"{field}.from", f"unknown speaker '{source}' in {field}"))
+            problems.append(
+                ("error", "unknown_role", f"{field}.from", f"unknown speaker '{source}' in {field}")
+            )
             continue
         messages.append({"role": role, "content": turn.get("value")})
     return messages
@@ -167,35 +189,83 @@ def check_messages(messages: list[dict]) -> list[Problem]:
         field = f"messages[{i}]"
         role = msg["role"]
         if role not in ROLES:
-            problems.append(("error", "unknown_role", f"{field}.role", f"unknown role '{role}' (use system, user, assistant or tool)"))
+            problems.append(
+                (
+                    "error",
+                    "unknown_role",
+                    f"{field}.role",
+                    f"unknown role '{role}' (use system, user, assistant or tool)",
+                )
+            )
             previous = role
             continue
         content = msg.get("content")
         if content is not None and not isinstance(content, str):
             problems.append(("error", "wrong_type", f"{field}.content", f"{field}.content must be a string"))
         elif not (content and content.strip()) and not (role == "assistant" and msg.get("tool_calls")):
-            problems.append(("error", "empty_content", f"{field}.content", f"{field} ({role}) has empty content"))
+            problems.append(
+                ("error", "empty_content", f"{field}.content", f"{field} ({role}) has empty content")
+            )
         if role == "system" and i != 0:
             problems.append(("error", "role_order", f"{field}.role", "a system message may only come first"))
         elif role == "assistant" and previous in (None, "system"):
-            problems.append(("error", "role_order", f"{field}.role", "the conversation must start with a user message"))
+            problems.append(
+                ("error", "role_order", f"{field}.role", "the conversation must start with a user message")
+            )
         elif role in ("user", "assistant") and role == previous:
-            problems.append(("error", "role_order", f"{field}.role", f"two {role} messages in a row: roles must alternate"))
+            problems.append(
+                (
+                    "error",
+                    "role_order",
+                    f"{field}.role",
+                    f"two {role} messages in a row: roles must alternate",
+                )
+            )
         if "weight" in msg:
             if role != "assistant":
-                problems.append(("error", "invalid_weight", f"{field}.weight", "'weight' is only allowed on assistant messages"))
+                problems.append(
+                    (
+                        "error",
+                        "invalid_weight",
+                        f"{field}.weight",
+                        "'weight' is only allowed on assistant messages",
+                    )
+                )
             elif msg["weight"] not in (0, 1) or isinstance(msg["weight"], bool):
-                problems.append(("error", "invalid_weight", f"{field}.weight", f"weight must be 0 or 1, got {msg['weight']!r}"))
+                problems.append(
+                    (
+                        "error",
+                        "invalid_weight",
+                        f"{field}.weight",
+                        f"weight must be 0 or 1, got {msg['weight']!r}",
+                    )
+                )
         saw_assistant = saw_assistant or role == "assistant"
         previous = role
     if not messages:
         problems.append(("error", "no_messages", "messages", "the example has no messages"))
     elif not saw_assistant:
-        problems.append(("error", "no_assistant", "messages", "no assistant message: nothing to learn from this example"))
+        problems.append(
+            ("error", "no_assistant", "messages", "no assistant message: nothing to learn from this example")
+        )
     elif messages[-1]["role"] != "assistant":
-        problems.append(("warning", "trailing_turn", "messages", f"the last message is from {messages[-1]['role']}: it is not trained"))
+        problems.append(
+            (
+                "warning",
+                "trailing_turn",
+                "messages",
+                f"the last message is from {messages[-1]['role']}: it is not trained",
+            )
+        )
     if messages and all(m.get("weight") == 0 for m in messages if m["role"] == "assistant") and saw_assistant:
-        problems.append(("error", "no_trained_tokens", "messages", "every assistant message has weight 0: nothing is trained"))
+        problems.append(
+            (
+                "error",
+                "no_trained_tokens",
+                "messages",
+                "every assistant message has weight 0: nothing is trained",
+            )
+        )
     return problems
 
 
@@ -211,4 +281,6 @@ def completion(messages: list[dict]) -> str | None:
 def prompt_text(messages: list[dict]) -> str:
     """The input side of an example (everything before the final reply), for duplicate and leakage checks."""
     last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=len(messages))
-    return "\n".join(m["content"] for m in messages[:last] if isinstance(m.get("content"), str) and m["role"] != "system")
+    return "\n".join(
+        m["content"] for m in messages[:last] if isinstance(m.get("content"), str) and m["role"] != "system"
+    )

@@ -35,7 +35,10 @@ def load_examples(path: Path, fmt: str = "auto", csv_columns: dict | None = None
             break
     if problems:
         shown = "\n  ".join(problems[:5])
-        raise TunewiseError(f"{path} has invalid examples:\n  {shown}", hint=f"run `tunewise data check {path}` for the full report")
+        raise TunewiseError(
+            f"{path} has invalid examples:\n  {shown}",
+            hint=f"run `tunewise data check {path}` for the full report",
+        )
     if not examples:
         raise TunewiseError(f"{path} holds no examples")
     return examples

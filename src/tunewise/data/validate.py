@@ -77,10 +77,14 @@ def options_from_spec(spec: Spec | None, provider: str | None = None, tokenizer=
     return opts
 
 
-def check_files(train: list[Path], eval: list[Path] | None = None, opts: CheckOptions | None = None, tokenizer=None) -> DataReport:
+def check_files(
+    train: list[Path], eval: list[Path] | None = None, opts: CheckOptions | None = None, tokenizer=None
+) -> DataReport:
     started = time.perf_counter()
     opts = opts or CheckOptions()
-    results = [check_file(p, opts, "train") for p in train] + [check_file(p, opts, "eval") for p in eval or []]
+    results = [check_file(p, opts, "train") for p in train] + [
+        check_file(p, opts, "eval") for p in eval or []
+    ]
     problems = Problems()
     for r in results:
         problems.merge(r.part.problems)
@@ -90,9 +94,15 @@ def check_files(train: list[Path], eval: list[Path] | None = None, opts: CheckOp
     _counts(results, problems, opts)
     stats = _statistics(results, tokenizer, opts, problems, notes)
     files = [
-        {"path": r.path, "role": r.role, "bytes": r.bytes, "examples": r.part.examples,
-         "format": r.part.first_format or (max(r.part.formats, key=r.part.formats.get) if r.part.formats else None),
-         **r.summary}
+        {
+            "path": r.path,
+            "role": r.role,
+            "bytes": r.bytes,
+            "examples": r.part.examples,
+            "format": r.part.first_format
+            or (max(r.part.formats, key=r.part.formats.get) if r.part.formats else None),
+            **r.summary,
+        }
         for r in results
     ]
     return DataReport(files, problems, stats, notes, time.perf_counter() - started)
@@ -118,14 +128,22 @@ def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOption
         for g in exact_groups:
             first = int(lines[g].min())
             for i in sorted(lines[g].tolist())[1:]:
-                problems.add("warning", "duplicate", "(example)", r.path, i, f"exact duplicate of line {first}")
+                problems.add(
+                    "warning", "duplicate", "(example)", r.path, i, f"exact duplicate of line {first}"
+                )
         # Same input, different answers: the data contradicts itself.
         ph = np.frombuffer(part.prompt_hash, dtype=np.uint64)
         for g in _groups(ph):
             if len(set(ex[g].tolist())) > 1:
                 ls = sorted(lines[g].tolist())
-                problems.add("warning", "conflicting_answers", "(example)", r.path, ls[0],
-                             f"the same input has different answers on lines {', '.join(map(str, ls[:6]))}{' ...' if len(ls) > 6 else ''}")
+                problems.add(
+                    "warning",
+                    "conflicting_answers",
+                    "(example)",
+                    r.path,
+                    ls[0],
+                    f"the same input has different answers on lines {', '.join(map(str, ls[:6]))}{' ...' if len(ls) > 6 else ''}",
+                )
         if opts.near_duplicates and part.signatures:
             labels = minhash.cluster(np.concatenate(part.signatures))
             exact_of = np.zeros(len(ex), dtype=bool)
@@ -136,8 +154,14 @@ def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOption
             for g in near:
                 ls = sorted(lines[g].tolist())
                 shown = ", ".join(map(str, ls[:4])) + (f" and {len(ls) - 4} more" if len(ls) > 4 else "")
-                problems.add("warning", "near_duplicates", "(example)", r.path, ls[0],
-                             f"a group of {len(ls)} near-duplicate inputs (5-gram Jaccard about {minhash.THRESHOLD} or more, numbers ignored): lines {shown}")
+                problems.add(
+                    "warning",
+                    "near_duplicates",
+                    "(example)",
+                    r.path,
+                    ls[0],
+                    f"a group of {len(ls)} near-duplicate inputs (5-gram Jaccard about {minhash.THRESHOLD} or more, numbers ignored): lines {shown}",
+                )
             r.summary["near_duplicate_groups"] = len(near)
             r.summary["near_duplicate_examples"] = int(sum(len(g) for g in near))
         r.summary["exact_duplicates"] = int(sum(len(g) - 1 for g in exact_groups))
@@ -166,11 +190,25 @@ def _leakage(results: list[FileResult], problems: Problems) -> None:
         eval_bands = minhash.bands(sig) if sig is not None else None
         for i, (line, h) in enumerate(zip(r.part.lines, r.part.prompt_hash)):
             if h in train_hashes:
-                problems.add("error", "leakage", "(example)", r.path, line, "this held-out input also appears in the training data")
+                problems.add(
+                    "error",
+                    "leakage",
+                    "(example)",
+                    r.path,
+                    line,
+                    "this held-out input also appears in the training data",
+                )
             elif eval_bands is not None and buckets:
                 hits = {bucket[v] for bucket, v in zip(buckets, eval_bands[i].tolist()) if v in bucket}
                 if any(minhash.similarity(sig[i], train_sig[j]) >= minhash.THRESHOLD for j in hits):
-                    problems.add("warning", "near_leakage", "(example)", r.path, line, "this held-out input is a near-duplicate of a training input")
+                    problems.add(
+                        "warning",
+                        "near_leakage",
+                        "(example)",
+                        r.path,
+                        line,
+                        "this held-out input is a near-duplicate of a training input",
+                    )
 
 
 def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -> None:
@@ -179,9 +217,23 @@ def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -
     where = train[0].path if train else ""
     if train and n > 0:
         if n < UNRELIABLE_BELOW:
-            problems.add("warning", "too_few", "(file)", where, 0, f"{n} training examples: results below {UNRELIABLE_BELOW} are unreliable (the guide recommends 200-500)")
+            problems.add(
+                "warning",
+                "too_few",
+                "(file)",
+                where,
+                0,
+                f"{n} training examples: results below {UNRELIABLE_BELOW} are unreliable (the guide recommends 200-500)",
+            )
         elif n < RECOMMENDED[0]:
-            problems.add("warning", "few", "(file)", where, 0, f"{n} training examples: the guide recommends {RECOMMENDED[0]}-{RECOMMENDED[1]} validated examples")
+            problems.add(
+                "warning",
+                "few",
+                "(file)",
+                where,
+                0,
+                f"{n} training examples: the guide recommends {RECOMMENDED[0]}-{RECOMMENDED[1]} validated examples",
+            )
     if opts.provider:
         minimum, why = PROVIDER_MIN[opts.provider]
         if n < minimum:
@@ -194,16 +246,35 @@ def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -
             small = sorted((c, lab) for lab, c in counts.items() if c < PER_CLASS[0])
             if small:
                 shown = ", ".join(f"{lab} ({c})" for c, lab in small[:5])
-                problems.add("warning", "few_per_class", "(labels)", where, 0,
-                             f"{len(small)} of {k} classes have fewer than {PER_CLASS[0]} examples (the guide: {PER_CLASS[0]}-{PER_CLASS[1]} per class with {MANY_CLASSES}+ classes): {shown}")
+                problems.add(
+                    "warning",
+                    "few_per_class",
+                    "(labels)",
+                    where,
+                    0,
+                    f"{len(small)} of {k} classes have fewer than {PER_CLASS[0]} examples (the guide: {PER_CLASS[0]}-{PER_CLASS[1]} per class with {MANY_CLASSES}+ classes): {shown}",
+                )
         most, least = max(counts.values()), min(counts.values())
         if least and most / least >= IMBALANCE_RATIO:
-            problems.add("warning", "imbalance", "(labels)", where, 0,
-                         f"class imbalance: the largest class has {most} examples, the smallest {least} ({most / least:.0f}x)")
+            problems.add(
+                "warning",
+                "imbalance",
+                "(labels)",
+                where,
+                0,
+                f"class imbalance: the largest class has {most} examples, the smallest {least} ({most / least:.0f}x)",
+            )
         if opts.labels:
             missing = [lab for lab in opts.labels if lab not in counts]
             if missing:
-                problems.add("warning", "label_unused", "(labels)", where, 0, f"contract labels with no training example: {', '.join(missing[:10])}")
+                problems.add(
+                    "warning",
+                    "label_unused",
+                    "(labels)",
+                    where,
+                    0,
+                    f"contract labels with no training example: {', '.join(missing[:10])}",
+                )
 
 
 def _label_counts(train: list[FileResult]) -> dict[str, int]:
@@ -225,10 +296,15 @@ def _pct(values: list[int], q: float) -> int:
     return int(np.percentile(values, q, method="nearest")) if values else 0
 
 
-def _statistics(results: list[FileResult], tokenizer, opts: CheckOptions, problems: Problems, notes: list[str]) -> dict[str, Any]:
+def _statistics(
+    results: list[FileResult], tokenizer, opts: CheckOptions, problems: Problems, notes: list[str]
+) -> dict[str, Any]:
     train = [r for r in results if r.role == "train"]
     n = sum(r.part.examples for r in train)
-    stats: dict[str, Any] = {"examples": n, "eval_examples": sum(r.part.examples for r in results if r.role == "eval")}
+    stats: dict[str, Any] = {
+        "examples": n,
+        "eval_examples": sum(r.part.examples for r in results if r.role == "eval"),
+    }
     labels = _label_counts(train)
     if labels:
         stats["labels"] = labels
@@ -240,8 +316,14 @@ def _statistics(results: list[FileResult], tokenizer, opts: CheckOptions, proble
         for line, messages in r.part.long:
             tokens = tokenizer.count([tokenizer.render(messages)])[0]
             if tokens > tokenizer.context_length:
-                problems.add("error", "too_long", "(example)", r.path, line,
-                             f"{tokens} tokens, over the base model's context of {tokenizer.context_length}: shorten or split it")
+                problems.add(
+                    "error",
+                    "too_long",
+                    "(example)",
+                    r.path,
+                    line,
+                    f"{tokens} tokens, over the base model's context of {tokenizer.context_length}: shorten or split it",
+                )
     candidates = sum(len(r.part.long) for r in results)
     notes.append(
         f"length limit checked exactly for every example: {candidates} example(s) had more bytes than the "
@@ -253,7 +335,9 @@ def _statistics(results: list[FileResult], tokenizer, opts: CheckOptions, proble
         return stats
     last_assistant = [max(i for i, m in enumerate(ms) if m["role"] == "assistant") for ms in messages_list]
     full = tokenizer.count([tokenizer.render(ms) for ms in messages_list])
-    prompt = tokenizer.count([tokenizer.render(ms[:i], add_generation_prompt=True) for ms, i in zip(messages_list, last_assistant)])
+    prompt = tokenizer.count(
+        [tokenizer.render(ms[:i], add_generation_prompt=True) for ms, i in zip(messages_list, last_assistant)]
+    )
     comp = [f - p for f, p in zip(full, prompt)]
     k = len(messages_list)
     exact = k >= n
@@ -262,7 +346,12 @@ def _statistics(results: list[FileResult], tokenizer, opts: CheckOptions, proble
         "exact": exact,
         "prompt": {"p50": _pct(prompt, 50), "p95": _pct(prompt, 95), "max": max(prompt)},
         "completion": {"p50": _pct(comp, 50), "p95": _pct(comp, 95), "max": max(comp)},
-        "total": {"p50": _pct(full, 50), "p95": _pct(full, 95), "max": max(full), "mean": round(sum(full) / k, 1)},
+        "total": {
+            "p50": _pct(full, 50),
+            "p95": _pct(full, 95),
+            "max": max(full),
+            "mean": round(sum(full) / k, 1),
+        },
         "trained_share": round(sum(comp) / max(1, sum(full)), 4),
         "estimated_training_tokens": int(round(sum(full) / k * n)),
         "estimated_training_tokens_x_epochs": int(round(sum(full) / k * n * DEFAULT_EPOCHS)),

@@ -405,7 +405,8 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
         best_prompted_arm=prompted.name,
         rules=rules,
         weakest_point=weakest_point(summary, tuned, paired),
-        reasons=[f"{r.rule}: {r.detail}" for r in failed],
+        # Why: the failed rules when prompting stays, else the rules that carried the decision.
+        reasons=[f"{r.rule}: {r.detail}" for r in (failed or [r for r in rules if r.passed])],
         **verdict_extra,
     )
 

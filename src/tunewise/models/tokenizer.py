@@ -29,7 +29,9 @@ class ChatTokenizer:
 
     @classmethod
     def for_base(cls, base: str) -> ChatTokenizer:
-        if base == EMBEDDED_MODEL:
+        if (
+            base == EMBEDDED_MODEL or base == "tiny:random"
+        ):  # the tiny test model shares the embedded tokenizer
             from tunewise.models import embedded
 
             return cls(embedded.tokenizer_dir(), context_length=embedded.CONTEXT_LENGTH)

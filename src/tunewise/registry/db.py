@@ -43,7 +43,9 @@ class Registry:
             self.conn.execute("COMMIT")
 
     def applied_migrations(self) -> list[str]:
-        self.conn.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
         return [r[0] for r in self.conn.execute("SELECT name FROM _migrations ORDER BY name")]
 
     def migrate(self) -> list[str]:
@@ -54,7 +56,7 @@ class Registry:
             if name in done:
                 continue
             with self.transaction() as conn:
-                for statement in filter(str.strip, sql.split(";")):
+                for statement in split_statements(sql):
                     conn.execute(statement)
                 conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, utc_now()))
             applied.append(name)
@@ -82,6 +84,22 @@ class Registry:
             "SELECT * FROM dataset_versions WHERE id LIKE ? ORDER BY created_at DESC", (id_prefix + "%",)
         ).fetchall()
         return _decode(rows[0], ("source_paths", "stats")) if len(rows) == 1 else None
+
+
+def split_statements(sql: str) -> list[str]:
+    r"""SQL statements of a script, split where sqlite says a statement is complete (so a ';' inside a
+    comment or a string does not split it).
+
+    >>> split_statements("CREATE TABLE a (x); -- one; two\nCREATE TABLE b (y);")
+    ['CREATE TABLE a (x);', '-- one; two\nCREATE TABLE b (y);']
+    """
+    statements, current = [], ""
+    for piece in sql.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s.strip(" ;\n")]
 
 
 def _decode(row: sqlite3.Row, json_cols: tuple[str, ...]) -> dict[str, Any]:

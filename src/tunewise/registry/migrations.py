@@ -38,3 +38,47 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
 ]
+
+MIGRATIONS.append(
+    (
+        "003_evaluations_and_model_calls",
+        """
+        CREATE TABLE evaluations (
+            run_id TEXT PRIMARY KEY REFERENCES runs(id),
+            dataset_version TEXT,           -- the held-out split's dataset version
+            arms TEXT NOT NULL,             -- JSON list of arm names
+            summary TEXT NOT NULL           -- JSON: the evaluation summary (evaluate/summary.py)
+        );
+        CREATE TABLE model_calls (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            arm TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            sample INTEGER NOT NULL,        -- 0: the scored answer; 1..n: consistency samples
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms REAL,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX model_calls_run ON model_calls(run_id, arm);
+        """,
+    )
+)
+
+MIGRATIONS.append(
+    (
+        "004_pipeline_stages",
+        """
+        CREATE TABLE pipeline_stages (
+            stage TEXT NOT NULL,
+            key TEXT NOT NULL,              -- hash of the stage's inputs: data, config and code version
+            status TEXT NOT NULL,           -- 'running', 'succeeded', 'failed', 'cancelled'
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            seconds REAL,
+            output TEXT,                    -- JSON: what later stages read (paths, run ids, summaries)
+            PRIMARY KEY (stage, key)
+        );
+        """,
+    )
+)

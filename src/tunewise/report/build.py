@@ -1,0 +1,813 @@
+"""The report stage: one self-contained HTML page and the same content as JSON, from the pipeline's state dict.
+
+    build_report(state, out_dir) -> (report.html, report.json)
+
+The state is what earlier stages recorded (see `tunewise.report` for its shape); every section may be missing
+or None, and the page then says plainly what has not run instead of failing. The HTML needs no network to be
+viewed: CSS is inline, plots are SVG images embedded as `data:` URIs, no fonts or scripts are fetched. All text
+goes through Jinja2 with autoescaping on, because model outputs, inputs and even arm names are untrusted text.
+
+The page is built in two steps: `view(state)` turns the loosely typed state into display-ready rows (numbers
+formatted, bars judged, plots drawn), then the template lays them out. Keeping the judgement in Python keeps it
+testable and the template free of logic.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from tunewise.errors import TunewiseError
+
+log = logging.getLogger(__name__)
+
+# The guide's bars ("How to Measure Fine-Tuning Success"). The verdict applies the same numbers.
+ACCURACY_BAR = 0.85  # "Below 85% means data or task definition needs work"
+CONSISTENCY_BAR = 0.95  # "Target 95%+"
+FORMAT_BAR = 0.95  # the guide's fine-tuned example reaches 96% format compliance: 95%+ is the bar
+MAX_DISAGREEMENTS = 50  # shown on the page; report.json keeps them all
+TEMPLATE = "report_template.html"
+
+SECTIONS = (
+    "task",
+    "data",
+    "training",
+    "evaluation",
+    "economics",
+    "verdict",
+    "disagreements",
+    "stage_times",
+)
+# What the page says when a section is absent: the stage that would have produced it.
+MISSING = {
+    "task": "no task card: the task spec was not recorded",
+    "data": "the data check has not run",
+    "training": "training has not run",
+    "evaluation": "evaluation has not run",
+    "economics": "economics has not run: no cost per query or break-even volume",
+    "verdict": "no verdict yet",
+    "disagreements": "no per-example outputs recorded",
+    "stage_times": "no stage times recorded",
+}
+
+
+# --- formatting -------------------------------------------------------------------------------------------
+
+
+def _num(x: Any) -> float | None:
+    """A finite float, or None for anything missing or not a number.
+
+    >>> _num(0.5), _num(None), _num("0.5"), _num(float("nan")), _num(True)
+    (0.5, None, None, None, None)
+    """
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(x) else None
+
+
+def pct(x: Any, places: int = 1) -> str:
+    """A rate in [0, 1] as a percentage.
+
+    >>> pct(0.8512), pct(None), pct(1)
+    ('85.1%', '—', '100.0%')
+    """
+    v = _num(x)
+    return "—" if v is None else f"{100 * v:.{places}f}%"
+
+
+def usd(x: Any) -> str:
+    """Dollars: cents for monthly figures, three significant digits for sub-cent per-query costs.
+
+    >>> usd(1224), usd(0.08), usd(0.000123456), usd(0), usd(None)
+    ('$1,224.00', '$0.0800', '$0.000123', '$0', '—')
+    """
+    v = _num(x)
+    if v is None:
+        return "—"
+    if v == 0:
+        return "$0"
+    if abs(v) >= 1:
+        return f"${v:,.2f}"
+    # Per-query costs are often fractions of a cent: keep three significant digits, at least four places.
+    places = max(4, 2 - math.floor(math.log10(abs(v))))
+    return f"${v:.{places}f}"
+
+
+def seconds(x: Any) -> str:
+    """A duration for people.
+
+    >>> seconds(1.234), seconds(300), seconds(4000), seconds(None)
+    ('1.2 s', '5 min 00 s', '1 h 06 min', '—')
+    """
+    v = _num(x)
+    if v is None:
+        return "—"
+    if v < 60:
+        return f"{v:.1f} s"
+    if v < 3600:
+        return f"{int(v // 60)} min {int(v % 60):02d} s"
+    return f"{int(v // 3600)} h {int(v % 3600 // 60):02d} min"
+
+
+def number(x: Any, places: int = 1) -> str:
+    """A plain number with thousands separators; integers stay integers.
+
+    >>> number(49329), number(12.345), number(2e-4), number(None)
+    ('49,329', '12.3', '0.0002', '—')
+    """
+    v = _num(x)
+    if v is None:
+        return "—" if x is None else str(x)
+    if v == int(v) and abs(v) < 1e15:
+        return f"{int(v):,}"
+    if abs(v) < 0.01:
+        return f"{v:.2g}"
+    return f"{v:,.{places}f}"
+
+
+def _interval(iv: Any) -> tuple[float | None, float | None, float | None]:
+    """(value, low, high) of a rate given as {"value", "low", "high"} or as a bare number."""
+    if isinstance(iv, Mapping):
+        return _num(iv.get("value")), _num(iv.get("low")), _num(iv.get("high"))
+    return _num(iv), None, None
+
+
+def _value_text(x: Any) -> str:
+    """A hyperparameter or metric value as text (nested values as compact JSON)."""
+    if isinstance(x, (dict, list)):
+        return json.dumps(x, ensure_ascii=False, default=str)
+    if isinstance(x, bool):
+        return str(x).lower()
+    if isinstance(x, (int, float)):
+        return number(x, 4)
+    return "—" if x is None else str(x)
+
+
+# --- the view model -----------------------------------------------------------------------------------------
+
+
+def _section(state: Mapping[str, Any], name: str, kind: type) -> Any:
+    """A section of the state, None when missing; a section of the wrong type is an error naming it."""
+    value = state.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, kind):
+        raise TunewiseError(
+            f"report state: section '{name}' must be {'a list' if kind is list else 'an object'} or null "
+            f"(got {type(value).__name__})",
+            hint="rebuild the state with `tunewise run`, or fix that section of the state file",
+        )
+    return value
+
+
+def _rate_cell(iv: Any, bar: float | None = None, higher_is_better: bool = True) -> dict[str, Any]:
+    """One table cell: the value, its interval, and whether it meets a bar (None: no bar applies)."""
+    value, low, high = _interval(iv)
+    cell: dict[str, Any] = {
+        "text": pct(value),
+        "interval": f"{pct(low)} – {pct(high)}" if low is not None and high is not None else "",
+        "mark": None,
+        "title": "",
+    }
+    if bar is not None and value is not None:
+        ok = value >= bar if higher_is_better else value <= bar
+        cell["mark"] = "pass" if ok else "fail"
+        op = (">=" if ok else "<") if higher_is_better else ("<=" if ok else ">")
+        cell["title"] = f"{pct(value)} {op} {pct(bar)}"
+        # The interval straddles the bar: the point estimate decides, but the evidence does not settle it.
+        if low is not None and high is not None and low < bar <= high:
+            cell["mark"] += " unsure"
+            cell["title"] += "; the 95% interval crosses the bar"
+    return cell
+
+
+def _plain_cell(text: str, mark: str | None = None, title: str = "") -> dict[str, Any]:
+    return {"text": text, "interval": "", "mark": mark, "title": title}
+
+
+def reference_arm(arms: Sequence[Mapping[str, Any]], named: str | None = None) -> Mapping[str, Any] | None:
+    """The prompted arm the fine-tuned arms are held against: the verdict's, else the best by accuracy then
+    consistency (the rule `tunewise.decide.verdict.best_prompted` applies).
+
+    >>> reference_arm([{"name": "a", "kind": "prompted", "accuracy": {"value": 0.4}},
+    ...                {"name": "b", "kind": "prompted", "accuracy": {"value": 0.6}},
+    ...                {"name": "ft", "kind": "fine-tuned", "accuracy": {"value": 0.9}}])["name"]
+    'b'
+    """
+    prompted = [a for a in arms if a.get("kind") != "fine-tuned"]
+    for a in prompted:
+        if named is not None and a.get("name") == named:
+            return a
+    if not prompted:
+        return None
+
+    def key(a: Mapping[str, Any]) -> tuple[float, float]:
+        acc, cons = _interval(a.get("accuracy"))[0], _interval(a.get("consistency"))[0]
+        return (acc if acc is not None else -1.0, cons if cons is not None else -1.0)
+
+    return max(prompted, key=key)
+
+
+def priced_arms(arms: Sequence[Any], options: Sequence[Any]) -> list[Any]:
+    """Arms with a cost per query: where the evaluation left it null (it measures tokens, not dollars), take
+    the economics stage's option for that arm, named "<arm> @ <platform>", on its cheapest platform.
+
+    >>> a = priced_arms([{"name": "ft", "cost_per_query": None}],
+    ...                 [{"name": "ft @ together", "per_query": 0.002}, {"name": "ft @ azure", "per_query": 0.003}])
+    >>> a[0]["cost_per_query"], a[0]["cost_source"]
+    (0.002, 'together')
+    """
+    out = []
+    for arm in arms:
+        if not isinstance(arm, Mapping) or _num(arm.get("cost_per_query")) is not None:
+            out.append(arm)
+            continue
+        name = str(arm.get("name"))
+        candidates = []
+        for o in options:
+            if not isinstance(o, Mapping) or _num(o.get("per_query")) is None:
+                continue
+            oname = str(o.get("name"))
+            if oname == name:
+                candidates.append((float(o["per_query"]), "economics"))
+            elif oname.startswith(name + " @ "):
+                candidates.append((float(o["per_query"]), oname[len(name) + 3 :]))
+        if candidates:
+            cost, source = min(candidates)
+            out.append(dict(arm, cost_per_query=cost, cost_source=source))
+        else:
+            out.append(arm)
+    return out
+
+
+def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dict[str, Any]:
+    arms = [a for a in evaluation.get("arms") or [] if isinstance(a, Mapping)]
+    ref = reference_arm(arms, reference_name)
+    ref_unsupported = _interval(ref.get("unsupported_rate"))[0] if ref else None
+    ref_cost = _num(ref.get("cost_per_query")) if ref else None
+    show_macro = any(_num(a.get("macro_f1")) is not None for a in arms)
+    show_field = any(_num(a.get("field_f1")) is not None for a in arms)
+    rows = []
+    for arm in arms:
+        tuned = arm.get("kind") == "fine-tuned"
+        is_ref = ref is not None and arm is ref
+        # Unsupported content and cost are judged against the reference arm, and only for fine-tuned arms: the
+        # guide's bars are "not above the base model's" and "lower than the long-prompt cost".
+        if is_ref:
+            unsupported = _rate_cell(arm.get("unsupported_rate"))
+            unsupported["mark"], unsupported["title"] = "ref", "the reference (best prompted) arm"
+        else:
+            unsupported = _rate_cell(
+                arm.get("unsupported_rate"),
+                ref_unsupported if tuned and ref_unsupported is not None else None,
+                higher_is_better=False,
+            )
+        cost = _num(arm.get("cost_per_query"))
+        cost_cell = _plain_cell(usd(cost))
+        if arm.get("cost_source"):
+            cost_cell["interval"] = f"on {arm['cost_source']}"
+        if is_ref and cost is not None:
+            cost_cell.update(mark="ref", title="the reference (best prompted) arm")
+        elif tuned and cost is not None and ref_cost is not None:
+            ok = cost < ref_cost
+            cost_cell.update(
+                mark="pass" if ok else "fail",
+                title=f"{usd(cost)} {'<' if ok else '>='} {usd(ref_cost)} of {ref.get('name')}",  # type: ignore[union-attr]
+            )
+        latency = arm.get("latency_ms") if isinstance(arm.get("latency_ms"), Mapping) else {}
+        cells = {
+            "accuracy": _rate_cell(arm.get("accuracy"), ACCURACY_BAR),
+            "accuracy_lenient": _rate_cell(arm.get("accuracy_lenient")),
+            "format_compliance": _rate_cell(arm.get("format_compliance"), FORMAT_BAR),
+            "consistency": _rate_cell(arm.get("consistency"), CONSISTENCY_BAR),
+            "unsupported_rate": unsupported,
+            "macro_f1": _plain_cell(pct(arm.get("macro_f1"))),
+            "field_f1": _plain_cell(pct(arm.get("field_f1"))),
+            "latency": _plain_cell(f"{number(latency.get('p50'), 0)} / {number(latency.get('p95'), 0)}"),
+            "prompt_tokens": _plain_cell(number(arm.get("prompt_tokens"))),
+            "completion_tokens": _plain_cell(number(arm.get("completion_tokens"))),
+            "cost_per_query": cost_cell,
+        }
+        rows.append(
+            {
+                "name": str(arm.get("name")),
+                "kind": str(arm.get("kind") or "?"),
+                "constrained": bool(arm.get("constrained")),
+                "reference": is_ref,
+                "n": arm.get("n"),
+                "cells": cells,
+            }
+        )
+    columns = [
+        ("accuracy", "Accuracy", f"strict; bar {pct(ACCURACY_BAR, 0)}"),
+        ("accuracy_lenient", "Accuracy (lenient)", "answer found in the output"),
+        ("format_compliance", "Format", f"contract compliance; bar {pct(FORMAT_BAR, 0)}"),
+        (
+            "consistency",
+            "Consistency",
+            f"same structure and answer across samples; bar {pct(CONSISTENCY_BAR, 0)}",
+        ),
+        (
+            "unsupported_rate",
+            "Unsupported",
+            "content not in the input or reference; bar: not above the reference arm",
+        ),
+    ]
+    if show_macro:
+        columns.append(("macro_f1", "Macro-F1", "label contract"))
+    if show_field:
+        columns.append(("field_f1", "Field-F1", "JSON contract, micro over leaves"))
+    columns += [
+        ("latency", "Latency ms", "p50 / p95"),
+        ("prompt_tokens", "Prompt tok", "mean per query"),
+        ("completion_tokens", "Completion tok", "mean per query"),
+        ("cost_per_query", "Cost / query", "bar: below the reference arm"),
+    ]
+    return {"rows": rows, "columns": columns, "reference": ref.get("name") if ref else None}
+
+
+def _paired_view(evaluation: Mapping[str, Any], kinds: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Each unordered pair once: the summary lists A-B and B-A; keep the direction with a fine-tuned arm first."""
+    chosen: dict[tuple[str, frozenset[str]], Mapping[str, Any]] = {}
+    for p in evaluation.get("paired") or []:
+        if not isinstance(p, Mapping):
+            continue
+        key = (str(p.get("metric", "accuracy")), frozenset((str(p.get("a")), str(p.get("b")))))
+        current = chosen.get(key)
+        if current is None or (
+            kinds.get(str(p.get("a"))) == "fine-tuned" and kinds.get(str(current.get("a"))) != "fine-tuned"
+        ):
+            chosen[key] = p
+    rows = []
+    for p in chosen.values():
+        diff, low, high = _num(p.get("diff")), _num(p.get("low")), _num(p.get("high"))
+        significant = low is not None and high is not None and (low > 0 or high < 0)
+        rows.append(
+            {
+                "a": str(p.get("a")),
+                "b": str(p.get("b")),
+                "metric": str(p.get("metric", "accuracy")),
+                "n": p.get("n"),
+                "diff": "—" if diff is None else f"{100 * diff:+.1f} pts",
+                "interval": "—" if low is None or high is None else f"{100 * low:+.1f} to {100 * high:+.1f}",
+                "p": "—" if _num(p.get("mcnemar_p")) is None else f"{p['mcnemar_p']:.3g}",
+                "significant": significant,
+            }
+        )
+    return rows
+
+
+def _verdict_view(verdict: Mapping[str, Any]) -> dict[str, Any]:
+    recommend = verdict.get("recommend_fine_tuning")
+    if not isinstance(recommend, bool) and isinstance(verdict.get("recommendation"), str):
+        # `tunewise decide` writes {"recommendation": "fine-tune" | "keep prompting"}.
+        recommend = verdict["recommendation"] == "fine-tune"
+    rules = []
+    for r in verdict.get("rules") or []:
+        if not isinstance(r, Mapping):
+            continue
+        passed = r.get("passed")
+        numbers = r.get("numbers") if isinstance(r.get("numbers"), Mapping) else {}
+        rules.append(
+            {
+                "rule": str(r.get("rule", "?")),
+                "status": "pass" if passed is True else "fail" if passed is False else "na",
+                "detail": str(r.get("detail") or ""),
+                "guide": str(r.get("guide") or ""),
+                "numbers": ", ".join(
+                    f"{k} = {_value_text(v)}" for k, v in numbers.items() if v not in (None, [], {})
+                ),
+            }
+        )
+    be = verdict.get("break_even")
+    # `tunewise decide` records break_even as {"between", "queries_per_day", "formula", "summary"}.
+    if isinstance(be, Mapping):
+        q = _num(be.get("queries_per_day"))
+        be = (f"{q:,.1f} queries/day: " if q is not None else "") + str(
+            be.get("summary") or be.get("formula") or ""
+        )
+    return {
+        "recommend": recommend if isinstance(recommend, bool) else None,
+        "headline": str(verdict.get("headline") or ""),
+        "rules": rules,
+        "failed": sum(r["status"] == "fail" for r in rules),
+        "cheapest_platform": verdict.get("cheapest_platform"),
+        "break_even": be,
+        "weakest_point": verdict.get("weakest_point"),
+        "reasons": [str(x) for x in verdict.get("reasons") or []],
+    }
+
+
+def _data_view(data: Mapping[str, Any]) -> dict[str, Any]:
+    stats = data.get("stats") if isinstance(data.get("stats"), Mapping) else {}
+    labels = stats.get("labels") if isinstance(stats.get("labels"), Mapping) else {}
+    total = sum(v for v in labels.values() if _num(v) is not None) or 1
+    top = max((v for v in labels.values() if _num(v) is not None), default=1) or 1
+    tokens = stats.get("tokens") if isinstance(stats.get("tokens"), Mapping) else None
+    token_rows = []
+    if tokens:
+        for part in ("prompt", "completion", "total"):
+            t = tokens.get(part)
+            if isinstance(t, Mapping):
+                token_rows.append((part, number(t.get("p50")), number(t.get("p95")), number(t.get("max"))))
+    return {
+        "ok": data.get("ok"),
+        "errors": data.get("errors", 0),
+        "warnings": data.get("warnings", 0),
+        "examples": number(stats.get("examples")),
+        "eval_examples": number(stats.get("eval_examples")),
+        "labels": [
+            {"label": str(k), "count": v, "share": pct(v / total), "width": round(100 * v / top, 1)}
+            for k, v in labels.items()
+            if _num(v) is not None
+        ],
+        "tokens": tokens,
+        "token_rows": token_rows,
+        "token_facts": [
+            (what, pct(tokens.get(k)) if k == "trained_share" else _value_text(tokens.get(k)))
+            for k, what in (
+                ("trained_share", "trained-token share"),
+                ("estimated_training_tokens", "training tokens per epoch (est.)"),
+                (
+                    "estimated_training_tokens_x_epochs",
+                    f"training tokens x {tokens.get('epochs_assumed', '?')} epochs",
+                ),
+                ("sampled", "examples tokenized"),
+            )
+            if k in tokens
+        ]
+        if tokens
+        else [],
+        "files": [f for f in data.get("files") or [] if isinstance(f, Mapping)],
+        "problems": [p for p in data.get("problems") or [] if isinstance(p, Mapping)],
+        "notes": [str(n) for n in data.get("notes") or []],
+    }
+
+
+def _loss(x: Any) -> str:
+    """A loss with four decimals, always (4.0 is a loss, not a count)."""
+    v = _num(x)
+    return "—" if v is None else f"{v:.4f}"
+
+
+def train_loss(m: Mapping[str, Any]) -> float | None:
+    """A step's training loss: `train_loss` in the report state, `loss` as the trainer's metrics.jsonl logs it.
+
+    >>> train_loss({"train_loss": 2.0}), train_loss({"loss": 1.5}), train_loss({"eval_loss": 3.0})
+    (2.0, 1.5, None)
+    """
+    value = _num(m.get("train_loss"))
+    return value if value is not None else _num(m.get("loss"))
+
+
+def _training_view(training: Mapping[str, Any], plot_note: list[str]) -> dict[str, Any]:
+    from tunewise.report import plots
+
+    metrics = [m for m in training.get("metrics") or [] if isinstance(m, Mapping)]
+    curves = None
+    try:
+        curves = plots.training_curves(metrics) if metrics else None
+    except TunewiseError as exc:
+        plot_note.append(exc.message)
+    train_losses = [train_loss(m) for m in metrics]
+    train_losses = [x for x in train_losses if x is not None]
+    first_train = train_losses[0] if train_losses else None
+    last_train = train_losses[-1] if train_losses else None
+    last_eval = next(
+        (m.get("eval_loss") for m in reversed(metrics) if _num(m.get("eval_loss")) is not None), None
+    )
+    resolved = training.get("resolved") if isinstance(training.get("resolved"), Mapping) else {}
+    sources = resolved.get("sources") if isinstance(resolved.get("sources"), Mapping) else {}
+    evals = []
+    for label, key in (("before training", "eval_before"), ("after training", "eval_after")):
+        block = training.get(key)
+        if isinstance(block, Mapping):
+            evals.append((label, [(str(k), _value_text(v)) for k, v in block.items()]))
+    return {
+        "run_id": training.get("run_id"),
+        "method": training.get("method"),
+        # The trainer records where each value came from ({"sources": {"epochs": "user", ...}}): shown beside it.
+        "resolved": [
+            (str(k), _value_text(v), str(sources.get(k, "")))
+            for k, v in resolved.items()
+            if not (k == "sources" and isinstance(v, Mapping))
+        ],
+        "curves": curves,
+        "steps": len(metrics),
+        "first_train_loss": _loss(first_train),
+        "last_train_loss": _loss(last_train),
+        "last_eval_loss": _loss(last_eval),
+        "wall": seconds(training.get("wall_s")),
+        "tokens_per_s": number(training.get("tokens_per_s")),
+        "evals": evals,
+    }
+
+
+def _economics_view(economics: Mapping[str, Any], plot_note: list[str]) -> dict[str, Any]:
+    from tunewise.report import plots
+
+    options = [o for o in economics.get("options") or [] if isinstance(o, Mapping)]
+    # The pipeline records {"error", "hint"} when no option could be priced; the page says why.
+    failed = (
+        str(economics["error"]) + (f" ({economics['hint']})" if economics.get("hint") else "")
+        if economics.get("error")
+        else None
+    )
+    break_evens = [b for b in economics.get("break_even") or [] if isinstance(b, Mapping)]
+    q = _num(economics.get("queries_per_day"))
+    totals = [_num(o.get("total_per_month")) for o in options]
+    if q is not None and any(t is None for t in totals):
+        # `tunewise cost --json` options carry no total: compute it from the same line the plot draws.
+        from tunewise.economics.cost import monthly_cost
+
+        try:
+            lines = plots.cost_options(options)
+            totals = [
+                t if t is not None else monthly_cost(o, q).total for t, o in zip(totals, lines, strict=True)
+            ]
+        except TunewiseError as exc:
+            plot_note.append(f"monthly cost: {exc.message}")
+    known = [t for t in totals if t is not None]
+    cheapest = min(known) if known else None
+    sweep = None
+    try:
+        sweep = (
+            plots.monthly_cost_sweep(options, q, break_evens if "break_even" in economics else None)
+            if options
+            else None
+        )
+    except TunewiseError as exc:
+        plot_note.append(f"monthly cost plot: {exc.message}")
+    if sweep is None and economics.get("sweep_png"):
+        sweep = _png_data_uri(economics["sweep_png"], plot_note)
+    return {
+        "queries_per_day": number(q),
+        "options": [
+            {
+                "name": str(o.get("name")),
+                "per_query": usd(o.get("per_query")),
+                "hosting": usd(o.get("hosting_per_month")),
+                "training": usd(o.get("training_per_month", _training_month(o))),
+                "total": usd(t),
+                "cheapest": t is not None and t == cheapest,
+            }
+            for o, t in zip(options, totals, strict=True)
+        ],
+        "break_even": [
+            {
+                "a": str(b.get("a")),
+                "b": str(b.get("b")),
+                "volume": "never (the lines do not cross)"
+                if _num(b.get("volume")) is None
+                else f"{b['volume']:,.1f} queries/day",
+                "formula": str(b.get("formula") or ""),
+                "notes": [str(n) for n in b.get("notes") or []],
+            }
+            for b in break_evens
+        ],
+        "sweep": sweep,
+        "error": failed,
+        "notes": [str(n) for n in economics.get("notes") or []]
+        + [f"skipped: {x}" for x in economics.get("skipped") or []],
+    }
+
+
+def _training_month(option: Mapping[str, Any]) -> float | None:
+    """Training per month of an option recorded as `tunewise cost --json` writes it (one-time cost, cadence)."""
+    cost, days = _num(option.get("training_cost")), _num(option.get("retrain_every_days"))
+    return cost * 30.0 / days if cost is not None and days else None
+
+
+def _png_data_uri(path: Any, plot_note: list[str]) -> str | None:
+    """An existing PNG (the economics stage's sweep plot) inlined, so the page stays self-contained."""
+    import base64
+
+    p = Path(str(path))
+    if not p.is_file():
+        plot_note.append(f"monthly cost plot: {p} not found")
+        return None
+    return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
+
+
+def _disagreements_view(items: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for d in items[:MAX_DISAGREEMENTS]:
+        if not isinstance(d, Mapping):
+            continue
+        outputs = d.get("outputs") if isinstance(d.get("outputs"), Mapping) else {}
+        correct = d.get("correct") if isinstance(d.get("correct"), Mapping) else {}
+        out.append(
+            {
+                "id": str(d.get("id", "")),
+                "input": str(d.get("input", "")),
+                "reference": str(d.get("reference", "")),
+                "outputs": [
+                    {
+                        "arm": str(arm),
+                        "text": "" if text is None else str(text),
+                        "correct": correct.get(arm) if isinstance(correct.get(arm), bool) else None,
+                    }
+                    for arm, text in outputs.items()
+                ],
+            }
+        )
+    return out
+
+
+def _stage_times_view(times: Mapping[str, Any]) -> dict[str, Any]:
+    rows = [(str(k), _num(v)) for k, v in times.items()]
+    total = sum(v for _, v in rows if v is not None)
+    return {
+        "rows": [
+            {
+                "stage": k,
+                "time": seconds(v),
+                # Whole percent reads best, but a short stage should not show as "0%".
+                "share": pct(v / total, 0 if v / total >= 0.1 else 1) if v is not None and total else "—",
+                "width": round(100 * v / total, 1) if v is not None and total else 0,
+            }
+            for k, v in rows
+        ],
+        "total": seconds(total),
+    }
+
+
+def _contract_view(contract: Any) -> dict[str, Any]:
+    if not isinstance(contract, Mapping):
+        return {"type": str(contract) if contract else None}
+    schema = contract.get("schema")
+    return {
+        "type": contract.get("type"),
+        "labels": [str(x) for x in contract.get("labels") or []],
+        "schema": json.dumps(schema, indent=2, ensure_ascii=False) if schema else None,
+        "pattern": contract.get("pattern"),
+    }
+
+
+def view(state: Mapping[str, Any]) -> dict[str, Any]:
+    """The template's context: every section normalized, formatted and judged; absent sections are None."""
+    if not isinstance(state, Mapping):
+        raise TunewiseError(
+            f"report state must be a JSON object (got {type(state).__name__})",
+            hint="pass the state file `tunewise run` writes",
+        )
+    plot_notes: list[str] = []
+    task = _section(state, "task", Mapping)
+    data = _section(state, "data", Mapping)
+    training = _section(state, "training", Mapping)
+    evaluation = _section(state, "evaluation", Mapping)
+    economics = _section(state, "economics", Mapping)
+    verdict = _section(state, "verdict", Mapping)
+    disagreements = _section(state, "disagreements", list)
+    stage_times = _section(state, "stage_times", Mapping)
+
+    ctx: dict[str, Any] = {
+        "project": state.get("project") or "(unnamed project)",
+        "generated_at": state.get("generated_at") or "",
+        "version": state.get("tunewise_version") or "",
+        "missing": MISSING,
+        "bars": {
+            "accuracy": pct(ACCURACY_BAR, 0),
+            "consistency": pct(CONSISTENCY_BAR, 0),
+            "format": pct(FORMAT_BAR, 0),
+        },
+        "verdict": _verdict_view(verdict) if verdict else None,
+        "task": dict(task, contract_view=_contract_view(task.get("contract"))) if task else None,
+        "data": _data_view(data) if data else None,
+        "training": _training_view(training, plot_notes) if training else None,
+        "economics": _economics_view(economics, plot_notes) if economics else None,
+        "disagreements": _disagreements_view(disagreements) if disagreements else None,
+        "disagreements_total": len(disagreements or []),
+        "max_disagreements": MAX_DISAGREEMENTS,
+        "stage_times": _stage_times_view(stage_times) if stage_times else None,
+        "evaluation": None,
+        "paired": [],
+        "quality_plot": None,
+        "costs_from_economics": False,
+    }
+    if evaluation and evaluation.get("arms"):
+        from tunewise.report import plots
+
+        priced = priced_arms(evaluation["arms"], (economics or {}).get("options") or [])
+        evaluation = dict(evaluation, arms=priced)
+        ctx["costs_from_economics"] = any(a.get("cost_source") for a in priced if isinstance(a, Mapping))
+        reference_name = verdict.get("best_prompted_arm") if verdict else None
+        arms = _arms_view(evaluation, reference_name)
+        kinds = {str(a.get("name")): str(a.get("kind")) for a in evaluation["arms"] if isinstance(a, Mapping)}
+        ctx["evaluation"] = dict(
+            arms, n_examples=evaluation.get("n_examples"), contract=evaluation.get("contract")
+        )
+        ctx["paired"] = _paired_view(evaluation, kinds)
+        try:
+            ctx["quality_plot"] = plots.quality_vs_cost(evaluation["arms"], ACCURACY_BAR)
+        except TunewiseError as exc:
+            plot_notes.append(f"quality against cost plot: {exc.message}")
+    ctx["plot_notes"] = plot_notes
+    ctx["headline"] = _headline(ctx)
+    ctx["absent"] = [MISSING[s] for s in SECTIONS if state.get(s) in (None, [], {})]
+    return ctx
+
+
+def _headline(ctx: Mapping[str, Any]) -> str:
+    """The verdict's headline, or what stands between the project and a verdict."""
+    if ctx["verdict"] and ctx["verdict"]["headline"]:
+        return ctx["verdict"]["headline"]
+    if ctx["verdict"]:
+        rec = ctx["verdict"]["recommend"]
+        return (
+            "Fine-tune."
+            if rec
+            else "Keep prompting."
+            if rec is False
+            else "Verdict recorded without a headline."
+        )
+    for section, what in (
+        ("data", "the data check"),
+        ("evaluation", "evaluation"),
+        ("economics", "economics"),
+    ):
+        if not ctx[section]:
+            return f"No verdict yet: {what} has not run."
+    return "No verdict yet: the decision stage has not run."
+
+
+# --- rendering and writing ----------------------------------------------------------------------------------
+
+
+def render_html(state: Mapping[str, Any]) -> str:
+    """The report page as a string (autoescaped: every value from the state is text, never markup)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(
+        loader=FileSystemLoader(str(Path(__file__).parent)),
+        autoescape=True,
+        # A typo in the template fails the tests instead of silently rendering nothing.
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(pct=pct, usd=usd, seconds=seconds, number=number)
+    return env.get_template(TEMPLATE).render(**view(state))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write beside the target, then rename over it: a reader never sees half a report, a crash leaves the old one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        # mkstemp creates the file readable by its owner only; a report is meant to be shared and served, so
+        # give it the mode a plain open() would have (0666 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_report(state: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write `report.html` and `report.json` into `out_dir` (created if needed); return their paths.
+
+    report.json is the state itself, so a script reads exactly the numbers the page shows.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TunewiseError(
+            f"cannot create the report folder {out}: {exc.strerror}", hint="pick another --out"
+        ) from None
+    html = render_html(state)  # render first: a bad state leaves any previous report untouched
+    payload = json.dumps(state, indent=2, ensure_ascii=False, default=str) + "\n"
+    html_path, json_path = out / "report.html", out / "report.json"
+    _write_atomic(json_path, payload)
+    _write_atomic(html_path, html)
+    log.info("report written to %s", html_path)
+    return html_path, json_path
+
+
+def load_state(path: str | Path) -> dict[str, Any]:
+    """Read a state file written by the pipeline; errors name the file and what to do."""
+    p = Path(path)
+    if not p.is_file():
+        raise TunewiseError(f"no state file at {p}", hint="run `tunewise run` first, or check the path")
+    try:
+        state = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise TunewiseError(f"{p}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(state, dict):
+        raise TunewiseError(f"{p}: the state must be a JSON object (got {type(state).__name__})")
+    return state
+
+
+__all__ = ["build_report", "load_state", "priced_arms", "reference_arm", "render_html", "view"]

@@ -1,0 +1,202 @@
+"""The local generation engine on a tiny random Llama with the real SmolLM2 tokenizer and chat template."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from tunewise.errors import TunewiseError  # noqa: E402
+from tunewise.evaluate.engine import LocalEngine  # noqa: E402
+
+MAX_NEW = 8
+SYSTEM = "You classify banking messages into exactly one intent. Reply with the intent name only."
+USERS = [
+    "Where is my card?",
+    "I was charged twice for the same coffee, please refund me",
+    "hi",
+    "My top up by bank transfer had a fee, why?",
+    "Declined transfer again!",
+    "A refund is not showing up in my statement after two weeks of waiting",
+]
+CHATS = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": u}] for u in USERS]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunewise.models.embedded import tokenizer_dir
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
+    except TunewiseError as exc:
+        pytest.skip(f"the embedded SmolLM2 tokenizer is unavailable: {exc.message}")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        # A wide init makes the random model's greedy choices differ between prompts and steps (at the default
+        # 0.02 it prints the same token forever, which would make "outputs are equal" a weak check).
+        initializer_range=1.0,
+    )
+    return LlamaForCausalLM(config).eval(), tokenizer
+
+
+def _reference(model, ids: list[int], stop: list[int], pad: int, max_new: int = MAX_NEW) -> list[int]:
+    """What a plain per-example `model.generate` produces, greedy."""
+    x = torch.tensor([ids])
+    out = model.generate(
+        input_ids=x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=stop,
+        pad_token_id=pad,
+    )
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.fixture(scope="module")
+def stop_setup(tiny):
+    """A stop token the random model actually emits mid-way for one prompt, so rows finish at different steps."""
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    first = _reference(model, engine.encode(CHATS[0]), sorted(engine.stop_token_ids), engine.pad_token_id)
+    stop = sorted(engine.stop_token_ids | {first[2]})
+    references = [_reference(model, engine.encode(c), stop, engine.pad_token_id) for c in CHATS]
+    return stop, references
+
+
+def test_chat_template_and_stop_tokens(tiny):
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in engine.stop_token_ids and engine.pad_token_id == im_end  # SmolLM2: pad == eos == im_end
+    text = tokenizer.decode(engine.encode(CHATS[0]))
+    assert text.startswith("<|im_start|>system\n" + SYSTEM) and text.endswith("<|im_start|>assistant\n")
+    assert engine.encode(engine.encode(CHATS[0])) == engine.encode(CHATS[0])  # token ids pass through
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+@pytest.mark.parametrize("batch_size", [3, 32])
+def test_batched_greedy_equals_per_example_generate(tiny, stop_setup, share_prefix, batch_size):
+    model, tokenizer = tiny
+    stop, references = stop_setup
+    engine = LocalEngine(
+        model,
+        tokenizer,
+        max_batch_size=batch_size,
+        min_shared_prefix=16 if share_prefix else 10_000,
+        stop_token_ids=stop,
+    )
+    gens = engine.generate(CHATS, max_new_tokens=MAX_NEW)
+    assert [list(g.token_ids) for g in gens] == references
+    # Rows finished at different steps: at least one stopped early and one ran to the limit.
+    reasons = {g.finish_reason for g in gens}
+    assert reasons == {"stop", "length"}
+    for chat, g, ref in zip(CHATS, gens, references, strict=True):
+        assert g.prompt_tokens == len(engine.encode(chat))
+        assert g.completion_tokens == len(ref)
+        body = ref[:-1] if g.finish_reason == "stop" else ref
+        assert g.text == tokenizer.decode(body, skip_special_tokens=True)
+        assert (g.finish_reason == "stop") == (ref[-1] in stop)
+
+
+def test_shared_prefix_is_detected(tiny):
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    ids = [engine.encode(c) for c in CHATS]
+    n, cache, _ = engine._shared_prefix(ids)
+    # The system block is common to all prompts; the user turn starts where they differ.
+    common = tokenizer.decode(ids[0][:n])
+    assert common.startswith("<|im_start|>system\n" + SYSTEM) and "Where" not in common
+    assert cache is not None and cache.get_seq_length() == n
+    assert engine._shared_prefix(ids[:1])[0] == 0  # one prompt: nothing to share
+
+
+def test_latency_is_shared_out_of_measured_time(tiny):
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer, max_batch_size=2)
+    start = time.perf_counter()
+    gens = engine.generate(CHATS, max_new_tokens=4)
+    wall_ms = (time.perf_counter() - start) * 1000
+    assert all(g.latency_ms > 0 for g in gens)
+    # The shares never exceed the time actually spent (tokenizing and decoding text are not attributed).
+    assert sum(g.latency_ms for g in gens) <= wall_ms
+
+
+def test_sampling_is_seeded(tiny):
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    a = engine.sample(CHATS[:3], n=3, temperature=1.0, seed=1, max_new_tokens=6)
+    b = engine.sample(CHATS[:3], n=3, temperature=1.0, seed=1, max_new_tokens=6)
+    c = engine.sample(CHATS[:3], n=3, temperature=1.0, seed=2, max_new_tokens=6)
+    assert [len(x) for x in a] == [3, 3, 3]
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+    # Samples of one prompt differ from each other (the wide random model is far from deterministic).
+    assert len({g.token_ids for g in a[0]}) > 1
+
+
+def test_bad_arguments_are_user_errors(tiny):
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    with pytest.raises(TunewiseError):
+        engine.generate(CHATS, max_new_tokens=0)
+    with pytest.raises(TunewiseError):
+        engine.sample(CHATS, n=2, temperature=0)
+    with pytest.raises(TunewiseError):
+        engine.generate([[]])
+    assert engine.generate([]) == []
+
+
+@pytest.mark.embedded
+def test_embedded_model_batched_equals_per_example(shared_datasets):
+    """The real SmolLM2-135M (fp32): batched greedy with the shared system prefix equals per-example generate.
+
+    The tiny model cannot show it: near-ties between a trained model's top tokens are where batching's
+    different summation order could flip an argmax. (bench/generation.py checks 100 prompts.)
+    """
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunewise.models.embedded import model_dir
+
+    try:
+        folder = model_dir()
+    except TunewiseError as exc:
+        pytest.skip(f"the embedded model is unavailable: {exc.message}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    lines = (shared_datasets / "banking77" / "test-small.jsonl").read_text().splitlines()
+    users = [json.loads(line)["messages"][0] for line in lines[::25]]  # 4 prompts from different intents
+    system = {
+        "role": "system",
+        "content": "Classify the customer's banking message. Reply with the intent only.",
+    }
+    chats = [[system, u] for u in users]
+    engine = LocalEngine(model, tokenizer, max_batch_size=3)  # two batches: 3 rows, then 1
+    assert engine._shared_prefix([engine.encode(c) for c in chats])[0] >= engine.min_shared_prefix
+    gens = engine.generate(chats, max_new_tokens=10)
+    stop = sorted(engine.stop_token_ids)
+    with torch.inference_mode():
+        for chat, g in zip(chats, gens, strict=True):
+            ids = engine.encode(chat)
+            assert list(g.token_ids) == _reference(model, ids, stop, engine.pad_token_id, 10)
+    # A trained model answers in words, not in the random model's noise.
+    assert all(g.text.strip() for g in gens)

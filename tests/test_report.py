@@ -1,0 +1,690 @@
+"""The report stage: sections and numbers on the page, escaping of model text, no network resources, report.json
+equal to the state, atomic writes, states with sections missing, states built by the real stages, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from tunewise.errors import TunewiseError
+from tunewise.report import build as report_build
+from tunewise.report.build import build_report, render_html
+
+SCRIPT = "<script>alert('pwned')</script>"
+IMG_ATTACK = '"><img src=x onerror="alert(1)">'
+
+
+def full_state() -> dict:
+    """A complete state with hand-picked numbers the tests look for on the page."""
+    return {
+        "generated_at": "2026-11-29T06:00:00+00:00",
+        "tunewise_version": "0.1.0",
+        "project": "support-tickets",
+        "task": {
+            "name": "ticket-triage",
+            "target": "Route a support ticket to one of four queues; nothing else.",
+            "contract": {"type": "label", "labels": ["billing", "bug", "account", "other"]},
+            "system_prompt": "Answer with one label: billing, bug, account or other.",
+            "base_model": "SmolLM2-135M-Instruct",
+            "method": "lora",
+        },
+        "data": {
+            "ok": True,
+            "errors": 0,
+            "warnings": 2,
+            "files": [
+                {
+                    "path": "data/train.jsonl",
+                    "role": "train",
+                    "bytes": 51234,
+                    "examples": 300,
+                    "format": "openai",
+                },
+                {
+                    "path": "data/eval.jsonl",
+                    "role": "eval",
+                    "bytes": 10234,
+                    "examples": 60,
+                    "format": "openai",
+                },
+            ],
+            "problems": [
+                {
+                    "severity": "warning",
+                    "code": "near_duplicate",
+                    "field": "(example)",
+                    "count": 7,
+                    "first": [
+                        {"file": "data/train.jsonl", "line": 17, "message": "near-duplicate of line 3"},
+                        {"file": "data/train.jsonl", "line": 42, "message": "near-duplicate of line 8"},
+                    ],
+                },
+                {
+                    "severity": "warning",
+                    "code": "imbalance",
+                    "field": "(labels)",
+                    "count": 1,
+                    "first": [{"file": "data/train.jsonl", "line": 0, "message": "class imbalance: 12x"}],
+                },
+            ],
+            "stats": {
+                "examples": 300,
+                "eval_examples": 60,
+                "labels": {"billing": 120, "bug": 100, "account": 70, "other": 10},
+                "tokens": {
+                    "sampled": 300,
+                    "exact": True,
+                    "prompt": {"p50": 42, "p95": 66, "max": 87},
+                    "completion": {"p50": 3, "p95": 4, "max": 5},
+                    "total": {"p50": 45, "p95": 70, "max": 92, "mean": 47.3},
+                    "trained_share": 0.064,
+                    "estimated_training_tokens": 14190,
+                    "estimated_training_tokens_x_epochs": 42570,
+                    "epochs_assumed": 3,
+                },
+            },
+            "notes": ["length limit checked exactly for every example"],
+        },
+        "training": {
+            "run_id": "run-20261129-0001",
+            "method": "lora",
+            "resolved": {"epochs": 3, "learning_rate": 0.0002, "batch_size": 8, "lora_rank": 16},
+            "metrics": [
+                {
+                    "step": s,
+                    "epoch": s / 10,
+                    "train_loss": 2.5 / s,
+                    "eval_loss": (2.9 / s if s % 5 == 0 else None),
+                    "lr": 2e-4,
+                }
+                for s in range(1, 21)
+            ],
+            "wall_s": 312.5,
+            "tokens_per_s": 187.4,
+            "eval_before": {"eval_loss": 3.1, "eval_token_accuracy": 0.12},
+            "eval_after": {"eval_loss": 0.58, "eval_token_accuracy": 0.93},
+        },
+        "evaluation": {
+            "n_examples": 60,
+            "contract": "label",
+            "arms": [
+                {
+                    "name": "zero-shot",
+                    "kind": "prompted",
+                    "constrained": False,
+                    "accuracy": {"value": 0.4167, "low": 0.2986, "high": 0.5451},
+                    "accuracy_lenient": {"value": 0.55, "low": 0.42, "high": 0.67},
+                    "format_compliance": {"value": 0.7, "low": 0.57, "high": 0.8},
+                    "consistency": {"value": 0.8, "low": 0.68, "high": 0.88},
+                    "unsupported_rate": {"value": 0.1, "low": 0.05, "high": 0.2},
+                    "macro_f1": 0.38,
+                    "field_f1": None,
+                    "latency_ms": {"p50": 210.0, "p95": 480.0},
+                    "prompt_tokens": 412.0,
+                    "completion_tokens": 9.5,
+                    "cost_per_query": 0.00041,
+                },
+                {
+                    "name": "few-shot",
+                    "kind": "prompted",
+                    "constrained": False,
+                    "accuracy": {"value": 0.6167, "low": 0.4902, "high": 0.7293},
+                    "accuracy_lenient": {"value": 0.7, "low": 0.57, "high": 0.8},
+                    "format_compliance": {"value": 0.9, "low": 0.8, "high": 0.95},
+                    "consistency": {"value": 0.9, "low": 0.8, "high": 0.95},
+                    "unsupported_rate": {"value": 0.05, "low": 0.02, "high": 0.14},
+                    "macro_f1": 0.58,
+                    "field_f1": None,
+                    "latency_ms": {"p50": 260.0, "p95": 530.0},
+                    "prompt_tokens": 1210.0,
+                    "completion_tokens": 6.1,
+                    "cost_per_query": 0.00121,
+                },
+                {
+                    "name": "fine-tuned",
+                    "kind": "fine-tuned",
+                    "constrained": False,
+                    "accuracy": {"value": 0.9133, "low": 0.8412, "high": 0.9555},
+                    "accuracy_lenient": {"value": 0.93, "low": 0.86, "high": 0.97},
+                    "format_compliance": {"value": 0.99, "low": 0.95, "high": 1.0},
+                    "consistency": {"value": 0.97, "low": 0.92, "high": 0.99},
+                    "unsupported_rate": {"value": 0.02, "low": 0.0, "high": 0.08},
+                    "macro_f1": 0.9,
+                    "field_f1": None,
+                    "latency_ms": {"p50": 95.0, "p95": 140.0},
+                    "prompt_tokens": 60.0,
+                    "completion_tokens": 2.0,
+                    "cost_per_query": 0.00012,
+                },
+            ],
+            "paired": [
+                {
+                    "a": "few-shot",
+                    "b": "fine-tuned",
+                    "metric": "accuracy",
+                    "n": 60,
+                    "diff": -0.2966,
+                    "low": -0.41,
+                    "high": -0.18,
+                    "mcnemar_p": 0.00031,
+                },
+                {
+                    "a": "fine-tuned",
+                    "b": "few-shot",
+                    "metric": "accuracy",
+                    "n": 60,
+                    "diff": 0.2966,
+                    "low": 0.18,
+                    "high": 0.41,
+                    "mcnemar_p": 0.00031,
+                },
+                {
+                    "a": "zero-shot",
+                    "b": "few-shot",
+                    "metric": "accuracy",
+                    "n": 60,
+                    "diff": -0.2,
+                    "low": -0.35,
+                    "high": 0.02,
+                    "mcnemar_p": 0.061,
+                },
+            ],
+        },
+        "economics": {
+            "queries_per_day": 500,
+            "options": [
+                {
+                    "name": "prompted",
+                    "per_query": 0.08,
+                    "hosting_per_month": 0.0,
+                    "training_per_month": 0.0,
+                    "total_per_month": 1200.0,
+                },
+                {
+                    "name": "fine-tuned @ together",
+                    "per_query": 0.02,
+                    "hosting_per_month": 150.0,
+                    "training_per_month": 0.0,
+                    "total_per_month": 450.0,
+                },
+                {
+                    "name": "fine-tuned @ azure-openai",
+                    "per_query": 0.02,
+                    "hosting_per_month": 1224.0,
+                    "training_per_month": 0.0,
+                    "total_per_month": 1524.0,
+                },
+            ],
+            "break_even": [
+                {
+                    "a": "prompted",
+                    "b": "fine-tuned @ together",
+                    "volume": 83.333333,
+                    "formula": "q = (150.00 - 0.00) / (30 x (0.08 - 0.02)) = 83.3 queries/day",
+                    "notes": [],
+                },
+                {
+                    "a": "prompted",
+                    "b": "fine-tuned @ azure-openai",
+                    "volume": 680.0,
+                    "formula": "q = (1,224.00 - 0.00) / (30 x (0.08 - 0.02)) = 680.0 queries/day",
+                    "notes": ["the guide says azure-openai breaks even at roughly 800 queries/day"],
+                },
+                {
+                    "a": "fine-tuned @ together",
+                    "b": "fine-tuned @ azure-openai",
+                    "volume": None,
+                    "formula": "no crossing (same cost per query)",
+                    "notes": [],
+                },
+            ],
+        },
+        "verdict": {
+            "recommend_fine_tuning": True,
+            "headline": "Fine-tune: +29.7 points over few-shot, and $750/month cheaper on together at 500 queries/day.",
+            "rules": [
+                {
+                    "rule": "significant gain",
+                    "passed": True,
+                    "detail": "fine-tuned - few-shot accuracy = +29.7 points, 95% interval [+18.0, +41.0]: excludes zero",
+                },
+                {"rule": "accuracy bar", "passed": True, "detail": "fine-tuned accuracy 91.3% >= 85.0%"},
+                {
+                    "rule": "consistency bar",
+                    "passed": True,
+                    "detail": "fine-tuned consistency 97.0% >= 95.0%",
+                },
+                {"rule": "unsupported-content rate", "passed": None, "detail": "not measured for either arm"},
+                {
+                    "rule": "cost at stated volume",
+                    "passed": True,
+                    "detail": "fine-tuned @ together $450.00/month <= prompted $1,200.00/month",
+                },
+            ],
+            "cheapest_platform": "together",
+            "break_even": "83.3 queries/day against prompted",
+            "weakest_point": "small held-out set: 60 examples (under 100)",
+        },
+        "disagreements": [
+            {
+                "id": "ex-7",
+                "input": "My invoice is wrong " + IMG_ATTACK,
+                "reference": "billing",
+                "outputs": {"zero-shot": SCRIPT, "few-shot": "bug", "fine-tuned": "billing"},
+                "correct": {"zero-shot": False, "few-shot": False, "fine-tuned": True},
+            }
+        ],
+        "stage_times": {"data": 1.2, "baseline": 45.0, "train": 312.5, "evaluate": 60.3, "report": 0.8},
+    }
+
+
+class _Page(HTMLParser):
+    """Collects element ids, tags and every URL-bearing attribute of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.tags.append((tag, a))
+        if a.get("id"):
+            self.ids.add(a["id"])
+
+
+def parse(html: str) -> _Page:
+    page = _Page()
+    page.feed(html)
+    return page
+
+
+def section(html: str, sid: str) -> str:
+    """The markup of one <section id=...> (sections do not nest)."""
+    start = html.index(f'<section id="{sid}">')
+    return html[start : html.index("</section>", start)]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, Path]:
+    # Built once for the read-only tests: drawing three plots is the slow part.
+    html_path, json_path = build_report(full_state(), tmp_path_factory.mktemp("report"))
+    return html_path.read_text(encoding="utf-8"), html_path, json_path
+
+
+def test_full_state_has_every_section_in_order(built):
+    html, html_path, json_path = built
+    assert html_path.name == "report.html" and json_path.name == "report.json"
+    page = parse(html)
+    order = ["verdict", "task", "data", "training", "arms", "plots", "disagreements", "stage-times"]
+    assert set(order) <= page.ids
+    positions = [html.index(f'<section id="{s}">') for s in order]
+    assert positions == sorted(positions)  # the verdict first, then the evidence
+
+
+def test_verdict_section_shows_rules_and_facts(built):
+    html = built[0]
+    v = section(html, "verdict")
+    assert "Recommendation: fine-tune" in v
+    assert "+29.7 points over few-shot" in v
+    for rule in (
+        "significant gain",
+        "accuracy bar",
+        "consistency bar",
+        "unsupported-content rate",
+        "cost at stated volume",
+    ):
+        assert rule in v
+    assert "fine-tuned accuracy 91.3% &gt;= 85.0%" in v  # the rule's numbers, escaped
+    assert v.count("✓ pass") == 4 and v.count("n/a") >= 1
+    assert "together" in v and "83.3 queries/day against prompted" in v
+    assert "small held-out set: 60 examples" in v
+
+
+def test_task_and_data_sections(built):
+    html = built[0]
+    t = section(html, "task")
+    assert "Route a support ticket" in t and "SmolLM2-135M-Instruct" in t and "lora" in t
+    assert "<code>billing</code>" in t and "Answer with one label" in t
+    d = section(html, "data")
+    assert "300</strong> training examples" in d and "60</strong> held-out examples" in d
+    assert "near_duplicate" in d and "<strong>7</strong> occurrence(s)" in d
+    assert "data/train.jsonl:17" in d and "near-duplicate of line 3" in d
+    assert "data/train.jsonl:0" not in d  # a file-level finding (line 0) names the file only
+    assert "… 5 more" in d  # 7 occurrences, 2 locations shown
+    assert "billing" in d and "40.0%" in d  # 120 of 300
+    assert "42,570" in d  # estimated training tokens over the epochs
+
+
+def test_training_section(built):
+    html = built[0]
+    tr = section(html, "training")
+    assert "run-20261129-0001" in tr
+    assert "learning_rate" in tr and "0.0002" in tr and "lora_rank" in tr
+    assert "5 min 12 s" in tr and "187.4 tokens/s" in tr
+    assert "2.5000 → 0.1250" in tr  # first and last train loss
+    assert 'id="plot-training"' in tr
+
+
+def test_training_as_the_trainer_logs_it(tmp_path):
+    """metrics.jsonl says `loss`, and the resolved config carries where each value came from."""
+    training = full_state()["training"]
+    training["metrics"] = [{"step": 0, "eval_loss": 3.0}] + [
+        {"step": s, "loss": 4.0 / s} for s in range(1, 5)
+    ]
+    training["resolved"] = {
+        "epochs": 1,
+        "learning_rate": 0.001,
+        "sources": {"epochs": "user", "learning_rate": "auto"},
+    }
+    tr = section(build_report({"training": training}, tmp_path)[0].read_text(encoding="utf-8"), "training")
+    assert "4.0000 → 1.0000" in tr and 'id="plot-training"' in tr
+    row = tr[tr.index(">learning_rate<") :]
+    assert row.index("0.001") < row.index("auto") < row.index("</tr>")
+    assert "sources" not in tr
+
+
+def _arm_row(html: str, name: str) -> str:
+    arms = section(html, "arms")
+    start = arms.index(f'<td class="armname">{name}<')
+    return arms[start : arms.index("</tr>", start)]
+
+
+def test_arms_table_numbers_and_bars(built):
+    html = built[0]
+    tuned, zero = _arm_row(html, "fine-tuned"), _arm_row(html, "zero-shot")
+    assert "91.3%" in tuned and "84.1% – 95.5%" in tuned  # accuracy with its interval
+    assert "99.0%" in tuned and "97.0%" in tuned and "$0.000120" in tuned and "95 / 140" in tuned
+    # The fine-tuned arm meets the accuracy bar (its interval crosses 85%, so marked unsure), the zero-shot misses.
+    assert 'class="num cell pass unsure"' in tuned
+    assert 'class="num cell fail"' in zero and "✗" in zero
+    # Consistency 97% >= 95% clearly (interval 92-99 crosses it too); format 99% [95, 100] clearly passes.
+    assert tuned.count("cell pass") >= 3
+    # Cost per query is judged against the reference (best prompted) arm, few-shot.
+    few = _arm_row(html, "few-shot")
+    assert "reference" in few and "reference" not in zero
+    assert 'title="$0.000120 &lt; $0.00121 of few-shot"' in tuned
+    assert "Macro-F1" in section(html, "arms") and "Field-F1" not in section(html, "arms")
+    assert 'id="bars-legend"' in html and "meets the guide" in html
+
+
+def test_paired_comparisons_once_per_pair(built):
+    arms = section(built[0], "arms")
+    table = arms[arms.index('id="paired-table"') :]
+    assert table.count("<tr") == 1 + 2  # header + two unordered pairs (the reverse direction folded)
+    assert "+29.7 pts" in table and "+18.0 to +41.0" in table and "0.00031" in table
+    assert "-20.0 pts" in table and "not significant" in table
+
+
+def test_plots_are_inline_images_with_content(built):
+    html = built[0]
+    page = parse(html)
+    imgs = [a for tag, a in page.tags if tag == "img"]
+    assert len(imgs) == 3  # training curves, quality against cost, monthly cost
+    for a in imgs:
+        src = a["src"] or ""
+        assert src.startswith("data:image/svg+xml;base64,")
+        svg = base64.b64decode(src.split(",", 1)[1]).decode("utf-8")
+        assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "<path" in svg
+    p = section(html, "plots")
+    assert 'id="plot-quality"' in p and 'id="plot-cost"' in p
+    assert "$1,200.00" in p and "$450.00" in p and "cheapest" in p
+    assert "680.0 queries/day" in p and "never (the lines do not cross)" in p
+    assert "the guide says azure-openai" in p
+
+
+def test_untrusted_text_is_escaped(built):
+    html = built[0]
+    page = parse(html)
+    assert not [t for t, _ in page.tags if t == "script"]  # no script element at all, ours or injected
+    assert SCRIPT not in html and "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
+    assert IMG_ATTACK not in html
+    assert not [a for t, a in page.tags if t == "img" and a.get("src") == "x"]
+    d = section(html, "disagreements")
+    assert d.count("✓ right") == 1 and d.count("✗ wrong") == 2
+    assert "ex-7" in d and "billing" in d
+
+
+def test_no_network_resources(built):
+    html = built[0]
+    page = parse(html)
+    for tag, attrs in page.tags:
+        for key in ("src", "href", "srcset", "action", "poster", "data"):
+            value = (attrs.get(key) or "").strip().lower()
+            assert not value.startswith(("http:", "https:", "//")), (tag, key, value)
+            if key == "href" and value:
+                assert value.startswith("#"), (tag, value)  # only in-page links
+    assert "@import" not in html and "url(" not in html  # CSS fetches nothing either
+
+
+def test_report_json_equals_state(built):
+    _html, _h, json_path = built
+    assert json.loads(json_path.read_text(encoding="utf-8")) == full_state()
+
+
+def test_stage_times(built):
+    st = section(built[0], "stage-times")
+    assert "5 min 12 s" in st and "train" in st and "74%" in st  # 312.5 of 419.8 s
+    assert "0.3%" in st  # data: 1.2 of 419.8 s, not rounded away to 0%
+    assert "6 min 59 s" in st  # the total
+
+
+def test_writes_are_atomic(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    html_path, json_path = build_report(full_state(), out)
+    before = html_path.read_text(encoding="utf-8")
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]  # no temp files left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert html_path.stat().st_mode & 0o777 == 0o666 & ~umask  # shareable, not the temp file's 0600
+
+    calls: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        calls.append((str(src), str(dst)))
+        if str(dst).endswith("report.html"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(report_build.os, "replace", failing_replace)
+    state = full_state()
+    state["project"] = "changed"
+    with pytest.raises(OSError, match="disk full"):
+        build_report(state, out)
+    # Each file was written beside its target and renamed over it; the failed rename left the old page whole.
+    assert all(Path(src).parent == out and Path(src).name.endswith(".tmp") for src, _ in calls)
+    assert html_path.read_text(encoding="utf-8") == before
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json"]
+
+
+def test_task_and_data_only(tmp_path):
+    state = {"project": "early", "task": full_state()["task"], "data": full_state()["data"]}
+    html_path, json_path = build_report(state, tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    page = parse(html)
+    assert {"verdict", "task", "data", "training", "arms", "plots", "disagreements"} <= page.ids
+    assert "No verdict yet: evaluation has not run." in section(html, "verdict")
+    assert "training has not run" in section(html, "training")
+    assert "evaluation has not run" in section(html, "arms")
+    assert "economics has not run" in section(html, "plots")
+    assert "no per-example outputs recorded" in section(html, "disagreements")
+    assert "no stage times recorded" in section(html, "stage-times")
+    assert "near_duplicate" in section(html, "data")  # what is there is still shown
+    assert not [t for t, _ in page.tags if t == "img"]
+    assert json.loads(json_path.read_text(encoding="utf-8")) == state
+
+
+def test_empty_state_renders(tmp_path):
+    html = build_report({}, tmp_path)[0].read_text(encoding="utf-8")
+    assert "No verdict yet: the data check has not run." in html
+    assert "no task card" in html
+
+
+def test_bad_sections_are_user_errors(tmp_path):
+    with pytest.raises(TunewiseError, match="section 'evaluation' must be an object"):
+        render_html({"evaluation": "oops"})
+    with pytest.raises(TunewiseError, match="must be a JSON object"):
+        render_html(["not", "a", "dict"])  # type: ignore[arg-type]
+
+
+def test_state_from_the_real_stages(tmp_path):
+    """The shapes the data, evaluation, economics and decide stages really produce render, numbers intact."""
+    from tunewise.data.check import CheckOptions
+    from tunewise.data.validate import check_files
+    from tunewise.decide.verdict import Economics, EvalSummary, decide
+    from tunewise.economics.plan import CostRequest, cost_report
+    from tunewise.economics.pricing import load_builtin
+    from tunewise.evaluate.summary import build_summary
+
+    labels = ["billing", "bug"]
+    train = tmp_path / "train.jsonl"
+    lines = [
+        {
+            "messages": [
+                {"role": "user", "content": f"ticket {i}"},
+                {"role": "assistant", "content": labels[i % 2]},
+            ]
+        }
+        for i in range(40)
+    ]
+    lines[5]["messages"][1]["content"] = "refnd"  # not a contract label: an error group with a location
+    train.write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
+    data = check_files([train], opts=CheckOptions(labels=labels, near_duplicates=False)).to_json()
+
+    records = []
+    for i in range(30):
+        ref = labels[i % 2]
+        # Tokens and latency recorded as the engine does (the verdict needs token counts to price arms).
+        measured = {"prompt_tokens": 400, "completion_tokens": 3, "latency_ms": 200.0}
+        records.append(
+            {
+                "id": i,
+                "input": f"q{i}",
+                "reference": ref,
+                "arm": "zero-shot",
+                "output": ref if i % 3 else "maybe",
+                **measured,
+            }
+        )
+        records.append(
+            {"id": i, "input": f"q{i}", "reference": ref, "arm": "fine-tuned", "output": ref, **measured}
+        )
+    summary = build_summary(
+        records,
+        {"type": "label", "labels": labels},
+        task="t",
+        arm_info={"fine-tuned": {"kind": "fine-tuned"}},
+    )
+    econ = cost_report(
+        CostRequest(queries_per_day=500, prompted_cost=0.08, tuned_cost=0.02, platforms=["together"]),
+        load_builtin(),
+    ).to_dict()
+    verdict = decide(
+        EvalSummary.model_validate(summary),
+        Economics(queries_per_day=500, prompted_cost=0.08, tuned_cost=0.02, platforms=["together"]),
+        load_builtin(),
+    ).to_dict()
+    state = {"project": "real", "data": data, "evaluation": summary, "economics": econ, "verdict": verdict}
+    state = json.loads(json.dumps(state))  # the pipeline stores JSON
+    html = build_report(state, tmp_path / "r")[0].read_text(encoding="utf-8")
+
+    d = section(html, "data")
+    assert "contract_label" in d or "label" in d
+    assert f"{train}:6" in d  # the wrong label's location (line 6)
+    a = section(html, "arms")
+    assert "66.7%" in a and "100.0%" in a  # zero-shot 20/30, fine-tuned 30/30
+    assert "Recommendation: keep prompting" in section(html, "verdict")  # 30 examples: the gain is not proven
+    p = section(html, "plots")
+    assert "prompted" in p and 'id="plot-cost"' in p
+    assert "$1,200.00" in p  # total computed from per-query cost when the option carries none
+
+
+def test_cli_report(tmp_path, run_cli):
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps(full_state()), encoding="utf-8")
+    code, out, err = run_cli("report", state_file, "--out", tmp_path / "rep", "--json")
+    assert code == 0, err
+    paths = json.loads(out)
+    assert Path(paths["html"]).is_file() and Path(paths["json"]).is_file()
+
+    code, out, _ = run_cli("report", "--help")
+    assert code == 0 and "Example: tunewise report" in out
+
+    code, _, err = run_cli("report", tmp_path / "absent.json")
+    assert code == 1 and "error:" in err and "no state file" in err
+
+
+def test_doctests():
+    import doctest
+
+    from tunewise.report import plots
+
+    for module in (report_build, plots):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_many_disagreements_are_capped_on_the_page(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_build, "MAX_DISAGREEMENTS", 3)
+    one = full_state()["disagreements"][0]
+    state = {"disagreements": [dict(one, id=f"ex-{i}") for i in range(5)]}
+    html_path, json_path = build_report(state, tmp_path)
+    d = section(html_path.read_text(encoding="utf-8"), "disagreements")
+    assert "ex-2" in d and "ex-3" not in d and "the first 3 are shown" in d
+    assert (
+        len(json.loads(json_path.read_text(encoding="utf-8"))["disagreements"]) == 5
+    )  # all kept in the JSON
+
+
+def test_costs_from_economics_when_the_evaluation_has_none(tmp_path):
+    """The evaluation records tokens, not dollars: the pipeline's options "<arm> @ <platform>" price the arms."""
+    state = full_state()
+    for arm in state["evaluation"]["arms"]:
+        arm["cost_per_query"] = None
+    state["economics"]["options"] = [
+        {
+            "name": "few-shot @ together",
+            "per_query": 0.0012,
+            "hosting_per_month": 0.0,
+            "total_per_month": 18.0,
+        },
+        {
+            "name": "fine-tuned @ together",
+            "per_query": 0.0001,
+            "hosting_per_month": 150.0,
+            "total_per_month": 151.5,
+        },
+        {
+            "name": "fine-tuned @ azure-openai",
+            "per_query": 0.0003,
+            "hosting_per_month": 1224,
+            "total_per_month": 1228.5,
+        },
+    ]
+    state["economics"]["break_even"] = []
+    state["economics"]["notes"] = ["hosting for one GPU"]
+    html = build_report(state, tmp_path)[0].read_text(encoding="utf-8")
+    tuned = _arm_row(html, "fine-tuned")
+    assert "$0.000100" in tuned and "on together" in tuned  # the cheapest platform's per-query cost
+    assert "cell pass" in tuned.split("$0.000100")[0].rsplit("<td", 1)[1]  # below few-shot's $0.00120
+    assert "—" in _arm_row(html, "zero-shot")  # not priced: shown as unknown, not as zero
+    p = section(html, "plots")
+    assert 'id="plot-quality"' in p and "cheapest priced platform" in p and "hosting for one GPU" in p
+
+
+def test_economics_error_is_shown(tmp_path):
+    state = {
+        "economics": {
+            "error": "no option could be priced: together lacks a price",
+            "hint": "add a pricing override",
+        }
+    }
+    p = section(build_report(state, tmp_path)[0].read_text(encoding="utf-8"), "plots")
+    assert "Costs could not be computed: no option could be priced: together lacks a price" in p
+    assert "add a pricing override" in p
