@@ -56,7 +56,10 @@ def _root(
 # Each pipeline stage owns its commands; this list is the table of contents, in the order `--help` shows them.
 COMMAND_MODULES = (
     "tunewise.commands",  # init
+    "tunewise.pipeline.cli",  # demo, run
     "tunewise.data.cli",  # data check/split/versions/convert
+    "tunewise.train.cli",  # train
+    "tunewise.evaluate.cli",  # eval
     "tunewise.economics.cli",  # cost, pricing
     "tunewise.decide.cli",  # advise, decide
     "tunewise.report.cli",  # report

@@ -1,0 +1,165 @@
+"""The prompted arms: how each option phrases the same held-out query.
+
+Every arm gets a fair chance, or the verdict is worthless:
+- the output contract (label set, JSON Schema or regex) is stated in the system prompt unless the spec's prompt
+  already names it;
+- few-shot examples are balanced across labels (one per label first, round-robin), chosen deterministically,
+  and bounded by a token budget;
+- retrieved examples are the k training inputs nearest to the query by BM25, never the query itself.
+The fine-tuned arm is prompted exactly as its training examples were: no long instructions.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tunewise.data.formats import completion
+from tunewise.spec import JsonContract, LabelContract, RegexContract, Spec
+
+PROMPTED_ARMS = ("zero-shot", "few-shot", "retrieved")
+
+
+def contract_instruction(spec: Spec) -> str:
+    """One sentence stating the output contract, for the prompted arms.
+
+    >>> from tunewise.spec import parse_spec
+    >>> s = parse_spec("task: {name: t, target: Classify a review by its sentiment.}\\ncontract: {type: label, labels: [pos, neg]}\\ndata: {train: x}")
+    >>> contract_instruction(s)
+    'Answer with exactly one of these labels and nothing else: pos, neg.'
+    """
+    contract = spec.contract
+    if isinstance(contract, LabelContract):
+        return f"Answer with exactly one of these labels and nothing else: {', '.join(contract.labels)}."
+    if isinstance(contract, JsonContract):
+        schema = json.dumps(contract.json_schema, separators=(",", ":")) if contract.json_schema else "{}"
+        return f"Answer with a single JSON value and nothing else. It must match this JSON Schema: {schema}"
+    if isinstance(contract, RegexContract):
+        return f"Answer with text matching this regular expression and nothing else: {contract.pattern}"
+    return ""
+
+
+def system_prompt(spec: Spec) -> str:
+    """The spec's system prompt, with the contract appended unless the prompt already states it."""
+    base = spec.system_prompt.strip()
+    contract = spec.contract
+    if isinstance(contract, LabelContract) and all(label in base for label in contract.labels):
+        return base
+    extra = contract_instruction(spec)
+    return f"{base}\n\n{extra}".strip() if extra else base
+
+
+def query_messages(example: dict) -> list[dict]:
+    """The conversation up to (not including) the final assistant reply, without a system message."""
+    messages = example["messages"]
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return [{"role": m["role"], "content": m["content"]} for m in messages[:last] if m["role"] != "system"]
+
+
+def _pair(example: dict) -> list[dict]:
+    return [*query_messages(example), {"role": "assistant", "content": completion(example["messages"]) or ""}]
+
+
+def balanced_examples(train: list[dict], k: int, labels: list[str] | None, seed: int = 0) -> list[dict]:
+    """k training examples, round-robin across labels (every label once before any twice).
+
+    >>> ex = [{"messages": [{"role": "user", "content": str(i)}, {"role": "assistant", "content": "aab"[i % 3]}]} for i in range(9)]
+    >>> [e["messages"][1]["content"] for e in balanced_examples(ex, 3, ["a", "b"])]
+    ['a', 'b', 'a']
+    """
+    rng = random.Random(seed)
+    if not labels:
+        pool = list(train)
+        rng.shuffle(pool)
+        return pool[:k]
+    by_label: dict[str, list[dict]] = defaultdict(list)
+    for ex in train:
+        by_label[completion(ex["messages"]) or ""].append(ex)
+    for members in by_label.values():
+        rng.shuffle(members)
+    chosen: list[dict] = []
+    depth = 0
+    while len(chosen) < k and any(len(by_label[lab]) > depth for lab in labels):
+        for label in labels:
+            if len(chosen) < k and len(by_label[label]) > depth:
+                chosen.append(by_label[label][depth])
+        depth += 1
+    return chosen
+
+
+@dataclass
+class ArmPrompter:
+    """Builds the messages an arm sends for each held-out query."""
+
+    name: str
+    system: str | None
+    shots: list[dict]  # fixed examples (few-shot), as alternating user/assistant messages
+    retriever: Callable[[dict], list[dict]] | None = None  # per-query examples (retrieved)
+
+    def messages(self, example: dict) -> list[dict]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        shots = (
+            self.shots if self.retriever is None else [m for ex in self.retriever(example) for m in _pair(ex)]
+        )
+        return [*head, *shots, *query_messages(example)]
+
+
+class BM25Retriever:
+    """The k training examples whose inputs are nearest to the query's input (BM25 over word tokens)."""
+
+    def __init__(self, train: list[dict], k: int):
+        # BM25+ (idf = log((N+1)/n)): Okapi's idf is zero or negative for a word in half the examples or more,
+        # which on a small training set erases exactly the words that separate two classes.
+        from rank_bm25 import BM25Plus
+
+        self.train = train
+        self.k = k
+        self.texts = [_input_text(ex) for ex in train]
+        self.index = BM25Plus([_words(t) or ["_"] for t in self.texts])
+
+    def __call__(self, example: dict) -> list[dict]:
+        query = _input_text(example)
+        scores = self.index.get_scores(_words(query) or ["_"])
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        picked = [self.train[i] for i in order if self.texts[i] != query][: self.k]
+        return picked[::-1]  # nearest last, closest to the query
+
+
+def _input_text(example: dict) -> str:
+    return "\n".join(m["content"] for m in query_messages(example))
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def build_prompters(
+    spec: Spec, train: list[dict], count_tokens: Callable[[list[dict]], int] | None = None, seed: int = 0
+) -> dict[str, ArmPrompter]:
+    """The prompted arms of a spec, plus the fine-tuned arm's prompt (the training examples' own form)."""
+    system = system_prompt(spec)
+    labels = spec.contract.labels if isinstance(spec.contract, LabelContract) else None
+    k = spec.evaluation.few_shot_k
+    if labels:
+        k = max(k, len(labels))  # one example per label at least, budget permitting
+    shots: list[dict] = []
+    for ex in balanced_examples(train, k, labels, seed):
+        candidate = shots + _pair(ex)
+        if count_tokens is not None and count_tokens(candidate) > spec.evaluation.few_shot_token_budget:
+            break
+        shots = candidate
+    retrieve_k = spec.evaluation.few_shot_k
+    prompters = {
+        "zero-shot": ArmPrompter("zero-shot", system, []),
+        "few-shot": ArmPrompter("few-shot", system, shots),
+        "retrieved": ArmPrompter(
+            "retrieved", system, [], BM25Retriever(train, retrieve_k) if train else None
+        ),
+        # The fine-tuned model saw no system prompt in training: ask it the same way.
+        "fine-tuned": ArmPrompter("fine-tuned", None, []),
+    }
+    return prompters

@@ -1,0 +1,115 @@
+"""`tunewise eval`: every arm on the same held-out examples, one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunewise.cli import app, err, out, print_json
+from tunewise.errors import TunewiseError
+
+
+def _interval(metric: dict | None) -> str:
+    if not metric or metric.get("value") is None:
+        return "-"
+    return f"{metric['value']:.1%} [{metric['low']:.0%}, {metric['high']:.0%}]"
+
+
+def render_arms(summary: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{summary['task']}: {summary['n_examples']} held-out examples (95% intervals)")
+    for column in (
+        "arm",
+        "accuracy",
+        "lenient",
+        "format",
+        "consistency",
+        "unsupported",
+        "p50 ms",
+        "prompt tok",
+        "compl tok",
+    ):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm in summary["arms"]:
+        latency = arm.get("latency_ms") or {}
+        table.add_row(
+            arm["name"],
+            _interval(arm["accuracy"]),
+            _interval(arm.get("accuracy_lenient")),
+            _interval(arm.get("format_compliance")),
+            _interval(arm.get("consistency")),
+            _interval(arm.get("unsupported_rate")),
+            f"{latency['p50']:.0f}" if latency.get("p50") is not None else "-",
+            f"{arm['prompt_tokens']:.0f}" if arm.get("prompt_tokens") is not None else "-",
+            f"{arm['completion_tokens']:.1f}" if arm.get("completion_tokens") is not None else "-",
+        )
+    out.print(table)
+
+
+@app.command(
+    name="eval",
+    help="Evaluate arms on the held-out split: zero-shot, few-shot, retrieved, fine-tuned:RUN.\n\n"
+    "Example: tunewise eval --arms zero-shot,few-shot,fine-tuned:train-20261129-0623 --limit 50",
+)
+def eval_command(
+    arms: str = typer.Option(
+        "zero-shot,few-shot,retrieved",
+        "--arms",
+        help="Comma-separated arms; fine-tuned:RUN names a training run.",
+    ),
+    spec_path: Path = typer.Option(
+        None, "--spec", help="The task spec (default: tunewise.yaml found upward)."
+    ),
+    limit: int = typer.Option(None, "--limit", min=1, help="Only the first N held-out examples."),
+    samples: int = typer.Option(
+        None, "--samples", min=1, help="Consistency samples per prompt (default: the spec's)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    from tunewise.data.load import load_examples
+    from tunewise.data.split import split_examples
+    from tunewise.evaluate.run import run_evaluation
+    from tunewise.project import Project, find_project
+    from tunewise.spec import LabelContract, load_spec
+
+    project = Project(spec_path.resolve().parent) if spec_path else find_project()
+    spec = load_spec(project.spec_path)
+    if limit:
+        spec.evaluation.limit = limit
+    if samples:
+        spec.evaluation.consistency_samples = samples
+    names, run = [], None
+    for item in (a.strip() for a in arms.split(",") if a.strip()):
+        if item.startswith("fine-tuned:"):
+            names.append("fine-tuned")
+            run = item.split(":", 1)[1]
+        elif item == "fine-tuned":
+            raise TunewiseError(
+                "the fine-tuned arm needs a run: fine-tuned:RUN_ID", hint="list runs in .tunewise/runs"
+            )
+        else:
+            names.append(item)
+    csv = spec.data.csv_columns.model_dump() if spec.data.csv_columns else None
+    train = [ex for p in spec.data.train for ex in load_examples(project.root / p, spec.data.format, csv)]
+    if spec.data.eval:
+        held = [ex for p in spec.data.eval for ex in load_examples(project.root / p, spec.data.format, csv)]
+    else:
+        labels = spec.contract.labels if isinstance(spec.contract, LabelContract) else None
+        train, held = split_examples(train, spec.data.eval_fraction, spec.data.seed, labels)
+    result = run_evaluation(
+        spec,
+        project,
+        train,
+        held,
+        names,
+        fine_tuned_run=run,
+        narrate=lambda m: err.print(m, highlight=False, markup=False),
+        seed=spec.data.seed,
+    )
+    if as_json:
+        print_json(result.summary)
+        return
+    render_arms(result.summary)
+    out.print(f"per-example records: {result.run_dir / 'records.jsonl'}", highlight=False)

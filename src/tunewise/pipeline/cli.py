@@ -1,0 +1,90 @@
+"""`tunewise run` and `tunewise demo`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from tunewise.cli import app, err, out, print_json
+from tunewise.errors import TunewiseError
+
+
+def _narrate(message: str) -> None:
+    err.print(message, highlight=False, markup=False)
+
+
+def _run(spec_path: Path | None, from_stage: str | None, only: str | None, as_json: bool) -> None:
+    from tunewise.pipeline.run import Pipeline
+    from tunewise.project import Project, find_project
+    from tunewise.spec import load_spec
+
+    project = Project(spec_path.resolve().parent) if spec_path else find_project()
+    spec = load_spec(project.spec_path)
+    for warning in spec.warnings():
+        err.print(f"warning: {warning}", highlight=False, markup=False)
+    pipeline = Pipeline(project, spec, narrate=_narrate)
+    started = time.perf_counter()
+    try:
+        result = pipeline.run(from_stage=from_stage, only=only)
+    except KeyboardInterrupt:
+        err.print("interrupted: the next `tunewise run` continues where this one stopped", highlight=False)
+        sys.exit(130)
+    report = result.output("report") or pipeline.outputs.get("report", {})
+    verdict = pipeline.outputs.get("verdict", {})
+    summary = {
+        "stages": [
+            {"stage": o.stage, "status": o.status, "seconds": round(o.seconds, 2)} for o in result.outcomes
+        ],
+        "recommendation": verdict.get("recommendation"),
+        "report": report.get("html_path"),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if as_json:
+        print_json(summary)
+        return
+    if verdict.get("recommendation"):
+        out.print(f"verdict: {verdict['recommendation']}", highlight=False)
+    if summary["report"]:
+        out.print(f"report: {summary['report']}", highlight=False)
+
+
+@app.command(
+    help="Run the whole pipeline: data check, split, prompted baselines, training, evaluation, economics, verdict, "
+    "report. Stages whose inputs are unchanged are skipped.\n\nExample: tunewise run tunewise.yaml --from train"
+)
+def run(
+    spec: Path = typer.Argument(None, help="The task spec (default: tunewise.yaml found upward)."),
+    from_stage: str = typer.Option(None, "--from", help="Force this stage and every later one."),
+    only: str = typer.Option(
+        None, "--only", help="Run only this stage, on the recorded outputs of the others."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the stages and the verdict as JSON."),
+) -> None:
+    if spec is not None and not spec.is_file():
+        raise TunewiseError(
+            f"no task spec at {spec}", hint="run `tunewise init` or pass the path of tunewise.yaml"
+        )
+    _run(spec, from_stage, only, as_json)
+
+
+@app.command(
+    help="The built-in demo: a support-ticket task (ticket in, JSON with category, priority and reference out) "
+    "run through the whole pipeline on the embedded SmolLM2-135M-Instruct.\n\nExample: tunewise demo --dir demo-project"
+)
+def demo(
+    folder: Path = typer.Option(Path("demo-project"), "--dir", help="Where to create the demo project."),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete the folder's earlier state first."),
+    as_json: bool = typer.Option(False, "--json", help="Print the stages and the verdict as JSON."),
+) -> None:
+    import shutil
+
+    from tunewise.data.demo import write_demo_project
+
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    write_demo_project(folder)
+    err.print(f"demo project: {folder.resolve()}", highlight=False)
+    _run(folder / "tunewise.yaml", None, None, as_json)

@@ -1,0 +1,154 @@
+"""`tunewise train`: reads tunewise.yaml, applies flag overrides, calls `tunewise.train.run`, renders the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from tunewise.cli import app, err, out, print_json
+from tunewise.errors import TunewiseError
+
+
+def _number(value: str | None, kind: type, flag: str) -> Any:
+    """'auto' stays 'auto'; anything else must parse as `kind`."""
+    if value is None or value == "auto":
+        return value
+    try:
+        return kind(value)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise TunewiseError(f"{flag} must be 'auto' or {noun} (got {value!r})") from None
+
+
+def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
+    """Training settings from tunewise.yaml (when there is one) and the project that holds it."""
+    from tunewise.project import Project, find_project
+    from tunewise.spec import load_spec
+
+    if spec_path is not None:
+        spec_path = spec_path.resolve()
+        project = Project(spec_path.parent)
+    else:
+        try:
+            project = find_project()
+        except TunewiseError:
+            return {}, Project(Path.cwd())  # no spec: flags only, state recorded under ./.tunewise
+        spec_path = project.spec_path
+    spec = load_spec(spec_path)
+    hp = spec.hyperparameters
+    values: dict[str, Any] = {
+        "base": spec.model.base,
+        "trust_remote_code": spec.model.trust_remote_code,
+        "method": spec.method,
+        "epochs": hp.epochs,
+        "learning_rate": hp.learning_rate,
+        "batch_size": hp.batch_size,
+        "lora_rank": hp.lora_rank,
+        "lora_alpha": hp.lora_alpha,
+        "lora_dropout": hp.lora_dropout,
+        "max_length": hp.max_length,
+        "seed": spec.data.seed,
+    }
+    # Until the data stage produces normalized dataset versions, files already in chat JSONL are used directly.
+    train = [str((project.root / p).resolve()) for p in spec.data.train]
+    if all(p.endswith(".jsonl") for p in train):
+        values["data"] = train
+        values["eval_data"] = [str((project.root / p).resolve()) for p in spec.data.eval]
+    return values, project
+
+
+@app.command(
+    help="Fine-tune the base model (LoRA or full) on chat JSONL data; flags override tunewise.yaml.\n\n"
+    "Examples:\n\n"
+    "  tunewise train --data data/train.jsonl --eval data/eval.jsonl --dry-run\n\n"
+    "  tunewise train --method lora --epochs 3 --lr 2e-4 --rank 8\n\n"
+    "  tunewise train --resume train-20250101-120000-ab12"
+)
+def train(
+    spec: Path | None = typer.Option(
+        None, "--spec", help="The task spec (default: tunewise.yaml found upward)."
+    ),
+    data: list[Path] | None = typer.Option(
+        None, "--data", help="Training data: chat JSONL ({'messages': [...]})."
+    ),
+    eval_data: list[Path] | None = typer.Option(
+        None, "--eval", help="Held-out chat JSONL for loss and accuracy."
+    ),
+    base: str | None = typer.Option(
+        None, "--base", help="embedded:smollm2-135m-instruct, a folder or a Hub id."
+    ),
+    method: str | None = typer.Option(None, "--method", help="lora or full."),
+    epochs: str | None = typer.Option(None, "--epochs", help="Number of epochs, or auto."),
+    lr: str | None = typer.Option(None, "--lr", help="Peak learning rate, or auto."),
+    batch_size: str | None = typer.Option(None, "--batch-size", help="Examples per optimizer step, or auto."),
+    rank: str | None = typer.Option(None, "--rank", help="LoRA rank, or auto."),
+    alpha: str | None = typer.Option(None, "--alpha", help="LoRA alpha, or auto (2 x rank)."),
+    dropout: float | None = typer.Option(None, "--dropout", help="LoRA dropout."),
+    max_length: str | None = typer.Option(None, "--max-length", help="Tokens per example, or auto."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for initialization and data order."),
+    eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
+    early_stopping: int | None = typer.Option(
+        None, "--early-stopping", help="Stop after N evaluations without held-out improvement."
+    ),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", help="Steps between checkpoints."
+    ),
+    precision: str | None = typer.Option(None, "--precision", help="auto (measured), float32 or bfloat16."),
+    threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Print the plan with a measured step; do not train."
+    ),
+    resume: str | None = typer.Option(None, "--resume", help="Continue run RUN from its last checkpoint."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result (or plan) as JSON on stdout."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+) -> None:
+    from tunewise.train import TrainConfig, run
+
+    values, project = config_from_spec(spec)
+    if resume is not None:
+        result = run(
+            None, project, resume=resume, narrate=lambda m: err.print(m, highlight=False, markup=False)
+        )
+        _render(result, json_out)
+        return
+    flags = {
+        "data": [str(p.resolve()) for p in data] if data else None,
+        "eval_data": [str(p.resolve()) for p in eval_data] if eval_data else None,
+        "base": base,
+        "method": method,
+        "epochs": _number(epochs, int, "--epochs"),
+        "learning_rate": _number(lr, float, "--lr"),
+        "batch_size": _number(batch_size, int, "--batch-size"),
+        "lora_rank": _number(rank, int, "--rank"),
+        "lora_alpha": _number(alpha, float, "--alpha"),
+        "lora_dropout": dropout,
+        "max_length": _number(max_length, int, "--max-length"),
+        "seed": seed,
+        "eval_every": eval_every,
+        "early_stopping_patience": early_stopping,
+        "checkpoint_every": checkpoint_every,
+        "precision": precision,
+        "threads": threads,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    values["progress"] = not no_progress
+    config = TrainConfig.from_dict(values)
+    result = run(
+        config, project, dry_run=dry_run, narrate=lambda m: err.print(m, highlight=False, markup=False)
+    )
+    _render(result, json_out)
+
+
+def _render(result: Any, json_out: bool) -> None:
+    from tunewise.train import Plan
+
+    if json_out:
+        print_json(result.to_dict())
+    elif isinstance(result, Plan):
+        out.print(result.describe(), highlight=False, markup=False)
+    else:
+        out.print(f"{result.status}: run {result.run_id}", highlight=False, markup=False)
+        if result.output:
+            out.print(f"output: {result.output}", highlight=False, markup=False)

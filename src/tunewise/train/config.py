@@ -1,0 +1,228 @@
+"""Training configuration: what the user asked for (`TrainConfig`) and the rule that fills in `auto` values.
+
+Precedence: tunewise.yaml < CLI flags. Every `auto` is resolved by `auto_hyperparameters()` before training,
+and the resolved values (with where each came from) are printed and written to the run's config.json.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from tunewise.errors import ConfigError, nearest
+
+AUTO = "auto"
+
+Method = Literal["lora", "full"]
+Schedule = Literal["cosine", "linear", "constant"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. `"auto"` means: let `auto_hyperparameters()` decide."""
+
+    data: list[str] = field(default_factory=list)  # normalized chat JSONL files
+    eval_data: list[str] = field(default_factory=list)  # held-out chat JSONL files (optional)
+    base: str = "embedded:smollm2-135m-instruct"
+    trust_remote_code: bool = False
+    method: Method = "lora"
+    epochs: int | str = AUTO
+    learning_rate: float | str = AUTO
+    batch_size: int | str = AUTO  # examples per optimizer step (global, across processes)
+    lora_rank: int | str = AUTO
+    lora_alpha: float | str = AUTO
+    lora_dropout: float = 0.0
+    lora_targets: str | list[str] = "all-linear"  # peft: every linear layer except the output head
+    max_length: int | str = AUTO  # tokens per example; longer ones are truncated (and counted)
+    # Tokens per packed micro-batch; steps larger than this accumulate gradients. It bounds activation memory:
+    # backward keeps ~13K floats per token per layer (norms, q/k/v, MLP intermediates), 1.6 MB per token for
+    # SmolLM2-135M's 30 layers in fp32, so 512 tokens hold ~0.8 GB and the whole run stays under 2 GB.
+    micro_batch_tokens: int = 512
+    schedule: Schedule = "cosine"
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    eval_every: int | str = AUTO  # steps between held-out evaluations
+    early_stopping_patience: int | None = None  # stop after this many evaluations without improvement
+    checkpoint_every: int | str = AUTO  # steps between checkpoints
+    precision: str = AUTO  # auto | float32 | bfloat16
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    progress: bool = True
+    dataset_version: str | None = None  # the registry id of the dataset version, when the data stage made it
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.eval_data, str):
+            self.eval_data = [self.eval_data]
+        if self.method not in ("lora", "full"):
+            problems.append(f"method must be lora or full (got {self.method!r})")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            problems.append(f"schedule must be cosine, linear or constant (got {self.schedule!r})")
+        checks = {
+            "epochs": (int, 1, 1000),
+            "batch_size": (int, 1, 65536),
+            "lora_rank": (int, 1, 4096),
+            "max_length": (int, 8, 1 << 20),
+            "eval_every": (int, 1, 1 << 30),
+            "checkpoint_every": (int, 1, 1 << 30),
+        }
+        for name, (kind, low, high) in checks.items():
+            value = getattr(self, name)
+            if value == AUTO:
+                continue
+            if not isinstance(value, kind) or isinstance(value, bool) or not low <= value <= high:
+                problems.append(f"{name} must be 'auto' or an integer in [{low}, {high}] (got {value!r})")
+        for name in ("learning_rate", "lora_alpha"):
+            value = getattr(self, name)
+            if value != AUTO and (not isinstance(value, (int, float)) or value <= 0):
+                problems.append(f"{name} must be 'auto' or a positive number (got {value!r})")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.micro_batch_tokens < 16:
+            problems.append(f"micro_batch_tokens must be at least 16 (got {self.micro_batch_tokens})")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            problems.append("early_stopping_patience must be at least 1")
+        if self.precision not in (AUTO, "float32", "bfloat16", "fp32", "bf16"):
+            problems.append(f"precision must be auto, float32 or bfloat16 (got {self.precision!r})")
+        if problems:
+            raise ConfigError("training config", problems)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a mapping; an unknown key is an error naming the nearest valid one."""
+        valid = [f.name for f in fields(cls)]
+        unknown = [k for k in values if k not in valid]
+        if unknown:
+            problems = []
+            for key in unknown:
+                guess = nearest(key, valid)
+                problems.append(f"unknown key '{key}'" + (f" (did you mean '{guess}'?)" if guess else ""))
+            raise ConfigError("training config", problems)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Concrete hyperparameters, with the source of each ('auto' rule or 'user')."""
+
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    lora_rank: int | None
+    lora_alpha: float | None
+    max_length: int
+    sources: dict[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The guide and the OpenAI fine-tuning cookbook: about 3 epochs, scaled so that the number of training
+# examples seen (examples x epochs) stays within 100 .. 25,000.
+DEFAULT_EPOCHS = 3
+MIN_EXAMPLES_SEEN = 100
+MAX_EXAMPLES_SEEN = 25_000
+MAX_AUTO_EPOCHS = 25
+
+
+def auto_epochs(n_examples: int) -> int:
+    """About 3 epochs; more for tiny sets, fewer for large ones, so examples x epochs is in 100..25,000.
+
+    >>> auto_epochs(40), auto_epochs(1000), auto_epochs(20000), auto_epochs(2)
+    (3, 3, 1, 25)
+    >>> auto_epochs(20)
+    5
+    """
+    if n_examples * DEFAULT_EPOCHS < MIN_EXAMPLES_SEEN:
+        return min(MAX_AUTO_EPOCHS, math.ceil(MIN_EXAMPLES_SEEN / n_examples))
+    if n_examples * DEFAULT_EPOCHS > MAX_EXAMPLES_SEEN:
+        return max(1, MAX_EXAMPLES_SEEN // n_examples)
+    return DEFAULT_EPOCHS
+
+
+def auto_batch_size(n_examples: int) -> int:
+    """A power of two near n/32, within 4..32: enough steps per epoch on small sets, stable ones on large.
+
+    >>> [auto_batch_size(n) for n in (10, 40, 256, 1000, 100000)]
+    [4, 4, 8, 16, 32]
+    """
+    target = max(1.0, n_examples / 32)
+    return int(min(32, max(4, 2 ** math.floor(math.log2(target)))))
+
+
+def auto_learning_rate(method: str, n_params: int) -> float:
+    """Peak learning rate: LoRA 2e-4 (1e-4 above 3B parameters); full fine-tuning 2e-5 below 1B, else 1e-5.
+
+    >>> auto_learning_rate("lora", 135_000_000), auto_learning_rate("full", 135_000_000)
+    (0.0002, 2e-05)
+    >>> auto_learning_rate("lora", 7_000_000_000), auto_learning_rate("full", 7_000_000_000)
+    (0.0001, 1e-05)
+    """
+    if method == "lora":
+        return 2e-4 if n_params <= 3_000_000_000 else 1e-4
+    return 2e-5 if n_params < 1_000_000_000 else 1e-5
+
+
+def auto_lora_rank(n_examples: int) -> int:
+    """Rank 8 below 1,000 examples, 16 below 10,000, else 32: more data can use more adapter capacity.
+
+    >>> auto_lora_rank(40), auto_lora_rank(5000), auto_lora_rank(50000)
+    (8, 16, 32)
+    """
+    if n_examples < 1_000:
+        return 8
+    return 16 if n_examples < 10_000 else 32
+
+
+def auto_max_length(longest: int, context_length: int) -> int:
+    """The longest example rounded up to a multiple of 64, within the model's context.
+
+    >>> auto_max_length(100, 8192), auto_max_length(9000, 8192)
+    (128, 8192)
+    """
+    return min(context_length, 64 * math.ceil(longest / 64))
+
+
+def auto_hyperparameters(
+    config: TrainConfig, n_examples: int, n_params: int, longest: int, context_length: int
+) -> Resolved:
+    """Resolve every `auto` in `config` from the data size, the method and the model.
+
+    The rule (each part has its own function and doctest above):
+
+    - epochs: 3, scaled so that examples x epochs stays within 100..25,000 (at most 25 epochs);
+    - batch size: a power of two near n/32 within 4..32;
+    - learning rate: LoRA 2e-4 (1e-4 above 3B parameters), full 2e-5 below 1B parameters else 1e-5;
+    - LoRA rank: 8 below 1,000 examples, 16 below 10,000, else 32; alpha = 2 x rank;
+    - max length: the longest example rounded up to 64 tokens, within the context length.
+    """
+    sources: dict[str, str] = {}
+
+    def pick(name: str, value: Any, rule: Any) -> Any:
+        sources[name] = AUTO if value == AUTO else "user"
+        return rule() if value == AUTO else value
+
+    lora = config.method == "lora"
+    rank = pick("lora_rank", config.lora_rank, lambda: auto_lora_rank(n_examples)) if lora else None
+    return Resolved(
+        epochs=pick("epochs", config.epochs, lambda: auto_epochs(n_examples)),
+        learning_rate=float(
+            pick("learning_rate", config.learning_rate, lambda: auto_learning_rate(config.method, n_params))
+        ),
+        batch_size=min(
+            n_examples, pick("batch_size", config.batch_size, lambda: auto_batch_size(n_examples))
+        ),
+        lora_rank=rank,
+        lora_alpha=float(pick("lora_alpha", config.lora_alpha, lambda: 2.0 * rank)) if lora else None,
+        max_length=pick("max_length", config.max_length, lambda: auto_max_length(longest, context_length)),
+        sources=sources,
+    )

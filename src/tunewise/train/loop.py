@@ -1,0 +1,923 @@
+"""The training stage: check the data, resolve `auto`, then a plain PyTorch loop you can read top to bottom.
+
+Why not the HF Trainer or TRL: on a 2-core CPU their defaults (bf16 on hardware without fast bf16, gradient
+checkpointing, full-vocabulary logits over padded batches) cost 2-3x. Here compute goes to real tokens:
+
+- padding-free packing: one step's examples are concatenated into rows of at most `micro_batch_tokens`,
+  with position ids restarting at 0 for each example, and attention runs per example inside the row
+  (train/attention.py), so nothing leaks across examples and no FLOP is spent on padding or masked scores;
+- the vocabulary projection (576 x 49,152 for SmolLM2: 28M multiply-adds per token, about a fifth of the
+  model) runs only at the positions whose next token is trained, by slicing the hidden states first;
+- the loss of a step is summed over its trained tokens and divided by their count for the whole step, so
+  gradient accumulation over micro-batches (and over processes under torchrun) equals one big batch.
+
+Distributed: under `torchrun --nproc_per_node N`, each process takes every N-th micro-batch of a step and
+the gradients are summed with one all-reduce (gloo on CPU, NCCL on GPU); only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunewise.errors import TunewiseError
+from tunewise.project import Project
+from tunewise.train import records
+from tunewise.train.attention import use_packed_attention
+from tunewise.train.config import AUTO, Resolved, TrainConfig, auto_hyperparameters
+from tunewise.train.data import (
+    Example,
+    TokenizedData,
+    check_trainable,
+    micro_batches,
+    pack,
+    partition,
+    read_jsonl,
+    render_mask,
+    step_batches,
+    tokenize_records,
+)
+
+log = logging.getLogger(__name__)
+
+Narrate = Callable[[str], None]
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """Checked, tokenized inputs: everything known before any weight is loaded."""
+
+    config: TrainConfig
+    tokenizer: Any
+    train: TokenizedData
+    eval: TokenizedData | None
+    data_hashes: dict[str, str]
+    context_length: int
+
+    @property
+    def trained_share(self) -> float:
+        return self.train.n_trained / max(1, self.train.n_tokens)
+
+    def summary(self) -> str:
+        t = self.train
+        lines = [
+            f"training data: {len(t.examples)} examples, {t.n_tokens:,} tokens, {t.n_trained:,} trained "
+            f"({self.trained_share:.1%}: assistant replies and their end-of-turn token)",
+        ]
+        if t.n_dropped or t.n_truncated:
+            lines.append(
+                f"  {t.n_truncated} truncated to max_length, {t.n_dropped} dropped (nothing to train)"
+            )
+        if self.eval is not None:
+            lines.append(
+                f"held-out data: {len(self.eval.examples)} examples, {self.eval.n_trained:,} scored tokens"
+            )
+        else:
+            lines.append(
+                "held-out data: none (pass --eval FILE for held-out loss, accuracy and early stopping)"
+            )
+        example = t.examples[0]
+        lines.append(f"example {example.source} with its trained tokens in [[...]]:")
+        lines.append(render_mask(self.tokenizer, example))
+        return "\n".join(lines)
+
+
+def _context_length(base: str) -> int:
+    from tunewise.models.loading import TINY_MODEL, resolve_base
+
+    if base.startswith("embedded:") or base == TINY_MODEL:
+        from tunewise.models.embedded import CONTEXT_LENGTH
+
+        return CONTEXT_LENGTH
+    folder = Path(resolve_base(base))
+    if (folder / "config.json").is_file():
+        return int(json.loads((folder / "config.json").read_text()).get("max_position_embeddings", 2048))
+    return 2048
+
+
+def prepare(config: TrainConfig) -> Prepared:
+    """Read and tokenize the data; refuse it when nothing would be trained. Loads no weights."""
+    from tunewise.models.loading import load_tokenizer
+
+    if not config.data:
+        raise TunewiseError(
+            "no training data", hint="pass --data FILE.jsonl or set data.train in tunewise.yaml"
+        )
+    train_records = [r for path in config.data for r in read_jsonl(path)]
+    eval_records = [r for path in config.eval_data for r in read_jsonl(path)]
+    hashes = {str(Path(p).resolve()): records.sha256_file(p) for p in [*config.data, *config.eval_data]}
+    tokenizer = load_tokenizer(config.base, config.trust_remote_code)
+    context = _context_length(config.base)
+    limit = context if config.max_length == AUTO else int(config.max_length)
+    train = tokenize_records(tokenizer, train_records, max_length=limit)
+    check_trainable(train)
+    evaluation = tokenize_records(tokenizer, eval_records, max_length=limit) if eval_records else None
+    if evaluation is not None:
+        check_trainable(evaluation, "held-out data")
+    return Prepared(config, tokenizer, train, evaluation, hashes, context)
+
+
+# --- model --------------------------------------------------------------------------------------------
+
+
+def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any) -> Any:
+    """The base model, wrapped with LoRA adapters for method lora; every parameter trainable for full."""
+    import torch
+
+    from tunewise.models.loading import load_model
+
+    # The same seed before loading and wrapping, so LoRA's random A matrices are identical run to run.
+    torch.manual_seed(config.seed)
+    model = load_model(
+        config.base, "float32", config.trust_remote_code, tokenizer=tokenizer, seed=config.seed
+    )
+    model.config.use_cache = False  # no KV cache in training: it only costs memory
+    use_packed_attention(model)  # per-example attention inside packed rows (see train/attention.py)
+    if config.method == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    assert resolved is not None and resolved.lora_rank is not None and resolved.lora_alpha is not None
+    lora = LoraConfig(
+        r=resolved.lora_rank,
+        lora_alpha=resolved.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(config.seed)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; harmless, noisy
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)
+
+
+def _parts(model: Any) -> tuple[Any, Any]:
+    """(backbone returning hidden states, output head): called separately to slice before the head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def _trainable(model: Any) -> list[tuple[str, Any]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(all parameters, trainable parameters), tied weights counted once."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def packed_hidden(model: Any, batch: dict[str, Any]) -> Any:
+    """Final hidden states (1, L, H) of a packed row.
+
+    With `attention_mask=None`, the restarting `position_ids` separate the examples: tunewise's packed
+    attention splits on them; plain sdpa gets a block-diagonal mask from transformers. `use_cache=False`
+    matters for the latter: with a KV cache present transformers skips that detection and attends across
+    examples (tests/test_train_data.py checks both against each example run alone).
+    """
+    backbone, _ = _parts(model)
+    out = backbone(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None, use_cache=False
+    )
+    return out.last_hidden_state
+
+
+def batch_loss(model: Any, examples: list[Example], autocast_dtype: Any) -> tuple[Any, Any, int]:
+    """Summed cross-entropy and correct-argmax count over the trained tokens of one packed micro-batch."""
+    import torch
+    import torch.nn.functional as F
+
+    _, head = _parts(model)
+    device = next(model.parameters()).device
+    batch = pack(examples, device)
+    with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        hidden = packed_hidden(model, batch)
+        # (1, L, H) -> (T, H): only positions whose next token is trained reach the vocabulary projection.
+        selected = hidden[0, batch["select"]]
+        logits = head(selected).float()
+    loss_sum = F.cross_entropy(logits, batch["targets"], reduction="sum")
+    correct = (logits.detach().argmax(-1) == batch["targets"]).sum()
+    return loss_sum, correct, int(batch["targets"].numel())
+
+
+def evaluate(
+    model: Any, data: TokenizedData, micro_tokens: int, autocast_dtype: Any, rank: int = 0, world: int = 1
+) -> dict[str, float]:
+    """Held-out loss (mean over assistant tokens) and token accuracy (argmax equals the target)."""
+    import torch
+
+    lengths = [len(e) for e in data.examples]
+    groups = micro_batches(lengths, range(len(lengths)), micro_tokens)
+    totals = torch.zeros(3, dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for group in groups[rank::world]:
+            loss_sum, correct, n = batch_loss(model, [data.examples[i] for i in group], autocast_dtype)
+            totals += torch.tensor([loss_sum.item(), correct.item(), n], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+    model.train(was_training)
+    loss_sum, correct, n = totals.tolist()
+    return {"eval_loss": loss_sum / max(1, n), "eval_accuracy": correct / max(1, n), "eval_tokens": int(n)}
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine/linear decay to 0.
+
+    A pure function of the step, so the scheduler's state in a checkpoint is just the step number.
+
+    >>> lr_at(0, 100, 1.0, 10, "cosine"), lr_at(9, 100, 1.0, 10, "cosine"), lr_at(10, 100, 1.0, 10, "cosine")
+    (0.1, 1.0, 1.0)
+    >>> round(lr_at(55, 100, 1.0, 10, "linear"), 3), lr_at(55, 100, 1.0, 10, "constant")
+    (0.5, 1.0)
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "cosine":
+        return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule == "linear":
+        return peak * (1.0 - progress)
+    return peak
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: Any, optimizer: Any, state: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write checkpoint `step` to a temporary folder, then rename it into place and point `latest` at it.
+
+    A SIGKILL at any moment leaves either the previous checkpoint or the new one, never half of one.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    folder = run_dir / "checkpoints"
+    final = folder / f"step-{step:06d}"
+    tmp = folder / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {n: p.detach().contiguous().clone() for n, p in _trainable(model)}
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+        tmp / "optimizer.pt",
+    )
+    py_state = random.getstate()
+    records.write_json(
+        tmp / "state.json",
+        {**state, "step": step, "python_rng": [py_state[0], list(py_state[1]), py_state[2]]},
+    )
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    records.atomic_write_text(folder / "latest", final.name + "\n")
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    folder = run_dir / "checkpoints" / pointer.read_text().strip()
+    return folder if (folder / "state.json").is_file() else None
+
+
+def load_checkpoint(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Restore trainable weights, optimizer moments and RNG states; returns the loop state (step, ...)."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = dict(_trainable(model))
+    missing = set(params) - set(weights)
+    if missing:
+        raise TunewiseError(
+            f"checkpoint {folder} does not match the model ({len(missing)} parameters missing)"
+        )
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    blob = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    torch.set_rng_state(blob["torch_rng"])
+    state = records.read_json(folder / "state.json")
+    version, internal, gauss = state.pop("python_rng")
+    random.setstate((version, tuple(internal), gauss))
+    return state
+
+
+# --- the run ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a run will do; `--dry-run` prints it."""
+
+    n_examples: int
+    epochs: int
+    batch_size: int
+    steps: int
+    steps_per_epoch: int
+    tokens_per_epoch: int
+    trained_tokens_per_epoch: int
+    total_params: int
+    trainable_params: int
+    resolved: dict[str, Any]
+    precision: dict[str, Any]
+    measured_step_s: float | None = None
+    measured_tokens_per_s: float | None = None
+    estimated_time_s: float | None = None
+    peak_memory_gb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        r = self.resolved
+        lines = [
+            f"plan: {self.n_examples} examples x {self.epochs} epochs, batch {self.batch_size} -> {self.steps} steps "
+            f"({self.steps_per_epoch}/epoch)",
+            f"  trained tokens: {self.trained_tokens_per_epoch * self.epochs:,} "
+            f"(of {self.tokens_per_epoch * self.epochs:,} processed)",
+            f"  parameters: {self.trainable_params:,} trainable of {self.total_params:,}",
+            "  hyperparameters: "
+            + ", ".join(
+                f"{k}={r[k]} ({r['sources'].get(k, 'user')})"
+                for k in r
+                if k != "sources" and r[k] is not None
+            ),
+            f"  precision: {self.precision['dtype']} ({self.precision['reason']})",
+        ]
+        if self.measured_step_s is not None:
+            lines.append(
+                f"  measured: one step {self.measured_step_s:.2f} s, {self.measured_tokens_per_s:.0f} tokens/s -> "
+                f"about {_duration(self.estimated_time_s or 0)} for the run"
+            )
+        if self.peak_memory_gb is not None:
+            lines.append(f"  peak memory estimate: {self.peak_memory_gb:.2f} GB")
+        return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    """
+    >>> _duration(42), _duration(3725)
+    ('42 s', '1 h 2 min')
+    """
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    run_dir: Path
+    status: str
+    steps: int = 0
+    train_loss_first: float | None = None
+    train_loss_last: float | None = None
+    eval_before: dict[str, float] | None = None
+    eval_after: dict[str, float] | None = None
+    stopped_early: bool = False
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    trained_tokens_per_s: float = 0.0
+    output: str | None = None  # the adapter (lora) or model (full) folder
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["run_dir"] = str(self.run_dir)
+        return out
+
+
+def _dist_info() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _init_distributed(world: int, device: str) -> None:
+    import torch.distributed as dist
+
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+
+
+def _step_groups(
+    prepared: Prepared,
+    resolved: Resolved,
+    step: int,
+    steps_per_epoch: int,
+    micro_tokens: int,
+    rank: int = 0,
+    world: int = 1,
+) -> tuple[list[int], list[list[int]]]:
+    """(all example indices of optimizer step `step`, this process's packed micro-batches of them)."""
+    epoch, index = divmod(step, steps_per_epoch)
+    batch = step_batches(len(prepared.train.examples), resolved.batch_size, prepared.config.seed, epoch)[
+        index
+    ]
+    lengths = [len(e) for e in prepared.train.examples]
+    mine = partition(lengths, batch, world)[rank]
+    return batch, micro_batches(lengths, mine, micro_tokens)
+
+
+def run(
+    config: TrainConfig | None,
+    project: Project,
+    *,
+    resume: str | None = None,
+    dry_run: bool = False,
+    narrate: Narrate | None = None,
+    on_step: Callable[[int, dict[str, Any]], None] | None = None,
+    prepared: Prepared | None = None,
+) -> TrainResult | Plan:
+    """Train (or, with `dry_run`, plan) one run; `resume` names a run to continue from its last checkpoint."""
+    import torch
+
+    say = narrate or log.info
+    rank, world = _dist_info()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if not dry_run:
+        _init_distributed(world, device)
+
+    # 1. Inputs: on resume, the recorded config and the same data (checked by hash).
+    run_dir: Path | None = None
+    recorded: dict[str, Any] | None = None
+    if resume is not None:
+        run_dir = records.find_run_dir(project, resume)
+        recorded = records.read_json(run_dir / "config.json")
+        done = run_dir / "result.json"
+        if done.is_file() and records.read_json(done).get("status") == "succeeded":
+            raise TunewiseError(
+                f"run {run_dir.name} already finished", hint="start a new run instead of --resume"
+            )
+        config = TrainConfig.from_dict(recorded["config"])
+        for path, digest in recorded["data_sha256"].items():
+            if not Path(path).is_file() or records.sha256_file(path) != digest:
+                raise TunewiseError(
+                    f"cannot resume {run_dir.name}: {path} changed or is missing since the run started",
+                    hint="resume needs the same data; start a new run for new data",
+                )
+    assert config is not None
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    try:
+        return _run(
+            config, project, recorded, run_dir, resume, dry_run, say, on_step, prepared, rank, world, device
+        )
+    finally:
+        torch.set_num_threads(threads_before)  # a library call must not leave the process's threads changed
+
+
+def _run(
+    config: TrainConfig, project: Project, recorded: dict[str, Any] | None, run_dir: Path | None,
+    resume: str | None, dry_run: bool, say: Narrate, on_step: Callable[[int, dict[str, Any]], None] | None,
+    prepared: Prepared | None, rank: int, world: int, device: str,
+) -> TrainResult | Plan:  # fmt: skip
+    import torch
+
+    from tunewise.models.loading import choose_precision
+
+    prepared = prepared or prepare(config)
+    if rank == 0:
+        say(prepared.summary())
+
+    # 2. The model, `auto` resolved against data size and model size, and precision by measurement.
+    n_examples = len(prepared.train.examples)
+    longest = max(len(e) for e in prepared.train.examples)
+    if recorded is not None:
+        resolved = Resolved(**recorded["resolved"])
+    else:
+        n_params = _param_count_hint(config)
+        resolved = auto_hyperparameters(config, n_examples, n_params, longest, prepared.context_length)
+    if resolved.max_length < longest:  # apply an explicit or resolved max_length below the context length
+        prepared.train = _truncate(prepared.train, resolved.max_length)
+        check_trainable(prepared.train)
+        if prepared.eval is not None:
+            prepared.eval = _truncate(prepared.eval, resolved.max_length)
+    micro_tokens = max(config.micro_batch_tokens, resolved.max_length)
+    model = _build_model(config, resolved, prepared.tokenizer).to(
+        torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
+    )
+    model.train()
+    total_params, trainable_params = count_params(model)
+
+    steps_per_epoch = math.ceil(n_examples / resolved.batch_size)
+    total_steps = steps_per_epoch * resolved.epochs
+    warmup = round(config.warmup_ratio * total_steps)
+    eval_every = config.eval_every if config.eval_every != AUTO else max(1, math.ceil(total_steps / 4))
+    ckpt_every = config.checkpoint_every if config.checkpoint_every != AUTO else max(10, total_steps // 10)
+    requested = config.precision
+    if run_dir is not None and (run_dir / "environment.json").is_file():  # resume in the recorded precision
+        requested = records.read_json(run_dir / "environment.json")["precision"]["dtype"]
+    _, first_groups = _step_groups(prepared, resolved, 0, steps_per_epoch, micro_tokens)
+    timer = lambda dtype: _time_step(model, prepared, first_groups, dtype)  # noqa: E731
+    precision = choose_precision(device, requested, step_timer=timer)
+    if world > 1 and not dry_run:  # all processes compute in one precision: rank 0's measurement decides
+        import torch.distributed as dist
+
+        shared = [precision]
+        dist.broadcast_object_list(shared, src=0)
+        precision = shared[0]
+    autocast_dtype = torch.bfloat16 if precision.dtype == "bfloat16" else None
+    plan = Plan(
+        n_examples=n_examples,
+        epochs=resolved.epochs,
+        batch_size=resolved.batch_size,
+        steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        tokens_per_epoch=prepared.train.n_tokens,
+        trained_tokens_per_epoch=prepared.train.n_trained,
+        total_params=total_params,
+        trainable_params=trainable_params,
+        resolved=resolved.to_dict(),
+        precision=precision.to_dict(),
+    )
+    if rank == 0 and not dry_run:  # a dry run returns the plan: the CLI prints it on stdout
+        say(plan.describe())
+
+    params = [p for _, p in _trainable(model)]
+    optimizer = torch.optim.AdamW(params, lr=resolved.learning_rate, weight_decay=config.weight_decay)
+    if dry_run:
+        return _measure_plan(
+            plan, model, prepared, resolved, micro_tokens, autocast_dtype, steps_per_epoch, total_steps
+        )
+
+    # 3. The run directory and registry row (rank 0 only writes).
+    run_id = run_dir.name if run_dir is not None else records.new_run_id()
+    if world > 1:  # every process must agree on the run directory (rank 0 writes, all read checkpoints)
+        import torch.distributed as dist
+
+        shared = [run_id]
+        dist.broadcast_object_list(shared, src=0)
+        run_id = shared[0]
+    run_dir = run_dir or project.runs_dir / run_id
+    writer = rank == 0
+    config_record = {
+        "run_id": run_id,
+        "config": config.to_dict(),
+        "resolved": resolved.to_dict(),
+        "data_sha256": prepared.data_hashes,
+        "steps": total_steps,
+        "steps_per_epoch": steps_per_epoch,
+        "warmup_steps": warmup,
+        "eval_every": eval_every,
+        "checkpoint_every": ckpt_every,
+        "micro_batch_tokens": micro_tokens,
+    }
+    metrics = records.MetricsLog(run_dir / "metrics.jsonl")
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        records.write_json(run_dir / "config.json", config_record)
+        # On resume the first environment stays (it holds the precision measurement); the new one is added.
+        env_name = (
+            "environment.json"
+            if recorded is None
+            else time.strftime("environment-resume-%Y%m%d-%H%M%S.json", time.gmtime())
+        )
+        records.write_json(run_dir / env_name, records.environment(precision.to_dict(), device, world))
+        records.record_start(project, run_id, run_dir, config_record, config.dataset_version)
+        say(f"run {run_id}: {run_dir}")
+    result = TrainResult(run_id, run_dir, "running")
+    started = time.perf_counter()
+    try:
+        _train(
+            result, model, optimizer, prepared, resolved, config, plan, metrics, run_dir,
+            autocast_dtype=autocast_dtype, micro_tokens=micro_tokens, warmup=warmup, eval_every=eval_every,
+            ckpt_every=ckpt_every, resume=resume is not None, writer=writer, rank=rank, world=world,
+            say=say, on_step=on_step,
+        )  # fmt: skip
+        result.status = "succeeded"
+    except KeyboardInterrupt:
+        result.status, result.error = "cancelled", "interrupted (Ctrl-C); resume with --resume " + run_id
+        raise
+    except TunewiseError as exc:
+        result.status, result.error = "failed", str(exc)
+        raise
+    except Exception as exc:
+        result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        result.wall_s = time.perf_counter() - started
+        if writer:
+            payload = {**result.to_dict(), "plan": plan.to_dict(), "finished_at": records.utc_now()}
+            records.write_json(run_dir / "result.json", payload)
+            records.record_finish(project, run_id, payload)
+        if world > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return result
+
+
+def _time_step(model: Any, prepared: Prepared, groups: list[list[int]], dtype: str) -> float:
+    """Seconds for one forward+backward of a step's micro-batches in `dtype`; gradients are discarded."""
+    import torch
+
+    started = time.perf_counter()
+    for group in groups:
+        loss_sum, _, _ = batch_loss(
+            model,
+            [prepared.train.examples[i] for i in group],
+            torch.bfloat16 if dtype == "bfloat16" else None,
+        )
+        loss_sum.backward()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - started
+
+
+def _param_count_hint(config: TrainConfig) -> int:
+    """Parameter count for the auto rule, read from the model's config without loading weights."""
+    from tunewise.models.loading import TINY_MODEL, resolve_base
+
+    if config.base == TINY_MODEL:
+        return 3_400_000
+    folder = Path(resolve_base(config.base))
+    index = folder / "model.safetensors"
+    if index.is_file():
+        return index.stat().st_size // 4  # fp32 on disk: 4 bytes per parameter (an estimate is enough here)
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) // 2
+
+
+def _truncate(data: TokenizedData, max_length: int) -> TokenizedData:
+    out = TokenizedData([], data.n_truncated, data.n_dropped)
+    for ex in data.examples:
+        if len(ex) > max_length:
+            ex = Example(ex.input_ids[:max_length], ex.mask[:max_length], ex.source)
+            out.n_truncated += 1
+        if sum(ex.mask[1:]) == 0:
+            out.n_dropped += 1
+            continue
+        out.examples.append(ex)
+    return out
+
+
+def _measure_plan(
+    plan: Plan, model: Any, prepared: Prepared, resolved: Resolved, micro_tokens: int, autocast_dtype: Any,
+    steps_per_epoch: int, total_steps: int,
+) -> Plan:  # fmt: skip
+    """Time one real forward+backward step (after a warm-up one) and extrapolate; no weight is updated."""
+    _, groups = _step_groups(prepared, resolved, 0, steps_per_epoch, micro_tokens)
+    examples = prepared.train.examples
+
+    def one_step() -> tuple[float, int]:
+        t0 = time.perf_counter()
+        tokens = 0
+        for group in groups:
+            batch = [examples[i] for i in group]
+            loss_sum, _, _ = batch_loss(model, batch, autocast_dtype)
+            loss_sum.backward()
+            tokens += sum(len(e) for e in batch)
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0, tokens
+
+    one_step()  # warm-up: first calls pay for allocation and kernel selection
+    seconds, tokens = one_step()
+    plan.measured_step_s = seconds
+    plan.measured_tokens_per_s = tokens / seconds
+    plan.estimated_time_s = plan.tokens_per_epoch * plan.epochs / plan.measured_tokens_per_s
+    # Peak RSS so far (weights, activations, gradients) plus what AdamW adds: two fp32 moments per parameter.
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    plan.peak_memory_gb = (peak_rss + 2 * 4 * plan.trainable_params) / 1e9
+    return plan
+
+
+def _train(
+    result: TrainResult, model: Any, optimizer: Any, prepared: Prepared, resolved: Resolved, config: TrainConfig,
+    plan: Plan, metrics: records.MetricsLog, run_dir: Path, *, autocast_dtype: Any, micro_tokens: int,
+    warmup: int, eval_every: int, ckpt_every: int, resume: bool, writer: bool, rank: int, world: int,
+    say: Narrate, on_step: Callable[[int, dict[str, Any]], None] | None,
+) -> None:  # fmt: skip
+    import torch
+    from tqdm import tqdm
+
+    params = [p for _, p in _trainable(model)]
+    examples = prepared.train.examples
+    total_steps = plan.steps
+    state: dict[str, Any] = {"best_eval_loss": None, "bad_evals": 0, "eval_before": None, "first_loss": None}
+    start = 0
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer)
+        start = state["step"]
+        say(f"resuming from {checkpoint.name} (step {start} of {total_steps})")
+    else:
+        # Reseed: the data order has its own generator, but dropout draws from torch's, which the precision
+        # measurement may have used; a run must not depend on whether that measurement ran.
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+    if writer:
+        # Lines written after the checkpoint are replayed, not duplicated (-1: no checkpoint, replay all).
+        metrics.truncate_after(start if start else -1)
+
+    def run_eval(step: int) -> dict[str, float] | None:
+        if prepared.eval is None:
+            return None
+        scores = evaluate(model, prepared.eval, micro_tokens, autocast_dtype, rank, world)
+        if writer:
+            metrics.append({"step": step, **scores})
+        return scores
+
+    if start == 0:
+        state["eval_before"] = run_eval(0)
+    result.eval_before = state["eval_before"]
+    bar = tqdm(
+        total=total_steps, initial=start, desc="train", unit="step", file=sys.stderr,
+        disable=not (config.progress and writer), dynamic_ncols=True,
+    )  # fmt: skip
+    t_start = time.perf_counter()
+    tokens_seen = trained_seen = 0
+    last_loss: float | None = None
+    step = start
+    for step in range(start, total_steps):
+        t0 = time.perf_counter()
+        batch, groups = _step_groups(
+            prepared, resolved, step, plan.steps_per_epoch, micro_tokens, rank, world
+        )
+        step_examples = [examples[i] for i in batch]
+        # Normalize by the trained tokens of the whole step (all micro-batches, all processes): accumulation
+        # then gives exactly the gradient of one big batch.
+        n_trained = sum(sum(e.mask[1:]) for e in step_examples)
+        n_tokens = sum(len(e) for e in step_examples)
+        lr = lr_at(step, total_steps, resolved.learning_rate, warmup, config.schedule)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_total = torch.zeros((), dtype=torch.float64)
+        for group in groups:
+            loss_sum, _, _ = batch_loss(model, [examples[i] for i in group], autocast_dtype)
+            (loss_sum / n_trained).backward()
+            loss_total += loss_sum.detach().double()
+        if world > 1:
+            _all_reduce_grads(params, loss_total)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_total.item() / n_trained
+        if state["first_loss"] is None:
+            state["first_loss"] = loss
+        last_loss = loss
+        seconds = time.perf_counter() - t0
+        tokens_seen += n_tokens
+        trained_seen += n_trained
+        done = step + 1
+        record = {
+            "step": done,
+            "epoch": round(done / plan.steps_per_epoch, 4),
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": n_tokens,
+            "trained_tokens": n_trained,
+            "step_s": round(seconds, 4),
+            "tokens_per_s": round(n_tokens / seconds, 1),
+        }
+        if writer:
+            metrics.append(record)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / (time.perf_counter() - t_start):.0f}")
+        bar.update(1)
+
+        stop = False
+        if done % eval_every == 0 and done < total_steps and prepared.eval is not None:
+            scores = run_eval(done)
+            assert scores is not None
+            stop = _early_stop_update(state, scores, config, model, run_dir, writer)
+        if done % ckpt_every == 0 and done < total_steps and writer and not stop:
+            save_checkpoint(run_dir, done, model, optimizer, {k: v for k, v in state.items() if k != "step"})
+        if on_step is not None:
+            on_step(done, record)
+        if stop:
+            say(
+                f"early stopping at step {done}: no held-out improvement in {config.early_stopping_patience} evaluations"
+            )
+            result.stopped_early = True
+            break
+    bar.close()
+    elapsed = time.perf_counter() - t_start
+    result.steps = step + 1 if total_steps else 0
+    result.train_loss_first = state["first_loss"]
+    result.train_loss_last = last_loss
+    result.tokens_per_s = tokens_seen / elapsed if elapsed > 0 else 0.0
+    result.trained_tokens_per_s = trained_seen / elapsed if elapsed > 0 else 0.0
+    result.extra["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+    final = run_eval(result.steps) if prepared.eval is not None else None
+    if final is not None and config.early_stopping_patience is not None:
+        best = state["best_eval_loss"]
+        if best is not None and final["eval_loss"] > best and (run_dir / "best.safetensors").is_file():
+            _load_trainable(model, run_dir / "best.safetensors")  # keep the best adapter, not the last
+            final = run_eval(result.steps)
+    result.eval_after = final
+    if writer:
+        result.output = str(_save_output(model, prepared.tokenizer, config, run_dir))
+        if final is not None:
+            say(f"held-out loss {result.eval_before['eval_loss']:.4f} -> {final['eval_loss']:.4f}, token accuracy "
+                f"{result.eval_before['eval_accuracy']:.3f} -> {final['eval_accuracy']:.3f}")  # fmt: skip
+        say(f"train loss {result.train_loss_first:.4f} -> {result.train_loss_last:.4f}; "
+            f"{result.tokens_per_s:.0f} tokens/s ({result.trained_tokens_per_s:.0f} trained tokens/s)")  # fmt: skip
+
+
+def _all_reduce_grads(params: list[Any], loss_total: Any) -> None:
+    """Sum gradients and the loss over processes with one all-reduce of a flat buffer."""
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss_total.reshape(1).to(grads[0].dtype)])
+    dist.all_reduce(flat)
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).clone()
+        offset += n
+    loss_total.fill_(flat[offset].item())
+
+
+def _early_stop_update(
+    state: dict[str, Any],
+    scores: dict[str, float],
+    config: TrainConfig,
+    model: Any,
+    run_dir: Path,
+    writer: bool,
+) -> bool:
+    """Track the best held-out loss; keep its weights on disk; say whether patience ran out."""
+    best = state["best_eval_loss"]
+    if best is None or scores["eval_loss"] < best:
+        state["best_eval_loss"] = scores["eval_loss"]
+        state["bad_evals"] = 0
+        if writer and config.early_stopping_patience is not None:
+            from safetensors.torch import save_file
+
+            tmp = run_dir / ".best.safetensors.tmp"
+            save_file({n: p.detach().contiguous().clone() for n, p in _trainable(model)}, str(tmp))
+            os.replace(tmp, run_dir / "best.safetensors")
+        return False
+    state["bad_evals"] += 1
+    return config.early_stopping_patience is not None and state["bad_evals"] >= config.early_stopping_patience
+
+
+def _load_trainable(model: Any, path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    params = dict(_trainable(model))
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def _save_output(model: Any, tokenizer: Any, config: TrainConfig, run_dir: Path) -> Path:
+    """The adapter in PEFT layout (lora) or a safetensors model folder (full), written then renamed."""
+    name = "adapter" if config.method == "lora" else "model"
+    final = run_dir / name
+    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    use_packed_attention(model, False)  # the saved config must name a standard attention implementation
+    model.config.use_cache = True
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final

@@ -1,0 +1,105 @@
+"""The evaluation runner end to end on the tiny random model: every arm, the same examples, every call logged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunewise.evaluate.arms import build_prompters, system_prompt
+from tunewise.project import Project
+from tunewise.scaffold import scaffold
+from tunewise.spec import parse_spec
+
+SPEC = """\
+task:
+  name: tiny-sentiment
+  target: Given a short review, answer with its sentiment label.
+contract: {type: label, labels: [positive, negative]}
+system_prompt: Classify the review.
+data: {train: data/train.jsonl}
+model: {base: "tiny:random"}
+evaluation: {consistency_samples: 2, max_new_tokens: 4, few_shot_k: 2}
+"""
+
+
+def example(text: str, label: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": label}]}
+
+
+TRAIN = [example(f"great film number {i}", "positive") for i in range(6)] + [
+    example(f"awful plot {i}", "negative") for i in range(6)
+]
+HELD = [
+    example("a great movie", "positive"),
+    example("an awful movie", "negative"),
+    example("great acting", "positive"),
+]
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return scaffold(tmp_path / "p")
+
+
+def test_prompters_state_the_contract_and_balance_shots():
+    spec = parse_spec(SPEC)
+    assert (
+        system_prompt(spec)
+        == "Classify the review.\n\nAnswer with exactly one of these labels and nothing else: positive, negative."
+    )
+    prompters = build_prompters(spec, TRAIN, None, seed=0)
+    few = prompters["few-shot"].messages(HELD[0])
+    assert few[0]["role"] == "system" and few[-1] == {"role": "user", "content": "a great movie"}
+    shot_labels = [m["content"] for m in few if m["role"] == "assistant"]
+    assert sorted(shot_labels) == ["negative", "positive"]  # one per label (k = max(2, labels))
+    retrieved = prompters["retrieved"].messages(HELD[1])
+    users = [m["content"] for m in retrieved if m["role"] == "user"]
+    assert users[-1] == "an awful movie" and all("awful" in u for u in users[:-1])  # BM25 neighbours
+    assert prompters["fine-tuned"].messages(HELD[0]) == [{"role": "user", "content": "a great movie"}]
+
+
+def test_run_evaluation_records_every_arm_and_call(project: Project):
+    from tunewise.evaluate.run import run_evaluation
+
+    spec = parse_spec(SPEC)
+    result = run_evaluation(spec, project, TRAIN, HELD, ["zero-shot", "few-shot", "retrieved"])
+    summary = result.summary
+    assert [a["name"] for a in summary["arms"]] == ["zero-shot", "few-shot", "retrieved"]
+    assert summary["n_examples"] == 3
+    assert all(a["kind"] == "prompted" and a["consistency"] is not None for a in summary["arms"])
+    assert len(result.records) == 9 and all(len(r["samples"]) == 2 for r in result.records)
+    # few-shot prompts are longer than zero-shot ones: tokens are measured with each arm's real prompt
+    tokens = {a["name"]: a["prompt_tokens"] for a in summary["arms"]}
+    assert tokens["few-shot"] > tokens["zero-shot"]
+    assert (result.run_dir / "summary.json").is_file() and (result.run_dir / "records.jsonl").is_file()
+    assert json.loads((result.run_dir / "result.json").read_text())["status"] == "succeeded"
+    registry = project.registry()
+    try:
+        calls = registry.conn.execute(
+            "SELECT count(*), sum(prompt_tokens) FROM model_calls WHERE run_id=?", (result.run_id,)
+        ).fetchone()
+        status = registry.conn.execute(
+            "SELECT status, kind FROM runs WHERE id=?", (result.run_id,)
+        ).fetchone()
+        stored = registry.conn.execute(
+            "SELECT summary FROM evaluations WHERE run_id=?", (result.run_id,)
+        ).fetchone()
+    finally:
+        registry.close()
+    assert calls[0] == 3 * 3 * (1 + 2)
+    assert calls[1] > 0
+    assert tuple(status) == ("succeeded", "eval")
+    assert json.loads(stored[0])["n_examples"] == 3
+
+
+def test_unknown_arm_and_missing_run_are_clear_errors(project: Project):
+    from tunewise.errors import TunewiseError
+    from tunewise.evaluate.run import run_evaluation
+
+    spec = parse_spec(SPEC)
+    with pytest.raises(TunewiseError, match="unknown arm"):
+        run_evaluation(spec, project, TRAIN, HELD, ["two-shot"])
+    with pytest.raises(TunewiseError, match="needs a training run"):
+        run_evaluation(spec, project, TRAIN, HELD, ["fine-tuned"])

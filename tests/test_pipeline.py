@@ -1,0 +1,127 @@
+"""`tunewise run` on the tiny random model: every stage runs, a second run skips them all, a change redoes only
+what depends on it, and an interrupted run continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tunewise.pipeline.run import STAGES, Pipeline
+from tunewise.project import Project
+from tunewise.scaffold import scaffold
+from tunewise.spec import load_spec
+
+TEXTS = {
+    "billing": "my invoice shows a wrong charge",
+    "delivery": "the parcel did not arrive yet",
+    "refund": "please return my money",
+    "other": "how do I change my avatar",
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    project = scaffold(tmp_path / "p")
+    rng = random.Random(0)
+    rows = []
+    for i in range(60):
+        label = rng.choice(sorted(TEXTS))
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"{TEXTS[label]} #{i}"},
+                    {"role": "assistant", "content": label},
+                ]
+            }
+        )
+    (project.root / "data" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = project.spec_path.read_text()
+    spec = spec.replace("base: embedded:smollm2-135m-instruct", 'base: "tiny:random"')
+    spec = spec.replace(
+        "arms: [zero-shot, few-shot, retrieved, fine-tuned]",
+        "arms: [zero-shot, fine-tuned]\n  max_new_tokens: 4",
+    )
+    spec = spec.replace("consistency_samples: 5", "consistency_samples: 2").replace(
+        "epochs: auto", "epochs: 1"
+    )
+    project.spec_path.write_text(spec)
+    return project
+
+
+def statuses(result) -> dict[str, str]:
+    return {o.stage: o.status for o in result.outcomes}
+
+
+def test_pipeline_runs_skips_and_redoes_only_what_changed(project: Project):
+    first = Pipeline(project, load_spec(project.spec_path)).run()
+    assert statuses(first) == {s: "ran" for s in STAGES}
+    report = Path(first.output("report")["html_path"])
+    assert report.is_file() and "zero-shot" in report.read_text()
+    summary = json.loads(Path(first.output("evaluate")["summary_path"]).read_text())
+    assert [a["name"] for a in summary["arms"]] == ["zero-shot", "fine-tuned"]
+    assert summary["n_examples"] == 12  # 20% of 60, stratified
+    assert first.output("verdict")["recommendation"] in ("fine-tune", "keep prompting")
+
+    second = Pipeline(project, load_spec(project.spec_path)).run()
+    assert statuses(second) == {s: "skipped" for s in STAGES}
+
+    # A training change redoes training and what follows, not the data stages or the baseline.
+    project.spec_path.write_text(
+        project.spec_path.read_text().replace("learning_rate: auto", "learning_rate: 0.001")
+    )
+    third = Pipeline(project, load_spec(project.spec_path)).run()
+    assert statuses(third) == {
+        "data": "skipped",
+        "split": "skipped",
+        "baseline": "skipped",
+        "train": "ran",
+        "evaluate": "ran",
+        "economics": "ran",
+        "verdict": "ran",
+        "report": "ran",
+    }
+
+    forced = Pipeline(project, load_spec(project.spec_path)).run(from_stage="economics")
+    assert [o.stage for o in forced.outcomes if o.status == "ran"] == ["economics", "verdict", "report"]
+    only = Pipeline(project, load_spec(project.spec_path)).run(only="report")
+    assert statuses(only) == {"report": "ran"}
+
+
+def test_interrupted_run_continues_from_the_unfinished_stage(project: Project, monkeypatch):
+    def interrupted(self, recorded):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "_run_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(project, load_spec(project.spec_path)).run()
+    monkeypatch.undo()
+    again = Pipeline(project, load_spec(project.spec_path)).run()
+    assert statuses(again) == {
+        "data": "skipped",
+        "split": "skipped",
+        "baseline": "skipped",
+        "train": "skipped",
+        "evaluate": "ran",
+        "economics": "ran",
+        "verdict": "ran",
+        "report": "ran",
+    }
+
+
+def test_data_errors_stop_the_run_with_the_line(project: Project):
+    from tunewise.errors import TunewiseError
+
+    path = project.root / "data" / "train.jsonl"
+    path.write_text(path.read_text() + '{"messages": [{"role": "user", "content": "x"}]}\n')
+    with pytest.raises(TunewiseError, match=r"train.jsonl:61: no assistant message"):
+        Pipeline(project, load_spec(project.spec_path)).run()
+
+
+def test_unknown_stage_is_a_clear_error(project: Project):
+    from tunewise.errors import TunewiseError
+
+    with pytest.raises(TunewiseError, match="unknown stage 'trian'"):
+        Pipeline(project, load_spec(project.spec_path)).run(from_stage="trian")

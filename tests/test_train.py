@@ -1,0 +1,350 @@
+"""The training loop on the tiny random model: LoRA and full change weights and lower the loss, the run directory
+is self-describing, a SIGKILLed run resumes to the same adapter, the auto rule gives the documented values."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tunewise.errors import TunewiseError
+from tunewise.project import Project
+
+WORDS = {
+    "good": "positive",
+    "great": "positive",
+    "lovely": "positive",
+    "bad": "negative",
+    "awful": "negative",
+    "dull": "negative",
+}
+
+
+def write_chat(path: Path, n: int, seed: int = 0) -> Path:
+    """A tiny sentiment set with variable lengths: the label is a function of one word."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        word = rng.choice(sorted(WORDS))
+        filler = " ".join(
+            rng.choice(["the", "film", "was", "quite", "really"]) for _ in range(rng.randint(0, 12))
+        )
+        messages = [
+            {"role": "user", "content": f"{filler} {word}".strip()},
+            {"role": "assistant", "content": WORDS[word]},
+        ]
+        lines.append(json.dumps({"messages": messages}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def data(tmp_path) -> tuple[Path, Path]:
+    return write_chat(tmp_path / "train.jsonl", 32, seed=0), write_chat(tmp_path / "eval.jsonl", 12, seed=1)
+
+
+def config(data, **overrides):
+    from tunewise.train import TrainConfig
+
+    values = dict(
+        data=[str(data[0])],
+        eval_data=[str(data[1])],
+        base="tiny:random",
+        epochs=3,
+        batch_size=8,
+        learning_rate=2e-2,
+        precision="float32",
+        threads=1,
+        progress=False,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_lora_changes_only_adapter_weights_and_lowers_the_loss(tmp_path, data):
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from tunewise.models.loading import load_tokenizer, tiny_model
+    from tunewise.train import run
+
+    project = Project(tmp_path / "proj")
+    result = run(config(data), project)
+    assert result.status == "succeeded"
+    assert result.eval_after["eval_loss"] < result.eval_before["eval_loss"]
+    assert result.train_loss_last < result.train_loss_first
+
+    run_dir = Path(result.run_dir)
+    adapter = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means trained
+    assert any("mlp.down_proj" in k for k in adapter) and any(
+        "self_attn.q_proj" in k for k in adapter
+    )  # all linear
+
+    # The adapter loads with PEFT onto the untouched base and changes its predictions.
+    tokenizer = load_tokenizer("tiny:random")
+    base = tiny_model(tokenizer, seed=0)
+    ids = torch.tensor([tokenizer("the film was good")["input_ids"]])
+    with torch.no_grad():
+        before = base(ids).logits
+        tuned = PeftModel.from_pretrained(base, run_dir / "adapter")
+        after = tuned(ids).logits
+    assert not torch.allclose(before, after)
+    assert torch.equal(tuned.get_base_model().model.layers[0].mlp.down_proj.base_layer.weight,
+                       tiny_model(tokenizer, seed=0).model.layers[0].mlp.down_proj.weight)  # fmt: skip
+
+
+def test_full_fine_tuning_changes_weights_and_lowers_the_loss(tmp_path, data):
+    import torch
+
+    from tunewise.models.loading import load_model, load_tokenizer, tiny_model
+    from tunewise.train import run
+
+    result = run(config(data, method="full", learning_rate=3e-3), Project(tmp_path / "proj"))
+    assert result.status == "succeeded"
+    assert result.eval_after["eval_loss"] < result.eval_before["eval_loss"]
+    trained = load_model(result.output)
+    initial = tiny_model(load_tokenizer("tiny:random"), seed=0)
+    changed = [
+        name for (name, a), (_, b) in zip(initial.state_dict().items(), trained.state_dict().items(), strict=True)
+        if not torch.equal(a, b)
+    ]  # fmt: skip
+    assert "model.layers.1.mlp.down_proj.weight" in changed
+    assert "model.embed_tokens.weight" in changed
+
+
+def test_run_directory_and_registry_row(tmp_path, data):
+    from tunewise.train import run
+
+    project = Project(tmp_path / "proj")
+    result = run(config(data, epochs=1), project)
+    run_dir = Path(result.run_dir)
+    for name in (
+        "config.json",
+        "environment.json",
+        "metrics.jsonl",
+        "result.json",
+        "adapter/adapter_config.json",
+    ):
+        assert (run_dir / name).is_file(), name
+    recorded = json.loads((run_dir / "config.json").read_text())
+    assert recorded["resolved"]["lora_rank"] == 8 and recorded["resolved"]["sources"]["lora_rank"] == "auto"
+    assert recorded["resolved"]["sources"]["epochs"] == "user"
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["precision"]["dtype"] == "float32" and env["torch_threads"] == 1
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [x["step"] for x in lines if "loss" in x]
+    assert steps == list(range(1, 5))  # 32 examples / batch 8
+    assert all(x["trained_tokens"] > 0 and x["tokens_per_s"] > 0 for x in lines if "loss" in x)
+    assert {x["step"] for x in lines if "eval_loss" in x} >= {0, 4}
+    registry = project.registry()
+    row = registry.conn.execute("SELECT * FROM runs WHERE id = ?", (result.run_id,)).fetchone()
+    registry.close()
+    assert row["status"] == "succeeded" and row["kind"] == "train"
+    assert json.loads(row["result"])["eval_after"]["eval_loss"] == result.eval_after["eval_loss"]
+
+
+def test_failed_run_still_writes_result(tmp_path, data):
+    from tunewise.train import run
+
+    def explode(step, record):
+        if step == 2:
+            raise RuntimeError("disk on fire")
+
+    project = Project(tmp_path / "proj")
+    with pytest.raises(RuntimeError):
+        run(config(data), project, on_step=explode)
+    (run_dir,) = project.runs_dir.iterdir()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "failed" and "disk on fire" in result["error"]
+    registry = project.registry()
+    assert registry.conn.execute("SELECT status FROM runs").fetchone()[0] == "failed"
+    registry.close()
+
+
+RUNNER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from pathlib import Path
+    from tunewise.project import Project
+    from tunewise.train import TrainConfig, run
+
+    root, data, kill_at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+    def on_step(step, record):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no atexit: a real crash
+
+    config = TrainConfig(data=[data], base="tiny:random", epochs=3, batch_size=4, learning_rate=1e-2,
+                         lora_dropout=0.1, checkpoint_every=5, precision="float32", threads=1, progress=False)
+    run(config, Project(root), on_step=on_step)
+    """
+)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_resume_after_sigkill_reaches_the_same_adapter(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    data = write_chat(tmp_path / "train.jsonl", 32)
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER)
+
+    def go(root: Path, kill_at: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(script), str(root), str(data), str(kill_at)],
+            env=_env(), capture_output=True, text=True,
+        )  # fmt: skip
+
+    whole = go(tmp_path / "whole", kill_at=0)
+    assert whole.returncode == 0, whole.stderr
+    killed = go(tmp_path / "killed", kill_at=12)  # 24 steps; checkpoints at 5, 10, 15, 20
+    assert killed.returncode == -signal.SIGKILL
+    (run_dir,) = (tmp_path / "killed" / ".tunewise" / "runs").iterdir()
+    assert not (run_dir / "adapter").exists()
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-000010"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tunewise", "train", "--resume", run_dir.name, "--no-progress"],
+        cwd=tmp_path / "killed", env=_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from step-000010" in resumed.stderr
+
+    (whole_dir,) = (tmp_path / "whole" / ".tunewise" / "runs").iterdir()
+    a = load_file(str(whole_dir / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    # Each step is logged once, and the losses match the uninterrupted run.
+    def losses(d):
+        return [
+            (x["step"], x["loss"])
+            for x in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())
+            if "loss" in x
+        ]
+
+    assert losses(run_dir) == losses(whole_dir)
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "succeeded"
+
+
+def test_auto_hyperparameter_rule():
+    from tunewise.train.config import TrainConfig, auto_hyperparameters
+
+    small = auto_hyperparameters(
+        TrainConfig(), n_examples=40, n_params=134_515_008, longest=90, context_length=8192
+    )
+    assert (small.epochs, small.batch_size, small.learning_rate, small.lora_rank, small.lora_alpha, small.max_length) == (
+        3, 4, 2e-4, 8, 16.0, 128,
+    )  # fmt: skip
+    assert small.sources == {
+        k: "auto" for k in ("lora_rank", "epochs", "learning_rate", "batch_size", "lora_alpha", "max_length")
+    }
+    tiny = auto_hyperparameters(TrainConfig(), n_examples=10, n_params=10**8, longest=10, context_length=8192)
+    assert tiny.epochs == 10  # 10 examples x 10 epochs = 100 seen
+    big = auto_hyperparameters(
+        TrainConfig(method="full"), n_examples=50_000, n_params=7 * 10**9, longest=5000, context_length=4096
+    )
+    assert (big.epochs, big.batch_size, big.learning_rate, big.lora_rank, big.max_length) == (
+        1,
+        32,
+        1e-5,
+        None,
+        4096,
+    )
+    user = auto_hyperparameters(TrainConfig(epochs=7, learning_rate=1e-3), 40, 10**8, 90, 8192)
+    assert (user.epochs, user.learning_rate) == (7, 1e-3)
+    assert user.sources["epochs"] == "user" and user.sources["batch_size"] == "auto"
+
+
+def test_unknown_config_key_names_the_nearest():
+    from tunewise.train.config import TrainConfig
+
+    with pytest.raises(TunewiseError, match="did you mean 'learning_rate'"):
+        TrainConfig.from_dict({"learning_rte": 1e-4})
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path, data):
+    from tunewise.train import run
+
+    # A learning rate this high diverges after the first steps: early stopping must stop and keep the best.
+    result = run(
+        config(data, epochs=10, batch_size=4, learning_rate=0.5, eval_every=2, early_stopping_patience=2),
+        Project(tmp_path / "proj"),
+    )
+    assert result.stopped_early
+    evals = [json.loads(x) for x in (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    best = min(x["eval_loss"] for x in evals if "eval_loss" in x and x["step"] > 0)
+    assert result.eval_after["eval_loss"] == pytest.approx(best, rel=1e-5)
+
+
+def test_dry_run_prints_a_measured_plan_and_writes_nothing(tmp_path, data, run_cli):
+    code, out, err = run_cli(
+        "train",
+        "--data",
+        data[0],
+        "--base",
+        "tiny:random",
+        "--dry-run",
+        "--epochs",
+        "2",
+        "--precision",
+        "float32",
+        cwd=tmp_path,
+    )
+    assert code == 0, err
+    assert "steps" in out and "tokens/s" in out and "peak memory estimate" in out
+    assert "[[positive<|im_end|>]]" in err or "[[negative<|im_end|>]]" in err  # the rendered mask
+    assert not (tmp_path / ".tunewise" / "runs").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, run_cli):
+    code, out, err = run_cli(
+        "train", "--data", tmp_path / "missing.jsonl", "--base", "tiny:random", cwd=tmp_path
+    )
+    assert code == 1
+    assert "error:" in err and "no data file" in err and "Traceback" not in err
+    code, _, err = run_cli("train", "--data", tmp_path / "missing.jsonl", "--epochs", "lots", cwd=tmp_path)
+    assert code == 1 and "--epochs must be 'auto' or an integer (got 'lots')" in err
+
+
+def test_help(run_cli):
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0 and "--resume" in out and "--dry-run" in out
+
+
+def test_cli_reads_the_spec_and_flags_override(tmp_path, run_cli):
+    (tmp_path / "data").mkdir()
+    write_chat(tmp_path / "data" / "train.jsonl", 24)
+    (tmp_path / "tunewise.yaml").write_text(
+        "task: {name: sentiment, target: Label the sentiment of a movie review sentence}\n"
+        "data: {train: data/train.jsonl}\n"
+        "model: {base: 'tiny:random'}\n"
+        "hyperparameters: {epochs: 2, batch_size: 6, lora_rank: 4}\n"
+    )
+    code, out, err = run_cli(
+        "train", "--dry-run", "--epochs", "3", "--precision", "float32", "--json", cwd=tmp_path
+    )
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["epochs"] == 3 and plan["resolved"]["sources"]["epochs"] == "user"  # the flag wins
+    assert plan["batch_size"] == 6 and plan["resolved"]["lora_rank"] == 4  # from tunewise.yaml
+    assert plan["steps"] == 12 and plan["n_examples"] == 24

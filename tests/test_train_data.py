@@ -1,0 +1,166 @@
+"""The completion-only mask and padding-free packing, checked against the real SmolLM2 chat template."""
+
+from __future__ import annotations
+
+import doctest
+import json
+
+import pytest
+
+from tunewise.errors import TunewiseError
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from tunewise.models.loading import load_tokenizer
+
+    return load_tokenizer("embedded:smollm2-135m-instruct")
+
+
+def masked_runs(tokenizer, example) -> list[str]:
+    """The decoded text of each contiguous run of trained tokens."""
+    runs, current = [], []
+    for token, m in zip(example.input_ids, example.mask, strict=True):
+        if m:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current))
+    return runs
+
+
+CONVERSATION = [
+    {"role": "system", "content": "Classify the sentiment."},
+    {"role": "user", "content": "a great film"},
+    {"role": "assistant", "content": "positive"},
+    {"role": "user", "content": "and this one?\nIt was dull."},
+    {"role": "assistant", "content": "I think: negative.\n(weight 0: context only)", "weight": 0},
+    {"role": "user", "content": "last one"},
+    {"role": "assistant", "content": "négatif 😀, with <b>markup</b>\n  and spaces  "},
+]
+
+
+def test_mask_covers_exactly_assistant_content_and_end_of_turn(tokenizer):
+    from tunewise.train.data import tokenize_example
+
+    example = tokenize_example(tokenizer, CONVERSATION)
+    eot = tokenizer.eos_token
+    assert eot == "<|im_end|>"
+    # Exactly the weight-1 assistant messages, each followed by its end-of-turn token, nothing else.
+    assert masked_runs(tokenizer, example) == [
+        "positive" + eot,
+        "négatif 😀, with <b>markup</b>\n  and spaces  " + eot,
+    ]
+    # The token ids themselves (not only the text) are the tokenization of the whole rendered chat.
+    rendered = tokenizer.apply_chat_template(
+        [{"role": m["role"], "content": m["content"]} for m in CONVERSATION], tokenize=False
+    )
+    assert example.input_ids == tokenizer(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_mask_is_not_derived_from_padding(tokenizer):
+    """pad == eos in SmolLM2: the end-of-turn of assistant turns is trained, those of other turns are not."""
+    from tunewise.train.data import tokenize_example
+
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+    example = tokenize_example(tokenizer, CONVERSATION)
+    eos_positions = [t for t, tok in enumerate(example.input_ids) if tok == tokenizer.eos_token_id]
+    trained_eos = [t for t in eos_positions if example.mask[t]]
+    # system, user, user(weight-0 assistant), user: untrained; two weight-1 assistant turns: trained.
+    assert len(eos_positions) == 7
+    assert len(trained_eos) == 2
+    assert example.mask[-1] == 0  # the newline after the last <|im_end|> is not a target
+
+
+def test_default_system_prompt_is_context_not_target(tokenizer):
+    from tunewise.train.data import tokenize_example
+
+    example = tokenize_example(
+        tokenizer, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    )
+    assert "SmolLM" in tokenizer.decode(example.input_ids)  # the template's default system prompt
+    assert masked_runs(tokenizer, example) == ["hello<|im_end|>"]
+
+
+def test_refuses_data_with_nothing_to_train(tmp_path):
+    from tunewise.train import TrainConfig, prepare
+
+    path = tmp_path / "weights0.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0}]},
+        {"messages": [{"role": "user", "content": "only a question"}]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TunewiseError, match="no token of the training data would be trained"):
+        prepare(TrainConfig(data=[str(path)], base="tiny:random"))
+
+
+def test_reports_every_bad_line_at_once(tmp_path):
+    from tunewise.train.data import read_jsonl
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"messages": []}\nnot json\n{"messages": [{"role": "bot", "content": "x"}]}\n')
+    with pytest.raises(TunewiseError) as info:
+        read_jsonl(path)
+    message = str(info.value)
+    assert "3 problem(s)" in message
+    assert f"{path}:1" in message and f"{path}:2" in message and f"{path}:3" in message
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "tunewise_packed"])
+def test_packing_does_not_leak_attention_or_positions(tokenizer, attention):
+    """Hidden states of an example packed after another equal those of the example alone, both with
+    transformers' block-diagonal mask (sdpa) and with tunewise's per-example attention."""
+    import torch
+
+    from tunewise.models.loading import tiny_model
+    from tunewise.train.attention import use_packed_attention
+    from tunewise.train.data import pack, tokenize_example
+    from tunewise.train.loop import packed_hidden
+
+    model = tiny_model(tokenizer).eval()
+    use_packed_attention(model, attention == "tunewise_packed")
+    assert model.config._attn_implementation == attention
+    a = tokenize_example(
+        tokenizer,
+        [{"role": "user", "content": "first one, longer text here"}, {"role": "assistant", "content": "yes"}],
+    )
+    b = tokenize_example(
+        tokenizer, [{"role": "user", "content": "second"}, {"role": "assistant", "content": "no"}]
+    )
+    with torch.no_grad():
+        packed = pack([a, b])
+        hidden = packed_hidden(model, packed)
+        hidden_b = packed_hidden(model, pack([b]))
+    torch.testing.assert_close(hidden[0, len(a) :], hidden_b[0], rtol=1e-4, atol=1e-5)
+    # Targets never cross the boundary: the first token of b is not predicted from the last token of a.
+    assert len(a) - 1 not in packed["select"].tolist()
+    assert packed["targets"].numel() == sum(a.mask[1:]) + sum(b.mask[1:])
+
+
+def test_data_order_and_micro_batches_cover_every_example_once():
+    from tunewise.train.data import micro_batches, step_batches
+
+    lengths = [7, 30, 12, 5, 64, 9, 18, 3, 41, 22]
+    steps = step_batches(len(lengths), 4, seed=3, epoch=1)
+    assert sorted(i for s in steps for i in s) == list(range(10))
+    assert steps == step_batches(len(lengths), 4, seed=3, epoch=1)
+    assert steps != step_batches(len(lengths), 4, seed=3, epoch=2)
+    for step in steps:
+        groups = micro_batches(lengths, step, max_tokens=40)
+        assert sorted(i for g in groups for i in g) == sorted(step)
+        for g in groups:
+            assert len(g) == 1 or sum(lengths[i] for i in g) <= 40
+
+
+def test_doctests():
+    import tunewise.models.loading
+    import tunewise.train.config
+    import tunewise.train.data
+    import tunewise.train.loop
+
+    for module in (tunewise.train.data, tunewise.train.config, tunewise.train.loop, tunewise.models.loading):
+        failures, _ = doctest.testmod(module)
+        assert failures == 0, module.__name__
