@@ -33,7 +33,8 @@ def codes_at(report) -> dict[str, list[int]]:
     return found
 
 
-def test_seeded_file_reports_each_problem_on_its_line(tmp_path: Path, tokenizer):
+def seeded_file(tmp_path: Path) -> Path:
+    """One example of each problem the checker knows, each on its own line (see the comments)."""
     long_text = " ".join(f"w{i}x" for i in range(6000))  # far more than 8,192 tokens
     lines = [
         b"\xef\xbb\xbf" + chat("How do I reset my password?", "account").encode(),  # 1 BOM
@@ -89,6 +90,29 @@ def test_seeded_file_reports_each_problem_on_its_line(tmp_path: Path, tokenizer)
     ]
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+# The problems of the seeded file that concern one line's bytes, JSON and structure alone.
+STRUCTURAL = {
+    "bom": [1],
+    "invalid_json": [3],
+    "invalid_utf8": [4],
+    "not_object": [5],
+    "mixed_formats": [6],
+    "unknown_key": [7],
+    "missing_key": [8],
+    "unknown_role": [9],
+    "role_order": [10, 11],
+    "empty_content": [12],
+    "no_assistant": [13],
+    "invalid_weight": [14],
+    "blank_line": [18],
+}
+
+
+def test_seeded_file_reports_each_problem_on_its_line(tmp_path: Path, tokenizer):
+    path = seeded_file(tmp_path)
     opts = options_from_spec(None, tokenizer=tokenizer)
     opts.labels = ["account", "delivery", "refund"]
     report = check_files([path], None, opts, tokenizer)
@@ -239,6 +263,7 @@ def test_parallel_workers_agree_with_one(tmp_path: Path):
     finally:
         check_module.PARALLEL_MIN_BYTES = old
     assert one.errors == two.errors == 1000
+
     def first(r):
         return [line for g in r.problems.sorted() if g.code == "empty_content" for _, line, _ in g.first]
 
@@ -278,3 +303,107 @@ def test_every_shared_dataset_passes(shared_datasets: Path, tokenizer):
         report = check_files([train], None, options_from_spec(None, tokenizer=tokenizer), tokenizer)
         assert report.errors == 0, (train, [g.to_json() for g in report.problems.sorted()][:3])
         assert report.files[0]["examples"] > 500
+
+
+def test_structure_only_reports_the_structural_problems(tmp_path: Path, run_cli):
+    path = seeded_file(tmp_path)
+    opts = CheckOptions(labels=["account", "delivery", "refund"], structure_only=True)
+    report = check_files([path], None, opts, None)
+    found = codes_at(report)
+    for code, lines_ in STRUCTURAL.items():
+        assert sorted(found.get(code, [])) == lines_, f"{code}: expected {lines_}, got {found.get(code)}"
+    assert "too_few" in found  # the example counts are structural too
+    # Nothing that needs the contract, other examples or a tokenizer.
+    for code in ("contract_label", "duplicate", "near_duplicates", "conflicting_answers", "too_long"):
+        assert code not in found, code
+    assert report.files[0]["examples"] == 7  # lines 1, 2, 15, 16, 17, 19 and 20
+    assert any(note.startswith("structure only") for note in report.notes)
+    code, out, err = run_cli("data", "check", path, "--structure-only", "--json", cwd=tmp_path)
+    assert code == 1, err
+    payload = json.loads(out)
+    cli_found: dict[str, list[int]] = {}
+    for group in payload["problems"]:
+        cli_found.setdefault(group["code"], []).extend(f["line"] for f in group["first"])
+    assert {k: sorted(v) for k, v in cli_found.items() if k in STRUCTURAL} == STRUCTURAL
+    assert "tokens" not in payload["stats"] and "labels" not in payload["stats"]
+
+
+def test_structure_only_counts_like_the_full_check(tmp_path: Path):
+    path = tmp_path / "p.jsonl"
+    rows = [chat(f"row {i} text", "x" if i % 3 else "") for i in range(3000)]
+    rows[10] = json.dumps(
+        {"messages": [{"role": "system", "content": "s"}, *json.loads(rows[10])["messages"]]}
+    )
+    path.write_text("\n".join(rows) + "\n")
+    full = check_files([path], None, CheckOptions(), None)
+    fast = check_files([path], None, CheckOptions(structure_only=True), None)
+    assert fast.files[0]["examples"] == full.files[0]["examples"] == 2000
+    assert fast.errors == full.errors == 1000
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.text(alphabet=" \t\n\x0b\x1c\x85\xa0\u2003\u3000aZ09٣ΣσİẞΟ.\x00'", max_size=12), max_size=12)
+)
+def test_batch_normalization_matches_one_by_one(texts):
+    from tunewise.data.minhash import normalize_text, normalize_texts
+
+    assert normalize_texts(texts) == [normalize_text(t) for t in texts]
+
+
+def test_batch_normalization_agrees_on_every_character():
+    """normalize_texts asks str.isspace and str.isdecimal; normalize_text uses str.split and \\d."""
+    from tunewise.data.minhash import normalize_text, normalize_texts
+
+    chars = [chr(c) for c in range(1, 0x30000) if not 0xD800 <= c < 0xE000]
+    texts = [f"a{c}{c}b {c}" for c in chars]
+    assert normalize_texts(texts) == [normalize_text(t) for t in texts]
+
+
+def test_signer_and_components_match_the_direct_computation():
+    import numpy as np
+
+    from tunewise.data import minhash
+
+    rng = np.random.default_rng(0)
+    words = ["card", "arrive", "refund", "late", "pin", "blocked", "top", "up", "fee"]
+    texts = [" ".join(rng.choice(words, rng.integers(1, 8))) + f" {i}" for i in range(3000)]
+    texts += ["w0x " * 200, "   ", ""]  # a long text of one pattern, blank ones
+    signer = minhash.Signer(batch=500)
+    for i in range(0, len(texts), 700):
+        signer.add(texts[i : i + 700])
+    sig = signer.matrix()
+    ids = np.frombuffer(signer.ids, dtype=np.uint32)
+    assert len(sig) < len(texts)  # the numbers are normalized away: many equal texts
+    assert np.array_equal(sig[ids], minhash.signatures(texts))
+    # Components against a plain union-find on random graphs.
+    for n, m in ((50, 30), (2000, 1500), (2000, 6000)):
+        a, b = rng.integers(0, n, m), rng.integers(0, n, m)
+        parent = list(range(n))
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = _find(parent, x), _find(parent, y)
+            parent[max(rx, ry)] = min(rx, ry)
+        assert minhash.components(n, a, b).tolist() == [_find(parent, x) for x in range(n)]
+
+
+def _find(parent: list[int], x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+def test_block_boundaries_do_not_move_lines(tmp_path: Path, monkeypatch):
+    """Lines split across read blocks, CRLF endings, a BOM and no final newline: the same report."""
+    import tunewise.data.check as check_module
+
+    path = seeded_file(tmp_path)
+    body = path.read_bytes().replace(b"\n", b"\r\n", 5).rstrip(b"\n")
+    path.write_bytes(body + b"\n" + chat("last line, no newline", "refund").encode())
+    whole = check_files([path], None, CheckOptions(), None).to_json()
+    for block in (1, 7, 64, 1000):
+        monkeypatch.setattr(check_module, "BLOCK", block)
+        small = check_files([path], None, CheckOptions(), None).to_json()
+        whole["seconds"] = small["seconds"] = 0
+        assert small == whole, block
+    assert codes_at(check_files([path], None, CheckOptions(), None))["bom"] == [1]

@@ -1,15 +1,20 @@
 """`tunewise data check`: a streaming validator that reports every problem with file:line and field.
 
 How it stays fast on a 100 MB file:
-- Lines are decoded in batches by msgspec into typed records in one C call per batch (`[` + lines + `]`):
-  the common, valid case never touches Python per field. A batch that fails is re-read line by line by the
-  slow path, which collects every problem of every line.
-- Large files are split into byte ranges checked by worker processes, then merged.
+- The file is read in blocks and split into lines with one C call per block; each line is decoded by orjson.
+  The common shape (one user and one assistant message, nothing else) is recognized by a few type and key
+  tests and recorded in batches (hashes, label counts, sample, near-duplicate texts: one C-level pass per
+  batch). Every other line takes the general path, which collects every problem of the line.
+- Large files are split into byte ranges, one per core, checked at once (the main process takes the first,
+  forked workers the others), then merged. Ranges yield compact arrays (line numbers, 64-bit hashes, one
+  MinHash signature per distinct normalized input), not objects.
 - Lengths are exact without tokenizing everything: a token covers at least one byte, so an example whose
   line has fewer bytes than the context minus the chat template's tokens cannot exceed the context. Only
   examples above that bound are tokenized.
 - Token statistics are computed on a seeded sample (exact below the sample size), and say so.
 - Duplicates: exact ones by a hash of the normalized example; near ones by MinHash LSH (data/minhash.py).
+- `structure_only` checks what Together's `check_file` checks (bytes, JSON, format, fields, roles, content,
+  weights, example counts) and records nothing for the cross-example checks.
 Problems that repeat are grouped: a count and the first few locations.
 """
 
@@ -22,9 +27,11 @@ from array import array
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from tunewise.data import minhash
@@ -32,6 +39,8 @@ from tunewise.data.formats import FORMATS, check_messages, completion, detect_fo
 from tunewise.errors import TunewiseError
 
 BATCH = 4096
+BLOCK = 4 * 2**20  # bytes read and split into lines at once
+BOM = b"\xef\xbb\xbf"
 SHOWN = 5  # locations listed per grouped problem
 PARALLEL_MIN_BYTES = 16 * 2**20
 SAMPLE = 2000
@@ -61,6 +70,7 @@ class CheckOptions:
     csv_columns: dict | None = None
     provider: str | None = None
     near_duplicates: bool = True
+    structure_only: bool = False  # only the structure of each line and the example counts (Together's checks)
     sample_size: int = SAMPLE
     workers: int = 0  # 0: one per core for large files
 
@@ -129,10 +139,13 @@ class Partial:
     problems: Problems
     examples: int = 0
     formats: Counter = field(default_factory=Counter)
-    lines: array = field(default_factory=lambda: array("I"))
-    example_hash: array = field(default_factory=lambda: array("Q"))
-    prompt_hash: array = field(default_factory=lambda: array("Q"))
-    signatures: list = field(default_factory=list)  # MinHash signatures, one array per batch
+    lines: Any = field(default_factory=lambda: array("I"))  # array("I") in a worker, uint32 ndarray merged
+    example_hash: Any = field(default_factory=lambda: array("q"))  # Python's 64-bit hash; int64 merged
+    prompt_hash: Any = field(default_factory=lambda: array("q"))
+    # Near-duplicates: one MinHash row per distinct normalized input (blocks of rows in a worker, one array
+    # merged), and each example's row.
+    signatures: Any = None
+    text_ids: Any = field(default_factory=lambda: array("I"))
     completions: Counter = field(default_factory=Counter)
     completions_overflow: bool = False
     sample: list = field(default_factory=list)  # (random key, messages)
@@ -140,13 +153,10 @@ class Partial:
     first_format: str | None = None
 
 
-_U64 = 0xFFFFFFFFFFFFFFFF
-
-
 def _h64(value: Any) -> int:
-    """A 64-bit hash, consistent within one run: worker processes are forked, so they share the parent's
-    hash seed. Duplicates are only ever compared within a run."""
-    return hash(value) & _U64
+    """A 64-bit hash (signed, as array("q") stores it), consistent within one run: worker processes are
+    forked, so they share the parent's hash seed. Duplicates are only ever compared within a run."""
+    return hash(value)
 
 
 class _Checker:
@@ -165,19 +175,22 @@ class _Checker:
             cls = jsonschema.validators.validator_for(opts.json_schema)
             self.schema_validator = cls(opts.json_schema)
         self.pending_texts: list[str] = []
+        self.signer = minhash.Signer(BATCH) if opts.near_duplicates and not opts.structure_only else None
         self.seen = 0  # examples offered to the reservoir sample
 
     # One example that parsed: record it and check what applies to every format.
     def example(self, line: int, messages: list[dict], nbytes: int) -> None:
         part = self.part
         part.examples += 1
+        if self.opts.structure_only:
+            return
         answer = completion(messages) or ""
         prompt = prompt_text(messages)
         system = messages[0]["content"] if messages and messages[0].get("role") == "system" else ""
         part.lines.append(line)
         part.prompt_hash.append(_h64(prompt))
         part.example_hash.append(_h64((system, prompt, answer)))
-        if self.opts.near_duplicates:
+        if self.signer is not None:
             self.pending_texts.append(prompt)
             if len(self.pending_texts) >= BATCH:
                 self.flush()
@@ -249,9 +262,17 @@ class _Checker:
             )
 
     def flush(self) -> None:
-        if self.pending_texts:
-            self.part.signatures.append(minhash.signatures(self.pending_texts))
-            self.pending_texts = []
+        if self.pending_texts and self.signer is not None:
+            self.signer.add(self.pending_texts)
+        self.pending_texts = []
+
+    def finish(self) -> Partial:
+        self.flush()
+        if self.signer is not None:
+            self.part.signatures = self.signer.finish()
+            self.part.text_ids = self.signer.ids
+            self.signer = None
+        return self.part
 
     def parse_error(self, line_no: int, raw: bytes, exc: Exception) -> None:
         try:
@@ -315,40 +336,50 @@ class _Checker:
             self.part.formats[fmt] += 1
             self.example(line_no, messages, len(raw))
 
-    def single_turn(self, rows: list[tuple[int, bytes, str, str, list]]) -> None:
+    def single_turn(self, rows: list[tuple[int, int, str, str]]) -> None:
         """Valid single-turn chat examples (user, assistant), by far the most common shape, recorded in
-        bulk: this loop is where a 100 MB file spends its time."""
+        bulk: one C-level pass per array instead of a Python statement per row and field.
+
+        A row is (line, bytes, prompt, answer): the parsed record is freed at once, and the few examples
+        kept (sample, long) get their messages rebuilt, the same two dicts the line held."""
         part, opts = self.part, self.opts
-        simple = self.label_set is None and not opts.is_json and self.regex is None
-        bound = opts.first_overhead + 2 * opts.per_message_overhead
-        context = opts.context_length or 0
-        completions = part.completions
-        sample, k, rng = part.sample, opts.sample_size, self.rng
-        for line_no, raw, prompt, answer, messages in rows:
-            part.lines.append(line_no)
-            part.prompt_hash.append(hash(prompt) & _U64)
-            part.example_hash.append(hash(("", prompt, answer)) & _U64)
-            if not part.completions_overflow:
-                if len(answer) <= 64:
-                    completions[answer] += 1
-                if len(answer) > 64 or len(completions) > 1000:
-                    part.completions_overflow = True
-                    completions.clear()
-            if not simple:
-                self.contract(line_no, answer)
-            if context and len(raw) + bound > context:
-                part.long.append((line_no, messages))
-            self.seen += 1
-            if len(sample) < k:
-                sample.append((rng.random(), messages))
+        n = len(rows)
+        part.examples += n
+        part.formats["openai"] += n
+        line_nos, sizes, prompts, answers = zip(*rows)
+        part.lines.extend(line_nos)
+        part.prompt_hash.extend(map(hash, prompts))
+        part.example_hash.extend(map(hash, zip(repeat(""), prompts, answers)))  # as example(): no system
+        if not part.completions_overflow:
+            # Same end state as counting row by row: overflow is sticky and clears the counts.
+            if max(map(len, answers)) > 64:
+                part.completions_overflow = True
+                part.completions.clear()
             else:
-                j = int(rng.random() * self.seen)
+                part.completions.update(answers)
+                if len(part.completions) > 1000:
+                    part.completions_overflow = True
+                    part.completions.clear()
+        if self.label_set is not None or opts.is_json or self.regex is not None:
+            for line_no, answer in zip(line_nos, answers):
+                self.contract(line_no, answer)
+        if opts.context_length:
+            limit = opts.context_length - opts.first_overhead - 2 * opts.per_message_overhead
+            if max(sizes) > limit:
+                part.long.extend((r[0], _chat(r[2], r[3])) for r in rows if r[1] > limit)
+        sample, k, rng = part.sample, opts.sample_size, self.rng
+        seen = self.seen
+        for _, _, p, c in rows:
+            seen += 1
+            if len(sample) < k:
+                sample.append((rng.random(), _chat(p, c)))
+            else:
+                j = int(rng.random() * seen)
                 if j < k:
-                    sample[j] = (rng.random(), messages)
-        part.examples += len(rows)
-        part.formats["openai"] += len(rows)
-        if opts.near_duplicates:
-            self.pending_texts.extend(row[2] for row in rows)
+                    sample[j] = (rng.random(), _chat(p, c))
+        self.seen = seen
+        if self.signer is not None:
+            self.pending_texts.extend(prompts)
             if len(self.pending_texts) >= BATCH:
                 self.flush()
 
@@ -356,19 +387,26 @@ class _Checker:
         """Check the lines of `path` that start in [start, end); line numbers count from first_line."""
         add = self.part.problems.add
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
-        user_keys = assistant_keys = {"role", "content"}
         rows: list = []
         fast = self.fmt in (None, "openai")
+        structure_only = self.opts.structure_only
+        counted = 0  # fast-path examples when nothing but their number is recorded
+        line_no = first_line - 1
+        tail = b""
         with open(path, "rb") as f:
             f.seek(start)
-            line_no = first_line - 1
-            pos = start
-            for raw in f:
-                if pos >= end:
+            remaining = end - start
+            while True:
+                block = f.read(min(remaining, BLOCK)) if remaining > 0 else b""
+                remaining -= len(block)
+                if block:
+                    lines = (tail + block).split(b"\n")
+                    tail = lines.pop()  # the start of a line the next block ends
+                elif tail:
+                    lines, tail = [tail], b""  # the last line, without a newline
+                else:
                     break
-                pos += len(raw)
-                line_no += 1
-                if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                if line_no == 0 and lines and lines[0].startswith(BOM):
                     add(
                         "error",
                         "bom",
@@ -377,50 +415,65 @@ class _Checker:
                         1,
                         "the file starts with a UTF-8 byte-order mark: save it as UTF-8 without BOM",
                     )
-                    raw = raw[3:]
-                raw = raw.rstrip(b"\r\n")
-                if not raw or raw.isspace():
-                    add("warning", "blank_line", "(line)", path, line_no, "blank line (skipped)")
-                    continue
-                try:
-                    rec = loads(raw)
-                except JSONDecodeError as exc:
-                    self.parse_error(line_no, raw, exc)
-                    continue
-                # Fast path: {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} and nothing else.
-                if fast and type(rec) is dict and len(rec) == 1:
-                    msgs = rec.get("messages")
-                    if type(msgs) is list and len(msgs) == 2:
-                        u, a = msgs
-                        if (
-                            type(u) is dict
-                            and type(a) is dict
-                            and u.keys() == user_keys
-                            and a.keys() == assistant_keys
-                            and u["role"] == "user"
-                            and a["role"] == "assistant"
-                        ):
-                            p, c = u["content"], a["content"]
+                    lines[0] = lines[0][3:]
+                for raw in lines:
+                    line_no += 1
+                    raw = raw.rstrip(b"\r\n")
+                    if not raw or raw.isspace():
+                        add("warning", "blank_line", "(line)", path, line_no, "blank line (skipped)")
+                        continue
+                    try:
+                        rec = loads(raw)
+                    except JSONDecodeError as exc:
+                        self.parse_error(line_no, raw, exc)
+                        continue
+                    # Fast path: {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} and nothing else.
+                    if fast and type(rec) is dict and len(rec) == 1:
+                        msgs = rec.get("messages")
+                        if type(msgs) is list and len(msgs) == 2:
+                            u, a = msgs
+                            # Two keys, one "role", and "content" a str: exactly {"role", "content"}
+                            # (cheaper than comparing key views).
                             if (
-                                type(p) is str
-                                and type(c) is str
-                                and p
-                                and c
-                                and not p.isspace()
-                                and not c.isspace()
+                                type(u) is dict
+                                and type(a) is dict
+                                and len(u) == 2
+                                and len(a) == 2
+                                and u.get("role") == "user"
+                                and a.get("role") == "assistant"
                             ):
-                                if self.fmt is None:
-                                    self.fmt = self.part.first_format = "openai"
-                                rows.append((line_no, raw, p, c, msgs))
-                                if len(rows) >= BATCH:
-                                    self.single_turn(rows)
-                                    rows = []
-                                continue
-                self.record(line_no, raw, rec)
+                                p, c = u.get("content"), a.get("content")
+                                if (
+                                    type(p) is str
+                                    and type(c) is str
+                                    and p
+                                    and c
+                                    and not p.isspace()
+                                    and not c.isspace()
+                                ):
+                                    if self.fmt is None:
+                                        self.fmt = self.part.first_format = "openai"
+                                    if structure_only:
+                                        counted += 1
+                                        continue
+                                    rows.append((line_no, len(raw), p, c))
+                                    if len(rows) >= BATCH:
+                                        self.single_turn(rows)
+                                        rows = []
+                                    continue
+                    if rows:  # keep every per-example array in line order
+                        self.single_turn(rows)
+                        rows = []
+                    self.record(line_no, raw, rec)
         if rows:
             self.single_turn(rows)
-        self.flush()
-        return self.part
+        self.part.examples += counted
+        self.part.formats["openai"] += counted
+        return self.finish()
+
+
+def _chat(prompt: str, answer: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
 
 
 def _check_range(
@@ -478,6 +531,7 @@ class FileResult:
     part: Partial
     bytes: int
     summary: dict = field(default_factory=dict)  # duplicate counts, filled by the cross-example checks
+    bands: Any = None  # LSH bands of part.signatures, computed once for duplicates and leakage
 
 
 def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResult:
@@ -490,11 +544,11 @@ def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResul
     if size == 0:
         part = Partial(Problems())
         part.problems.add("error", "empty_file", "(file)", str(path), 0, "the file is empty")
-        return FileResult(str(path), role, part, 0)
+        return FileResult(str(path), role, _merge([part]), 0)
     if path.suffix.lower() == ".csv" or opts.fmt == "csv":
         from tunewise.data.csvfile import check_csv
 
-        return FileResult(str(path), role, check_csv(path, opts), size)
+        return FileResult(str(path), role, _merge([check_csv(path, opts)]), size)
     fmt = _first_format(path, opts)
     workers = opts.workers or (os.cpu_count() or 1)
     parts = workers if size >= PARALLEL_MIN_BYTES else 1
@@ -502,27 +556,37 @@ def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResul
     if len(ranges) == 1:
         partials = [_check_range(str(path), *ranges[0], opts, fmt, 0)]
     else:
+        import gc
         import multiprocessing
 
-        with ProcessPoolExecutor(len(ranges), mp_context=multiprocessing.get_context("fork")) as pool:
-            futures = [
-                pool.submit(_check_range, str(path), a, b, ln, opts, fmt, i)
-                for i, (a, b, ln) in enumerate(ranges)
-            ]
-            partials = [f.result() for f in futures]
+        # Frozen, the objects every worker inherits (modules, the tokenizer) are never scanned by the
+        # workers' collections: a full collection walks them all, and a worker allocates millions of
+        # containers, so that walk was 20-30% of its time. It also leaves their shared pages unwritten.
+        gc.freeze()
+        try:
+            # The first range is checked here while the workers check the others: one process fewer to
+            # fork and to hold in memory, and one result that is never pickled.
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(len(ranges) - 1, mp_context=context) as pool:
+                futures = [
+                    pool.submit(_check_range, str(path), a, b, ln, opts, fmt, i)
+                    for i, (a, b, ln) in enumerate(ranges)
+                    if i > 0
+                ]
+                partials = [_check_range(str(path), *ranges[0], opts, fmt, 0)]
+                partials += [f.result() for f in futures]
+        finally:
+            gc.unfreeze()
     return FileResult(str(path), role, _merge(partials), size)
 
 
 def _merge(partials: list[Partial]) -> Partial:
+    """One Partial for the file; the per-example arrays become numpy arrays, in line order."""
     out = partials[0]
     for p in partials[1:]:
         out.problems.merge(p.problems)
         out.examples += p.examples
         out.formats.update(p.formats)
-        out.lines.extend(p.lines)
-        out.example_hash.extend(p.example_hash)
-        out.prompt_hash.extend(p.prompt_hash)
-        out.signatures.extend(p.signatures)
         if out.completions_overflow or p.completions_overflow:
             out.completions_overflow = True
             out.completions.clear()
@@ -530,6 +594,23 @@ def _merge(partials: list[Partial]) -> Partial:
             out.completions.update(p.completions)
         out.sample.extend(p.sample)
         out.long.extend(p.long)
+    out.lines = np.concatenate([np.frombuffer(p.lines, dtype=np.uint32) for p in partials])
+    out.example_hash = np.concatenate([np.frombuffer(p.example_hash, dtype=np.int64) for p in partials])
+    out.prompt_hash = np.concatenate([np.frombuffer(p.prompt_hash, dtype=np.int64) for p in partials])
+    signed = [p for p in partials if p.signatures is not None]
+    for p in signed:
+        p.signatures = (
+            np.concatenate(p.signatures) if p.signatures else np.zeros((0, minhash.NUM_PERM), np.uint32)
+        )
+    if signed:
+        # Each worker numbered its distinct texts from 0: shift them past the rows of the workers before it.
+        offsets = np.cumsum([0] + [len(p.signatures) for p in signed[:-1]])
+        out.text_ids = np.concatenate(
+            [np.frombuffer(p.text_ids, dtype=np.uint32).astype(np.int64) + o for p, o in zip(signed, offsets)]
+        )
+        out.signatures = np.concatenate([p.signatures for p in signed])
+    else:
+        out.text_ids = np.zeros(0, dtype=np.int64)
     return out
 
 

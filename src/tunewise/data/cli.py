@@ -57,6 +57,12 @@ def check(
     near: bool = typer.Option(
         True, "--near-duplicates/--no-near-duplicates", help="MinHash near-duplicate search."
     ),
+    structure_only: bool = typer.Option(
+        False,
+        "--structure-only",
+        help="Only the structure of each line and the example counts (what Together's check_file checks): "
+        "no output contract, duplicates, leakage, labels, token statistics or length limits.",
+    ),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 on warnings too."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
@@ -80,7 +86,7 @@ def check(
         files = [project.root / p for p in spec.data.train]
         eval = eval or [project.root / p for p in spec.data.eval]
     tokenizer = None
-    if tokens:
+    if tokens and not structure_only:
         from tunewise.models.tokenizer import ChatTokenizer
         from tunewise.spec import EMBEDDED_MODEL
 
@@ -95,6 +101,7 @@ def check(
     if prompt_column or completion_column:
         opts.csv_columns = {"prompt": prompt_column, "completion": completion_column}
     opts.near_duplicates = near
+    opts.structure_only = structure_only
     report = check_files(list(files), list(eval or []), opts, tokenizer)
     if as_json:
         print_json(report.to_json())

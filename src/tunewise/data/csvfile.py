@@ -75,8 +75,7 @@ def check_csv(path: Path, opts: CheckOptions) -> Partial:
         if not any(p[0] == "error" for p in problems):
             checker.part.formats["csv"] += 1
             checker.example(line, messages, sum(len(m["content"].encode()) for m in messages) + 16)
-    checker.flush()
-    return checker.part
+    return checker.finish()
 
 
 __all__ = ["check_csv", "Problems"]

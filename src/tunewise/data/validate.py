@@ -89,8 +89,15 @@ def check_files(
     for r in results:
         problems.merge(r.part.problems)
     notes: list[str] = []
-    _duplicates(results, problems, opts)
-    _leakage(results, problems)
+    if opts.structure_only:
+        notes.append(
+            "structure only: the bytes, JSON, format, fields, roles, contents and weights of every line, and "
+            "the example counts; no output contract, duplicates, leakage, label balance, token statistics or "
+            "length limits"
+        )
+    else:
+        _duplicates(results, problems, opts)
+        _leakage(results, problems)
     _counts(results, problems, opts)
     stats = _statistics(results, tokenizer, opts, problems, notes)
     files = [
@@ -114,7 +121,14 @@ def _groups(keys: np.ndarray) -> list[np.ndarray]:
     sorted_keys = keys[order]
     starts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
     ends = np.append(starts[1:], len(keys))
-    return [order[a:b] for a, b in zip(starts, ends) if b - a > 1]
+    big = ends - starts > 1  # filtered in numpy: most keys of a large file are unique
+    return [order[a:b] for a, b in zip(starts[big].tolist(), ends[big].tolist())]
+
+
+def _bands(r: FileResult) -> np.ndarray:
+    if r.bands is None:
+        r.bands = minhash.bands(r.part.signatures)
+    return r.bands
 
 
 def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOptions) -> None:
@@ -122,8 +136,7 @@ def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOption
         part = r.part
         if part.examples < 2:
             continue
-        lines = np.frombuffer(part.lines, dtype=np.uint32)
-        ex = np.frombuffer(part.example_hash, dtype=np.uint64)
+        lines, ex = part.lines, part.example_hash
         exact_groups = _groups(ex)
         for g in exact_groups:
             first = int(lines[g].min())
@@ -132,8 +145,7 @@ def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOption
                     "warning", "duplicate", "(example)", r.path, i, f"exact duplicate of line {first}"
                 )
         # Same input, different answers: the data contradicts itself.
-        ph = np.frombuffer(part.prompt_hash, dtype=np.uint64)
-        for g in _groups(ph):
+        for g in _groups(part.prompt_hash):
             if len(set(ex[g].tolist())) > 1:
                 ls = sorted(lines[g].tolist())
                 problems.add(
@@ -144,8 +156,11 @@ def _duplicates(results: list[FileResult], problems: Problems, opts: CheckOption
                     ls[0],
                     f"the same input has different answers on lines {', '.join(map(str, ls[:6]))}{' ...' if len(ls) > 6 else ''}",
                 )
-        if opts.near_duplicates and part.signatures:
-            labels = minhash.cluster(np.concatenate(part.signatures))
+        if opts.near_duplicates and part.signatures is not None and len(part.signatures):
+            # Components over distinct normalized inputs (equal ones have equal signatures, so they are
+            # near-duplicates of each other anyway). Rows are numbered by first appearance, so a component's
+            # smallest row, its label, orders the groups as its earliest example would.
+            labels = minhash.cluster(part.signatures, _bands(r))[part.text_ids]
             exact_of = np.zeros(len(ex), dtype=bool)
             for g in exact_groups:
                 exact_of[g[1:]] = True
@@ -172,24 +187,32 @@ def _leakage(results: list[FileResult], problems: Problems) -> None:
     evals = [r for r in results if r.role == "eval" and r.part.examples]
     if not train or not evals:
         return
-    train_hashes = set()
-    for r in train:
-        train_hashes.update(r.part.prompt_hash)
-    train_sig = [s for r in train for s in r.part.signatures]
-    train_sig = np.concatenate(train_sig) if train_sig else None
-    buckets: list[dict[int, int]] = []
-    if train_sig is not None:
-        train_bands = minhash.bands(train_sig)
+    train_hashes = np.concatenate([r.part.prompt_hash for r in train])
+    signed = [r for r in train if r.part.signatures is not None and len(r.part.signatures)]
+    index = []  # per band: train rows sorted by band value, and those values
+    if signed:
+        train_sig = np.concatenate([r.part.signatures for r in signed])
+        train_bands = np.concatenate([_bands(r) for r in signed])
         for b in range(minhash.BANDS):
-            bucket: dict[int, int] = {}
-            for i, value in enumerate(train_bands[:, b].tolist()):
-                bucket.setdefault(value, i)
-            buckets.append(bucket)
+            # Stable: among equal values the earliest train row comes first, the bucket's representative.
+            order = np.argsort(train_bands[:, b], kind="stable")
+            index.append((order, train_bands[order, b]))
     for r in evals:
-        sig = np.concatenate(r.part.signatures) if r.part.signatures else None
-        eval_bands = minhash.bands(sig) if sig is not None else None
-        for i, (line, h) in enumerate(zip(r.part.lines, r.part.prompt_hash)):
-            if h in train_hashes:
+        part = r.part
+        exact = np.isin(part.prompt_hash, train_hashes)
+        near = np.zeros(len(exact), dtype=bool)
+        if index and part.signatures is not None and len(part.signatures):
+            sig, eval_bands = part.signatures, _bands(r)
+            near_row = np.zeros(len(sig), dtype=bool)
+            for b, (order, values) in enumerate(index):
+                pos = np.minimum(np.searchsorted(values, eval_bands[:, b]), len(values) - 1)
+                hit = np.flatnonzero(values[pos] == eval_bands[:, b])
+                ok = minhash.near(sig[hit], train_sig[order[pos[hit]]])
+                near_row[hit[ok]] = True
+            near = near_row[part.text_ids]
+        for i in np.flatnonzero(exact | near).tolist():
+            line = int(part.lines[i])
+            if exact[i]:
                 problems.add(
                     "error",
                     "leakage",
@@ -198,17 +221,15 @@ def _leakage(results: list[FileResult], problems: Problems) -> None:
                     line,
                     "this held-out input also appears in the training data",
                 )
-            elif eval_bands is not None and buckets:
-                hits = {bucket[v] for bucket, v in zip(buckets, eval_bands[i].tolist()) if v in bucket}
-                if any(minhash.similarity(sig[i], train_sig[j]) >= minhash.THRESHOLD for j in hits):
-                    problems.add(
-                        "warning",
-                        "near_leakage",
-                        "(example)",
-                        r.path,
-                        line,
-                        "this held-out input is a near-duplicate of a training input",
-                    )
+            else:
+                problems.add(
+                    "warning",
+                    "near_leakage",
+                    "(example)",
+                    r.path,
+                    line,
+                    "this held-out input is a near-duplicate of a training input",
+                )
 
 
 def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -> None:
@@ -308,6 +329,8 @@ def _statistics(
     labels = _label_counts(train)
     if labels:
         stats["labels"] = labels
+    if opts.structure_only:
+        return stats
     if tokenizer is None:
         notes.append("token statistics and length limits skipped (no tokenizer)")
         return stats
