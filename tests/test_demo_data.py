@@ -26,7 +26,7 @@ from tunewise.data.demo import (
 from tunewise.project import cache_dir
 from tunewise.spec import parse_spec
 
-N = 360  # the default project size: 300 train + 60 eval
+N = 350  # the default project size: 300 train + 50 eval
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_same_seed_same_bytes(tmp_path):
     b = write_demo_project(tmp_path / "b", seed=3)
     c = write_demo_project(tmp_path / "c", seed=4)
     assert digest(a) == digest(b)
-    assert set(digest(a)) == {"tunewise.yaml", "data/train.jsonl", "data/eval.jsonl"}
+    assert set(digest(a)) == {"tunewise.yaml", "prices.yaml", "data/train.jsonl", "data/eval.jsonl"}
     assert digest(a)["data/train.jsonl"] != digest(c)["data/train.jsonl"]
 
 
@@ -188,7 +188,7 @@ def test_default_project_split_is_disjoint(tmp_path):
     folder = write_demo_project(tmp_path)
     read = lambda name: (folder / "data" / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
     train, held = read("train.jsonl"), read("eval.jsonl")
-    assert (len(train), len(held)) == (300, 60)
+    assert (len(train), len(held)) == (300, 50)
     assert not {ticket(json.loads(x)) for x in train} & {ticket(json.loads(x)) for x in held}
 
 

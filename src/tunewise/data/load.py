@@ -81,3 +81,24 @@ def _csv_rows(path: Path, columns: dict | None, problems: list[str]):
         messages.append({"role": "user", "content": row.get(columns["prompt"]) or ""})
         messages.append({"role": "assistant", "content": row.get(columns["completion"]) or ""})
         yield reader.line_num, messages
+
+
+def load_spec_split(root: Path, spec) -> tuple[list[dict], list[dict], str]:
+    """The training and held-out examples a spec names: `data.eval` when given, else a deterministic split of
+    `data.train` (stratified by label for a label contract). Returns (train, held_out, how)."""
+    from tunewise.data.split import split_examples
+    from tunewise.spec import LabelContract
+
+    data = spec.data
+    csv = data.csv_columns.model_dump() if data.csv_columns else None
+    train = [ex for p in data.train for ex in load_examples(root / p, data.format, csv)]
+    if data.eval:
+        held = [ex for p in data.eval for ex in load_examples(root / p, data.format, csv)]
+        return train, held, "data.eval"
+    labels = spec.contract.labels if isinstance(spec.contract, LabelContract) else None
+    train, held = split_examples(train, data.eval_fraction, data.seed, labels)
+    return (
+        train,
+        held,
+        f"a {'stratified ' if labels else ''}split of data.train ({data.eval_fraction:.0%} held out)",
+    )

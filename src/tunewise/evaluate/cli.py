@@ -68,11 +68,10 @@ def eval_command(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    from tunewise.data.load import load_examples
-    from tunewise.data.split import split_examples
+    from tunewise.data.load import load_spec_split
     from tunewise.evaluate.run import run_evaluation
     from tunewise.project import Project, find_project
-    from tunewise.spec import LabelContract, load_spec
+    from tunewise.spec import load_spec
 
     project = Project(spec_path.resolve().parent) if spec_path else find_project()
     spec = load_spec(project.spec_path)
@@ -91,13 +90,7 @@ def eval_command(
             )
         else:
             names.append(item)
-    csv = spec.data.csv_columns.model_dump() if spec.data.csv_columns else None
-    train = [ex for p in spec.data.train for ex in load_examples(project.root / p, spec.data.format, csv)]
-    if spec.data.eval:
-        held = [ex for p in spec.data.eval for ex in load_examples(project.root / p, spec.data.format, csv)]
-    else:
-        labels = spec.contract.labels if isinstance(spec.contract, LabelContract) else None
-        train, held = split_examples(train, spec.data.eval_fraction, spec.data.seed, labels)
+    train, held, _ = load_spec_split(project.root, spec)
     result = run_evaluation(
         spec,
         project,

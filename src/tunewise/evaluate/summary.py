@@ -50,6 +50,30 @@ def _kind(arm: str) -> str:
     return "endpoint"
 
 
+def contract_vocabulary(schema: Any, labels: Sequence[str] = ()) -> tuple[str, ...]:
+    """Values the contract itself offers: its labels and every string `enum`/`const` of its JSON Schema.
+    Answering with one of them invents nothing (it may still be the wrong answer, which accuracy measures).
+
+    >>> contract_vocabulary({"properties": {"p": {"enum": ["low", "high"]}, "k": {"const": "v"}}}, ["x"])
+    ('x', 'low', 'high', 'v')
+    """
+    found = list(labels)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            found.extend(v for v in node.get("enum", []) if isinstance(v, str))
+            if isinstance(node.get("const"), str):
+                found.append(node["const"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return tuple(dict.fromkeys(found))
+
+
 def score_records(records: Iterable[Mapping[str, Any]], contract: Any) -> list[dict[str, Any]]:
     """Each record with its scores added (`correct`, `correct_lenient`, `format_ok`, `answer`, `unsupported`...).
 
@@ -61,6 +85,7 @@ def score_records(records: Iterable[Mapping[str, Any]], contract: Any) -> list[d
     (False, True, False, 'yes')
     """
     c = as_contract(contract)
+    vocabulary = contract_vocabulary(c.schema, c.labels)
     out = []
     for i, record in enumerate(records):
         missing = [k for k in _REQUIRED if k not in record]
@@ -86,7 +111,7 @@ def score_records(records: Iterable[Mapping[str, Any]], contract: Any) -> list[d
             consistent_structure=agree.structure if agree else None,
             consistent_answer=agree.answer if agree else None,
             consistent=agree.both if agree else None,
-            unsupported=is_unsupported(record["output"], record["input"], record["reference"], c.labels),
+            unsupported=is_unsupported(record["output"], record["input"], record["reference"], vocabulary),
         )
         out.append(row)
     return out

@@ -32,7 +32,7 @@ from typing import Any
 from tunewise import __version__
 from tunewise.errors import TunewiseError
 from tunewise.project import Project, atomic_write_text
-from tunewise.spec import LabelContract, Spec
+from tunewise.spec import Spec
 
 log = logging.getLogger(__name__)
 
@@ -278,22 +278,12 @@ class Pipeline:
         return {"report_path": str(path), "errors": report.errors, "warnings": report.warnings}
 
     def _run_split(self, recorded: dict | None) -> dict[str, Any]:
-        from tunewise.data.load import load_examples
-        from tunewise.data.split import interval_half_width, split_examples
+        from tunewise.data.load import load_spec_split
+        from tunewise.data.split import interval_half_width
         from tunewise.data.versions import save_version
 
         s = self.spec
-        csv = s.data.csv_columns.model_dump() if s.data.csv_columns else None
-        train = [ex for p in s.data.train for ex in load_examples(self.project.root / p, s.data.format, csv)]
-        if s.data.eval:
-            held = [
-                ex for p in s.data.eval for ex in load_examples(self.project.root / p, s.data.format, csv)
-            ]
-            how = "data.eval"
-        else:
-            labels = s.contract.labels if isinstance(s.contract, LabelContract) else None
-            train, held = split_examples(train, s.data.eval_fraction, s.data.seed, labels)
-            how = f"a {'stratified ' if labels else ''}split of data.train ({s.data.eval_fraction:.0%} held out)"
+        train, held, how = load_spec_split(self.project.root, s)
         out: dict[str, Any] = {"how": how}
         for name, part, sources in (
             ("train", train, s.data.train),
