@@ -125,3 +125,26 @@ def test_unknown_stage_is_a_clear_error(project: Project):
 
     with pytest.raises(TunewiseError, match="unknown stage 'trian'"):
         Pipeline(project, load_spec(project.spec_path)).run(from_stage="trian")
+
+
+def test_an_interrupted_training_run_is_resumed_not_restarted(project: Project):
+    first = Pipeline(project, load_spec(project.spec_path)).run()
+    run_id = first.output("train")["run_id"]
+    run_dir = project.runs_dir / run_id
+    assert any((run_dir / "checkpoints").glob("step-*")), "the run left no checkpoint to resume from"
+    # Make it look like a run killed after its last checkpoint: no result, registry row still 'running'.
+    (run_dir / "result.json").unlink()
+    registry = project.registry()
+    with registry.transaction() as conn:
+        conn.execute("UPDATE runs SET status='running' WHERE id=?", (run_id,))
+    registry.close()
+    said: list[str] = []
+    again = Pipeline(project, load_spec(project.spec_path), narrate=said.append).run(from_stage="train")
+    assert again.output("train")["run_id"] == run_id
+    assert any(f"resuming the interrupted training run {run_id}" in line for line in said)
+    # A changed hyperparameter is a new run, not a resume of the old one.
+    project.spec_path.write_text(
+        project.spec_path.read_text().replace("learning_rate: auto", "learning_rate: 0.001")
+    )
+    changed = Pipeline(project, load_spec(project.spec_path)).run()
+    assert changed.output("train")["run_id"] != run_id

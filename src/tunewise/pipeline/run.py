@@ -342,7 +342,7 @@ class Pipeline:
             dataset_version=split["train"]["version"],
             **hp,
         )
-        resume = self._interrupted_training()
+        resume = self._interrupted_training(config.to_dict())
         if resume:
             self.say(f"  resuming the interrupted training run {resume}")
         result = train_run(None if resume else config, self.project, resume=resume, narrate=self.say)
@@ -358,8 +358,9 @@ class Pipeline:
             "result": result.to_dict(),
         }
 
-    def _interrupted_training(self) -> str | None:
-        """A training run of this stage's key that was cancelled or crashed: resume it rather than restart."""
+    def _interrupted_training(self, wanted: dict[str, Any]) -> str | None:
+        """A cancelled or crashed training run with exactly this config and a checkpoint: resume it rather than
+        start again. Any other difference (a changed hyperparameter, other data) means a new run."""
         registry = self.project.registry()
         try:
             rows = registry.conn.execute(
@@ -368,13 +369,15 @@ class Pipeline:
             ).fetchall()
         finally:
             registry.close()
-        want = self.outputs["split"]["train_path"]
+        wanted = json.loads(
+            json.dumps(wanted, default=str)
+        )  # the registry holds JSON: compare like with like
         for run_id, config in rows:
             asked = json.loads(config or "{}")
-            asked = asked.get("config", asked)
-            if asked.get("data") == [want] and (self.project.runs_dir / run_id / "checkpoints").is_dir():
-                if any((self.project.runs_dir / run_id / "checkpoints").glob("step-*")):
-                    return run_id
+            if asked.get("config", asked) != wanted:
+                continue
+            if any((self.project.runs_dir / run_id / "checkpoints").glob("step-*")):
+                return run_id
         return None
 
     def _run_evaluate(self, recorded: dict | None) -> dict[str, Any]:
