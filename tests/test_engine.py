@@ -152,6 +152,47 @@ def test_sampling_is_seeded(tiny):
     assert len({g.token_ids for g in a[0]}) > 1
 
 
+@pytest.mark.parametrize("compact_fraction", [0.0, 1.0])
+def test_finished_rows_kept_or_dropped_give_the_same_outputs(tiny, stop_setup, compact_fraction):
+    """Finished rows are dropped from the batch and cache at once (0.0) or kept until the batch ends (1.0)."""
+    model, tokenizer = tiny
+    stop, references = stop_setup
+    engine = LocalEngine(model, tokenizer, stop_token_ids=stop)
+    engine._compact_fraction = compact_fraction
+    gens = engine.generate(CHATS, max_new_tokens=MAX_NEW)
+    assert [list(g.token_ids) for g in gens] == references
+    assert {g.finish_reason for g in gens} == {"stop", "length"}
+
+
+def test_sample_prefills_each_prompt_once_with_the_same_samples(tiny):
+    """sample() runs each prompt's prefill once and copies it to its n rows; the seeded samples are the ones
+    a prefill per row gives (rows keep their order, so the generator's draws line up)."""
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    prefill_rows = []
+
+    def record(module, args, kwargs):
+        x = kwargs["input_ids"]
+        if (
+            x.shape[1] > 1
+        ):  # the shared prefix (one row) and the prompts' prefills; decode steps feed one token
+            prefill_rows.append(x.shape[0])
+
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        merged = engine.sample(CHATS[:4], n=3, temperature=1.0, seed=3, max_new_tokens=6)
+        assert prefill_rows == [1, 4]
+        prefill_rows.clear()
+        engine._merge_duplicates = False
+        per_row = engine.sample(CHATS[:4], n=3, temperature=1.0, seed=3, max_new_tokens=6)
+        assert prefill_rows == [1, 12]
+    finally:
+        handle.remove()
+    assert [[g.token_ids for g in per] for per in merged] == [[g.token_ids for g in per] for per in per_row]
+    # Every sample is charged a share (its prompt's prefill share is split among its n samples).
+    assert all(g.latency_ms > 0 for per in merged for g in per)
+
+
 def test_bad_arguments_are_user_errors(tiny):
     model, tokenizer = tiny
     engine = LocalEngine(model, tokenizer)

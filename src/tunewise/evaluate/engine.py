@@ -13,18 +13,25 @@ engine therefore:
    `max_batch_tokens` padded prompt tokens), which keeps padding small;
 4. left-pads each batch (pad positions are masked out, so every row's last position is a real token), runs the
    prefill asking only for the last position's logits (full-vocabulary logits over every prompt position
-   would be 49k floats per token for nothing), then decodes one token per step for all rows at once;
-5. stops a row at an end-of-turn token (for SmolLM2 `<|im_end|>`, which is also its pad and eos) or at
-   `max_new_tokens`, and drops finished rows from the batch and its cache, so one long answer does not make
-   the others pay for its steps.
+   would be 49k floats per token for nothing), then decodes one token per step for all rows at once.
+   Identical prompts in a batch (`sample()`'s n copies of each prompt) are prefilled once and their cache and
+   logits copied to each copy's row; rows keep their order, so seeded samples are the same as without it;
+5. keeps the KV cache in buffers preallocated for the prompt plus `max_new_tokens` and written in place (a
+   transformers DynamicCache whose plain layers are swapped for `_SlotLayer`): a decode step writes one
+   position per layer instead of concatenating, i.e. copying, the whole cache as DynamicCache does;
+6. stops a row at an end-of-turn token (for SmolLM2 `<|im_end|>`, which is also its pad and eos) or at
+   `max_new_tokens`. A finished row stays in the batch (its outputs ignored) until finished rows make up
+   `_compact_fraction` of the batch; they are then dropped from the batch and its cache together, so one
+   long answer does not make the others pay for its steps, and the cache is not copied once per finished row.
 
 Greedy by default (argmax, the same tie-break as `model.generate`); `temperature > 0` samples with a seeded
 generator, for the consistency samples. In fp32 the batched greedy outputs equal per-example
 `model.generate` outputs (tested on a tiny model; `bench/generation.py` checks the embedded model).
 
 Latency is measured, then divided fairly among the prompts that shared the compute: the shared-prefix pass is
-split equally over all prompts; a batch's prefill is split in proportion to each row's real (unpadded) prompt
-tokens; each decode step is split equally among the rows still generating in it. So a short answer is not
+split equally over all prompts; a batch's prefill is split in proportion to each distinct prompt's real
+(unpadded) tokens, a prompt's share equally among its copies; each decode step is split equally among the rows
+still generating in it (a finished row waiting to be dropped is charged nothing). So a short answer is not
 charged for the steps of a long one, and the per-prompt latencies add up to the measured model time (tokenizing
 and detokenizing are not attributed).
 It is a prompt's share of the machine's time (what it costs), not the wall time a lone request would see.
@@ -33,6 +40,7 @@ It is a prompt's share of the machine's time (what it costs), not the wall time 
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import logging
 import time
@@ -66,6 +74,12 @@ class Generation:
 
 class LocalEngine:
     """Batched generation with a shared-prefix KV cache over a transformers causal LM (see module docstring)."""
+
+    # Finished rows are dropped from a batch (and its cache) once they make up this fraction of its rows: each
+    # kept one costs ~1/rows of every later step, each compaction one copy of the live cache.
+    _compact_fraction = 0.125
+    # Identical prompts within a batch (sample()'s n copies) are prefilled once; tests turn it off to compare.
+    _merge_duplicates = True
 
     def __init__(
         self,
@@ -221,10 +235,18 @@ class LocalEngine:
 
     # --- internals ----------------------------------------------------------------------------------------
 
-    def _new_cache(self) -> Any:
+    def _new_cache(self, capacity: int | None = None) -> Any:
+        """A DynamicCache; with `capacity`, its plain layers preallocate that many positions (see `_SlotLayer`)."""
         from transformers import DynamicCache
 
-        return DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
+        if capacity is not None:
+            # Only plain full-attention layers are swapped: sliding-window or linear-attention layers keep their
+            # own bookkeeping (correct, just slower).
+            cache.layers = [
+                _slot_layer(capacity) if type(layer) is _dynamic_layer() else layer for layer in cache.layers
+            ]
+        return cache
 
     def _forward(self, input_ids: Any, attention_mask: Any, position_ids: Any, cache: Any) -> Any:
         kwargs = {self._cache_arg: cache, "use_cache": True}
@@ -285,64 +307,105 @@ class LocalEngine:
 
         start = time.perf_counter()
         rows = len(batch)
-        suffixes = [ids[i][prefix_len:] for i in batch]
+        # Identical prompts in a batch (sample() repeats each prompt n times) are prefilled once; their cache and
+        # logits are then copied to every row that asked for them. Rows keep their order, so sampling draws the
+        # same random numbers in the same order as if each copy had been prefilled on its own.
+        unique: dict[Any, int] = {}  # prompt suffix -> its row in the prefill
+        suffixes: list[list[int]] = []
+        row_unique = []  # each batch row's prefill row
+        for r, i in enumerate(batch):
+            key = tuple(ids[i][prefix_len:]) if self._merge_duplicates else r
+            if key not in unique:
+                unique[key] = len(suffixes)
+                suffixes.append(ids[i][prefix_len:])
+            row_unique.append(unique[key])
         width = max(len(s) for s in suffixes)
         # Left padding: every row's last column is its last real token, so one logits slice serves all rows.
-        input_ids = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
+        input_ids = torch.full((len(suffixes), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(suffixes), width), dtype=torch.long)
         for r, s in enumerate(suffixes):
             input_ids[r, width - len(s) :] = torch.tensor(s)
             mask[r, width - len(s) :] = 1
         # RoPE positions continue after the shared prefix; pad positions are masked, any valid index will do.
         positions = (prefix_len + mask.cumsum(-1) - 1).clamp(min=prefix_len)
+        # Room for the whole prompt and every generated token, so decode steps write in place (see _SlotLayer).
+        total = prefix_len + width + max_new_tokens
+        cache = self._new_cache(capacity=total)
         if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(rows)
-            attention = torch.cat([torch.ones((rows, prefix_len), dtype=torch.long), mask], dim=1)
-        else:
-            cache = self._new_cache()
-            attention = mask
-        logits = self._forward(input_ids, attention, positions, cache)
-        prefill = time.perf_counter() - start
-        real = [len(s) for s in suffixes]
-        for r, i in enumerate(batch):
-            spent[i] += prefill * real[r] / sum(real)
-
-        alive = list(batch)  # prompt index of each row still generating
+            for n, (layer, shared) in enumerate(zip(cache.layers, prefix_cache.layers, strict=True)):
+                if hasattr(layer, "seed"):
+                    layer.seed(shared.keys, shared.values, len(suffixes))
+                else:
+                    repeated = copy.deepcopy(shared)
+                    repeated.batch_repeat_interleave(len(suffixes))
+                    cache.layers[n] = repeated
+        # The attention mask for every position the batch will reach; each forward passes the filled part.
+        attention = torch.ones((len(suffixes), total), dtype=torch.long)
+        attention[:, prefix_len : prefix_len + width] = mask
+        length = prefix_len + width
+        logits = self._forward(input_ids, attention[:, :length], positions, cache)
         next_pos = positions[:, -1] + 1
+        if len(suffixes) < rows:
+            expand = torch.tensor(row_unique)
+            cache.batch_select_indices(expand)
+            logits, attention, next_pos = logits[expand], attention[expand], next_pos[expand]
+        prefill = time.perf_counter() - start
+        # Each distinct prompt's share is in proportion to its real tokens, split equally among its copies.
+        real = [len(s) for s in suffixes]
+        copies = [row_unique.count(u) for u in range(len(suffixes))]
+        for r, i in enumerate(batch):
+            u = row_unique[r]
+            spent[i] += prefill * real[u] / sum(real) / copies[u]
+
+        # Rows of the batch (and of its cache), and the prompt index of each; a finished row stays until enough
+        # rows have finished to pay for compacting the cache (a copy of the live part), then rows are dropped.
+        members = list(batch)
+        live = list(range(rows))  # batch rows still generating
         generated: dict[int, list[int]] = {i: [] for i in batch}
         done: dict[int, tuple[list[int], str]] = {}
         step_start = time.perf_counter()
         for step in range(max_new_tokens):
+            current = logits if len(live) == len(members) else logits[torch.tensor(live)]
             if temperature > 0:
-                probs = torch.softmax(logits.float() / temperature, dim=-1)
-                tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                probs = torch.softmax(current.float() / temperature, dim=-1)
+                chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             else:
-                tokens = logits.argmax(dim=-1)
-            keep = []
-            for r, i in enumerate(alive):
-                token = int(tokens[r])
+                chosen = current.argmax(dim=-1)
+            # A finished row kept in the batch is fed its last token again; its outputs are ignored.
+            if len(live) == len(members):
+                tokens = chosen
+            else:
+                tokens[torch.tensor(live)] = chosen
+            still = []
+            for r, token in zip(live, chosen.tolist(), strict=True):
+                i = members[r]
                 generated[i].append(token)
                 if token in self.stop_token_ids:
                     done[i] = (generated[i], "stop")
                 elif step + 1 == max_new_tokens:
                     done[i] = (generated[i], "length")
                 else:
-                    keep.append(r)
-            if not keep:
+                    still.append(r)
+            if not still:
                 # Charge the sampling of this last step to the rows that were in it.
-                self._charge(alive, step_start, spent)
+                self._charge([members[r] for r in live], step_start, spent)
                 break
-            if len(keep) < len(alive):
-                index = torch.tensor(keep)
+            finished = len(members) - len(still)
+            if finished and finished >= self._compact_fraction * len(members):
+                # Drop finished rows in bulk (see _compact_fraction), not one copy of the cache per finished row.
+                index = torch.tensor(still)
                 cache.batch_select_indices(index)
                 attention, next_pos, tokens = attention[index], next_pos[index], tokens[index]
-            attention = torch.cat([attention, torch.ones((len(keep), 1), dtype=attention.dtype)], dim=1)
-            logits = self._forward(tokens[:, None], attention, next_pos[:, None], cache)
+                members = [members[r] for r in still]
+                still = list(range(len(still)))
+            logits = self._forward(tokens[:, None], attention[:, : length + 1], next_pos[:, None], cache)
+            length += 1
             next_pos = next_pos + 1
-            # This step's forward served the rows kept; the rows that finished only took part in the sampling.
-            self._charge([alive[r] for r in keep], step_start, spent)
-            alive = [alive[r] for r in keep]
+            # This step's forward served the rows still generating; the rows that finished only took part in the
+            # sampling. A finished row still in the batch is charged nothing: the step's time is split among the
+            # rows that asked for it, so the shares still add up to the measured time.
+            self._charge([members[r] for r in still], step_start, spent)
+            live = still
             step_start = time.perf_counter()
         return done
 
@@ -351,3 +414,103 @@ class LocalEngine:
         elapsed = time.perf_counter() - since
         for i in rows:
             spent[i] += elapsed / len(rows)
+
+
+def _dynamic_layer() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
+
+
+@functools.cache
+def _slot_layer_class() -> type:
+    """A DynamicLayer whose keys/values live in a preallocated buffer, written in place.
+
+    DynamicLayer concatenates the whole cache with the new position at every decode step (a full copy of every
+    layer's keys and values per generated token); this one writes the new position into spare capacity and
+    exposes `keys`/`values` as views of the filled part, so a decode step copies one position. Everything else
+    (mask sizes, sequence length) behaves as in DynamicLayer, so the model's forward is unchanged.
+    """
+    import torch
+
+    DynamicLayer = _dynamic_layer()
+
+    class _SlotLayer(DynamicLayer):
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity = capacity
+            self.length = 0
+
+        def _allocate(self, like: torch.Tensor, rows: int) -> None:
+            shape = (rows, like.shape[1], self.capacity, like.shape[3])
+            self._k = like.new_empty(shape)
+            self._v = like.new_empty(shape)
+            self.device = like.device
+            self.is_initialized = True
+
+        def _expose(self) -> None:
+            self.keys = self._k[:, :, : self.length]
+            self.values = self._v[:, :, : self.length]
+
+        def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+            self._allocate(key_states, key_states.shape[0])
+            self._expose()
+
+        def seed(self, keys: torch.Tensor, values: torch.Tensor, rows: int) -> None:
+            """Start from a one-row cache (the shared prefix), copied into each of `rows` rows."""
+            self._allocate(keys, rows)
+            n = keys.shape[-2]
+            self._k[:, :, :n] = keys
+            self._v[:, :, :n] = values
+            self.length = n
+            self._expose()
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            start, end = self.length, self.length + key_states.shape[-2]
+            if end > self.capacity:  # not expected (capacity covers the prompt and max_new_tokens): grow
+                old_k, old_v = self._k, self._v
+                self.capacity = max(end, 2 * self.capacity)
+                self._allocate(old_k, old_k.shape[0])
+                self._k[:, :, :start] = old_k[:, :, :start]
+                self._v[:, :, :start] = old_v[:, :, :start]
+            self._k[:, :, start:end] = key_states
+            self._v[:, :, start:end] = value_states
+            self.length = end
+            self._expose()
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.length
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            rows = self._k.shape[0]
+            self.batch_select_indices(torch.arange(rows).repeat_interleave(repeats))
+
+        def batch_select_indices(self, indices: torch.Tensor) -> None:
+            if not self.is_initialized:
+                return
+            order = indices.tolist()
+            n = self.length
+            if all(a < b for a, b in zip(order, order[1:], strict=False)):
+                # Dropping rows (indices increasing): move the kept rows down in place, then narrow the view;
+                # only the rows that move are copied, and nothing is allocated.
+                for dst, src in enumerate(order):
+                    if dst != src:
+                        self._k[dst, :, :n] = self._k[src, :, :n]
+                        self._v[dst, :, :n] = self._v[src, :, :n]
+                self._k, self._v = self._k[: len(order)], self._v[: len(order)]
+            else:
+                # Repeating or reordering rows (a prompt's prefill expanded to its samples): a new buffer.
+                old_k, old_v = self._k, self._v
+                self._allocate(old_k, len(order))
+                self._k[:, :, :n] = old_k[indices, :, :n]
+                self._v[:, :, :n] = old_v[indices, :, :n]
+            self._expose()
+
+    return _SlotLayer
+
+
+def _slot_layer(capacity: int) -> Any:
+    return _slot_layer_class()(capacity)
