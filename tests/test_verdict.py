@@ -309,3 +309,28 @@ def test_load_summary_keeps_extra_fields_from_the_evaluation_stage(tmp_path):
     path = tmp_path / "s.json"
     path.write_text(json.dumps(raw))
     assert load_summary(path).arms[0].name == "zero-shot"
+
+
+def test_best_prompted_breaks_accuracy_ties_by_quality_not_order():
+    from tunewise.decide.verdict import EvalSummary, best_prompted
+
+    def arm(name, fmt, f1):
+        return {
+            "name": name,
+            "kind": "prompted",
+            "accuracy": {"value": 0.0, "low": 0.0, "high": 0.07},
+            "accuracy_lenient": {"value": 0.0, "low": 0.0, "high": 0.07},
+            "field_f1": f1,
+            "format_compliance": {"value": fmt, "low": fmt, "high": fmt},
+        }
+
+    summary = EvalSummary.model_validate(
+        {
+            "task": "t",
+            "n_examples": 50,
+            "contract": "json",
+            "arms": [arm("zero-shot", 0.0, 0.0), arm("few-shot", 1.0, 0.36)],
+            "paired": [],
+        }
+    )
+    assert best_prompted(summary).name == "few-shot"

@@ -181,14 +181,29 @@ def _pct(x: float | None) -> str:
 
 
 def best_prompted(summary: EvalSummary) -> ArmResult:
-    """The strongest arm that is not fine-tuned (constrained variants included), by accuracy then consistency."""
+    """The strongest arm that is not fine-tuned (constrained variants included): by accuracy, then (to break
+    ties, e.g. when every prompted arm scores 0% exact) lenient accuracy, field/macro F1, format compliance and
+    consistency. Comparing against a weaker arm than the best would flatter fine-tuning."""
     prompted = [a for a in summary.arms if a.kind != "fine-tuned"]
     if not prompted:
         raise TunewiseError(
             "the evaluation has no prompted arm",
             hint="evaluate at least one prompted arm: the verdict compares against it",
         )
-    return max(prompted, key=lambda a: (a.accuracy.value, a.consistency.value if a.consistency else -1.0))
+
+    def strength(arm: ArmResult) -> tuple[float, ...]:
+        extra = arm.model_extra or {}
+        lenient = (extra.get("accuracy_lenient") or {}).get("value")
+        f1 = extra.get("field_f1") if extra.get("field_f1") is not None else extra.get("macro_f1")
+        return (
+            arm.accuracy.value,
+            lenient if lenient is not None else -1.0,
+            f1 if f1 is not None else -1.0,
+            arm.format_compliance.value if arm.format_compliance else -1.0,
+            arm.consistency.value if arm.consistency else -1.0,
+        )
+
+    return max(prompted, key=strength)
 
 
 def _cost_options(
