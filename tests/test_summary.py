@@ -186,13 +186,30 @@ def test_banking77_small_reference_arm(shared_datasets):
 def test_schema_enum_values_are_not_unsupported_content():
     from tunewise.evaluate.summary import score_records
 
-    contract = {"type": "json", "schema": {"type": "object", "properties": {"category": {"enum": ["billing", "refund"]}}}}
+    contract = {
+        "type": "json",
+        "schema": {"type": "object", "properties": {"category": {"enum": ["billing", "refund"]}}},
+    }
     rows = score_records(
         [
-            {"id": 1, "input": "my card was charged twice", "reference": '{"category": "billing"}', "arm": "a", "output": '{"category": "refund"}'},
-            {"id": 2, "input": "my card was charged twice", "reference": '{"category": "billing"}', "arm": "a", "output": '{"category": "Acme Corp"}'},
+            {
+                "id": 1,
+                "input": "my card was charged twice",
+                "reference": '{"category": "billing"}',
+                "arm": "a",
+                "output": '{"category": "refund"}',
+            },
+            {
+                "id": 2,
+                "input": "my card was charged twice",
+                "reference": '{"category": "billing"}',
+                "arm": "a",
+                "output": '{"category": "Acme Corp"}',
+            },
         ],
         contract,
     )
-    assert rows[0]["correct"] is False and rows[0]["unsupported"] is False  # wrong, but a value the contract offers
+    assert (
+        rows[0]["correct"] is False and rows[0]["unsupported"] is False
+    )  # wrong, but a value the contract offers
     assert rows[1]["unsupported"] is True  # invented

@@ -413,7 +413,11 @@ def _demo_spec_yaml() -> str:
         "method": "lora",
         # Sized to finish within 15 minutes on 2 CPU cores: 3 consistency samples instead of the default 5,
         # and the retrieved arm left out (add `retrieved` to compare it too).
-        "evaluation": {"arms": ["zero-shot", "few-shot", "fine-tuned"], "few_shot_k": 3, "consistency_samples": 3},
+        "evaluation": {
+            "arms": ["zero-shot", "few-shot", "fine-tuned"],
+            "few_shot_k": 3,
+            "consistency_samples": 3,
+        },
         "economics": {
             "queries_per_day": 500,
             "platforms": ["together"],

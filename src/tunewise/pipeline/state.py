@@ -135,7 +135,8 @@ def assemble_state(pipeline) -> dict[str, Any]:
     return {
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "tunewise_version": __version__,
-        "project": str(pipeline.project.root),
+        "project": pipeline.spec.task.name,  # the page's title
+        "project_path": str(pipeline.project.root),
         "task": _task(pipeline),
         "data": _read((pipeline.outputs.get("data") or {}).get("report_path")),
         "training": _training(pipeline),
