@@ -66,10 +66,27 @@ def test_run_evaluation_records_every_arm_and_call(project: Project):
     spec = parse_spec(SPEC)
     result = run_evaluation(spec, project, TRAIN, HELD, ["zero-shot", "few-shot", "retrieved"])
     summary = result.summary
-    assert [a["name"] for a in summary["arms"]] == ["zero-shot", "few-shot", "retrieved"]
+    # evaluation.constrained is auto: each prompted arm's label-scored variant runs beside it
+    assert [a["name"] for a in summary["arms"]] == [
+        "zero-shot",
+        "zero-shot+scored",
+        "few-shot",
+        "few-shot+scored",
+        "retrieved",
+        "retrieved+scored",
+    ]
+    assert [a["variant"] for a in summary["arms"]] == ["free", "scored"] * 3
+    assert [a["constrained"] for a in summary["arms"]] == [False, True] * 3
     assert summary["n_examples"] == 3
     assert all(a["kind"] == "prompted" and a["consistency"] is not None for a in summary["arms"])
-    assert len(result.records) == 9 and all(len(r["samples"]) == 2 for r in result.records)
+    assert len(result.records) == 18 and all(len(r["samples"]) == 2 for r in result.records)
+    scored = [r for r in result.records if r["arm"].endswith("+scored")]
+    assert all(
+        r["output"] in ("positive", "negative") and set(r["samples"]) <= {"positive", "negative"}
+        for r in scored
+    )
+    assert all(r["output"] == max(r["label_scores"], key=r["label_scores"].get) for r in scored)
+    assert all(a["format_compliance"]["value"] == 1.0 for a in summary["arms"] if a["variant"] == "scored")
     # few-shot prompts are longer than zero-shot ones: tokens are measured with each arm's real prompt
     tokens = {a["name"]: a["prompt_tokens"] for a in summary["arms"]}
     assert tokens["few-shot"] > tokens["zero-shot"]
@@ -88,7 +105,9 @@ def test_run_evaluation_records_every_arm_and_call(project: Project):
         ).fetchone()
     finally:
         registry.close()
-    assert calls[0] == 3 * 3 * (1 + 2)
+    # free arms: 3 arms x 3 examples x (1 greedy + 2 samples); scored arms: one scoring call per example (their
+    # samples are drawn from the scores, no model call)
+    assert calls[0] == 3 * 3 * (1 + 2) + 3 * 3
     assert calls[1] > 0
     assert tuple(status) == ("succeeded", "eval")
     assert json.loads(stored[0])["n_examples"] == 3
@@ -103,3 +122,61 @@ def test_unknown_arm_and_missing_run_are_clear_errors(project: Project):
         run_evaluation(spec, project, TRAIN, HELD, ["two-shot"])
     with pytest.raises(TunewiseError, match="needs a training run"):
         run_evaluation(spec, project, TRAIN, HELD, ["fine-tuned"])
+
+
+JSON_SPEC = """\
+task:
+  name: tiny-sentiment-json
+  target: Given a short review, answer with JSON holding its sentiment label.
+contract:
+  type: json
+  schema: {type: object, properties: {label: {enum: [positive, negative]}}, required: [label]}
+system_prompt: Classify the review.
+data: {train: data/train.jsonl}
+model: {base: "tiny:random"}
+evaluation: {consistency_samples: 2, few_shot_k: 2}
+"""
+
+
+def _as_json(examples: list[dict]) -> list[dict]:
+    return [
+        example(ex["messages"][0]["content"], json.dumps({"label": ex["messages"][1]["content"]}))
+        for ex in examples
+    ]
+
+
+def test_constrained_variant_meets_the_schema_and_free_arm_does_not(project: Project):
+    from tunewise.evaluate.run import run_evaluation
+
+    spec = parse_spec(JSON_SPEC)
+    result = run_evaluation(spec, project, _as_json(TRAIN), _as_json(HELD), ["zero-shot"])
+    arms = {a["name"]: a for a in result.summary["arms"]}
+    assert list(arms) == ["zero-shot", "zero-shot+constrained"]
+    assert arms["zero-shot+constrained"]["format_compliance"]["value"] == 1.0
+    assert arms["zero-shot"]["format_compliance"]["value"] == 0.0  # a random model alone
+    constrained = [r for r in result.records if r["arm"] == "zero-shot+constrained"]
+    assert all(
+        json.loads(x)["label"] in ("positive", "negative")
+        for r in constrained
+        for x in [r["output"], *r["samples"]]
+    )
+
+
+def test_constrained_setting_and_explicit_variants(project: Project):
+    from tunewise.errors import TunewiseError
+    from tunewise.evaluate.run import plan_arms, run_evaluation
+
+    spec = parse_spec(SPEC)
+    spec.evaluation.constrained = False
+    result = run_evaluation(spec, project, TRAIN, HELD, ["zero-shot", "few-shot+scored"])
+    assert [a["name"] for a in result.summary["arms"]] == ["zero-shot", "few-shot+scored"]
+    with pytest.raises(TunewiseError, match="do not fit a label contract"):
+        run_evaluation(spec, project, TRAIN, HELD, ["few-shot+constrained"])
+    label = {"type": "label", "labels": ["a", "b"]}
+    assert plan_arms(["fine-tuned"], label, True) == ["fine-tuned", "fine-tuned+scored"]
+    assert plan_arms(["fine-tuned"], label, "auto") == ["fine-tuned"]
+    assert plan_arms(["ep", "zero-shot"], label, True, endpoints={"ep"}) == [
+        "ep",
+        "zero-shot",
+        "zero-shot+scored",
+    ]

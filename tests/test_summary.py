@@ -153,6 +153,27 @@ def test_arm_info_and_partial_overlap():
     assert p["mcnemar_p"] == mcnemar_exact([1, 1], [0, 0]) == 0.5
 
 
+def test_variant_arms_carry_their_variant_and_kind():
+    records = [
+        {"id": i, "input": "q", "reference": "yes", "arm": arm, "output": out, **extra}
+        for i in range(2)
+        for arm, out, extra in [
+            ("few-shot", "Yes!", {}),
+            ("few-shot+scored", "yes", {"constrained": True, "variant": "scored"}),
+            ("fine-tuned+scored", "yes", {}),
+        ]
+    ]
+    s = build_summary(records, LABEL, task="t")
+    arms = {a["name"]: a for a in s["arms"]}
+    assert [(a["kind"], a["variant"], a["constrained"]) for a in arms.values()] == [
+        ("prompted", "free", False),
+        ("prompted", "scored", True),
+        ("fine-tuned", "scored", False),  # from the name alone; the runner also sets constrained
+    ]
+    assert arms["few-shot"]["format_compliance"]["value"] == 0.0
+    assert arms["few-shot+scored"]["format_compliance"]["value"] == 1.0
+
+
 def test_bad_records_are_user_errors():
     with pytest.raises(TunewiseError, match="lacks reference"):
         score_records([{"id": 1, "input": "q", "arm": "a", "output": "x"}], LABEL)

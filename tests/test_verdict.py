@@ -254,6 +254,7 @@ def test_cli_decide_prints_every_rule_with_numbers(run_cli, summary_file):
     assert "cheapest fine-tuned option: together/lora-up-to-16b" in out
     assert "83.3 queries/day" in out
     assert "weakest point of the evidence: wide interval" in out
+    assert "which problem each option fixes:\n  no constrained or scored prompted arm was evaluated" in out
 
 
 def test_cli_decide_keep_prompting_and_json(run_cli, summary_file):
@@ -334,3 +335,48 @@ def test_best_prompted_breaks_accuracy_ties_by_quality_not_order():
         }
     )
     assert best_prompted(summary).name == "few-shot"
+
+
+def test_diagnosis_says_which_problem_each_option_fixes():
+    raw = summary_dict()
+    raw["contract"] = "json"
+    few = raw["arms"][1]
+    few["format_compliance"] = {"value": 0.6, "low": 0.53, "high": 0.67}
+    raw["arms"][2]["format_compliance"] = {"value": 1.0, "low": 0.98, "high": 1.0}
+    raw["arms"].insert(
+        2,
+        {
+            "name": "few-shot+constrained", "kind": "prompted", "constrained": True, "variant": "constrained",
+            "accuracy": {"value": 0.72, "low": 0.65, "high": 0.78},
+            "format_compliance": {"value": 1.0, "low": 0.98, "high": 1.0},
+            "consistency": {"value": 0.85, "low": 0.8, "high": 0.9},
+            "unsupported_rate": {"value": 0.05, "low": 0.02, "high": 0.09},
+            "latency_ms": {"p50": 150.0, "p95": 320.0},
+            "prompt_tokens": 812.4, "completion_tokens": 21.0,
+        },
+    )  # fmt: skip
+    raw["paired"] += [
+        {"a": "few-shot+constrained", "b": "few-shot", "metric": "accuracy", "diff": 0.02, "low": -0.02, "high": 0.06},
+        {"a": "fine-tuned", "b": "few-shot+constrained", "metric": "accuracy", "diff": 0.18, "low": 0.1, "high": 0.26},
+    ]  # fmt: skip
+    v = run(raw)
+    assert v.best_prompted_arm == "few-shot+constrained"
+    assert v.diagnosis[0] == (
+        "few-shot+constrained vs few-shot (constrained decoding): format 60.0% -> 100.0%, accuracy 70.0% -> "
+        "72.0% (+2.0 points [-2.0, +6.0]), p50 latency x1.25: fixes format compliance, not task accuracy"
+    )
+    assert v.diagnosis[1].startswith(
+        "fine-tuned vs few-shot+constrained (best prompted): format 100.0% -> 100.0%"
+    )
+    assert (
+        "fixes task accuracy" in v.diagnosis[1]
+        and "only task accuracy can justify training" in v.diagnosis[1]
+    )
+    assert v.reasons[-2:] == [f"diagnosis: {line}" for line in v.diagnosis]
+
+
+def test_diagnosis_warns_when_no_constrained_arm_was_evaluated():
+    v = run(summary_dict())  # a label contract, free prompted arms only
+    assert any("no constrained or scored prompted arm" in line for line in v.diagnosis)
+    # fine-tuning's gain over the free few-shot arm: format not measured for both, accuracy significant
+    assert v.diagnosis[-1].endswith("fixes task accuracy")

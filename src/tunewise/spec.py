@@ -128,22 +128,66 @@ ArmName = Literal["zero-shot", "few-shot", "retrieved", "fine-tuned"]
 
 
 class EndpointArm(_Strict):
-    name: str
-    base_url: str
-    model: str
+    """An OpenAI-compatible chat completions API evaluated as one more arm (see evaluate/endpoint.py)."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="The arm's name in tables and the report."
+    )
+    base_url: str = Field(description="The API root, e.g. https://api.openai.com/v1")
+    model: str = Field(min_length=1)
     api_key_env: str | None = Field(default=None, description="Environment variable holding the API key.")
     prompt: Literal["zero-shot", "few-shot", "retrieved"] = "zero-shot"
+    pricing: str | None = Field(
+        default=None,
+        description="Pricing catalog entry whose per-token prices apply (`tunewise pricing` lists them).",
+    )
+    concurrency: int = Field(default=8, ge=1, le=256, description="Requests in flight at once.")
+    timeout_s: float = Field(default=60, gt=0, description="Per-request timeout.")
+    max_retries: int = Field(default=4, ge=0, le=20, description="Retries of a transient failure.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_builtin(cls, name: str) -> str:
+        if name in {"zero-shot", "few-shot", "retrieved", "fine-tuned"}:
+            raise ValueError(f"'{name}' is a built-in arm; give the endpoint its own name")
+        return name
+
+    @field_validator("base_url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("must be an http(s) URL of the API root, e.g. https://api.openai.com/v1")
+        return url.rstrip("/")
 
 
 class EvaluationSpec(_Strict):
     arms: list[ArmName] = Field(default_factory=lambda: ["zero-shot", "few-shot", "retrieved", "fine-tuned"])
-    endpoints: list[EndpointArm] = Field(default_factory=list)
+    endpoints: list[EndpointArm] = Field(
+        default_factory=list, description="OpenAI-compatible APIs evaluated as extra arms."
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique_endpoints(cls, endpoints: list[EndpointArm]) -> list[EndpointArm]:
+        names = [e.name for e in endpoints]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"endpoint names repeat: {', '.join(dupes)}")
+        return endpoints
+
     few_shot_k: int = Field(default=4, ge=1, le=64)
     few_shot_token_budget: int = Field(default=1024, ge=64)
     consistency_samples: int = Field(default=5, ge=1, le=100)
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_new_tokens: Auto | Annotated[int, Field(ge=1, le=8192)] = "auto"
     limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N held-out examples.")
+    constrained: Auto | bool = Field(
+        default="auto",
+        description="Variants that meet the contract by construction, evaluated next to each free arm: label "
+        "scoring (`ARM+scored`) for label contracts, schema-constrained decoding (`ARM+constrained`) for json "
+        "and regex. auto: for the prompted arms (a fair baseline before fine-tuning); true: the fine-tuned arm "
+        "too; false: none.",
+    )
 
 
 class EconomicsSpec(_Strict):
@@ -259,7 +303,7 @@ def _describe(errors: list[dict], lines: dict[tuple, int]) -> list[str]:
         loc = tuple(
             p
             for p in err["loc"]
-            if p not in {"label", "json", "regex", "text"}
+            if p not in {"label", "json", "regex", "text", "bool"}
             and not (isinstance(p, str) and ("[" in p or p.startswith("constrained-")))
         )
         dotted = ".".join(str(p) for p in loc) or "(top level)"
@@ -301,6 +345,7 @@ _AUTO_FIELDS = {
     "lora_alpha",
     "max_length",
     "max_new_tokens",
+    "constrained",
 }
 
 

@@ -157,14 +157,21 @@ def advise(answers: Answers) -> Advice:
         )
         measure.append(
             "Try constrained decoding first (label set, JSON schema or regex) and measure format compliance: "
-            "it should reach 100% without training"
+            "it should reach 100% without training. `tunewise eval` runs each prompted arm with label scoring "
+            "(ARM+scored) or schema-constrained decoding (ARM+constrained) beside it; `tunewise serve` applies "
+            "the same constraint per request (response_format with a JSON Schema)"
         )
         prompting_first = True
     elif a.format_only is None:
         # Optional question: unanswered, it neither blocks nor supports (the other rules still apply).
         add("format_only", "unanswered", None)
     else:
-        add("format_only", "more than format: constrained decoding alone will not fix it", True)
+        add(
+            "format_only",
+            "more than format: constrained decoding alone will not fix it (it still guarantees the form: "
+            "compare fine-tuning against the constrained prompted arm, not the free one)",
+            True,
+        )
 
     if a.facts_change_often:
         add(

@@ -247,3 +247,7 @@ def decide(
         out.print(f"  {be['formula']}", highlight=False)
         out.print(f"  {be['summary']}", highlight=False)
     out.print(f"weakest point of the evidence: {verdict.weakest_point}", highlight=False)
+    if verdict.diagnosis:
+        out.print("which problem each option fixes:", highlight=False)
+        for line in verdict.diagnosis:
+            out.print(f"  {line}", highlight=False)

@@ -14,7 +14,9 @@ as a record with the numbers it used:
                       $0.45 per query is worse than a prompted model at 89% accuracy and $0.03 per query")
 
 Fine-tuning is recommended only when every rule passes. The verdict also names the cheapest platform, the
-break-even volume and the weakest point of the evidence.
+break-even volume and the weakest point of the evidence, and diagnoses which problem each option fixes
+(`diagnose`): a constrained or scored variant that lifts format compliance but not accuracy fixed a format
+problem, which needs no training; fine-tuning must then win on task accuracy.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ class Verdict:
     break_even: dict[str, Any] | None = None
     weakest_point: str = ""
     reasons: list[str] = field(default_factory=list)
+    diagnosis: list[str] = field(default_factory=list)  # which problem each option fixes (see `diagnose`)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,7 +232,16 @@ def _cost_options(
         request = CostRequest(
             queries_per_day=econ.queries_per_day,
             platforms=econ.platforms,
-            arms=[ArmTokens(a.name, a.kind, a.prompt_tokens, a.completion_tokens) for a in (prompted, tuned)],
+            arms=[
+                ArmTokens(
+                    a.name,
+                    a.kind,
+                    a.prompt_tokens,
+                    a.completion_tokens,
+                    pricing=(a.model_extra or {}).get("pricing"),
+                )
+                for a in (prompted, tuned)
+            ],
             training_cost=econ.training_cost,
             retrain_every_days=econ.retrain_every_days,
         )
@@ -414,6 +426,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
         }
 
     failed = [r for r in rules if r.passed is False]
+    diagnosis = diagnose(summary, tuned, prompted)
     return Verdict(
         recommendation="keep prompting" if failed else "fine-tune",
         fine_tuned_arm=tuned.name,
@@ -421,9 +434,105 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
         rules=rules,
         weakest_point=weakest_point(summary, tuned, paired),
         # Why: the failed rules when prompting stays, else the rules that carried the decision.
-        reasons=[f"{r.rule}: {r.detail}" for r in (failed or [r for r in rules if r.passed])],
+        reasons=[f"{r.rule}: {r.detail}" for r in (failed or [r for r in rules if r.passed])]
+        + [f"diagnosis: {line}" for line in diagnosis],
+        diagnosis=diagnosis,
         **verdict_extra,
     )
+
+
+FORMAT_FIXED = 0.95  # the guide's "95%+ format compliance": at or above it, format is not the problem
+_VARIANT_WORDS = {"scored": "label scoring", "constrained": "constrained decoding"}
+
+
+def _variant(arm: ArmResult) -> str:
+    extra = arm.model_extra or {}
+    return str(extra.get("variant") or arm.name.partition("+")[2] or "free")
+
+
+def _fmt(arm: ArmResult) -> float | None:
+    return arm.format_compliance.value if arm.format_compliance else None
+
+
+def _fixes(format_gain: float | None, accuracy: Paired | None) -> str:
+    """Which problem a change fixes, from its format-compliance gain and its paired accuracy difference.
+
+    >>> _fixes(0.5, Paired(a="x", b="y", metric="accuracy", diff=0.02, low=-0.03, high=0.07))
+    'fixes format compliance, not task accuracy'
+    >>> _fixes(0.0, Paired(a="x", b="y", metric="accuracy", diff=0.2, low=0.1, high=0.3))
+    'fixes task accuracy'
+    """
+    fmt = format_gain is not None and format_gain >= 0.05
+    acc = accuracy is not None and accuracy.low > 0
+    if fmt and acc:
+        return "fixes format compliance and task accuracy"
+    if fmt:
+        return "fixes format compliance, not task accuracy"
+    if acc:
+        return "fixes task accuracy"
+    if accuracy is not None and accuracy.high < 0:
+        return "lowers task accuracy"
+    return "no significant change"
+
+
+def _change(summary: EvalSummary, a: ArmResult, b: ArmResult) -> str:
+    """'format 40.0% -> 100.0%, accuracy 30.0% -> 55.0% (+25.0 points [+15.0, +35.0])' for b -> a."""
+    parts = []
+    if _fmt(a) is not None and _fmt(b) is not None:
+        parts.append(f"format {_pct(_fmt(b))} -> {_pct(_fmt(a))}")
+    paired = summary.paired_diff(a.name, b.name)
+    acc = f"accuracy {_pct(b.accuracy.value)} -> {_pct(a.accuracy.value)}"
+    if paired is not None:
+        acc += f" ({100 * paired.diff:+.1f} points [{100 * paired.low:+.1f}, {100 * paired.high:+.1f}])"
+    parts.append(acc)
+    lat_a, lat_b = (a.latency_ms.p50 if a.latency_ms else None), (b.latency_ms.p50 if b.latency_ms else None)
+    if lat_a is not None and lat_b:
+        parts.append(f"p50 latency x{lat_a / lat_b:.2f}")
+    return ", ".join(parts)
+
+
+def diagnose(summary: EvalSummary, tuned: ArmResult | None, prompted: ArmResult | None) -> list[str]:
+    """Which problem each option fixes: every constrained/scored variant against its free arm, then fine-tuning
+    against the best prompted arm. A format problem alone is fixed without training (constrained decoding or
+    label scoring); fine-tuning earns its cost only by task accuracy the constrained arms do not reach."""
+    lines = []
+    by_name = {a.name: a for a in summary.arms}
+    variants = [a for a in summary.arms if _variant(a) != "free"]
+    for arm in variants:
+        free = by_name.get(arm.name.partition("+")[0])
+        if free is None:
+            continue
+        gain = None if _fmt(arm) is None or _fmt(free) is None else _fmt(arm) - _fmt(free)
+        how = _VARIANT_WORDS.get(_variant(arm), _variant(arm))
+        lines.append(
+            f"{arm.name} vs {free.name} ({how}): {_change(summary, arm, free)}: "
+            f"{_fixes(gain, summary.paired_diff(arm.name, free.name))}"
+        )
+    if (
+        not variants
+        and summary.contract in ("label", "json", "regex")
+        and any(a.kind == "prompted" for a in summary.arms)
+    ):
+        lines.append(
+            f"no constrained or scored prompted arm was evaluated for this {summary.contract} contract: a format "
+            "problem could be fixed without training, so the comparison may favour fine-tuning "
+            "(set evaluation.constrained: auto)"
+        )
+    if tuned is not None and prompted is not None:
+        gain = None if _fmt(tuned) is None or _fmt(prompted) is None else _fmt(tuned) - _fmt(prompted)
+        verdict = _fixes(gain, summary.paired_diff(tuned.name, prompted.name))
+        line = (
+            f"{tuned.name} vs {prompted.name} (best prompted): {_change(summary, tuned, prompted)}: {verdict}"
+        )
+        if _fmt(prompted) is not None and _fmt(prompted) >= FORMAT_FIXED:
+            line += (
+                f"; {prompted.name} already meets the format ({_pct(_fmt(prompted))}), so only task accuracy "
+                "can justify training"
+            )
+        elif verdict.startswith("fixes format compliance, not"):
+            line += "; a format problem alone: try constrained decoding first"
+        lines.append(line)
+    return lines
 
 
 def weakest_point(summary: EvalSummary, tuned: ArmResult, paired: Paired | None) -> str:
@@ -459,6 +568,7 @@ __all__ = [
     "Verdict",
     "best_prompted",
     "decide",
+    "diagnose",
     "load_summary",
     "weakest_point",
 ]

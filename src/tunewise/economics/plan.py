@@ -40,6 +40,9 @@ class ArmTokens:
     kind: str  # prompted | fine-tuned | endpoint
     prompt_tokens: float
     completion_tokens: float
+    # An endpoint arm is priced by its own catalog entry (e.g. azure-openai/gpt-4o), not by the platforms that
+    # would host the open model.
+    pricing: str | None = None
 
 
 @dataclass
@@ -107,6 +110,29 @@ def gpu_capacity(entry: Entry, arm: ArmTokens) -> float | None:
     return float(entry.throughput_tokens_per_second.value) * 86_400 / tokens  # type: ignore[arg-type]
 
 
+def _endpoint_option(arm: ArmTokens, catalog: Catalog, cadence: float) -> tuple[CostOption | None, str]:
+    """An endpoint arm priced at its own catalog entry's per-token rates: no hosting, no training."""
+    if arm.pricing is None:
+        return None, (
+            f"{arm.name}: an endpoint needs a price; set its `pricing` to a catalog entry (`tunewise pricing` "
+            "lists them) or add one in your pricing file"
+        )
+    try:
+        entry = catalog.get(arm.pricing)
+        per_query = per_query_cost(
+            arm.prompt_tokens,
+            arm.completion_tokens,
+            entry.require("inference_input_per_million_tokens"),
+            entry.require("inference_output_per_million_tokens"),
+        )
+    except TunewiseError as exc:
+        return None, f"{arm.name} @ {arm.pricing}: {exc.message}"
+    option = CostOption(
+        f"{arm.name} @ {entry.platform}", per_query, 0.0, 0.0, cadence, arm=arm.name, platform=entry.id
+    )
+    return option, ""
+
+
 def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOption], list[str], list[str]]:
     """The cost options the request describes, the platforms skipped (with why), and notes."""
     options: list[CostOption] = []
@@ -150,12 +176,19 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
                 except TunewiseError as exc:
                     skipped.append(exc.message)
     elif request.arms:
-        if not entries:
+        if not entries and any(a.kind != "endpoint" for a in request.arms):
             raise TunewiseError(
                 "measured tokens need platforms to price them",
                 hint="pass --platform azure-openai,together (or list economics.platforms in tunewise.yaml)",
             )
         for arm in request.arms:
+            if arm.kind == "endpoint":
+                option, reason = _endpoint_option(arm, catalog, cadence)
+                if option is not None:
+                    options.append(option)
+                else:
+                    skipped.append(reason)
+                continue
             tuned = arm.kind == "fine-tuned"
             for entry in entries:
                 try:

@@ -50,14 +50,20 @@ def render_arms(summary: dict) -> None:
 
 @app.command(
     name="eval",
-    help="Evaluate arms on the held-out split: zero-shot, few-shot, retrieved, fine-tuned:RUN.\n\n"
-    "Example: tunewise eval --arms zero-shot,few-shot,fine-tuned:train-20261129-0623 --limit 50",
+    help="Evaluate arms on the held-out split: zero-shot, few-shot, retrieved, fine-tuned:RUN, and the\n"
+    "OpenAI-compatible endpoints named in evaluation.endpoints.\n\n"
+    "Examples:\n\n"
+    "  tunewise eval --arms zero-shot,few-shot,fine-tuned:train-20261129-0623 --limit 50\n\n"
+    "  tunewise eval --arms few-shot,gpt-4o   (gpt-4o: an endpoint in tunewise.yaml)",
 )
 def eval_command(
     arms: str = typer.Option(
-        "zero-shot,few-shot,retrieved",
+        None,
         "--arms",
-        help="Comma-separated arms; fine-tuned:RUN names a training run.",
+        help="Comma-separated arms; fine-tuned:RUN names a training run; an endpoint by its name; "
+        "ARM+scored (label contracts) or ARM+constrained (json, regex) a variant that meets the contract by "
+        "construction (evaluation.constrained: auto runs each prompted arm's beside it). "
+        "Default: the spec's prompted arms and endpoints.",
     ),
     spec_path: Path = typer.Option(
         None, "--spec", help="The task spec (default: tunewise.yaml found upward)."
@@ -70,15 +76,20 @@ def eval_command(
 ) -> None:
     from tunewise.data.load import load_spec_split
     from tunewise.evaluate.run import run_evaluation
-    from tunewise.project import Project, find_project
+    from tunewise.project import find_project
     from tunewise.spec import load_spec
 
-    project = Project(spec_path.resolve().parent) if spec_path else find_project()
-    spec = load_spec(project.spec_path)
+    project = find_project(spec_path)
+    spec = load_spec(spec_path or project.spec_path)
     if limit:
         spec.evaluation.limit = limit
     if samples:
         spec.evaluation.consistency_samples = samples
+    if arms is None:
+        arms = ",".join(
+            [a for a in spec.evaluation.arms if a != "fine-tuned"]
+            + [e.name for e in spec.evaluation.endpoints]
+        )
     names, run = [], None
     for item in (a.strip() for a in arms.split(",") if a.strip()):
         if item.startswith("fine-tuned:"):

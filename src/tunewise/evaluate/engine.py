@@ -44,12 +44,13 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
+from tunewise.evaluate.constrain import Constraint, GrammarBackend, RowMatchers
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,46 @@ class Generation:
     completion_tokens: int  # len(token_ids): the end-of-turn token costs a decode step like any other
     latency_ms: float  # this prompt's fair share of the measured time (see the module docstring)
     finish_reason: str  # "stop" (end-of-turn token) or "length" (max_new_tokens reached)
+    # With `generate(params=...)` a stop string also gives "stop"; an `on_token` callback's abort gives "abort".
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """One prompt's labels ranked by likelihood (`LocalEngine.score_labels`)."""
+
+    label: str  # the highest-scoring label
+    scores: dict[str, float]  # every label's mean log-probability per reply token
+    prompt_tokens: int
+    completion_tokens: int  # reply tokens of the chosen label (end-of-turn included)
+    scored_tokens: int  # reply tokens of every label: what scoring computed beyond the prompt
+    latency_ms: float
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One prompt's decoding settings, for `generate(params=[...])` (the serving API's per-request settings).
+
+    Each sampled prompt draws from its own generator seeded by `seed`, so its output does not depend on which
+    other prompts share its batch. `top_p` < 1 samples from the smallest set of most likely tokens whose
+    probabilities reach `top_p` (nucleus sampling). A `stop` string ends the prompt's generation as soon as its
+    decoded text contains one; the returned text ends before it.
+    """
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy (top_p and seed are then unused)
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise TunewiseError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise TunewiseError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise TunewiseError(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise TunewiseError("a stop string must not be empty")
 
 
 class LocalEngine:
@@ -156,11 +197,22 @@ class LocalEngine:
         max_new_tokens: int = 64,
         temperature: float = 0.0,
         seed: int = 0,
+        constraint: Constraint | Sequence[Constraint | None] | None = None,
+        *,
+        params: Sequence[SamplingParams] | None = None,
+        on_token: Callable[[int, int], bool | None] | None = None,
     ) -> list[Generation]:
         """Complete every prompt; results keep the order of `prompts`.
 
         `temperature == 0` is greedy decoding; above 0, tokens are sampled from softmax(logits / temperature)
         with a generator seeded by `seed` (reproducible for the same prompts and settings).
+        `constraint` (one for all prompts, or one per prompt, None = free) restricts every step to the tokens
+        that keep the output inside a JSON Schema or regex (evaluate/constrain.py); a constraint xgrammar
+        cannot compile falls back to free generation with a warning. Compiling is charged like the prefix.
+        `params` (one `SamplingParams` per prompt) replaces max_new_tokens, temperature and seed with per-prompt
+        settings, adding top_p and stop strings (the server batches requests with different settings).
+        `on_token(prompt_index, token_id)` is called for every generated token as it is chosen (streaming);
+        returning True ends that prompt's generation (finish_reason "abort": its client went away).
         """
         import torch
 
@@ -173,10 +225,17 @@ class LocalEngine:
         ids = [self.encode(p) for p in prompts]
         if any(not x for x in ids):
             raise TunewiseError("a prompt rendered to zero tokens")
-        generator = torch.Generator().manual_seed(seed) if temperature > 0 else None
+        per_prompt = _PerPrompt(params, len(ids), self.tokenizer) if params is not None else None
+        if per_prompt is not None:
+            max_new_tokens = per_prompt.max_new_tokens
+        generator = torch.Generator().manual_seed(seed) if temperature > 0 and per_prompt is None else None
         spent = [0.0] * len(ids)  # seconds of compute attributed to each prompt
+        compile_start = time.perf_counter()
+        grammars = self._grammars(constraint, len(ids))
+        compile_seconds = time.perf_counter() - compile_start
         with torch.inference_mode():
             prefix_len, prefix_cache, prefix_seconds = self._shared_prefix(ids)
+            prefix_seconds += compile_seconds
             for i in range(len(ids)):
                 spent[i] += prefix_seconds / len(ids)
             results: dict[int, tuple[list[int], str]] = {}
@@ -191,16 +250,30 @@ class LocalEngine:
             for batch in batches:
                 results.update(
                     self._run_batch(
-                        batch, ids, prefix_len, prefix_cache, max_new_tokens, temperature, generator, spent
+                        batch,
+                        ids,
+                        prefix_len,
+                        prefix_cache,
+                        max_new_tokens,
+                        temperature,
+                        generator,
+                        spent,
+                        grammars,
+                        per_prompt,
+                        on_token,
                     )
                 )
         out = []
         for i, prompt_ids in enumerate(ids):
             generated, reason = results[i]
-            body = generated[:-1] if reason == "stop" else generated
+            # A stop string ends a row without an end-of-turn token; its text is cut before the stop string.
+            body = generated[:-1] if generated and generated[-1] in self.stop_token_ids else generated
+            text = self.tokenizer.decode(body, skip_special_tokens=True)
+            if per_prompt is not None:
+                text = per_prompt.cut(i, text)
             out.append(
                 Generation(
-                    text=self.tokenizer.decode(body, skip_special_tokens=True),
+                    text=text,
                     token_ids=tuple(generated),
                     prompt_tokens=len(prompt_ids),
                     completion_tokens=len(generated),
@@ -217,6 +290,7 @@ class LocalEngine:
         temperature: float = 0.7,
         seed: int = 0,
         max_new_tokens: int = 64,
+        constraint: Constraint | None = None,
     ) -> list[list[Generation]]:
         """n sampled completions per prompt (the consistency samples), batched together."""
         if n < 1:
@@ -230,8 +304,219 @@ class LocalEngine:
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             seed=seed,
+            constraint=constraint,
         )
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    # --- label scoring ------------------------------------------------------------------------------------
+
+    def score_labels(
+        self, prompts: Sequence[Prompt], labels: Sequence[str], normalize: bool = True
+    ) -> list[LabelScores]:
+        """Rank `labels` for every prompt by the model's log-likelihood of each label as the assistant reply.
+
+        A label's score is the mean log-probability of its reply tokens (what the chat template appends after
+        the generation prompt, end-of-turn token included: so a label that is a prefix of another is not
+        favoured), i.e. length normalized; `normalize=False` gives the plain sum (the reply's log-probability),
+        which favours short labels where the mean favours long ones whose later tokens are predictable.
+        Ties go to the label listed first. The compute:
+
+        1. the prefix shared by all prompts is run once (as in generate());
+        2. prompts, sorted by length, are prefilled in left-padded batches, each prompt once;
+        3. every label's reply tokens but the last (the last is predicted, never fed) are fed after each prompt
+           of the batch in one forward, one row per prompt: a 4D attention mask lets each label's tokens see
+           the prompt and their own label's earlier tokens only, and their positions restart after the prompt
+           for each label. So the prompt's cache is never copied per label. The fed tokens per forward (rows x
+           reply tokens, each with a vocabulary of logits) stay under `max_batch_tokens` / 8; past that, labels
+           are taken in chunks.
+
+        Latency: the shared prefix split equally, each batch's time split in proportion to its prompts' own
+        tokens, as in generate().
+        """
+        import torch
+
+        if len(labels) < 1:
+            raise TunewiseError("label scoring needs at least one label")
+        if not prompts:
+            return []
+        ids = [self.encode(p) for p in prompts]
+        if any(not x for x in ids):
+            raise TunewiseError("a prompt rendered to zero tokens")
+        replies = [self._reply_ids(label) for label in labels]
+        fed = max(1, sum(len(r) - 1 for r in replies))  # reply tokens fed after each prompt
+        budget = max(1, self.max_batch_tokens // 8)  # rows x fed tokens per forward (x vocabulary logits)
+        scores: list[list[float]] = [[] for _ in ids]
+        with torch.inference_mode():
+            prefix_len, prefix_cache, prefix_seconds = self._shared_prefix(ids)
+            spent = [prefix_seconds / len(ids)] * len(ids)
+            order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+            k = 0
+            while k < len(order):
+                # Longest first: the first prompt of a batch is its widest, so it sizes the batch.
+                width = len(ids[order[k]]) - prefix_len
+                size = min(self.max_batch_size, self.max_batch_tokens // width, budget // fed)
+                group = order[k : k + max(1, size)]
+                k += len(group)
+                start = time.perf_counter()
+                for i, row in zip(
+                    group,
+                    self._score_batch(
+                        [ids[i] for i in group], prefix_len, prefix_cache, replies, budget, normalize
+                    ),
+                ):
+                    scores[i] = row
+                elapsed = time.perf_counter() - start
+                own = [len(ids[i]) - prefix_len for i in group]
+                for i, n in zip(group, own):
+                    spent[i] += elapsed * n / sum(own)
+        results = []
+        for i, row in enumerate(scores):
+            best = max(range(len(labels)), key=lambda j: (row[j], -j))
+            results.append(
+                LabelScores(
+                    label=labels[best],
+                    scores={label: row[j] for j, label in enumerate(labels)},
+                    prompt_tokens=len(ids[i]),
+                    completion_tokens=len(replies[best]),
+                    scored_tokens=sum(len(r) for r in replies),
+                    latency_ms=spent[i] * 1000.0,
+                )
+            )
+        return results
+
+    def _reply_ids(self, text: str) -> list[int]:
+        """The tokens the chat template appends for an assistant reply `text`, through its end-of-turn token."""
+        probe = [{"role": "user", "content": "x"}]
+        try:
+            head = self.tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+            full = self.tokenizer.apply_chat_template(
+                [*probe, {"role": "assistant", "content": text}], tokenize=False
+            )
+        except Exception:  # no chat template: the label and an end-of-turn token
+            head, full = "", None
+        if full is not None and full.startswith(head):
+            head_ids = self.encode(head)
+            full_ids = self.encode(full)
+            if full_ids[: len(head_ids)] == head_ids and len(full_ids) > len(head_ids):
+                reply = full_ids[len(head_ids) :]
+                end = next((k for k, t in enumerate(reply) if t in self.stop_token_ids), None)
+                if end is not None and end > 0:
+                    return reply[: end + 1]
+        body = self.encode(text)
+        return [*body, self._end_of_turn_id()]
+
+    def _end_of_turn_id(self) -> int:
+        vocab = self.tokenizer.get_vocab()
+        for token in _END_OF_TURN:
+            if token in vocab and vocab[token] in self.stop_token_ids:
+                return vocab[token]
+        return min(self.stop_token_ids)
+
+    def _score_batch(
+        self,
+        batch: list[list[int]],
+        prefix_len: int,
+        prefix_cache: Any,
+        replies: list[list[int]],
+        budget: int,
+        normalize: bool = True,
+    ) -> list[list[float]]:
+        """Mean log-probability of each reply after each prompt of a batch (see score_labels)."""
+        import torch
+
+        rows = len(batch)
+        suffixes = [x[prefix_len:] for x in batch]
+        width = max(len(x) for x in suffixes)
+        feed = torch.full((rows, width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((rows, prefix_len + width), dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        for r, x in enumerate(suffixes):
+            feed[r, width - len(x) :] = torch.tensor(x)
+            mask[r, prefix_len + width - len(x) :] = 1
+        positions = (prefix_len + mask[:, prefix_len:].cumsum(-1) - 1).clamp(min=prefix_len)
+        cache = self._new_cache()
+        if prefix_cache is not None:
+            cache.layers = [_shared_view(layer, rows) for layer in prefix_cache.layers]
+        first = torch.log_softmax(
+            self._forward(feed, mask, positions, cache).float(), dim=-1
+        )  # [rows, vocab]
+        next_pos = positions[:, -1] + 1
+        out = [[first[r, reply[0]].item() for reply in replies] for r in range(rows)]
+        seen = prefix_len + width  # cached positions of every row
+        # Labels in chunks of at most `budget` fed tokens over the batch's rows.
+        chunks: list[list[int]] = [[]]
+        for j, reply in enumerate(replies):
+            if len(reply) < 2:
+                continue
+            if chunks[-1] and rows * (sum(len(replies[i]) - 1 for i in chunks[-1]) + len(reply) - 1) > budget:
+                chunks.append([])
+            chunks[-1].append(j)
+        dtype = self.model.get_output_embeddings().weight.dtype
+        for chunk in chunks:
+            if not chunk:
+                continue
+            tokens: list[int] = []
+            offsets: list[int] = []  # each fed token's position after the prompt (restarts per label)
+            segment: list[int] = []  # each fed token's label, to keep labels from seeing one another
+            for j in chunk:
+                fed = replies[j][:-1]
+                tokens += fed
+                offsets += range(len(fed))
+                segment += [j] * len(fed)
+            q = len(tokens)
+            seg = torch.tensor(segment)
+            own = (seg[:, None] == seg[None, :]) & torch.ones((q, q), dtype=torch.bool).tril()
+            allowed = torch.cat(
+                [mask.bool()[:, None, :].expand(rows, q, seen), own.expand(rows, q, q)], dim=-1
+            )
+            # Additive form (0 or the dtype's minimum) works with every attention implementation.
+            bias = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+            kwargs = {self._cache_arg: cache, "use_cache": True}
+            logits = self.model(
+                input_ids=torch.tensor(tokens).expand(rows, q),
+                attention_mask=bias[:, None],
+                position_ids=next_pos[:, None] + torch.tensor(offsets)[None, :],
+                **kwargs,
+            ).logits.float()
+            cache.crop(-q)  # drop this chunk's q positions: the next chunk sees the prompt only
+            logp = logits - logits.logsumexp(dim=-1, keepdim=True)  # [rows, q, vocab]
+            start = 0
+            for j in chunk:
+                targets = torch.tensor(replies[j][1:])
+                n = len(targets)
+                picked = logp[:, start : start + n].gather(-1, targets[None, :, None].expand(rows, n, 1))
+                for r in range(rows):
+                    out[r][j] += picked[r].sum().item()
+                start += n
+        return [[total / (len(x) if normalize else 1) for total, x in zip(row, replies)] for row in out]
+
+    # --- constraints --------------------------------------------------------------------------------------
+
+    def can_enforce(self, constraint: Constraint) -> bool:
+        """Whether `constraint` compiles to a grammar here (compiled once and cached); when it does not,
+        generate() would warn and decode freely, so a server should refuse the request instead."""
+        return self._grammar_backend().compile(constraint) is not None
+
+    def _grammar_backend(self) -> GrammarBackend:
+        if getattr(self, "_backend", None) is None:
+            width = self.model.get_output_embeddings().weight.shape[0]
+            self._backend = GrammarBackend(self.tokenizer, width, sorted(self.stop_token_ids))
+        return self._backend
+
+    def _grammars(
+        self, constraint: Constraint | Sequence[Constraint | None] | None, n: int
+    ) -> dict[int, Any] | None:
+        """Each prompt's compiled grammar (prompt index -> grammar), or None when nothing is constrained."""
+        if constraint is None:
+            return None
+        per_prompt = [constraint] * n if isinstance(constraint, Constraint) else list(constraint)
+        if len(per_prompt) != n:
+            raise TunewiseError(f"{len(per_prompt)} constraints for {n} prompts: give one, or one per prompt")
+        if not any(per_prompt):
+            return None
+        backend = self._grammar_backend()
+        grammars = {i: backend.compile(c) for i, c in enumerate(per_prompt) if c is not None}
+        return {i: g for i, g in grammars.items() if g is not None} or None
 
     # --- internals ----------------------------------------------------------------------------------------
 
@@ -302,11 +587,20 @@ class LocalEngine:
         temperature: float,
         generator: Any,
         spent: list[float],
+        grammars: Mapping[int, Any] | None = None,
+        per_prompt: _PerPrompt | None = None,
+        on_token: Callable[[int, int], bool | None] | None = None,
     ) -> dict[int, tuple[list[int], str]]:
         import torch
 
         start = time.perf_counter()
         rows = len(batch)
+        # One grammar state per constrained prompt of the batch (empty when nothing is constrained).
+        matchers = (
+            RowMatchers(self._grammar_backend(), {i: grammars[i] for i in batch if grammars.get(i)})
+            if grammars
+            else None
+        )
         # Identical prompts in a batch (sample() repeats each prompt n times) are prefilled once; their cache and
         # logits are then copied to every row that asked for them. Rows keep their order, so sampling draws the
         # same random numbers in the same order as if each copy had been prefilled on its own.
@@ -366,7 +660,11 @@ class LocalEngine:
         step_start = time.perf_counter()
         for step in range(max_new_tokens):
             current = logits if len(live) == len(members) else logits[torch.tensor(live)]
-            if temperature > 0:
+            if matchers:
+                current = matchers.mask_(current, [members[r] for r in live])
+            if per_prompt is not None:
+                chosen = per_prompt.choose(current, [members[r] for r in live])
+            elif temperature > 0:
                 probs = torch.softmax(current.float() / temperature, dim=-1)
                 chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             else:
@@ -380,9 +678,16 @@ class LocalEngine:
             for r, token in zip(live, chosen.tolist(), strict=True):
                 i = members[r]
                 generated[i].append(token)
+                if matchers:
+                    matchers.accept(i, token)
+                abort = on_token is not None and on_token(i, token)
                 if token in self.stop_token_ids:
                     done[i] = (generated[i], "stop")
-                elif step + 1 == max_new_tokens:
+                elif per_prompt is not None and per_prompt.hit_stop(i, generated[i]):
+                    done[i] = (generated[i], "stop")
+                elif abort:
+                    done[i] = (generated[i], "abort")
+                elif step + 1 == (per_prompt.limit(i) if per_prompt is not None else max_new_tokens):
                     done[i] = (generated[i], "length")
                 else:
                     still.append(r)
@@ -414,6 +719,75 @@ class LocalEngine:
         elapsed = time.perf_counter() - since
         for i in rows:
             spent[i] += elapsed / len(rows)
+
+
+def _shared_view(layer: Any, rows: int) -> Any:
+    """A cache layer holding `layer`'s positions for `rows` rows without copying them now: a plain layer's
+    keys/values become an expanded view, which its first update concatenates into new tensors (one copy, which
+    that update would make anyway); the original layer is never written. Other layer types are deep-copied."""
+    if type(layer) is _dynamic_layer() or type(layer) is _slot_layer_class():
+        view = _dynamic_layer()()
+        view.lazy_initialization(layer.keys, layer.values)
+        view.keys = layer.keys.expand(rows, -1, -1, -1)
+        view.values = layer.values.expand(rows, -1, -1, -1)
+        return view
+    repeated = copy.deepcopy(layer)
+    if rows > 1:
+        repeated.batch_repeat_interleave(rows)
+    return repeated
+
+
+class _PerPrompt:
+    """The `SamplingParams` of one generate() call: a generator per sampled prompt, top_p, stop strings."""
+
+    def __init__(self, params: Sequence[SamplingParams], n: int, tokenizer: Any):
+        import torch
+
+        self.params = list(params)
+        if len(self.params) != n:
+            raise TunewiseError(f"{len(self.params)} SamplingParams for {n} prompts: give one per prompt")
+        self.tokenizer = tokenizer
+        self.max_new_tokens = max(p.max_new_tokens for p in self.params)
+        self.generators = [
+            torch.Generator().manual_seed(p.seed) if p.temperature > 0 else None for p in self.params
+        ]
+        # A stop string of k characters spans at most k tokens (a few more when tokens hold partial UTF-8
+        # characters), so only the tail of a row's tokens is decoded to look for it.
+        self.windows = [max((len(s) for s in p.stop), default=0) + 8 for p in self.params]
+
+    def limit(self, i: int) -> int:
+        return self.params[i].max_new_tokens
+
+    def choose(self, logits: Any, prompts: list[int]) -> Any:
+        """The next token of each row (`prompts[row]` is the row's prompt index)."""
+        import torch
+
+        chosen = logits.argmax(dim=-1)
+        for row, i in enumerate(prompts):
+            p = self.params[i]
+            if p.temperature > 0:
+                probs = torch.softmax(logits[row].float() / p.temperature, dim=-1)
+                if p.top_p < 1:
+                    ranked, order = probs.sort(descending=True)
+                    # Keep the most likely tokens until their mass reaches top_p (the first always stays).
+                    ranked = ranked * ((ranked.cumsum(-1) - ranked) < p.top_p)
+                    pick = torch.multinomial(ranked, 1, generator=self.generators[i])
+                    chosen[row] = order[pick[0]]
+                else:
+                    chosen[row] = torch.multinomial(probs, 1, generator=self.generators[i])[0]
+        return chosen
+
+    def hit_stop(self, i: int, generated: list[int]) -> bool:
+        stops = self.params[i].stop
+        if not stops:
+            return False
+        tail = self.tokenizer.decode(generated[-self.windows[i] :], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+    def cut(self, i: int, text: str) -> str:
+        """`text` up to the first stop string of prompt i."""
+        cuts = [text.find(s) for s in self.params[i].stop]
+        return text[: min((c for c in cuts if c >= 0), default=len(text))]
 
 
 def _dynamic_layer() -> type:

@@ -4,7 +4,13 @@
     fine-tuned                         a training run's adapter merged into the base (or its full model)
 
 Each arm answers every held-out example once, greedily (the scored answer), and `consistency_samples` more
-times at `temperature` (the consistency rate). Every model call is logged in the registry (tokens, latency);
+times at `temperature` (the consistency rate).
+
+Variants that meet the contract by construction (evaluate/constrain.py) run next to their free arm, on the
+same prompts: `ARM+scored` ranks a label contract's labels by likelihood, `ARM+constrained` decodes under the
+JSON Schema or regex. `evaluation.constrained` (auto: the prompted arms; true: the fine-tuned arm too; false:
+none) adds them; an arm list may also name them (`few-shot+scored`). A scored arm's consistency samples are
+labels drawn from its label scores at `temperature` (see `constrain.label_samples`). Every model call is logged in the registry (tokens, latency);
 per-example records and the summary are written to the run directory and the registry, so the report, the
 review pages and the verdict read them later.
 """
@@ -14,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,6 +29,14 @@ from typing import Any
 from tunewise.data.formats import completion
 from tunewise.errors import TunewiseError
 from tunewise.evaluate.arms import PROMPTED_ARMS, build_prompters, query_messages
+from tunewise.evaluate.constrain import (
+    CONSTRAINED,
+    SCORED,
+    constraint_for_contract,
+    label_samples,
+    split_arm,
+    variant_for_contract,
+)
 from tunewise.project import Project, atomic_write_text
 from tunewise.spec import Spec
 
@@ -48,6 +62,46 @@ def auto_max_new_tokens(references: list[str], count: Callable[[list[str]], list
     """
     longest = max(count(references), default=0)
     return int(min(512, max(16, longest * 1.25 + 8)))
+
+
+def plan_arms(
+    arms: list[str], contract: Any, constrained: str | bool = "auto", endpoints: Collection[str] = ()
+) -> list[str]:
+    """The arms to run, in order: each asked arm, then its contract-meeting variant when `constrained` says
+    (auto: prompted arms; True: the fine-tuned arm too; False: none; never endpoints, whose logits we do not
+    see). Variants named explicitly are kept; unknown arms and a variant the contract does not allow are errors.
+
+    >>> plan_arms(["zero-shot", "fine-tuned"], {"type": "label", "labels": ["a", "b"]})
+    ['zero-shot', 'zero-shot+scored', 'fine-tuned']
+    >>> plan_arms(["few-shot", "fine-tuned"], {"type": "json"}, constrained=True)
+    ['few-shot', 'few-shot+constrained', 'fine-tuned', 'fine-tuned+constrained']
+    >>> plan_arms(["few-shot"], {"type": "text"})
+    ['few-shot']
+    """
+    allowed = variant_for_contract(contract)
+    local = [a for a in arms if a not in endpoints]
+    unknown = [a for a in local if split_arm(a)[0] not in (*PROMPTED_ARMS, "fine-tuned")]
+    if unknown:
+        raise TunewiseError(
+            f"unknown arm(s): {', '.join(unknown)}",
+            hint="use zero-shot, few-shot, retrieved, fine-tuned (optionally +scored for a label contract, "
+            "+constrained for json or regex), or an endpoint named in evaluation.endpoints",
+        )
+    bad = [a for a in local if split_arm(a)[1] not in (None, allowed)]
+    if bad:
+        kind = contract.get("type") if isinstance(contract, dict) else getattr(contract, "type", "text")
+        raise TunewiseError(
+            f"arm(s) {', '.join(bad)} do not fit a {kind} contract",
+            hint=f"use +{allowed}" if allowed else "a text contract has no format to enforce",
+        )
+    planned: list[str] = []
+    for arm in arms:
+        planned.append(arm)
+        base, variant = split_arm(arm)
+        wanted = constrained is True or (constrained == "auto" and base != "fine-tuned")
+        if arm not in endpoints and variant is None and allowed and wanted:
+            planned.append(f"{base}+{allowed}")
+    return list(dict.fromkeys(planned))
 
 
 def _new_run_id() -> str:
@@ -96,6 +150,22 @@ def load_fine_tuned(project: Project, run: str) -> tuple[Any, Any, dict[str, Any
     return model, tokenizer, {"run_id": run_dir.name, "run_dir": str(run_dir), "base": base}
 
 
+def _endpoint_engine(endpoint: Any) -> Any:
+    from tunewise.evaluate.endpoint import EndpointConfig, EndpointEngine
+
+    return EndpointEngine(
+        EndpointConfig(
+            name=endpoint.name,
+            base_url=endpoint.base_url,
+            model=endpoint.model,
+            api_key_env=endpoint.api_key_env,
+            concurrency=endpoint.concurrency,
+            timeout_s=endpoint.timeout_s,
+            max_retries=endpoint.max_retries,
+        )
+    )
+
+
 def run_evaluation(
     spec: Spec,
     project: Project,
@@ -112,12 +182,9 @@ def run_evaluation(
     from tunewise.models.loading import load_model, load_tokenizer
 
     say = narrate or log.info
-    unknown = [a for a in arms if a not in (*PROMPTED_ARMS, "fine-tuned")]
-    if unknown:
-        raise TunewiseError(
-            f"unknown arm(s): {', '.join(unknown)}", hint="use zero-shot, few-shot, retrieved, fine-tuned"
-        )
-    if "fine-tuned" in arms and not fine_tuned_run:
+    endpoints = {e.name: e for e in spec.evaluation.endpoints}
+    arms = plan_arms(list(arms), spec.contract, spec.evaluation.constrained, endpoints)
+    if any(a not in endpoints and split_arm(a)[0] == "fine-tuned" for a in arms) and not fine_tuned_run:
         raise TunewiseError(
             "the fine-tuned arm needs a training run", hint="pass fine-tuned:RUN_ID, or train first"
         )
@@ -143,6 +210,8 @@ def run_evaluation(
         max_new = spec.evaluation.max_new_tokens
     n_samples = spec.evaluation.consistency_samples
     contract = spec.contract.model_dump(by_alias=True)
+    labels = list(contract.get("labels") or [])
+    constraint = constraint_for_contract(spec.contract)
 
     run_id = _new_run_id()
     run_dir = project.runs_dir / run_id
@@ -155,6 +224,7 @@ def run_evaluation(
         "consistency_samples": n_samples,
         "temperature": spec.evaluation.temperature,
         "n_examples": len(held_out),
+        "constrained": spec.evaluation.constrained,
         "dataset_version": dataset_version,
         "seed": seed,
     }
@@ -170,13 +240,27 @@ def run_evaluation(
     arm_info: dict[str, dict[str, Any]] = {}
     calls: list[tuple] = []
     try:
-        base_engine = None
-        for arm in arms:
+        base_engine = tuned_engine = tuned_run = None
+        for name in arms:
+            # `few-shot+scored` is the few-shot prompt, answered by label scoring (see the module docstring).
+            arm, variant = (name, None) if name in endpoints else split_arm(name)
             if arm == "fine-tuned":
-                model, tok, info = load_fine_tuned(project, fine_tuned_run)
-                engine = LocalEngine(model, tok)
-                name = "fine-tuned"
-                arm_info[name] = {"kind": "fine-tuned", "constrained": False, "run": info["run_id"]}
+                if tuned_engine is None:
+                    model, tok, info = load_fine_tuned(project, fine_tuned_run)
+                    tuned_engine, tuned_run = LocalEngine(model, tok), info["run_id"]
+                engine = tuned_engine
+                arm_info[name] = {"kind": "fine-tuned", "constrained": False, "run": tuned_run}
+            elif arm in endpoints:
+                engine = _endpoint_engine(endpoints[arm])
+                name = arm
+                arm_info[name] = {
+                    "kind": "endpoint",
+                    "constrained": False,
+                    "model": endpoints[arm].model,
+                    "base_url": endpoints[arm].base_url,
+                    "prompt": endpoints[arm].prompt,
+                    "pricing": endpoints[arm].pricing,
+                }
             else:
                 if base_engine is None:
                     base_engine = LocalEngine(
@@ -189,26 +273,46 @@ def run_evaluation(
                         tokenizer,
                     )
                 engine = base_engine
-                name = arm
                 arm_info[name] = {"kind": "prompted", "constrained": False}
-            prompter = prompters[arm]
+            arm_info[name].update(constrained=variant is not None, variant=variant or "free")
+            if variant == CONSTRAINED and not engine.can_enforce(constraint):
+                say(f"{name}: skipped, the contract's {constraint.kind} cannot be enforced while decoding")
+                del arm_info[name]
+                continue
+            prompter = prompters[endpoints[arm].prompt if arm in endpoints else arm]
             prompts = [prompter.messages(ex) for ex in held_out]
-            say(
-                f"{name}: {len(prompts)} prompts, greedy"
-                + (f" + {n_samples} samples each" if n_samples > 1 else "")
-            )
-            answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed)
-            samples = (
-                engine.sample(
-                    prompts,
-                    n_samples,
-                    temperature=spec.evaluation.temperature,
-                    seed=seed,
-                    max_new_tokens=max_new,
+            if variant == SCORED:
+                say(f"{name}: {len(prompts)} prompts, {len(labels)} labels ranked by likelihood")
+                answers, samples = _score_arm(
+                    engine, prompts, labels, n_samples, spec.evaluation.temperature, seed
                 )
-                if n_samples > 1
-                else [[] for _ in prompts]
-            )
+            else:
+                say(
+                    f"{name}: {len(prompts)} prompts, greedy"
+                    + (f" + {n_samples} samples each" if n_samples > 1 else "")
+                    + (f", decoding constrained to the contract's {constraint.kind}" if variant else "")
+                )
+                limit_to = {"constraint": constraint} if variant == CONSTRAINED else {}
+                answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
+                samples = (
+                    engine.sample(
+                        prompts,
+                        n_samples,
+                        temperature=spec.evaluation.temperature,
+                        seed=seed,
+                        max_new_tokens=max_new,
+                        **limit_to,
+                    )
+                    if n_samples > 1
+                    else [[] for _ in prompts]
+                )
+            if arm in endpoints:
+                arm_info[name].update(failed_requests=engine.errors, retries=engine.retries)
+                if engine.errors:
+                    say(
+                        f"  {name}: {engine.errors} request(s) still failed after retries; "
+                        "their answers count as wrong (finish_reason 'error' in the records)"
+                    )
             for i, (ex, answer, extra) in enumerate(zip(held_out, answers, samples)):
                 records.append(
                     {
@@ -216,12 +320,15 @@ def run_evaluation(
                         "input": "\n".join(m["content"] for m in query_messages(ex)),
                         "reference": references[i],
                         "arm": name,
+                        "kind": arm_info[name]["kind"],
+                        "constrained": arm_info[name]["constrained"],
                         "output": answer.text,
                         "samples": [g.text for g in extra],
                         "latency_ms": answer.latency_ms,
                         "prompt_tokens": answer.prompt_tokens,
                         "completion_tokens": answer.completion_tokens,
                         "finish_reason": answer.finish_reason,
+                        **({"label_scores": answer.scores} if variant == SCORED else {}),
                     }
                 )
                 now = _utc_now()
@@ -240,9 +347,12 @@ def run_evaluation(
                 calls.extend(
                     (run_id, name, str(i), j + 1, g.prompt_tokens, g.completion_tokens, g.latency_ms, now)
                     for j, g in enumerate(extra)
+                    if variant != SCORED  # a scored arm's samples are drawn from its scores: no model call
                 )
         summary = build_summary(records, contract, task=spec.task.name, arm_info=arm_info, seed=seed)
         summary["run_id"] = run_id
+        # What each arm was, so the pipeline merges summaries without guessing.
+        summary["arm_info"] = arm_info
         summary["max_new_tokens"] = max_new
         atomic_write_text(
             run_dir / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -257,7 +367,7 @@ def run_evaluation(
             )
             conn.execute(
                 "INSERT INTO evaluations VALUES (?, ?, ?, ?)",
-                (run_id, dataset_version, json.dumps(arms), json.dumps(summary)),
+                (run_id, dataset_version, json.dumps(list(arm_info)), json.dumps(summary)),
             )
             conn.execute(
                 "UPDATE runs SET status='succeeded', finished_at=?, result=? WHERE id=?",
@@ -277,3 +387,45 @@ def run_evaluation(
     atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
     registry.close()
     return EvalResult(run_id, run_dir, summary, records)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A scored arm's answer in the shape the records need (text: the chosen label)."""
+
+    text: str
+    scores: dict[str, float]
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str = "scored"
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """A consistency sample of a scored arm: a label drawn from its scores, no model call."""
+
+    text: str
+    latency_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def _score_arm(
+    engine: Any, prompts: list, labels: list[str], n_samples: int, temperature: float, seed: int
+) -> tuple[list[_Scored], list[list[_Drawn]]]:
+    """Label scoring of every prompt, and its consistency samples drawn from each prompt's label scores."""
+    import random
+
+    ranked = engine.score_labels(prompts, labels)
+    answers = [_Scored(r.label, r.scores, r.latency_ms, r.prompt_tokens, r.completion_tokens) for r in ranked]
+    samples = [
+        [
+            _Drawn(x)
+            for x in label_samples(r.scores, n_samples, temperature, random.Random(seed * 100_003 + i))
+        ]
+        if n_samples > 1
+        else []
+        for i, r in enumerate(ranked)
+    ]
+    return answers, samples

@@ -50,6 +50,15 @@ def _kind(arm: str) -> str:
     return "endpoint"
 
 
+def _variant(arm: str) -> str:
+    """'scored' for 'few-shot+scored', 'free' for an arm without a suffix.
+
+    >>> _variant("few-shot+scored"), _variant("fine-tuned")
+    ('scored', 'free')
+    """
+    return arm.partition("+")[2] or "free"
+
+
 def contract_vocabulary(schema: Any, labels: Sequence[str] = ()) -> tuple[str, ...]:
     """Values the contract itself offers: its labels and every string `enum`/`const` of its JSON Schema.
     Answering with one of them invents nothing (it may still be the wrong answer, which accuracy measures).
@@ -149,6 +158,8 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         "name": name,
         "kind": info.get("kind") or first.get("kind") or _kind(name),
         "constrained": bool(info.get("constrained", first.get("constrained", False))),
+        # free | scored (labels ranked by likelihood) | constrained (schema-constrained decoding)
+        "variant": info.get("variant") or first.get("variant") or _variant(name),
         "n": len(rows),
         "accuracy": _rate([r["correct"] for r in rows]),
         "accuracy_lenient": _rate([r["correct_lenient"] for r in rows]),
@@ -187,6 +198,8 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         arm["field_precision"] = tp / predicted if predicted else None
         arm["field_recall"] = tp / reference if reference else None
         arm["field_f1_mean"] = bootstrap_mean([r["field_f1"] for r in rows]).as_dict()
+    # What else the caller knows about the arm (its training run, an endpoint's model and pricing entry, ...).
+    arm.update({k: v for k, v in info.items() if k not in arm and k != "labels"})
     return arm
 
 
