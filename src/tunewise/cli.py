@@ -63,6 +63,7 @@ COMMAND_MODULES = (
     "tunewise.economics.cli",  # cost, pricing
     "tunewise.decide.cli",  # advise, decide
     "tunewise.report.cli",  # report
+    "tunewise.serve.cli",  # serve, keys
 )
 
 

@@ -82,3 +82,83 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    (
+        "005_api_keys",
+        """
+        CREATE TABLE api_keys (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            prefix TEXT NOT NULL,           -- the key's first characters, shown in `tunewise keys list`
+            salt TEXT NOT NULL,             -- hex, 16 random bytes
+            hash TEXT NOT NULL,             -- hex sha256(salt || key); the key itself is never stored
+            created_at TEXT NOT NULL,
+            revoked_at TEXT,
+            last_used_at TEXT
+        );
+        CREATE INDEX api_keys_prefix ON api_keys(prefix);
+        """,
+    )
+)
+
+MIGRATIONS.append(
+    (
+        "006_fine_tuning",
+        """
+        CREATE TABLE files (
+            id TEXT PRIMARY KEY,            -- file-<hex>, as OpenAI's Files API names them
+            filename TEXT NOT NULL,         -- the name the client uploaded
+            purpose TEXT NOT NULL,          -- 'fine-tune' (uploaded) or 'fine-tune-results' (a job's metrics)
+            bytes INTEGER NOT NULL,
+            created_at INTEGER NOT NULL,    -- unix seconds, as the API returns them
+            status TEXT NOT NULL,           -- 'processed': only files that passed the data check are kept
+            path TEXT NOT NULL              -- .tunewise/files/<id>
+        );
+        CREATE TABLE fine_tuning_jobs (
+            id TEXT PRIMARY KEY,            -- ftjob-<hex>
+            created_at INTEGER NOT NULL,
+            model TEXT NOT NULL,            -- the base: embedded:..., tiny:random or a model folder
+            status TEXT NOT NULL,           -- validating_files, queued, running, succeeded, failed, cancelled
+            training_file TEXT NOT NULL,
+            validation_file TEXT,
+            hyperparameters TEXT NOT NULL,  -- JSON: as requested (n_epochs, batch_size, ..., 'auto' kept)
+            resolved TEXT,                  -- JSON: what they became once the run started
+            suffix TEXT,
+            seed INTEGER NOT NULL,
+            model_name TEXT NOT NULL,       -- the ft: name the job's model gets when it succeeds
+            fine_tuned_model TEXT,
+            finished_at INTEGER,
+            estimated_finish INTEGER,
+            error TEXT,                     -- JSON: {code, message, param} when failed
+            trained_tokens INTEGER,
+            result_files TEXT,              -- JSON list of file ids
+            metadata TEXT,                  -- JSON: the client's key-value pairs
+            run_id TEXT,                    -- the training run directory under .tunewise/runs
+            owner TEXT,                     -- 'pid:start-time' of the process running it (see serve/worker.py)
+            attempts INTEGER NOT NULL DEFAULT 0  -- process starts: 1 plus the number of resumes
+        );
+        CREATE INDEX fine_tuning_jobs_status ON fine_tuning_jobs(status);
+        CREATE TABLE fine_tuning_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id TEXT NOT NULL REFERENCES fine_tuning_jobs(id),
+            created_at INTEGER NOT NULL,
+            level TEXT NOT NULL,            -- info, warn, error
+            message TEXT NOT NULL,
+            type TEXT NOT NULL,             -- message or metrics
+            data TEXT                       -- JSON
+        );
+        CREATE INDEX fine_tuning_events_job ON fine_tuning_events(job_id, id);
+        CREATE TABLE fine_tuning_checkpoints (
+            id TEXT PRIMARY KEY,            -- ftckpt-<hex>
+            job_id TEXT NOT NULL REFERENCES fine_tuning_jobs(id),
+            created_at INTEGER NOT NULL,
+            step_number INTEGER NOT NULL,
+            metrics TEXT NOT NULL,          -- JSON: step, train_loss, valid_loss, ...
+            fine_tuned_model_checkpoint TEXT NOT NULL,
+            path TEXT NOT NULL,             -- the checkpoint folder in the run directory
+            UNIQUE (job_id, step_number)
+        );
+        """,
+    )
+)

@@ -466,8 +466,12 @@ def run(
     narrate: Narrate | None = None,
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
     prepared: Prepared | None = None,
+    run_id: str | None = None,
 ) -> TrainResult | Plan:
-    """Train (or, with `dry_run`, plan) one run; `resume` names a run to continue from its last checkpoint."""
+    """Train (or, with `dry_run`, plan) one run; `resume` names a run to continue from its last checkpoint.
+
+    `run_id` names a new run's directory (default: a fresh `train-<time>-<hex>` id); the fine-tuning jobs API
+    names it after the job."""
     import torch
 
     say = narrate or log.info
@@ -502,8 +506,9 @@ def run(
         torch.set_num_threads(config.threads)
     try:
         return _run(
-            config, project, recorded, run_dir, resume, dry_run, say, on_step, prepared, rank, world, device
-        )
+            config, project, recorded, run_dir, resume, dry_run, say, on_step, prepared, rank, world, device,
+            run_id,
+        )  # fmt: skip
     finally:
         torch.set_num_threads(threads_before)  # a library call must not leave the process's threads changed
 
@@ -511,7 +516,7 @@ def run(
 def _run(
     config: TrainConfig, project: Project, recorded: dict[str, Any] | None, run_dir: Path | None,
     resume: str | None, dry_run: bool, say: Narrate, on_step: Callable[[int, dict[str, Any]], None] | None,
-    prepared: Prepared | None, rank: int, world: int, device: str,
+    prepared: Prepared | None, rank: int, world: int, device: str, new_run_id: str | None = None,
 ) -> TrainResult | Plan:  # fmt: skip
     import torch
 
@@ -527,7 +532,7 @@ def _run(
     if recorded is not None:
         resolved = Resolved(**recorded["resolved"])
     else:
-        n_params = _param_count_hint(config)
+        n_params = param_count_hint(config)
         resolved = auto_hyperparameters(config, n_examples, n_params, longest, prepared.context_length)
     if resolved.max_length < longest:  # apply an explicit or resolved max_length below the context length
         prepared.train = _truncate(prepared.train, resolved.max_length)
@@ -583,7 +588,7 @@ def _run(
         )
 
     # 3. The run directory and registry row (rank 0 only writes).
-    run_id = run_dir.name if run_dir is not None else records.new_run_id()
+    run_id = run_dir.name if run_dir is not None else new_run_id or records.new_run_id()
     if world > 1:  # every process must agree on the run directory (rank 0 writes, all read checkpoints)
         import torch.distributed as dist
 
@@ -666,7 +671,7 @@ def _time_step(model: Any, prepared: Prepared, groups: list[list[int]], dtype: s
     return time.perf_counter() - started
 
 
-def _param_count_hint(config: TrainConfig) -> int:
+def param_count_hint(config: TrainConfig) -> int:
     """Parameter count for the auto rule, read from the model's config without loading weights."""
     from tunewise.models.loading import TINY_MODEL, resolve_base
 
@@ -824,7 +829,7 @@ def _train(
         if done % ckpt_every == 0 and done < total_steps and writer and not stop:
             save_checkpoint(run_dir, done, model, optimizer, {k: v for k, v in state.items() if k != "step"})
         if on_step is not None:
-            on_step(done, record)
+            on_step(done, {**record, "total_steps": total_steps})
         if stop:
             say(
                 f"early stopping at step {done}: no held-out improvement in {config.early_stopping_patience} evaluations"

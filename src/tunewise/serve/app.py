@@ -1,0 +1,176 @@
+"""The FastAPI application of `tunewise serve`.
+
+Routes (all under /v1, all behind `require_key` unless the server runs with --no-auth on loopback):
+
+- `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (this module, `inference`)
+- `/v1/files` (`serve.files`), `/v1/fine_tuning/jobs` (`serve.jobs`, whose worker runs in the lifespan)
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import StreamingResponse
+
+from tunewise.project import Project
+from tunewise.serve.auth import KeyStore, require_key
+from tunewise.serve.errors import BodySizeLimit, install_handlers
+from tunewise.serve.files import router as files_router
+from tunewise.serve.inference import ChatCompletionRequest, InferenceService, ServeSettings
+from tunewise.serve.jobs import router as jobs_router
+from tunewise.serve.worker import JobWorker
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    project: Project,
+    *,
+    no_auth: bool = False,
+    settings: ServeSettings | None = None,
+    start_worker: bool = True,
+) -> FastAPI:
+    """The API over `project`. `start_worker`: run the fine-tuning job worker in the lifespan."""
+    settings = settings or ServeSettings()
+    registry = project.registry()  # creates the registry and applies pending migrations (api_keys among them)
+    registry.close()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.inference.start()
+        worker = None
+        if start_worker:
+            worker = JobWorker(project)
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            app.state.inference.stop()
+            app.state.keys.close()
+
+    app = FastAPI(title="tunewise", version=_version(), lifespan=lifespan)
+    app.state.project = project
+    app.state.settings = settings
+    app.state.no_auth = no_auth
+    app.state.keys = KeyStore(Path(project.state_dir) / "registry.sqlite3")
+    app.state.inference = InferenceService(project, settings)
+    install_handlers(app)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, overrides={"/v1/files": settings.max_upload_bytes}
+    )
+    for router in (inference_router, files_router, jobs_router):
+        app.include_router(router)
+    return app
+
+
+inference_router = APIRouter(dependencies=[Depends(require_key)])
+
+
+@inference_router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": request.app.state.inference.models()}
+
+
+@inference_router.get("/v1/models/{model_id:path}")
+async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
+    service: InferenceService = request.app.state.inference
+    served = service.pool.resolve(model_id)  # 404 model_not_found
+    return next((m for m in service.models() if m["id"] == served.id), served.to_dict())
+
+
+@inference_router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    """OpenAI's chat completions: validated and tokenized here, decoded by the batcher with other requests."""
+    service: InferenceService = request.app.state.inference
+    job = service.prepare(body)
+    service.submit(job)
+    if body.stream:
+        return StreamingResponse(
+            service.stream(job, body),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    return await service.complete(job, body)
+
+
+def _version() -> str:
+    from tunewise import __version__
+
+    return __version__
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("localhost"), is_loopback("0.0.0.0")
+    (True, True, True, False)
+    """
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> Any:
+    """A listening socket on host:port (port 0: a free one), so the real port is known before serving."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        from tunewise.errors import TunewiseError
+
+        raise TunewiseError(
+            f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --port"
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+def check_auth(host: str, no_auth: bool) -> None:
+    """--no-auth only where nobody else can connect."""
+    from tunewise.errors import TunewiseError
+
+    if no_auth and not is_loopback(host):
+        raise TunewiseError(
+            f"--no-auth is allowed only on a loopback host (127.0.0.1, ::1, localhost), not {host}: "
+            "create a key with `tunewise keys create` and drop --no-auth"
+        )
+
+
+def make_server(
+    project: Project,
+    settings: ServeSettings,
+    sock: Any,
+    *,
+    no_auth: bool = False,
+    access_log: bool = False,
+    start_worker: bool = True,
+) -> Any:
+    """A uvicorn server for the app on an already bound socket (`server.run(sockets=[sock])`)."""
+    import uvicorn
+
+    app = create_app(project, no_auth=no_auth, settings=settings, start_worker=start_worker)
+    config = uvicorn.Config(
+        app,
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
+        timeout_graceful_shutdown=5,
+        # Keep-alive above the clients' pause between requests, so a load test does not reconnect each time.
+        timeout_keep_alive=30,
+    )
+    return uvicorn.Server(config)

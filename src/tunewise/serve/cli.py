@@ -1,0 +1,189 @@
+"""`tunewise serve` and `tunewise keys`: parse, call `serve.app` / `serve.auth`, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from tunewise.cli import app, err, out, print_json
+from tunewise.errors import TunewiseError
+
+keys_app = typer.Typer(help="Create, list and revoke API keys for `tunewise serve`.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _project(path: Path | None):
+    from tunewise.project import Project, find_project
+
+    if path is not None:
+        return Project(path.resolve())
+    try:
+        return find_project()
+    except TunewiseError:
+        return Project(Path.cwd())  # no spec: state under ./.tunewise, as `tunewise train` does
+
+
+def _adapters(values: list[str] | None) -> dict[str, str]:
+    adapters: dict[str, str] = {}
+    for value in values or []:
+        name, sep, run = value.partition("=")
+        if not sep or not name.strip() or not run.strip():
+            raise TunewiseError(
+                f"--adapter {value!r} is not NAME=RUN", hint="e.g. --adapter support=train-2025"
+            )
+        if name.strip() in adapters:
+            raise TunewiseError(f"--adapter name '{name.strip()}' is given twice")
+        adapters[name.strip()] = run.strip()
+    return adapters
+
+
+SERVE_HELP = """Serve the base model and its fine-tuned adapters over OpenAI's API (chat completions, models,
+files, fine-tuning jobs). Requests need an API key (`tunewise keys create`) unless --no-auth, which is only
+allowed on a loopback host.
+
+Examples:
+
+  tunewise serve --no-auth
+
+  tunewise serve --host 0.0.0.0 --port 8000 --adapter support=train-20250101-120000-ab12
+
+Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).chat.completions.create(model=..., messages=[...])"""
+
+
+@app.command(help=SERVE_HELP)
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", help="Port (0: any free port)."),
+    no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without a key (loopback only)."),
+    base: str | None = typer.Option(
+        None, "--base", help="Base model (default: model.base of tunewise.yaml)."
+    ),
+    adapter: list[str] | None = typer.Option(
+        None, "--adapter", help="NAME=RUN: serve a training run (id or folder) as model NAME; repeatable."
+    ),
+    max_batch_size: int = typer.Option(16, "--max-batch-size", help="Requests decoded together."),
+    queue_size: int = typer.Option(64, "--queue-size", help="Waiting requests before 429."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request, queue wait included."),
+    max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="The largest max_tokens allowed."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch threads for decoding (default: one per core; fewer on a busy machine)."
+    ),
+    project_dir: Path | None = typer.Option(
+        None, "--project", help="Project folder (default: found upward)."
+    ),
+    no_jobs: bool = typer.Option(False, "--no-jobs", help="Do not run fine-tuning jobs in this server."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (and uvicorn's info)."),
+) -> None:
+    from tunewise.serve.app import bind, check_auth, make_server
+    from tunewise.serve.auth import list_keys
+    from tunewise.serve.inference import ServeSettings
+
+    check_auth(host, no_auth)
+    project = _project(project_dir)
+    settings = ServeSettings(
+        base=base,
+        adapters=_adapters(adapter),
+        max_batch_size=max_batch_size,
+        queue_size=queue_size,
+        timeout_s=timeout,
+        max_tokens_cap=max_tokens_cap,
+        threads=threads,
+        preload=True,
+    )
+    sock = bind(host, port)
+    server = make_server(
+        project, settings, sock, no_auth=no_auth, access_log=access_log, start_worker=not no_jobs
+    )
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else shown}:{bound}/v1"
+    pool = server.config.app.state.inference.pool
+    names = [m.id for m in pool.list()]
+    err.print(f"tunewise serve: {url}  (models: {', '.join(names)})", highlight=False)
+    if not no_auth and not any(k["revoked_at"] is None for k in list_keys(project)):
+        err.print("warning: no API key exists yet; create one with `tunewise keys create`", highlight=False)
+    key = '"not-needed"' if no_auth else "KEY"
+    err.print(
+        f'  from openai import OpenAI; client = OpenAI(base_url="{url}", api_key={key})\n'
+        f'  client.chat.completions.create(model="{names[0]}", messages=[{{"role": "user", "content": "Hi"}}])',
+        highlight=False,
+        markup=False,
+    )
+    err.print("loading the model, then serving; Ctrl+C stops", highlight=False)
+    server.run(sockets=[sock])
+
+
+@keys_app.command(
+    "create",
+    help="Create an API key; it is printed once and only its hash is stored.\n\nExample: tunewise keys create --name laptop",
+)
+def keys_create(
+    name: str = typer.Option("default", "--name", help="A label for the key."),
+    project_dir: Path | None = typer.Option(
+        None, "--project", help="Project folder (default: found upward)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the key and its record as JSON."),
+) -> None:
+    from tunewise.serve.auth import create_key
+
+    row, key = create_key(_project(project_dir), name)
+    if as_json:
+        print_json({**row, "key": key})
+        return
+    out.print(key, highlight=False)
+    err.print(
+        f"key {row['id']} ({row['name']}) created; it is shown only now: store it (e.g. OPENAI_API_KEY)",
+        highlight=False,
+    )
+
+
+@keys_app.command(
+    "list", help="List API keys (prefix, name, dates; never the keys).\n\nExample: tunewise keys list"
+)
+def keys_list(
+    project_dir: Path | None = typer.Option(
+        None, "--project", help="Project folder (default: found upward)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    from rich.table import Table
+
+    from tunewise.serve.auth import list_keys
+
+    rows = list_keys(_project(project_dir))
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        err.print("no API keys; create one with `tunewise keys create`", highlight=False)
+        return
+    table = Table("id", "name", "prefix", "created", "last used", "revoked")
+    for r in rows:
+        table.add_row(
+            str(r["id"]),
+            r["name"],
+            r["prefix"] + "...",
+            r["created_at"],
+            r["last_used_at"] or "-",
+            r["revoked_at"] or "-",
+        )
+    out.print(table)
+
+
+@keys_app.command(
+    "revoke",
+    help="Revoke an API key by id (or prefix); it stops working at once.\n\nExample: tunewise keys revoke 2",
+)
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key's id from `tunewise keys list`, or its prefix."),
+    project_dir: Path | None = typer.Option(
+        None, "--project", help="Project folder (default: found upward)."
+    ),
+) -> None:
+    from tunewise.serve.auth import revoke_key
+
+    row = revoke_key(_project(project_dir), key_id)
+    out.print(
+        f"key {row['id']} ({row['name']}, {row['prefix']}...) revoked at {row['revoked_at']}", highlight=False
+    )

@@ -1,0 +1,260 @@
+"""The fine-tuning job worker: one thread in the server that runs queued jobs one at a time, each in a child
+process (`python -m tunewise.serve.runner`).
+
+Why a process per job: cancelling is terminating it, a crash in training (out of memory, a segfault in a
+kernel) cannot take the server down, and the training's threads and memory go away with it.
+
+The registry is the only shared state. A job row's `owner` names the process that runs it as `pid:start-time`
+(the start time tells a live process from a later one that reuses the pid). The worker:
+
+1. claims work in one transaction: first a `running` job whose owner is gone (the server was killed or
+   restarted while it ran), then the oldest `queued` job;
+2. starts the runner, which resumes from the run's last checkpoint when the run directory already exists
+   (`tunewise.train.loop.run(None, project, resume=...)`), so a restart loses at most `checkpoint_every` steps;
+3. watches it: a job cancelled through the API has its process terminated; a process that exits without
+   recording an outcome crashed, and its job fails with the exit code and the log's path.
+
+`stop()` (server shutdown) terminates the running process and leaves its job `running`: the next server on the
+project resumes it. A runner also gets SIGTERM when the server dies without a shutdown (PR_SET_PDEATHSIG on
+Linux), so no training keeps running unsupervised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tunewise.project import Project
+from tunewise.serve.jobs import add_event, get_job, read_registry, update_job, with_registry
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5  # process starts per job (the first and the resumes) before the worker gives up on it
+TERMINATE_GRACE_S = 5.0  # after SIGTERM (the runner writes result.json and exits), SIGKILL
+
+
+def process_identity(pid: int) -> str | None:
+    """'pid:start-time' of a live process (a zombie is not live), or None when there is none.
+
+    >>> process_identity(os.getpid()) is not None, process_identity(2**22 + 1)
+    (True, None)
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        if sys.platform.startswith("linux"):
+            return None
+        try:  # no /proc: the pid alone (a reused pid then looks alive; rare, and only delays a resume)
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return f"{pid}:?"
+    # Fields after the command name, which is in parentheses and may hold spaces: state is field 3,
+    # starttime field 22 (clock ticks since boot).
+    rest = stat[stat.rindex(")") + 2 :].split()
+    if rest[0] in ("Z", "X"):
+        return None
+    return f"{pid}:{rest[19]}"
+
+
+def owner_alive(owner: str | None) -> bool:
+    if not owner:
+        return False
+    pid = owner.split(":", 1)[0]
+    return pid.isdigit() and process_identity(int(pid)) == owner
+
+
+def _is_runner(pid: int, job_id: str) -> bool:
+    """Whether `pid` is the runner of `job_id` (so that a signal never reaches another process)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"tunewise.serve.runner" in cmdline and job_id.encode() in cmdline
+
+
+def stop_job_process(job: dict[str, Any], sig: int = signal.SIGTERM) -> bool:
+    """Signal the runner of `job` if it is alive; returns whether a signal was sent."""
+    owner = job.get("owner")
+    if not owner_alive(owner):
+        return False
+    pid = int(owner.split(":", 1)[0])
+    if pid == os.getpid() or not _is_runner(pid, job["id"]):
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def log_path(project: Project, job_id: str) -> Path:
+    return project.state_dir / "jobs" / f"{job_id}.log"
+
+
+class JobWorker:
+    """Runs the project's fine-tuning jobs, one at a time, each in its own process."""
+
+    def __init__(self, project: Project, poll_s: float = 0.5):
+        self.project = project
+        self.poll_s = poll_s
+        self.identity = process_identity(os.getpid()) or f"{os.getpid()}:?"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen | None = None
+        self._job_id: str | None = None
+        self._child_owner: str | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._loop, name="tunewise-jobs", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = TERMINATE_GRACE_S + 2) -> None:
+        """Stop taking jobs and terminate the running one, leaving it `running` so that a restart resumes it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def current_job(self) -> str | None:
+        return self._job_id
+
+    # --- the loop ---------------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._proc is None:
+                    self._start_next()
+                else:
+                    self._watch()
+            except Exception:  # a bug here must not end the worker: log it and keep serving jobs
+                log.exception("job worker error")
+            self._stop.wait(self.poll_s)
+        if self._proc is not None:
+            log.info("stopping job %s for shutdown; it resumes when the server starts again", self._job_id)
+            self._terminate()
+
+    def _claim(self) -> dict[str, Any] | None:
+        """Take the next job: an orphaned `running` one (resume) before the oldest `queued` one."""
+
+        def claim(conn: Any) -> dict[str, Any] | None:
+            for row in conn.execute(
+                "SELECT id, owner, attempts FROM fine_tuning_jobs WHERE status = 'running' ORDER BY rowid"
+            ).fetchall():
+                if owner_alive(row["owner"]):
+                    continue
+                if row["attempts"] >= MAX_ATTEMPTS:
+                    message = f"gave up after {row['attempts']} attempts to run the job; see {log_path(self.project, row['id'])}"
+                    update_job(
+                        conn, row["id"], ("running",), status="failed", finished_at=int(time.time()),
+                        error={"code": "too_many_attempts", "message": message, "param": None},
+                    )  # fmt: skip
+                    add_event(conn, row["id"], message, level="error")
+                    continue
+                conn.execute(
+                    "UPDATE fine_tuning_jobs SET owner = ?, attempts = attempts + 1 WHERE id = ?",
+                    (self.identity, row["id"]),
+                )
+                add_event(
+                    conn, row["id"], "The job's training process stopped (server restart); resuming the job"
+                )
+                return get_job(conn, row["id"])
+            row = conn.execute(
+                "SELECT id FROM fine_tuning_jobs WHERE status = 'queued' ORDER BY rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            update_job(conn, row["id"], ("queued",), status="running", owner=self.identity)
+            conn.execute("UPDATE fine_tuning_jobs SET attempts = attempts + 1 WHERE id = ?", (row["id"],))
+            return get_job(conn, row["id"])
+
+        waiting = read_registry(
+            self.project,
+            lambda conn: conn.execute(
+                "SELECT 1 FROM fine_tuning_jobs WHERE status IN ('queued', 'running') LIMIT 1"
+            ).fetchone(),
+        )
+        # Idle polls only read: the write lock is taken when there is something to claim.
+        return with_registry(self.project, claim) if waiting else None
+
+    def _start_next(self) -> None:
+        job = self._claim()
+        if job is None:
+            return
+        path = log_path(self.project, job["id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "tunewise.serve.runner", str(self.project.root), job["id"],
+            "--parent", str(os.getpid()),
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with open(path, "ab") as out:
+            self._proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+            )
+        self._job_id = job["id"]
+        # A runner that already exited has no start time to read: the bare pid still names it for _watch.
+        self._child_owner = process_identity(self._proc.pid) or f"{self._proc.pid}:?"
+        log.info("job %s: started runner pid %d (log: %s)", job["id"], self._proc.pid, path)
+        with_registry(
+            self.project,
+            lambda conn: conn.execute(
+                "UPDATE fine_tuning_jobs SET owner = ? WHERE id = ? AND owner = ?",
+                (self._child_owner, job["id"], self.identity),
+            ),
+        )
+
+    def _watch(self) -> None:
+        assert self._proc is not None and self._job_id is not None
+        code = self._proc.poll()
+        job = read_registry(self.project, lambda conn: get_job(conn, self._job_id))
+        if code is None:
+            if job is None or job["status"] != "running":  # cancelled through the API
+                log.info("job %s: %s; stopping its process", self._job_id, job and job["status"])
+                self._terminate()
+            return
+        job_id, self._proc, self._job_id = self._job_id, None, None
+        if job is not None and job["status"] == "running" and job["owner"] == self._child_owner:
+            # The runner records every outcome it can (success, failure, interruption) before it exits;
+            # a `running` job with a dead runner means the process itself died (killed, out of memory).
+            message = (
+                f"the training process exited with code {code} without finishing the job; "
+                f"see {log_path(self.project, job_id)}"
+            )
+
+            def fail(conn: Any) -> None:
+                if update_job(
+                    conn, job_id, ("running",), status="failed", finished_at=int(time.time()),
+                    estimated_finish=None, error={"code": "process_exited", "message": message, "param": None},
+                ):  # fmt: skip
+                    add_event(conn, job_id, message, level="error")
+
+            with_registry(self.project, fail)
+            log.error("job %s: %s", job_id, message)
+
+    def _terminate(self) -> None:
+        """SIGTERM the runner (it records where it stopped and exits); SIGKILL after a grace period."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(TERMINATE_GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._proc, self._job_id = None, None
