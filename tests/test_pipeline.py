@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tunewise.pipeline.progress import NullProgress
 from tunewise.pipeline.run import STAGES, Pipeline
 from tunewise.project import Project
 from tunewise.scaffold import scaffold
@@ -55,13 +56,41 @@ def statuses(result) -> dict[str, str]:
     return {o.stage: o.status for o in result.outcomes}
 
 
+class RecordingProgress(NullProgress):
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def begin(self, index, stage):
+        self.events.append(("begin", index, stage))
+
+    def update(self, done, total, detail=""):
+        self.events.append(("update", done, total, detail))
+
+    def end(self):
+        self.events.append(("end",))
+
+    def log(self, message):
+        self.events.append(("log", message))
+
+
 def test_pipeline_runs_skips_and_redoes_only_what_changed(project: Project):
-    first = Pipeline(project, load_spec(project.spec_path)).run()
+    progress = RecordingProgress()
+    first = Pipeline(project, load_spec(project.spec_path), progress=progress).run()
     assert statuses(first) == {s: "ran" for s in STAGES}
+    # One display across stages: each stage begins and ends once, in order; training reports every step.
+    begins = [e[2] for e in progress.events if e[0] == "begin"]
+    assert begins == list(STAGES)
+    assert sum(e[0] == "end" for e in progress.events) == len(STAGES)
+    steps = [e for e in progress.events if e[0] == "update" and e[3].startswith("step")]
+    total = first.output("train")["result"]["steps"]
+    assert [e[1] for e in steps] == list(range(1, total + 1)) and all(e[2] == total for e in steps)
+    narration = [e[1] for e in progress.events if e[0] == "log"]
+    assert "[1/8] data ..." in narration  # narration goes through the display
     report = Path(first.output("report")["html_path"])
     assert report.is_file() and "zero-shot" in report.read_text()
     summary = json.loads(Path(first.output("evaluate")["summary_path"]).read_text())
-    assert [a["name"] for a in summary["arms"]] == ["zero-shot", "fine-tuned"]
+    # evaluation.constrained is auto: the prompted arm's label-scored variant runs beside it
+    assert [a["name"] for a in summary["arms"]] == ["zero-shot", "zero-shot+scored", "fine-tuned"]
     assert summary["n_examples"] == 12  # 20% of 60, stratified
     assert first.output("verdict")["recommendation"] in ("fine-tune", "keep prompting")
 

@@ -55,6 +55,9 @@ class Project:
 def find_project(start: Path | None = None) -> Project:
     """The project holding `start` (default: the working directory), found by walking up to tunewise.yaml."""
     here = (start or Path.cwd()).resolve()
+    if start is not None and not here.exists():
+        # A mistyped spec path must not silently resolve to some project further up.
+        raise TunewiseError(f"no such file or folder: {start}", hint=f"pass the path of your {SPEC_NAME}")
     if here.is_file():
         return Project(here.parent)
     for folder in (here, *here.parents):

@@ -12,26 +12,26 @@ from tunewise.cli import app, err, out, print_json
 from tunewise.errors import TunewiseError
 
 
-def _narrate(message: str) -> None:
-    err.print(message, highlight=False, markup=False)
-
-
 def _run(spec_path: Path | None, from_stage: str | None, only: str | None, as_json: bool) -> None:
-    from tunewise.pipeline.run import Pipeline
-    from tunewise.project import Project, find_project
+    from tunewise.pipeline.progress import progress_for
+    from tunewise.pipeline.run import STAGES, Pipeline
+    from tunewise.project import find_project
     from tunewise.spec import load_spec
 
-    project = Project(spec_path.resolve().parent) if spec_path else find_project()
-    spec = load_spec(project.spec_path)
+    project = find_project(spec_path)
+    spec = load_spec(spec_path or project.spec_path)
     for warning in spec.warnings():
         err.print(f"warning: {warning}", highlight=False, markup=False)
-    pipeline = Pipeline(project, spec, narrate=_narrate)
+    progress = progress_for(err, STAGES)
+    pipeline = Pipeline(project, spec, progress=progress)
     started = time.perf_counter()
     try:
         result = pipeline.run(from_stage=from_stage, only=only)
     except KeyboardInterrupt:
         err.print("interrupted: the next `tunewise run` continues where this one stopped", highlight=False)
         sys.exit(130)
+    finally:
+        progress.close()
     report = result.output("report") or pipeline.outputs.get("report", {})
     verdict = pipeline.outputs.get("verdict", {})
     summary = {

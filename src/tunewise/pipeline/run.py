@@ -31,6 +31,7 @@ from typing import Any
 
 from tunewise import __version__
 from tunewise.errors import TunewiseError
+from tunewise.pipeline.progress import NullProgress
 from tunewise.project import Project, atomic_write_text
 from tunewise.spec import Spec
 
@@ -72,10 +73,19 @@ class PipelineResult:
 
 
 class Pipeline:
-    def __init__(self, project: Project, spec: Spec, narrate: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        project: Project,
+        spec: Spec,
+        narrate: Callable[[str], None] | None = None,
+        progress: NullProgress | None = None,
+    ):
         self.project = project
         self.spec = spec
-        self.say = narrate or log.info
+        # One display across stages (pipeline/progress.py); narration goes through it so that lines scroll
+        # above the live bars instead of tearing them.
+        self.progress = progress or NullProgress()
+        self.say = narrate or (self.progress.log if progress is not None else log.info)
         self.outputs: dict[str, dict[str, Any]] = {}
         self.keys: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
@@ -156,6 +166,7 @@ class Pipeline:
             self.say(f"[{index}/{len(STAGES)}] {stage} ...")
             started = time.perf_counter()
             self._record(stage, key, "running")
+            self.progress.begin(index, stage)
             try:
                 output = getattr(self, f"_run_{stage}")(recorded)
             except KeyboardInterrupt:
@@ -164,6 +175,8 @@ class Pipeline:
             except BaseException as exc:
                 self._record(stage, key, "failed", {"error": str(exc)}, time.perf_counter() - started)
                 raise
+            finally:
+                self.progress.end()
             seconds = time.perf_counter() - started
             self._record(stage, key, "succeeded", output, seconds)
             self.outputs[stage] = output
@@ -205,7 +218,9 @@ class Pipeline:
         return {"data": self.keys["data"]}
 
     def _arms(self) -> list[str]:
-        return [a for a in self.spec.evaluation.arms if a != "fine-tuned"]
+        """The baseline's arms: the prompted ones the spec names, then every endpoint."""
+        prompted = [a for a in self.spec.evaluation.arms if a != "fine-tuned"]
+        return prompted + [e.name for e in self.spec.evaluation.endpoints]
 
     def _inputs_baseline(self) -> Any:
         s = self.spec
@@ -309,7 +324,7 @@ class Pipeline:
 
         arms = self._arms()
         if not arms:
-            return {"skipped": "no prompted arm in evaluation.arms"}
+            return {"skipped": "no prompted arm in evaluation.arms and no endpoint"}
         train, held = self._load_split()
         result = run_evaluation(
             self.spec,
@@ -321,7 +336,11 @@ class Pipeline:
             narrate=self.say,
             seed=self.spec.data.seed,
         )
-        return {"run_id": result.run_id, "records_path": str(result.run_dir / "records.jsonl")}
+        return {
+            "run_id": result.run_id,
+            "records_path": str(result.run_dir / "records.jsonl"),
+            "arm_info": result.summary.get("arm_info", {}),
+        }
 
     def _run_train(self, recorded: dict | None) -> dict[str, Any]:
         from tunewise.train.config import TrainConfig
@@ -340,12 +359,20 @@ class Pipeline:
             method=s.method,
             seed=s.data.seed,
             dataset_version=split["train"]["version"],
+            progress=False,  # the pipeline's own display shows the steps (on_step below)
             **hp,
         )
         resume = self._interrupted_training(config.to_dict())
         if resume:
             self.say(f"  resuming the interrupted training run {resume}")
-        result = train_run(None if resume else config, self.project, resume=resume, narrate=self.say)
+
+        def on_step(step: int, record: dict[str, Any]) -> None:
+            total = record["total_steps"]
+            self.progress.update(step, total, f"step {step}/{total}  loss {record['loss']:.3f}")
+
+        result = train_run(
+            None if resume else config, self.project, resume=resume, narrate=self.say, on_step=on_step
+        )
         if result.status != "succeeded":
             raise TunewiseError(
                 f"training run {result.run_id} {result.status}: {result.error}",
@@ -369,9 +396,8 @@ class Pipeline:
             ).fetchall()
         finally:
             registry.close()
-        wanted = json.loads(
-            json.dumps(wanted, default=str)
-        )  # the registry holds JSON: compare like with like
+        # The registry holds JSON: compare like with like.
+        wanted = json.loads(json.dumps(wanted, default=str))
         for run_id, config in rows:
             asked = json.loads(config or "{}")
             if asked.get("config", asked) != wanted:
@@ -391,7 +417,7 @@ class Pipeline:
             records += [
                 json.loads(line) for line in Path(baseline["records_path"]).read_text().splitlines() if line
             ]
-            info.update({a: {"kind": "prompted", "constrained": False} for a in self._arms()})
+            info.update(baseline.get("arm_info") or {a: {"kind": "prompted"} for a in self._arms()})
         train = self.outputs["train"]
         tuned_run = None
         if train.get("run_id"):
@@ -408,7 +434,7 @@ class Pipeline:
                 seed=self.spec.data.seed,
             )
             records += tuned.records
-            info["fine-tuned"] = {"kind": "fine-tuned", "constrained": False, "run": train["run_id"]}
+            info.update(tuned.summary.get("arm_info", {}))
             tuned_run = tuned.run_id
         if not records:
             return {"skipped": "no arm to evaluate"}
@@ -435,7 +461,13 @@ class Pipeline:
 
         e = self.spec.economics
         arms = [
-            ArmTokens(a["name"], a["kind"], a["prompt_tokens"] or 0.0, a["completion_tokens"] or 0.0)
+            ArmTokens(
+                a["name"],
+                a["kind"],
+                a["prompt_tokens"] or 0.0,
+                a["completion_tokens"] or 0.0,
+                pricing=a.get("pricing"),
+            )
             for a in summary["arms"]
         ]
         data = json.loads(Path(self.outputs["data"]["report_path"]).read_text())
@@ -496,6 +528,8 @@ class Pipeline:
         summary = EvalSummary.model_validate(raw)
         if not any(a.kind == "fine-tuned" for a in summary.arms):
             return {"skipped": "no fine-tuned arm to decide on"}
+        if all(a.kind == "fine-tuned" for a in summary.arms):
+            return {"skipped": "no prompted arm or endpoint to compare the fine-tuned arm with"}
         e = self.spec.economics
         econ = Economics(
             queries_per_day=e.queries_per_day,
