@@ -253,7 +253,7 @@ def test_auto_hyperparameter_rule():
         TrainConfig(), n_examples=40, n_params=134_515_008, longest=90, context_length=8192
     )
     assert (small.epochs, small.batch_size, small.learning_rate, small.lora_rank, small.lora_alpha, small.max_length) == (
-        3, 4, 2e-4, 8, 16.0, 128,
+        3, 4, 1e-3, 8, 16.0, 128,
     )  # fmt: skip
     assert small.sources == {
         k: "auto" for k in ("lora_rank", "epochs", "learning_rate", "batch_size", "lora_alpha", "max_length")

@@ -160,14 +160,24 @@ def auto_batch_size(n_examples: int) -> int:
 
 
 def auto_learning_rate(method: str, n_params: int) -> float:
-    """Peak learning rate: LoRA 2e-4 (1e-4 above 3B parameters); full fine-tuning 2e-5 below 1B, else 1e-5.
+    """Peak learning rate: LoRA 1e-3 below 1B parameters, 2e-4 up to 3B, 1e-4 above; full fine-tuning 2e-5 below
+    1B, else 1e-5.
+
+    LoRA's best rate is about 10x full fine-tuning's, more in short runs (Schulman et al., "LoRA Without Regret",
+    2025). Below 1B parameters the rate was measured here: on the embedded 135M model with 300 examples, 3 epochs,
+    banking77 (10 intents) went from 52% exact at 2e-4 to 93% at 1e-3 (held-out loss 0.26 -> 0.027); sst2 stayed
+    at 84%. Above 1B the values are the field's usual starting points, not measured here.
 
     >>> auto_learning_rate("lora", 135_000_000), auto_learning_rate("full", 135_000_000)
-    (0.0002, 2e-05)
-    >>> auto_learning_rate("lora", 7_000_000_000), auto_learning_rate("full", 7_000_000_000)
-    (0.0001, 1e-05)
+    (0.001, 2e-05)
+    >>> auto_learning_rate("lora", 2_000_000_000), auto_learning_rate("lora", 7_000_000_000)
+    (0.0002, 0.0001)
+    >>> auto_learning_rate("full", 7_000_000_000)
+    1e-05
     """
     if method == "lora":
+        if n_params < 1_000_000_000:
+            return 1e-3
         return 2e-4 if n_params <= 3_000_000_000 else 1e-4
     return 2e-5 if n_params < 1_000_000_000 else 1e-5
 
@@ -201,7 +211,7 @@ def auto_hyperparameters(
 
     - epochs: 3, scaled so that examples x epochs stays within 100..25,000 (at most 25 epochs);
     - batch size: a power of two near n/32 within 4..32;
-    - learning rate: LoRA 2e-4 (1e-4 above 3B parameters), full 2e-5 below 1B parameters else 1e-5;
+    - learning rate: LoRA 1e-3 below 1B parameters, 2e-4 up to 3B, 1e-4 above; full 2e-5 below 1B else 1e-5;
     - LoRA rank: 8 below 1,000 examples, 16 below 10,000, else 32; alpha = 2 x rank;
     - max length: the longest example rounded up to 64 tokens, within the context length.
     """
