@@ -180,3 +180,27 @@ def test_constrained_setting_and_explicit_variants(project: Project):
         "zero-shot",
         "zero-shot+scored",
     ]
+
+
+def test_label_scoring_mean_or_sum(project: Project):
+    """`label_scoring: sum` ranks by the reply's total log-probability: each label's score is its mean-score
+    times its number of reply tokens (the same for every example)."""
+    from tunewise.evaluate.run import run_evaluation
+
+    spec = parse_spec(SPEC)
+    spec.evaluation.constrained = False
+    spec.evaluation.consistency_samples = 1
+    mean = run_evaluation(spec, project, TRAIN, HELD, ["zero-shot+scored"]).records
+    spec.evaluation.label_scoring = "sum"
+    total = run_evaluation(spec, project, TRAIN, HELD, ["zero-shot+scored"]).records
+    ratios = [
+        {label: t["label_scores"][label] / m["label_scores"][label] for label in m["label_scores"]}
+        for m, t in zip(mean, total)
+    ]
+    for ratio in ratios:
+        for label, tokens in ratio.items():
+            assert (
+                tokens == pytest.approx(round(tokens), abs=1e-3) and round(tokens) >= 2
+            )  # label + end of turn
+            assert tokens == pytest.approx(ratios[0][label], abs=1e-3)
+    assert all(t["output"] == max(t["label_scores"], key=t["label_scores"].get) for t in total)

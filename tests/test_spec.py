@@ -113,3 +113,21 @@ def test_fuzz_spec_parser_only_raises_config_errors(text):
         parse_spec(text)
     except ConfigError as exc:
         assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
+
+
+def test_arms_name_their_variants_and_must_fit_the_contract():
+    ok = parse_spec(MINIMAL + "evaluation: {arms: [zero-shot, few-shot+scored, fine-tuned+scored]}\n")
+    assert ok.evaluation.arms == ["zero-shot", "few-shot+scored", "fine-tuned+scored"]
+    with pytest.raises(ConfigError) as info:
+        parse_spec(MINIMAL + "evaluation:\n  arms: [zero-shot, fine-tunned]\n")
+    assert info.value.problems == [
+        "line 8: evaluation.arms: unknown arm 'fine-tunned' (did you mean 'fine-tuned'?)"
+    ]
+    with pytest.raises(ConfigError, match=r"unknown variant '\+fast'"):
+        parse_spec(MINIMAL + "evaluation: {arms: [few-shot+fast]}\n")
+    with pytest.raises(
+        ConfigError, match=r"'few-shot\+constrained' does not fit a label contract \(use \+scored\)"
+    ):
+        parse_spec(MINIMAL + "evaluation: {arms: [few-shot+constrained]}\n")
+    with pytest.raises(ConfigError, match="label_scoring"):
+        parse_spec(MINIMAL + "evaluation: {label_scoring: median}\n")

@@ -124,7 +124,8 @@ class Hyperparameters(_Strict):
     max_length: Auto | Annotated[int, Field(ge=16)] = "auto"
 
 
-ArmName = Literal["zero-shot", "few-shot", "retrieved", "fine-tuned"]
+BUILTIN_ARMS = ("zero-shot", "few-shot", "retrieved", "fine-tuned")
+ARM_VARIANTS = ("scored", "constrained")  # label scoring; schema-constrained decoding (evaluate/constrain.py)
 
 
 class EndpointArm(_Strict):
@@ -161,7 +162,25 @@ class EndpointArm(_Strict):
 
 
 class EvaluationSpec(_Strict):
-    arms: list[ArmName] = Field(default_factory=lambda: ["zero-shot", "few-shot", "retrieved", "fine-tuned"])
+    arms: list[str] = Field(
+        default_factory=lambda: ["zero-shot", "few-shot", "retrieved", "fine-tuned"],
+        description="Built-in arms, each optionally with a variant: `few-shot+scored` (label contracts), "
+        "`few-shot+constrained` (json and regex).",
+    )
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str]) -> list[str]:
+        for arm in arms:
+            base, _, variant = arm.partition("+")
+            if base not in BUILTIN_ARMS:
+                guess = nearest(base, list(BUILTIN_ARMS))
+                tip = f" (did you mean '{guess}'?)" if guess else f" (arms: {', '.join(BUILTIN_ARMS)})"
+                raise ValueError(f"unknown arm '{arm}'{tip}")
+            if variant and variant not in ARM_VARIANTS:
+                raise ValueError(f"unknown variant '+{variant}' in '{arm}' (variants: +scored, +constrained)")
+        return arms
+
     endpoints: list[EndpointArm] = Field(
         default_factory=list, description="OpenAI-compatible APIs evaluated as extra arms."
     )
@@ -181,6 +200,11 @@ class EvaluationSpec(_Strict):
     temperature: float = Field(default=0.7, ge=0, le=2)
     max_new_tokens: Auto | Annotated[int, Field(ge=1, le=8192)] = "auto"
     limit: int | None = Field(default=None, ge=1, description="Evaluate only the first N held-out examples.")
+    label_scoring: Literal["mean", "sum"] = Field(
+        default="mean",
+        description="How `+scored` arms rank labels: mean log-probability per reply token (length normalized) "
+        "or the reply's total log-probability.",
+    )
     constrained: Auto | bool = Field(
         default="auto",
         description="Variants that meet the contract by construction, evaluated next to each free arm: label "
@@ -212,6 +236,18 @@ class Spec(_Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     economics: EconomicsSpec = Field(default_factory=EconomicsSpec)
+
+    @model_validator(mode="after")
+    def _variants_fit_the_contract(self) -> Spec:
+        fits = {"label": "scored", "json": "constrained", "regex": "constrained"}.get(self.contract.type)
+        for arm in self.evaluation.arms:
+            variant = arm.partition("+")[2]
+            if variant and variant != fits:
+                raise ValueError(
+                    f"evaluation.arms: '{arm}' does not fit a {self.contract.type} contract"
+                    + (f" (use +{fits})" if fits else " (a text contract has no format to enforce)")
+                )
+        return self
 
     @model_validator(mode="after")
     def _csv_needs_columns(self) -> Spec:

@@ -411,10 +411,13 @@ def _demo_spec_yaml() -> str:
         "data": {"train": "data/train.jsonl", "eval": "data/eval.jsonl"},
         "model": {"base": "embedded:smollm2-135m-instruct"},
         "method": "lora",
-        # Sized to finish within 15 minutes on 2 CPU cores: 3 consistency samples instead of the default 5,
-        # and the retrieved arm left out (add `retrieved` to compare it too).
+        # Sized to finish within 15 minutes on 2 CPU cores: 3 consistency samples instead of the default 5, the
+        # retrieved arm left out (add `retrieved` to compare it too), and one schema-constrained arm, few-shot's,
+        # named explicitly (`constrained: auto` would add zero-shot's as well, whose unguided answers run to the
+        # token limit: about 2 s each here).
         "evaluation": {
-            "arms": ["zero-shot", "few-shot", "fine-tuned"],
+            "arms": ["zero-shot", "few-shot", "few-shot+constrained", "fine-tuned"],
+            "constrained": False,
             "few_shot_k": 3,
             "consistency_samples": 3,
         },

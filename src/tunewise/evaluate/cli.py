@@ -92,12 +92,12 @@ def eval_command(
         )
     names, run = [], None
     for item in (a.strip() for a in arms.split(",") if a.strip()):
-        if item.startswith("fine-tuned:"):
-            names.append("fine-tuned")
-            run = item.split(":", 1)[1]
-        elif item == "fine-tuned":
+        if item.startswith("fine-tuned") and ":" in item:  # fine-tuned:RUN, fine-tuned+scored:RUN
+            arm, run = item.split(":", 1)
+            names.append(arm)
+        elif item.startswith("fine-tuned"):
             raise TunewiseError(
-                "the fine-tuned arm needs a run: fine-tuned:RUN_ID", hint="list runs in .tunewise/runs"
+                f"the fine-tuned arm needs a run: {item}:RUN_ID", hint="list runs in .tunewise/runs"
             )
         else:
             names.append(item)

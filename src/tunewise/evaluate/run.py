@@ -282,9 +282,10 @@ def run_evaluation(
             prompter = prompters[endpoints[arm].prompt if arm in endpoints else arm]
             prompts = [prompter.messages(ex) for ex in held_out]
             if variant == SCORED:
-                say(f"{name}: {len(prompts)} prompts, {len(labels)} labels ranked by likelihood")
+                how = spec.evaluation.label_scoring
+                say(f"{name}: {len(prompts)} prompts, {len(labels)} labels ranked by likelihood ({how})")
                 answers, samples = _score_arm(
-                    engine, prompts, labels, n_samples, spec.evaluation.temperature, seed
+                    engine, prompts, labels, n_samples, spec.evaluation.temperature, seed, how == "mean"
                 )
             else:
                 say(
@@ -412,12 +413,13 @@ class _Drawn:
 
 
 def _score_arm(
-    engine: Any, prompts: list, labels: list[str], n_samples: int, temperature: float, seed: int
-) -> tuple[list[_Scored], list[list[_Drawn]]]:
+    engine: Any, prompts: list, labels: list[str], n_samples: int, temperature: float, seed: int,
+    normalize: bool = True,
+) -> tuple[list[_Scored], list[list[_Drawn]]]:  # fmt: skip
     """Label scoring of every prompt, and its consistency samples drawn from each prompt's label scores."""
     import random
 
-    ranked = engine.score_labels(prompts, labels)
+    ranked = engine.score_labels(prompts, labels, normalize=normalize)
     answers = [_Scored(r.label, r.scores, r.latency_ms, r.prompt_tokens, r.completion_tokens) for r in ranked]
     samples = [
         [

@@ -219,8 +219,12 @@ class Pipeline:
 
     def _arms(self) -> list[str]:
         """The baseline's arms: the prompted ones the spec names, then every endpoint."""
-        prompted = [a for a in self.spec.evaluation.arms if a != "fine-tuned"]
+        prompted = [a for a in self.spec.evaluation.arms if not a.startswith("fine-tuned")]
         return prompted + [e.name for e in self.spec.evaluation.endpoints]
+
+    def _tuned_arms(self) -> list[str]:
+        """The fine-tuned arm and any variant of it the spec names (`fine-tuned+scored`)."""
+        return [a for a in self.spec.evaluation.arms if a.startswith("fine-tuned")]
 
     def _inputs_baseline(self) -> Any:
         s = self.spec
@@ -241,7 +245,7 @@ class Pipeline:
             "method": s.method,
             "hyperparameters": s.hyperparameters.model_dump(),
             "seed": s.data.seed,
-            "wanted": "fine-tuned" in s.evaluation.arms,
+            "wanted": bool(self._tuned_arms()),
         }
 
     def _inputs_evaluate(self) -> Any:
@@ -347,7 +351,7 @@ class Pipeline:
         from tunewise.train.loop import run as train_run
 
         s = self.spec
-        if "fine-tuned" not in s.evaluation.arms:
+        if not self._tuned_arms():
             return {"skipped": "fine-tuned is not in evaluation.arms"}
         split = self.outputs["split"]
         hp = s.hyperparameters.model_dump()
@@ -427,7 +431,7 @@ class Pipeline:
                 self.project,
                 train_ex,
                 held,
-                ["fine-tuned"],
+                self._tuned_arms(),
                 fine_tuned_run=train["run_id"],
                 dataset_version=self.outputs["split"]["eval"]["version"],
                 narrate=self.say,
