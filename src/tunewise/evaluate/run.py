@@ -10,9 +10,10 @@ Variants that meet the contract by construction (evaluate/constrain.py) run next
 same prompts: `ARM+scored` ranks a label contract's labels by likelihood, `ARM+constrained` decodes under the
 JSON Schema or regex. `evaluation.constrained` (auto: the prompted arms; true: the fine-tuned arm too; false:
 none) adds them; an arm list may also name them (`few-shot+scored`). A scored arm's consistency samples are
-labels drawn from its label scores at `temperature` (see `constrain.label_samples`). Every model call is logged in the registry (tokens, latency);
-per-example records and the summary are written to the run directory and the registry, so the report, the
-review pages and the verdict read them later.
+labels drawn from its label scores at `temperature` (see `constrain.label_samples`).
+
+Every model call is logged in the registry (tokens, latency); per-example records and the summary are written
+to the run directory and the registry, so the report, the review pages and the verdict read them later.
 """
 
 from __future__ import annotations
