@@ -159,6 +159,9 @@ def write_project(
 
 
 def run_one(name: str, folder: Path) -> dict:
+    from rich.console import Console
+
+    from tunewise.pipeline.progress import PlainProgress
     from tunewise.pipeline.run import Pipeline
     from tunewise.project import Project
     from tunewise.spec import load_spec
@@ -166,9 +169,13 @@ def run_one(name: str, folder: Path) -> dict:
     project = Project(folder.resolve())
     project.runs_dir.mkdir(parents=True, exist_ok=True)
     spec = load_spec(folder / "tunewise.yaml")
-    pipeline = Pipeline(
-        project, spec, narrate=lambda m: print(f"  [{name}] {m}", file=sys.stderr, flush=True)
-    )
+
+    def say(message: str) -> None:
+        print(f"  [{name}] {message}", file=sys.stderr, flush=True)
+
+    # Plain progress lines (at most every 30 s) for the long stages: training steps, evaluation calls.
+    progress = PlainProgress(Console(stderr=True, soft_wrap=True, highlight=False))
+    pipeline = Pipeline(project, spec, narrate=say, progress=progress)
     started = time.perf_counter()
     result = pipeline.run()
     evaluate = pipeline.outputs.get("evaluate", {})
