@@ -251,10 +251,11 @@ def render(rows: list[dict]) -> None:
     )
     for row in rows:
         stages = row["stages"]
+        shown = {"skipped": "reused", "not needed": "-"}  # skipped: inputs unchanged since an earlier run
         cells = " ".join(
-            f"{stages.get(s, {}).get('seconds', 0):>8.0f}s"
+            f"{stages[s]['seconds']:>8.0f}s"
             if stages.get(s, {}).get("status") == "ran"
-            else f"{'reused':>9}"
+            else f"{shown.get(stages.get(s, {}).get('status'), '-'):>9}"
             for s in ("data", "split", "baseline", "train", "evaluate")
         )
         print(f"{row['dataset']:<14} {cells} {row['seconds']:>9.0f}s  {row['verdict']}")
