@@ -20,6 +20,7 @@ pytest.importorskip("openai")
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.responses import JSONResponse  # noqa: E402
 
+from tests.test_evaluate_run import example  # noqa: E402
 from tunewise.economics.plan import ArmTokens, CostRequest, build_options  # noqa: E402
 from tunewise.economics.pricing import load_catalog  # noqa: E402
 from tunewise.errors import TunewiseError  # noqa: E402
@@ -112,10 +113,6 @@ def serve():
     for server, thread in servers:
         server.should_exit = True
         thread.join(5)
-
-
-def example(text: str, label: str) -> dict:
-    return {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": label}]}
 
 
 TRAIN = [example(f"great film {i}", "positive") for i in range(4)] + [

@@ -147,11 +147,17 @@ def tokenize_records(
     tokenizer: Any, records: Iterable[tuple[str, dict[str, Any]]], max_length: int | None = None
 ) -> TokenizedData:
     """Tokenize, truncate to `max_length` tokens (keeping the start), drop examples with nothing to train."""
-    out = TokenizedData([])
-    for source, record in records:
-        ex = tokenize_example(tokenizer, record["messages"], source)
+    examples = [tokenize_example(tokenizer, record["messages"], source) for source, record in records]
+    return truncate(TokenizedData(examples), max_length)
+
+
+def truncate(data: TokenizedData, max_length: int | None) -> TokenizedData:
+    """Cut examples to `max_length` tokens (keeping the start; None: no cut) and drop those left with nothing to
+    train; the counts add to `data`'s own."""
+    out = TokenizedData([], data.n_truncated, data.n_dropped)
+    for ex in data.examples:
         if max_length is not None and len(ex) > max_length:
-            ex = Example(ex.input_ids[:max_length], ex.mask[:max_length], source)
+            ex = Example(ex.input_ids[:max_length], ex.mask[:max_length], ex.source)
             out.n_truncated += 1
         # Position 0 has no context to predict it from, so a target there is never trained.
         if sum(ex.mask[1:]) == 0:

@@ -48,6 +48,7 @@ from tunewise.train.data import (
     render_mask,
     step_batches,
     tokenize_records,
+    truncate,
 )
 
 log = logging.getLogger(__name__)
@@ -535,10 +536,10 @@ def _run(
         n_params = param_count_hint(config)
         resolved = auto_hyperparameters(config, n_examples, n_params, longest, prepared.context_length)
     if resolved.max_length < longest:  # apply an explicit or resolved max_length below the context length
-        prepared.train = _truncate(prepared.train, resolved.max_length)
+        prepared.train = truncate(prepared.train, resolved.max_length)
         check_trainable(prepared.train)
         if prepared.eval is not None:
-            prepared.eval = _truncate(prepared.eval, resolved.max_length)
+            prepared.eval = truncate(prepared.eval, resolved.max_length)
     micro_tokens = max(config.micro_batch_tokens, resolved.max_length)
     model = _build_model(config, resolved, prepared.tokenizer).to(
         torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
@@ -682,19 +683,6 @@ def param_count_hint(config: TrainConfig) -> int:
     if index.is_file():
         return index.stat().st_size // 4  # fp32 on disk: 4 bytes per parameter (an estimate is enough here)
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) // 2
-
-
-def _truncate(data: TokenizedData, max_length: int) -> TokenizedData:
-    out = TokenizedData([], data.n_truncated, data.n_dropped)
-    for ex in data.examples:
-        if len(ex) > max_length:
-            ex = Example(ex.input_ids[:max_length], ex.mask[:max_length], ex.source)
-            out.n_truncated += 1
-        if sum(ex.mask[1:]) == 0:
-            out.n_dropped += 1
-            continue
-        out.examples.append(ex)
-    return out
 
 
 def _measure_plan(
