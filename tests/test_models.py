@@ -104,5 +104,20 @@ def test_precision_measurement_is_recorded():
     assert decision.dtype == "float32"
     # The step is timed only when the matmul screen says bf16 may pay (this CPU: AVX512-BF16 or not).
     screened_out = decision.bf16_gflops is None or decision.bf16_gflops < 1.3 * decision.fp32_gflops
-    assert calls == ([] if screened_out else ["float32", "bfloat16"] * 2)
+    assert calls == ([] if screened_out else ["float32", "bfloat16"] * 4)  # a warm-up, then three rounds
     assert decision.to_dict()["reason"]
+
+
+def test_precision_step_timing_ignores_warm_up_and_a_burst_of_load(monkeypatch):
+    """The first call of each dtype (kernel set-up) is not counted, and one slow round does not decide."""
+    from tunewise.models import loading
+
+    # A CPU whose bf16 matmul screens in, so the steps get timed.
+    monkeypatch.setattr(
+        loading, "measure_matmul_gflops", lambda dtype, **_: 800.0 if "bfloat16" in str(dtype) else 200.0
+    )
+    timings = {"float32": [10.0, 1.0, 1.0, 1.0], "bfloat16": [10.0, 0.5, 4.0, 0.5]}
+    decision = loading.choose_precision("cpu", step_timer=lambda dtype: timings[dtype].pop(0))
+    assert (decision.fp32_step_s, decision.bf16_step_s) == (1.0, 0.5)
+    assert decision.dtype == "bfloat16"
+    assert timings == {"float32": [], "bfloat16": []}

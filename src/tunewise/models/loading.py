@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -321,11 +322,15 @@ def choose_precision(
     screen = decide_precision(device, True, fp32, bf16)
     if screen.dtype == "float32" or step_timer is None:
         return screen
-    # Best of two timings each, alternating, so that a burst of load elsewhere does not decide alone.
+    # One untimed warm-up per dtype (the first bf16 step builds its kernels), then three rounds alternating
+    # the dtypes, and the median of each: a burst of load elsewhere lands on one round, not on one dtype.
     times: dict[str, list[float]] = {"float32": [], "bfloat16": []}
-    for _ in range(2):
+    for dtype in times:
+        step_timer(dtype)
+    for _ in range(3):
         for dtype in times:
             times[dtype].append(step_timer(dtype))
     return decide_precision(
-        device, True, fp32, bf16, fp32_step_s=min(times["float32"]), bf16_step_s=min(times["bfloat16"])
-    )
+        device, True, fp32, bf16,
+        fp32_step_s=statistics.median(times["float32"]), bf16_step_s=statistics.median(times["bfloat16"]),
+    )  # fmt: skip

@@ -36,9 +36,11 @@ class TrainConfig:
     lora_targets: str | list[str] = "all-linear"  # peft: every linear layer except the output head
     max_length: int | str = AUTO  # tokens per example; longer ones are truncated (and counted)
     # Tokens per packed micro-batch; steps larger than this accumulate gradients. It bounds activation memory:
-    # backward keeps ~13K floats per token per layer (norms, q/k/v, MLP intermediates), 1.6 MB per token for
-    # SmolLM2-135M's 30 layers in fp32, so 512 tokens hold ~0.8 GB and the whole run stays under 2 GB.
-    micro_batch_tokens: int = 512
+    # backward keeps ~10K floats per token per layer (norms, q/k/v, MLP intermediates), 1.2 MB per token for
+    # SmolLM2-135M's 30 layers in fp32, so 256 tokens hold ~0.3 GB, and glibc's heap fragmentation about as
+    # much again. Larger micro-batches were not faster on CPU (bench/train_throughput.py: 512 tokens ran at the
+    # same tokens/s with 0.3 GB more peak memory); an example longer than this gets a micro-batch of its own.
+    micro_batch_tokens: int = 256
     schedule: Schedule = "cosine"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0

@@ -50,6 +50,8 @@ from tunewise.train.data import (
     tokenize_records,
     truncate,
 )
+from tunewise.train.fused import use_fused_lora
+from tunewise.train.loss import linear_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +168,9 @@ def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any)
     torch.manual_seed(config.seed)
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; harmless, noisy
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, lora)
+        model = get_peft_model(model, lora)
+    use_fused_lora(model)
+    return model
 
 
 def _parts(model: Any) -> tuple[Any, Any]:
@@ -213,9 +217,12 @@ def batch_loss(model: Any, examples: list[Example], autocast_dtype: Any) -> tupl
         hidden = packed_hidden(model, batch)
         # (1, L, H) -> (T, H): only positions whose next token is trained reach the vocabulary projection.
         selected = hidden[0, batch["select"]]
-        logits = head(selected).float()
-    loss_sum = F.cross_entropy(logits, batch["targets"], reduction="sum")
-    correct = (logits.detach().argmax(-1) == batch["targets"]).sum()
+        if isinstance(head, torch.nn.Linear) and head.bias is None:
+            loss_sum, correct = linear_cross_entropy(selected, head.weight, batch["targets"])
+        else:  # a head with a bias or an adapter of its own: the plain path, all logits at once
+            logits = head(selected).float()
+            loss_sum = F.cross_entropy(logits, batch["targets"], reduction="sum")
+            correct = (logits.detach().argmax(-1) == batch["targets"]).sum()
     return loss_sum, correct, int(batch["targets"].numel())
 
 
@@ -657,11 +664,14 @@ def _run(
 
 
 def _time_step(model: Any, prepared: Prepared, groups: list[list[int]], dtype: str) -> float:
-    """Seconds for one forward+backward of a step's micro-batches in `dtype`; gradients are discarded."""
+    """Seconds for forward+backward of a step's first two micro-batches in `dtype`; gradients are discarded.
+
+    Two micro-batches, not the whole step: the precision decision times eight of these, and the ratio
+    between dtypes is what it needs, not the step's duration."""
     import torch
 
     started = time.perf_counter()
-    for group in groups:
+    for group in groups[:2]:
         loss_sum, _, _ = batch_loss(
             model,
             [prepared.train.examples[i] for i in group],
@@ -751,6 +761,10 @@ def _train(
             metrics.append({"step": step, **scores})
         return scores
 
+    # Gradient buffers allocated once, before the first activation, and zeroed in place after each step:
+    # reallocated in the middle of every backward pass, they would split the heap and raise resident memory.
+    for p in params:
+        p.grad = torch.zeros_like(p)
     if start == 0:
         state["eval_before"] = run_eval(0)
     result.eval_before = state["eval_before"]
@@ -784,7 +798,7 @@ def _train(
             _all_reduce_grads(params, loss_total)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=False)
         loss = loss_total.item() / n_trained
         if state["first_loss"] is None:
             state["first_loss"] = loss

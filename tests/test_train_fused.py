@@ -1,0 +1,106 @@
+"""The memory-lean training pieces compute exactly what the plain PyTorch / PEFT code computes."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("train_weight", [False, True])
+@pytest.mark.parametrize("chunk", [7, 64, 1000])
+def test_chunked_cross_entropy_equals_the_full_logits_path(chunk, train_weight):
+    """Loss, argmax count and both gradients equal F.cross_entropy over all logits, whatever the chunking
+    (a chunk that does not divide the positions, one chunk bigger than all of them)."""
+    import torch.nn.functional as F
+
+    from tunewise.train.loss import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(50, 16, generator=gen, requires_grad=True)
+    weight = torch.randn(300, 16, generator=gen, requires_grad=train_weight)
+    targets = torch.randint(0, 300, (50,), generator=gen)
+    targets[:5] = (hidden[:5] @ weight[:, :].t()).argmax(-1).detach()  # a few right answers to count
+
+    loss, correct = linear_cross_entropy(hidden, weight, targets, chunk=chunk)
+    (loss * 0.25).backward()  # a scale, as the step normalization applies
+    grads = (hidden.grad.clone(), weight.grad.clone() if train_weight else None)
+    hidden.grad = None
+    weight.grad = None
+
+    logits = hidden @ weight.t()
+    expected = F.cross_entropy(logits, targets, reduction="sum")
+    (expected * 0.25).backward()
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-4)
+    assert int(correct) == int((logits.argmax(-1) == targets).sum()) >= 5
+    torch.testing.assert_close(grads[0], hidden.grad, rtol=1e-4, atol=1e-6)
+    if train_weight:
+        torch.testing.assert_close(grads[1], weight.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_cross_entropy_without_gradients_only_scores():
+    from tunewise.train.loss import linear_cross_entropy
+
+    hidden, weight = torch.randn(10, 8), torch.randn(40, 8)
+    targets = torch.randint(0, 40, (10,))
+    with torch.no_grad():
+        loss, correct = linear_cross_entropy(hidden, weight, targets, chunk=3)
+    expected = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, reduction="sum")
+    torch.testing.assert_close(loss, expected)
+    assert not loss.requires_grad and 0 <= int(correct) <= 10
+
+
+def _lora_model():
+    from peft import LoraConfig, get_peft_model
+
+    from tunewise.models.loading import TINY_MODEL, load_model, load_tokenizer
+
+    torch.manual_seed(0)
+    model = load_model(TINY_MODEL, "float32", tokenizer=load_tokenizer(TINY_MODEL), seed=0)
+    model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", lora_dropout=0.0)
+    )
+    # LoRA B starts at zero, which would hide a wrong update: give it values.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    return model
+
+
+def test_fused_lora_forward_equals_peft_outputs_and_gradients():
+    from tunewise.train.fused import use_fused_lora
+
+    ids = torch.randint(0, 1000, (1, 24))
+
+    def run(model):
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids).logits
+        logits.float().pow(2).mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return logits.detach(), grads
+
+    model = _lora_model()
+    plain_logits, plain_grads = run(model)
+    assert use_fused_lora(model) > 0
+    fused_logits, fused_grads = run(model)
+    torch.testing.assert_close(fused_logits, plain_logits, rtol=1e-5, atol=1e-5)
+    assert plain_grads.keys() == fused_grads.keys()
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_fused_lora_steps_aside_when_the_adapter_is_disabled_or_autocast_is_on():
+    from tunewise.train.fused import use_fused_lora
+
+    model = _lora_model()
+    use_fused_lora(model)
+    ids = torch.randint(0, 1000, (1, 12))
+    with torch.no_grad():
+        with_adapter = model(input_ids=ids).logits
+        with model.disable_adapter():
+            without = model(input_ids=ids).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(input_ids=ids).logits
+    assert not torch.allclose(with_adapter, without)
+    torch.testing.assert_close(mixed.float(), with_adapter, rtol=0.1, atol=0.1)
