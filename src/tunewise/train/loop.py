@@ -7,7 +7,10 @@ checkpointing, full-vocabulary logits over padded batches) cost 2-3x. Here compu
   with position ids restarting at 0 for each example, and attention runs per example inside the row
   (train/attention.py), so nothing leaks across examples and no FLOP is spent on padding or masked scores;
 - the vocabulary projection (576 x 49,152 for SmolLM2: 28M multiply-adds per token, about a fifth of the
-  model) runs only at the positions whose next token is trained, by slicing the hidden states first;
+  model) runs only at the positions whose next token is trained, by slicing the hidden states first, and a
+  chunk at a time, each chunk's logits turned into loss and gradient at once (train/loss.py);
+- each LoRA layer adds its update into the base projection in place (train/fused.py), and the gradient
+  buffers live for the whole run: fewer temporaries, less heap fragmentation, lower peak memory;
 - the loss of a step is summed over its trained tokens and divided by their count for the whole step, so
   gradient accumulation over micro-batches (and over processes under torchrun) equals one big batch.
 
@@ -874,7 +877,7 @@ def _all_reduce_grads(params: list[Any], loss_total: Any) -> None:
     offset = 0
     for p, g in zip(params, grads, strict=True):
         n = g.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
+        p.grad = g.copy_(flat[offset : offset + n].view_as(g))  # back into the run-long buffer
         offset += n
     loss_total.fill_(flat[offset].item())
 
