@@ -104,3 +104,23 @@ def test_fused_lora_steps_aside_when_the_adapter_is_disabled_or_autocast_is_on()
             mixed = model(input_ids=ids).logits
     assert not torch.allclose(with_adapter, without)
     torch.testing.assert_close(mixed.float(), with_adapter, rtol=0.1, atol=0.1)
+
+
+def test_chunked_cross_entropy_under_bf16_autocast_stays_close_to_fp32():
+    """Under autocast the products run in bf16 (the head cast once per call); loss and gradient keep to bf16's
+    precision of the fp32 result."""
+    from tunewise.train.loss import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(1)
+    hidden = torch.randn(40, 32, generator=gen, requires_grad=True)
+    weight = torch.randn(500, 32, generator=gen) / 4
+    targets = torch.randint(0, 500, (40,), generator=gen)
+    loss, _ = linear_cross_entropy(hidden, weight, targets, chunk=16)
+    loss.backward()
+    fp32_grad, hidden.grad = hidden.grad.clone(), None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = linear_cross_entropy(hidden, weight, targets, chunk=16)
+    mixed.backward()
+    assert mixed.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    torch.testing.assert_close(mixed, loss, rtol=2e-2, atol=0.0)
+    torch.testing.assert_close(hidden.grad, fp32_grad, rtol=5e-2, atol=2e-2)

@@ -41,32 +41,46 @@ _function: Any = (
 def _make_function() -> Any:
     import torch
 
+    def chunk_loop(
+        hidden: Any, weight: Any, head: Any, targets: Any, chunk: int, need_hidden: bool, need_weight: bool
+    ) -> tuple[Any, ...]:
+        """Loss, argmax count and gradients; `head` is `weight` in the dtype the products run in."""
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        correct = torch.zeros((), dtype=torch.long, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        rows = torch.arange(chunk, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start : start + chunk].to(head.dtype)
+            t = targets[start : start + chunk]
+            logits = (h @ head.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            correct += (logits.argmax(-1) == t).sum()
+            if not (need_hidden or need_weight):
+                continue
+            # In place: logits -> softmax -> softmax - onehot, the gradient of the summed loss.
+            probs = logits.sub_(lse[:, None]).exp_()
+            probs[rows[: t.shape[0]], t] -= 1.0
+            probs = probs.to(head.dtype)
+            if need_hidden:
+                grad_hidden[start : start + chunk] = probs @ head
+            if need_weight:
+                grad_weight += (probs.t() @ h).to(weight.dtype)
+        return loss, correct, grad_hidden, grad_weight
+
     class LinearCrossEntropy(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, hidden: Any, weight: Any, targets: Any, chunk: int) -> tuple[Any, Any]:
-            need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-            loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            correct = torch.zeros((), dtype=torch.long, device=hidden.device)
-            grad_hidden = torch.empty_like(hidden) if need_hidden else None
-            grad_weight = torch.zeros_like(weight) if need_weight else None
-            rows = torch.arange(chunk, device=hidden.device)
-            for start in range(0, hidden.shape[0], chunk):
-                h = hidden[start : start + chunk]
-                t = targets[start : start + chunk]
-                logits = (h @ weight.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                loss += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-                correct += (logits.argmax(-1) == t).sum()
-                if not (need_hidden or need_weight):
-                    continue
-                # In place: logits -> softmax -> softmax - onehot, the gradient of the summed loss.
-                probs = logits.sub_(lse[:, None]).exp_()
-                probs[rows[: t.shape[0]], t] -= 1.0
-                probs = probs.to(weight.dtype)
-                if need_hidden:
-                    grad_hidden[start : start + chunk] = probs @ weight
-                if need_weight:
-                    grad_weight += probs.t() @ h.to(weight.dtype)
+            device = hidden.device.type
+            # Under autocast, cast the head once per call rather than once per product (a frozen weight is
+            # not in autocast's cache), then run the products in that dtype with autocast out of the way.
+            autocast = torch.is_autocast_enabled(device)
+            head = weight.to(torch.get_autocast_dtype(device)) if autocast else weight
+            with torch.autocast(device, enabled=False):
+                loss, correct, grad_hidden, grad_weight = chunk_loop(
+                    hidden, weight, head, targets, chunk, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+                )
             ctx.save_for_backward(grad_hidden, grad_weight)
             ctx.mark_non_differentiable(correct)
             return loss, correct
