@@ -5,7 +5,7 @@ are three (tokens x out_features) tensors, allocated and freed in every LoRA lay
 CPU that churn costs time and, through heap fragmentation, resident memory. Here the low-rank update is added
 into the base output in place, `result.addmm_(lora_A(x), B.T, alpha=scaling)`: the same arithmetic and the
 same gradients (the base projection's backward pass does not need its output, so updating it in place is
-safe), with no temporaries. tests/test_train.py compares outputs and gradients with PEFT's own forward.
+safe), with no temporaries. tests/test_train_fused.py compares outputs and gradients with PEFT's own forward.
 
 Anything but the plain case (merged or disabled adapters, several active adapters, DoRA and other variants,
 autocast, extra arguments) goes through PEFT's forward unchanged.
