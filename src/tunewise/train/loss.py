@@ -33,9 +33,8 @@ def linear_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk: int = CH
     return _function.apply(hidden, weight, targets, chunk)
 
 
-_function: Any = (
-    None  # the autograd.Function, built on first use so that importing this does not import torch
-)
+# The autograd.Function, built on first use so that importing this module does not import torch.
+_function: Any = None
 
 
 def _make_function() -> Any:
