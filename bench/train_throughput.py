@@ -234,11 +234,13 @@ def main() -> None:
     for name, peak in peaks.items():
         print(f"matmul peak {name} {peak / 1e9:.0f} GFLOP/s -> bound {bounds[name]:.0f} tokens/s "
               f"(4 x {n_params:,} FLOPs per token)")  # fmt: skip
-    targets = [
-        ("tunewise >= 2.5x trl-a", summary.get("tunewise_speedup_vs_trl-a", 0) >= 2.5),
-        ("tunewise >= 2x trl-b", summary.get("tunewise_speedup_vs_trl-b", 0) >= 2.0),
-        ("tunewise-fp32 >= 60% of the fp32 bound", summary.get("tunewise-fp32_fraction_of_bound", 0) >= 0.6),
+    # A target whose arms did not run (--only) is not judged: neither met nor missed.
+    checks = [
+        ("tunewise >= 2.5x trl-a", "tunewise_speedup_vs_trl-a", 2.5),
+        ("tunewise >= 2x trl-b", "tunewise_speedup_vs_trl-b", 2.0),
+        ("tunewise-fp32 >= 60% of the fp32 bound", "tunewise-fp32_fraction_of_bound", 0.6),
     ]
+    targets = [(label, summary[key] >= bar) for label, key, bar in checks if key in summary]
     for name in ("tunewise", "tunewise-fp32"):
         r = results.get(name, {})
         if r.get("status") == "succeeded":

@@ -103,6 +103,23 @@ def test_lora_changes_only_adapter_weights_and_lowers_the_loss(tmp_path, data):
                        tiny_model(tokenizer, seed=0).model.layers[0].mlp.down_proj.weight)  # fmt: skip
 
 
+def test_lora_in_bf16_trains_fp32_adapters_on_a_bf16_base(tmp_path, data):
+    """With bf16 chosen, LoRA stores the frozen base in bf16 (train/mixed.py): it still learns, the adapter
+    is saved in fp32, and the run records the precision it trained in."""
+    import torch
+    from safetensors.torch import load_file
+
+    from tunewise.train import run
+
+    result = run(config(data, precision="bfloat16"), Project(tmp_path / "proj"))
+    assert result.status == "succeeded"
+    assert result.eval_after["eval_loss"] < result.eval_before["eval_loss"]
+    adapter = load_file(str(Path(result.run_dir) / "adapter" / "adapter_model.safetensors"))
+    assert adapter and all(v.dtype == torch.float32 for v in adapter.values())
+    environment = json.loads((Path(result.run_dir) / "environment.json").read_text())
+    assert environment["precision"]["dtype"] == "bfloat16"
+
+
 def test_full_fine_tuning_changes_weights_and_lowers_the_loss(tmp_path, data):
     import torch
 

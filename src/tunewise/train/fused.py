@@ -8,7 +8,7 @@ same gradients (the base projection's backward pass does not need its output, so
 safe), with no temporaries. tests/test_train_fused.py compares outputs and gradients with PEFT's own forward.
 
 Anything but the plain case (merged or disabled adapters, several active adapters, DoRA and other variants,
-autocast, extra arguments) goes through PEFT's forward unchanged.
+autocast, extra arguments, input in another dtype than the base weights) goes through PEFT's forward unchanged.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 def _fused_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     import torch
+    import torch.nn.functional as F
 
     active = self.active_adapters
     if (
@@ -29,15 +30,18 @@ def _fused_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
         or len(active) != 1
         or active[0] not in self.lora_A
         or active[0] in self.lora_variant
+        or self.lora_B[active[0]].bias is not None  # PEFT's lora_bias option
         or torch.is_autocast_enabled(x.device.type)
-        or self.base_layer.weight.dtype != self.lora_B[active[0]].weight.dtype
+        or x.dtype != self.base_layer.weight.dtype
     ):
         return type(self).forward(self, x, *args, **kwargs)
     name = active[0]
     result = self.base_layer(x)
-    down = self.lora_A[name](self.lora_dropout[name](x.to(self.lora_A[name].weight.dtype)))
-    flat = result.view(-1, result.shape[-1])
-    flat.addmm_(down.reshape(-1, down.shape[-1]), self.lora_B[name].weight.t(), alpha=self.scaling[name])
+    # The adapter's products run in the activations' dtype: with a bf16 base (train/mixed.py) the fp32 factors
+    # are cast, as autocast would cast them, and their gradients flow back to the fp32 factors through the casts.
+    down = F.linear(self.lora_dropout[name](x), self.lora_A[name].weight.to(x.dtype))
+    up = self.lora_B[name].weight.to(x.dtype).t()
+    result.view(-1, result.shape[-1]).addmm_(down.reshape(-1, down.shape[-1]), up, alpha=self.scaling[name])
     return result
 
 
