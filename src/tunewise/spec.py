@@ -205,6 +205,12 @@ class EvaluationSpec(_Strict):
         description="How `+scored` arms rank labels: mean log-probability per reply token (length normalized) "
         "or the reply's total log-probability.",
     )
+    json_guard: bool = Field(
+        default=True,
+        description="For json contracts: stop free decoding from looping inside the JSON (a key its object "
+        "already holds, an object its list already holds). The row goes back to before the repetition and the "
+        "model's next-best token closes the container; every arm gets it, local models only.",
+    )
     constrained: Auto | bool = Field(
         default="auto",
         description="Variants that meet the contract by construction, evaluated next to each free arm: label "

@@ -22,7 +22,10 @@ engine therefore:
 6. stops a row at an end-of-turn token (for SmolLM2 `<|im_end|>`, which is also its pad and eos) or at
    `max_new_tokens`. A finished row stays in the batch (its outputs ignored) until finished rows make up
    `_compact_fraction` of the batch; they are then dropped from the batch and its cache together, so one
-   long answer does not make the others pay for its steps, and the cache is not copied once per finished row.
+   long answer does not make the others pay for its steps, and the cache is not copied once per finished row;
+7. with `json_guard`, takes a row that starts repeating itself inside JSON back to before the repetition: the
+   dropped positions leave the row's attention mask (their cache slots stay, unread) and the last kept token is
+   fed again at its own position (evaluate/loopguard.py).
 
 Greedy by default (argmax, the same tie-break as `model.generate`); `temperature > 0` samples with a seeded
 generator, for the consistency samples. In fp32 the batched greedy outputs equal per-example
@@ -51,6 +54,7 @@ from typing import Any
 
 from tunewise.errors import TunewiseError
 from tunewise.evaluate.constrain import Constraint, GrammarBackend, RowMatchers
+from tunewise.evaluate.loopguard import RowGuards
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class Generation:
     latency_ms: float  # this prompt's fair share of the measured time (see the module docstring)
     finish_reason: str  # "stop" (end-of-turn token) or "length" (max_new_tokens reached)
     # With `generate(params=...)` a stop string also gives "stop"; an `on_token` callback's abort gives "abort".
+    rewinds: int = 0  # times the JSON loop guard took the row back (evaluate/loopguard.py)
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,7 @@ class LocalEngine:
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
+        self._pieces: dict[int, str] = {}
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> LocalEngine:
@@ -201,6 +207,7 @@ class LocalEngine:
         *,
         params: Sequence[SamplingParams] | None = None,
         on_token: Callable[[int, int], bool | None] | None = None,
+        json_guard: bool = False,
     ) -> list[Generation]:
         """Complete every prompt; results keep the order of `prompts`.
 
@@ -213,6 +220,8 @@ class LocalEngine:
         settings, adding top_p and stop strings (the server batches requests with different settings).
         `on_token(prompt_index, token_id)` is called for every generated token as it is chosen (streaming);
         returning True ends that prompt's generation (finish_reason "abort": its client went away).
+        `json_guard` stops free rows from looping inside JSON (a repeated key, a repeated element): see
+        evaluate/loopguard.py. It does not apply to constrained rows, nor when streaming with `on_token`.
         """
         import torch
 
@@ -239,6 +248,7 @@ class LocalEngine:
             for i in range(len(ids)):
                 spent[i] += prefix_seconds / len(ids)
             results: dict[int, tuple[list[int], str]] = {}
+            rewinds: dict[int, int] = {}
             batches = self._batches(ids, prefix_len)
             log.info(
                 "generating for %d prompts in %d batches (shared prefix: %d tokens, max_new_tokens %d)",
@@ -261,6 +271,8 @@ class LocalEngine:
                         grammars,
                         per_prompt,
                         on_token,
+                        json_guard and on_token is None,
+                        rewinds,
                     )
                 )
         out = []
@@ -279,6 +291,7 @@ class LocalEngine:
                     completion_tokens=len(generated),
                     latency_ms=spent[i] * 1000.0,
                     finish_reason=reason,
+                    rewinds=rewinds.get(i, 0),
                 )
             )
         return out
@@ -291,6 +304,7 @@ class LocalEngine:
         seed: int = 0,
         max_new_tokens: int = 64,
         constraint: Constraint | None = None,
+        json_guard: bool = False,
     ) -> list[list[Generation]]:
         """n sampled completions per prompt (the consistency samples), batched together."""
         if n < 1:
@@ -305,6 +319,7 @@ class LocalEngine:
             temperature=temperature,
             seed=seed,
             constraint=constraint,
+            json_guard=json_guard,
         )
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -590,6 +605,8 @@ class LocalEngine:
         grammars: Mapping[int, Any] | None = None,
         per_prompt: _PerPrompt | None = None,
         on_token: Callable[[int, int], bool | None] | None = None,
+        json_guard: bool = False,
+        rewinds: dict[int, int] | None = None,
     ) -> dict[int, tuple[list[int], str]]:
         import torch
 
@@ -601,6 +618,13 @@ class LocalEngine:
             if grammars
             else None
         )
+        # The loop guard of each free row (a grammar state cannot be rewound), and where its tokens were written.
+        guards = (
+            RowGuards([i for i in batch if not (grammars and grammars.get(i))], self._piece)
+            if json_guard
+            else None
+        )
+        columns: dict[int, list[int]] = {i: [] for i in batch}  # cache column of each generated token fed
         # Identical prompts in a batch (sample() repeats each prompt n times) are prefilled once; their cache and
         # logits are then copied to every row that asked for them. Rows keep their order, so sampling draws the
         # same random numbers in the same order as if each copy had been prefilled on its own.
@@ -643,6 +667,7 @@ class LocalEngine:
             expand = torch.tensor(row_unique)
             cache.batch_select_indices(expand)
             logits, attention, next_pos = logits[expand], attention[expand], next_pos[expand]
+        first_pos = next_pos.clone()  # position of each row's first generated token
         prefill = time.perf_counter() - start
         # Each distinct prompt's share is in proportion to its real tokens, split equally among its copies.
         real = [len(s) for s in suffixes]
@@ -669,9 +694,12 @@ class LocalEngine:
                 chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             else:
                 chosen = current.argmax(dim=-1)
+            if guards:
+                chosen = self._keep_seals(guards, current, chosen, [members[r] for r in live], temperature,
+                                          generator, per_prompt)  # fmt: skip
             # A finished row kept in the batch is fed its last token again; its outputs are ignored.
             if len(live) == len(members):
-                tokens = chosen
+                tokens = chosen.clone()
             else:
                 tokens[torch.tensor(live)] = chosen
             still = []
@@ -691,6 +719,16 @@ class LocalEngine:
                     done[i] = (generated[i], "length")
                 else:
                     still.append(r)
+                    back = guards.accept(i, generated[i]) if guards and i in guards else None
+                    if back is not None:
+                        # Go back to the first `back` tokens: the positions of the dropped ones, and of the last
+                        # kept one, leave the attention mask; the last kept token is fed again, at its position,
+                        # so that this row's next choice is made where the dropped "," was chosen.
+                        attention[r, columns[i][back - 1 :]] = 0
+                        del columns[i][back - 1 :], generated[i][back:]
+                        tokens[r] = generated[i][-1]
+                        next_pos[r] = first_pos[r] + back - 1
+                        rewinds[i] = guards.rewinds[i]
             if not still:
                 # Charge the sampling of this last step to the rows that were in it.
                 self._charge([members[r] for r in live], step_start, spent)
@@ -701,8 +739,11 @@ class LocalEngine:
                 index = torch.tensor(still)
                 cache.batch_select_indices(index)
                 attention, next_pos, tokens = attention[index], next_pos[index], tokens[index]
+                first_pos = first_pos[index]
                 members = [members[r] for r in still]
                 still = list(range(len(still)))
+            for r in still:
+                columns[members[r]].append(length)  # this forward writes the fed tokens at column `length`
             logits = self._forward(tokens[:, None], attention[:, : length + 1], next_pos[:, None], cache)
             length += 1
             next_pos = next_pos + 1
@@ -713,6 +754,37 @@ class LocalEngine:
             live = still
             step_start = time.perf_counter()
         return done
+
+    def _piece(self, token: int) -> str:
+        """One token's text (cached: the loop guard reads every generated token)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self.tokenizer.decode([token])
+        return piece
+
+    @staticmethod
+    def _keep_seals(
+        guards: RowGuards, logits: Any, chosen: Any, prompts: list[int], temperature: float, generator: Any,
+        per_prompt: _PerPrompt | None,
+    ) -> Any:  # fmt: skip
+        """`chosen` with each token that would add a member to a sealed container chosen again without it."""
+        import torch
+
+        for j, i in enumerate(prompts):
+            for _ in range(64):  # more refusals than this means no sensible token is left: let it be
+                token = int(chosen[j])
+                if not guards.breaks_seal(i, token):
+                    break
+                logits[j, token] = float("-inf")
+                row = logits[j : j + 1]
+                if per_prompt is not None:
+                    chosen[j] = per_prompt.choose(row, [i])[0]
+                elif temperature > 0:
+                    probs = torch.softmax(row.float() / temperature, dim=-1)
+                    chosen[j] = torch.multinomial(probs, 1, generator=generator)[0, 0]
+                else:
+                    chosen[j] = row.argmax(dim=-1)[0]
+        return chosen
 
     @staticmethod
     def _charge(rows: list[int], since: float, spent: list[float]) -> None:

@@ -295,6 +295,11 @@ def run_evaluation(
                     + (f", decoding constrained to the contract's {constraint.kind}" if variant else "")
                 )
                 limit_to = {"constraint": constraint} if variant == CONSTRAINED else {}
+                # Free local decoding only: a grammar state cannot rewind, an endpoint is not ours to steer.
+                guarded = spec.evaluation.json_guard and spec.contract.type == "json" and variant is None
+                if guarded and arm not in endpoints:
+                    limit_to["json_guard"] = True
+                arm_info[name]["json_guard"] = guarded and arm not in endpoints
                 answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
                 samples = (
                     engine.sample(
@@ -330,6 +335,7 @@ def run_evaluation(
                         "prompt_tokens": answer.prompt_tokens,
                         "completion_tokens": answer.completion_tokens,
                         "finish_reason": answer.finish_reason,
+                        **({"guard_rewinds": rewinds} if (rewinds := getattr(answer, "rewinds", 0)) else {}),
                         **({"label_scores": answer.scores} if variant == SCORED else {}),
                     }
                 )

@@ -198,6 +198,9 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         arm["field_precision"] = tp / predicted if predicted else None
         arm["field_recall"] = tp / reference if reference else None
         arm["field_f1_mean"] = bootstrap_mean([r["field_f1"] for r in rows]).as_dict()
+        # How often the JSON loop guard (evaluate/loopguard.py) took a greedy answer back from a repetition.
+        arm["json_guard"] = bool(info.get("json_guard", False))
+        arm["guarded_answers"] = sum(1 for r in rows if r.get("guard_rewinds"))
     # What else the caller knows about the arm (its training run, an endpoint's model and pricing entry, ...).
     arm.update({k: v for k, v in info.items() if k not in arm and k != "labels"})
     return arm
