@@ -190,7 +190,10 @@ class JobRun:
                 "SELECT status FROM fine_tuning_jobs WHERE id = ?", (self.job_id,)
             ).fetchone()
             if status is None or status[0] != "running":
-                raise KeyboardInterrupt  # cancelled: stop now even if the worker's signal has not arrived yet
+                # Cancelled: stop now even if the worker's signal has not arrived yet. When it does arrive, it
+                # must not interrupt the cleanup that records the cancellation, so it is ignored from here on.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                raise KeyboardInterrupt
             add_event(
                 conn,
                 self.job_id,
