@@ -45,3 +45,36 @@ def run_cli(monkeypatch, capsys):
         return code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A tiny random Llama with the real SmolLM2 tokenizer (generation tests); skips without the tokenizer."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tunewise.errors import TunewiseError
+    from tunewise.models.embedded import tokenizer_dir
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
+    except TunewiseError as exc:
+        pytest.skip(f"the embedded SmolLM2 tokenizer is unavailable: {exc.message}")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        # A wide init makes the random model's greedy choices differ between prompts and steps (at the default
+        # 0.02 it prints the same token forever, which would make "outputs are equal" a weak check).
+        initializer_range=1.0,
+    )
+    return LlamaForCausalLM(config).eval(), tokenizer

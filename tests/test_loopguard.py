@@ -69,26 +69,6 @@ def test_fuzzed_text_never_breaks_the_tracker():
 # --- the engine -----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from tunewise.errors import TunewiseError
-    from tunewise.models.embedded import tokenizer_dir
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir())
-    except TunewiseError as exc:
-        pytest.skip(f"the embedded SmolLM2 tokenizer is unavailable: {exc.message}")
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(tokenizer), max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, initializer_range=1.0,
-    )  # fmt: skip
-    return LlamaForCausalLM(config).eval(), tokenizer
-
-
 def scripted_engine(model, tokenizer, loop_for: set[int]):
     """A LocalEngine whose next-token scores follow a script keyed on the token just fed: a list of one object
     repeated forever for prompts whose length is in `loop_for` (told apart by position: lengths must differ
