@@ -39,7 +39,8 @@ class TrainConfig:
     # backward keeps ~10K floats per token per layer (norms, q/k/v, MLP intermediates), 1.2 MB per token for
     # SmolLM2-135M's 30 layers in fp32, so 256 tokens hold ~0.3 GB, and glibc's heap fragmentation about as
     # much again. Larger micro-batches were not faster on CPU (64 bitext_reply examples: 512 tokens ran at the
-    # same tokens/s with 0.3 GB more peak RSS); an example longer than this gets a micro-batch of its own.
+    # same tokens/s with 0.3 GB more peak RSS; 384, the longest example rounded up, ran at the same speed with
+    # 0.05-0.08 GB more). An example longer than this gets a micro-batch of its own.
     micro_batch_tokens: int = 256
     schedule: Schedule = "cosine"
     warmup_ratio: float = 0.1

@@ -9,8 +9,9 @@ checkpointing, full-vocabulary logits over padded batches) cost 2-3x. Here compu
 - the vocabulary projection (576 x 49,152 for SmolLM2: 28M multiply-adds per token, about a fifth of the
   model) runs only at the positions whose next token is trained, by slicing the hidden states first, and a
   chunk at a time, each chunk's logits turned into loss and gradient at once (train/loss.py);
-- each LoRA layer adds its update into the base projection in place (train/fused.py), and the gradient
-  buffers live for the whole run: fewer temporaries, less heap fragmentation, lower peak memory;
+- each LoRA layer adds its update into the base projection in place (train/fused.py), the MLP's gated
+  product keeps two tensors for backward instead of three (train/swiglu.py), and the gradient buffers live
+  for the whole run: fewer temporaries, less heap fragmentation, lower peak memory;
 - where bf16 is measured faster, a LoRA run stores the frozen base in bf16 and keeps the adapters in fp32
   (train/mixed.py): bf16 activations, no cast repeated per product; full fine-tuning uses autocast instead;
 - the loss of a step is summed over its trained tokens and divided by their count for the whole step, so
@@ -59,6 +60,7 @@ from tunewise.train.data import (
 )
 from tunewise.train.fused import use_fused_lora
 from tunewise.train.loss import linear_cross_entropy
+from tunewise.train.swiglu import use_fused_swiglu
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +160,7 @@ def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any)
     )
     model.config.use_cache = False  # no KV cache in training: it only costs memory
     use_packed_attention(model)  # per-example attention inside packed rows (see train/attention.py)
+    use_fused_swiglu(model)  # the MLP keeps two tensors for backward, not three (see train/swiglu.py)
     if config.method == "full":
         model.requires_grad_(True)
         return model
@@ -554,7 +557,7 @@ def _run(
         check_trainable(prepared.train)
         if prepared.eval is not None:
             prepared.eval = truncate(prepared.eval, resolved.max_length)
-    micro_tokens = max(config.micro_batch_tokens, resolved.max_length)
+    micro_tokens = config.micro_batch_tokens  # not raised to max_length: it bounds activation memory
     model = _build_model(config, resolved, prepared.tokenizer).to(
         torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
     )
