@@ -688,3 +688,23 @@ def test_economics_error_is_shown(tmp_path):
     p = section(build_report(state, tmp_path)[0].read_text(encoding="utf-8"), "plots")
     assert "Costs could not be computed: no option could be priced: together lacks a price" in p
     assert "add a pricing override" in p
+
+
+def test_text_fields_get_a_rouge_l_column_and_a_paired_row(tmp_path):
+    state = full_state()
+    arms = {a["name"]: a for a in state["evaluation"]["arms"]}
+    arms["fine-tuned"]["text_similarity"] = {"value": 0.61, "low": 0.55, "high": 0.66}
+    arms["few-shot"]["text_similarity"] = {"value": 0.42, "low": 0.37, "high": 0.47}
+    for p in state["evaluation"]["paired"]:
+        if {p["a"], p["b"]} == {"fine-tuned", "few-shot"}:
+            sign = 1 if p["a"] == "fine-tuned" else -1
+            p["text_similarity_diff"] = {"value": sign * 0.19, "low": sign * (0.12 if sign > 0 else 0.26),
+                                         "high": sign * (0.26 if sign > 0 else 0.12)}  # fmt: skip
+    html = build_report(state, tmp_path)[0].read_text(encoding="utf-8")
+    assert "Text ROUGE-L" in section(html, "arms")
+    tuned = _arm_row(html, "fine-tuned")
+    assert "61.0%" in tuned and "55.0% – 66.0%" in tuned
+    arms_html = section(html, "arms")
+    table = arms_html[arms_html.index('id="paired-table"') :]
+    row = next(r for r in table.split("<tr")[1:] if "text ROUGE-L" in r)
+    assert "fine-tuned" in row and "+19.0 pts" in row and "+12.0 to +26.0" in row

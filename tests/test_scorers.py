@@ -151,6 +151,78 @@ def test_json_field_level_hand_computed():
     assert fenced.fields.f1 == 1.0 and fenced.format_ok is False
 
 
+REPLY_CONTRACT = {"type": "json", "text_fields": ["reply", "meta.note"]}
+REPLY_REF = (
+    '{"intent": "refund", "reply": "We will refund your order", "meta": {"note": "call back", "id": 7}}'
+)
+
+
+def test_text_fields_leave_exact_match_and_field_f1_and_are_scored_by_rouge_l():
+    # Structured fields all right, the prose worded differently: correct, with a hand-computed ROUGE-L.
+    out = '{"intent": "refund", "reply": "We will refund the order today", "meta": {"id": 7, "note": "call"}}'
+    s = score(out, REPLY_REF, REPLY_CONTRACT)
+    assert s.correct and s.correct_lenient
+    # Leaves compared: intent, meta.id (the two prose fields are out): both right.
+    assert (s.fields.true_positives, s.fields.n_predicted, s.fields.n_reference) == (2, 2, 2)
+    # reply: LCS "we will refund order" = 4 words; P = 4/6, R = 4/5, F1 = 8/11.
+    # meta.note: LCS "call" = 1; P = 1/1, R = 1/2, F1 = 2/3.
+    assert s.text_similarity == pytest.approx((8 / 11 + 2 / 3) / 2, abs=1e-4)
+    # Without text fields the same output is wrong and every leaf counts.
+    plain = score(out, REPLY_REF, JSON)
+    assert not plain.correct and plain.text_similarity is None
+    assert (plain.fields.true_positives, plain.fields.n_reference) == (2, 4)
+
+
+def test_text_fields_a_wrong_structured_field_or_missing_prose():
+    wrong = score('{"intent": "cancel", "reply": "We will refund your order", "meta": {"note": "call back", "id": 7}}',
+                  REPLY_REF, REPLY_CONTRACT)  # fmt: skip
+    assert not wrong.correct and wrong.text_similarity == 1.0
+    # Prose missing from the answer: still exact on the structure (the schema decides whether that is allowed),
+    # similarity 0 for the missing field.
+    missing = score('{"intent": "refund", "meta": {"id": 7, "note": "call back"}}', REPLY_REF, REPLY_CONTRACT)
+    assert missing.correct and missing.text_similarity == pytest.approx(0.5)
+    # Not JSON at all: nothing right, similarity 0; non-English prose still has words.
+    assert score("sorry", REPLY_REF, REPLY_CONTRACT).text_similarity == 0.0
+    assert scorers.text_similarity(
+        "Wir erstatten Ihre Bestellung", "wir erstatten die Bestellung"
+    ) == pytest.approx(0.75)
+
+
+def test_text_fields_do_not_break_answer_consistency():
+    samples = [
+        '{"intent": "refund", "reply": "Sorry, refunding now."}',
+        '{"intent": "refund", "reply": "Done."}',
+    ]
+    assert consistency(samples, {"type": "json", "text_fields": ["reply"]}).answer
+    assert not consistency(samples, JSON).answer
+
+
+def test_text_fields_from_the_spec_and_their_validation():
+    spec = parse_spec(
+        "task: {name: t, target: reply to a support ticket as json}\n"
+        "contract: {type: json, schema: {type: object}, text_fields: [reply]}\n"
+        "data: {train: [x.jsonl]}\n"
+    )
+    assert score('{"a": 1, "reply": "hi"}', '{"a": 1, "reply": "hello"}', spec.contract).correct
+    from tunewise.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dotted key paths"):
+        parse_spec(
+            "task: {name: t, target: reply to a support ticket as json}\n"
+            "contract: {type: json, text_fields: ['reply..x']}\n"
+            "data: {train: [x.jsonl]}\n"
+        )
+    # A typo against the schema's properties names the nearest one; a non-string field is refused.
+    schema = "{type: object, properties: {reply: {type: string}, n: {type: integer}}}"
+    for fields, message in (("[replly]", "did you mean 'reply'"), ("[n]", "types it as integer")):
+        with pytest.raises(ConfigError, match=message):
+            parse_spec(
+                "task: {name: t, target: reply to a support ticket as json}\n"
+                f"contract: {{type: json, schema: {schema}, text_fields: {fields}}}\n"
+                "data: {train: [x.jsonl]}\n"
+            )
+
+
 def test_field_match_nested_empty_containers_are_leaves():
     m = field_match({"a": {}, "b": []}, {"a": {"x": 1}, "b": []})
     assert (m.true_positives, m.n_predicted, m.n_reference) == (1, 2, 2)

@@ -129,6 +129,39 @@ def test_json_summary_field_f1_and_unsupported():
     assert arm["latency_ms"] is None  # no latency recorded
 
 
+def test_json_text_fields_give_a_rouge_l_mean_per_arm_and_a_paired_difference():
+    contract = {"type": "json", "text_fields": ["reply"]}
+    refs = [
+        '{"intent": "refund", "reply": "we will refund your order"}',
+        '{"intent": "cancel", "reply": "done"}',
+    ]
+    outputs = {
+        # intent right both times; reply F1 8/11 (hand-computed in test_scorers) and 1.0
+        "fine-tuned": ['{"intent": "refund", "reply": "We will refund the order today"}',
+                       '{"intent": "cancel", "reply": "Done."}'],
+        # intent wrong once; reply 0 (no common word) and 0 (not JSON)
+        "few-shot": ['{"intent": "cancel", "reply": "Hello there"}', "sorry"],
+    }  # fmt: skip
+    records = [
+        {"id": i, "input": "msg", "reference": ref, "arm": arm, "output": out}
+        for arm, outs in outputs.items()
+        for i, (ref, out) in enumerate(zip(refs, outs, strict=True))
+    ]
+    s = build_summary(records, contract, task="replies")
+    arms = {a["name"]: a for a in s["arms"]}
+    assert arms["fine-tuned"]["accuracy"]["value"] == 1.0 and arms["few-shot"]["accuracy"]["value"] == 0.0
+    assert arms["fine-tuned"]["text_similarity"]["value"] == pytest.approx((8 / 11 + 1.0) / 2, abs=1e-4)
+    assert arms["few-shot"]["text_similarity"]["value"] == 0.0
+    # Field F1 over the structured leaves only: fine-tuned 2 of 2, few-shot 0 of 1 predicted, 2 in the references.
+    assert arms["fine-tuned"]["field_f1"] == 1.0 and arms["few-shot"]["field_f1"] == 0.0
+    pair = next(p for p in s["paired"] if p["a"] == "fine-tuned")
+    assert pair["text_similarity_diff"]["value"] == pytest.approx((8 / 11 + 1.0) / 2, abs=1e-4)
+    assert pair["text_similarity_diff"]["low"] <= pair["text_similarity_diff"]["value"]
+    # Without text fields there is nothing to compare.
+    plain = build_summary(records, {"type": "json"}, task="replies")
+    assert plain["arms"][0]["text_similarity"] is None and plain["paired"][0]["text_similarity_diff"] is None
+
+
 def test_text_contract_has_no_format_compliance_and_missing_usage_is_null():
     records = [
         {"id": 1, "input": "hi", "reference": "Hello!", "arm": "gpt", "output": "hello", "latency_ms": None},

@@ -50,6 +50,49 @@ class JsonContract(_Strict):
     json_schema: dict[str, Any] = Field(
         default_factory=dict, alias="schema", description="A JSON Schema every completion must meet."
     )
+    text_fields: list[str] = Field(
+        default_factory=list,
+        description="Dotted paths of fields that hold free prose (e.g. `reply`): left out of exact-match "
+        "accuracy and field F1, and scored instead by ROUGE-L against the reference's text.",
+    )
+
+    @field_validator("text_fields")
+    @classmethod
+    def _text_paths(cls, paths: list[str]) -> list[str]:
+        bad = [p for p in paths if not p or any(not part for part in p.split("."))]
+        if bad:
+            raise ValueError(
+                f"text_fields must be dotted key paths like 'reply' or 'answer.body' (got {bad!r})"
+            )
+        return paths
+
+    @model_validator(mode="after")
+    def _text_fields_in_schema(self) -> JsonContract:
+        """A text field the schema does not have is a typo that would silently score nothing."""
+        for path in self.text_fields:
+            node: Any = self.json_schema
+            for depth, key in enumerate(path.split(".")):
+                properties = node.get("properties") if isinstance(node, dict) else None
+                if not isinstance(properties, dict):
+                    break  # the schema says nothing about this level: nothing to check against
+                if key not in properties:
+                    where = ".".join(path.split(".")[:depth]) or "the top level"
+                    guess = nearest(key, properties)
+                    raise ValueError(
+                        f"text_fields: '{path}' is not in the schema ({where} has "
+                        f"{', '.join(sorted(properties)) or 'no properties'})"
+                        + (f"; did you mean '{guess}'?" if guess else "")
+                    )
+                node = properties[key]
+            else:
+                kind = node.get("type") if isinstance(node, dict) else None
+                if (
+                    kind is not None
+                    and kind != "string"
+                    and "string" not in (kind if isinstance(kind, list) else [])
+                ):
+                    raise ValueError(f"text_fields: '{path}' holds prose, but the schema types it as {kind}")
+        return self
 
     @field_validator("json_schema")
     @classmethod

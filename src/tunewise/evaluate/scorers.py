@@ -14,6 +14,10 @@ Strict-correct always implies lenient-correct (tested as a property).
 Format compliance is the strict parse succeeding (label in set / valid JSON meeting the schema / regex full
 match); it is None for `text` contracts, where there is no format to comply with.
 
+A json contract may name `text_fields`: paths of fields holding free prose (a support reply, a summary). No
+model writes the reference's prose word for word, so those fields are left out of exact-match accuracy, field
+F1 and answer consistency, and scored instead by ROUGE-L F1 against the reference's text (`text_similarity`).
+
 Contracts are the spec's pydantic models (`tunewise.spec.LabelContract`...) or plain dicts with the same keys
 (`{"type": "label", "labels": [...]}`, `{"type": "json", "schema": {...}}`, `{"type": "regex", "pattern": ...}`).
 """
@@ -44,6 +48,8 @@ __all__ = [
     "parse_lenient",
     "parse_strict",
     "score",
+    "split_text_fields",
+    "text_similarity",
 ]
 
 
@@ -55,6 +61,7 @@ class Contract:
     labels: tuple[str, ...] = ()
     schema: dict[str, Any] | None = None
     pattern: str | None = None
+    text_fields: tuple[str, ...] = ()  # json: dotted paths of free-prose fields
 
 
 def as_contract(contract: Any) -> Contract:
@@ -76,6 +83,7 @@ def as_contract(contract: Any) -> Contract:
             "labels": getattr(contract, "labels", ()),
             "schema": getattr(contract, "json_schema", None),
             "pattern": getattr(contract, "pattern", None),
+            "text_fields": getattr(contract, "text_fields", ()),
         }
     kind = contract.get("type", "text")
     if kind not in {"label", "json", "regex", "text"}:
@@ -89,6 +97,7 @@ def as_contract(contract: Any) -> Contract:
         labels=tuple(contract.get("labels") or ()),
         schema=contract.get("schema") or contract.get("json_schema"),
         pattern=contract.get("pattern"),
+        text_fields=tuple(contract.get("text_fields") or ()),
     )
 
 
@@ -332,6 +341,63 @@ def json_structure(value: Any) -> frozenset[str]:
     return frozenset(paths)
 
 
+def split_text_fields(value: Any, paths: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    """(a copy of `value` without the free-text fields, {path: removed value}); absent paths are skipped.
+
+    >>> split_text_fields({"intent": "refund", "reply": "Sorry!", "meta": {"note": "x", "id": 3}},
+    ...                   ["reply", "meta.note", "missing"])
+    ({'intent': 'refund', 'meta': {'id': 3}}, {'reply': 'Sorry!', 'meta.note': 'x'})
+    """
+    if not paths or not isinstance(value, dict):
+        return value, {}
+    value = json.loads(json.dumps(value))  # a deep copy: the caller's answer stays whole
+    removed: dict[str, Any] = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = value
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            removed[path] = node.pop(leaf)
+    return value, removed
+
+
+def _words(text: str) -> list[str]:
+    # Unicode-aware words, case folded: rouge-score's default tokenizer keeps only ASCII letters and digits,
+    # which would score every non-English reply as empty.
+    return re.findall(r"\w+", text.casefold())
+
+
+class _WordTokenizer:
+    def tokenize(self, text: str) -> list[str]:
+        return _words(text)
+
+
+_rouge: Any = None
+
+
+def text_similarity(predicted: Any, reference: Any) -> float:
+    """ROUGE-L F1 (longest common word subsequence) of a predicted free-text field against the reference's.
+
+    A missing or non-string prediction scores 0; two empty texts score 1.
+
+    >>> text_similarity("We will refund the order today", "we will refund your order")
+    0.7273
+    >>> text_similarity(None, "anything"), text_similarity("", "")
+    (0.0, 1.0)
+    """
+    global _rouge
+    if not isinstance(predicted, str) or not isinstance(reference, str):
+        return 0.0
+    if not _words(predicted) and not _words(reference):
+        return 1.0
+    if _rouge is None:
+        from rouge_score import rouge_scorer
+
+        _rouge = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_WordTokenizer())
+    return round(_rouge.score(reference, predicted)["rougeL"].fmeasure, 4)
+
+
 # --- one output against one reference ---------------------------------------------------------------------
 
 
@@ -409,6 +475,7 @@ class Score:
     answer: Any  # the strict parse (None when it failed)
     answer_lenient: Any  # the lenient parse (None when it failed)
     fields: FieldMatch | None = field(default=None)  # json contracts only
+    text_similarity: float | None = None  # json contracts with text_fields: mean ROUGE-L F1 over them
 
 
 def score(output: str, reference: str, contract: Any) -> Score:
@@ -418,7 +485,9 @@ def score(output: str, reference: str, contract: Any) -> Score:
     (and the output must comply with the format); json contracts parse both and compare canonical forms
     (key order, whitespace and 1 vs 1.0 ignored) of an output that is JSON and nothing else; text compares
     stripped strings. Lenient correctness compares the lenient parse the same way. Field-level match (json)
-    uses the lenient parse: it measures content, while format compliance measures form.
+    uses the lenient parse: it measures content, while format compliance measures form. A json contract's
+    `text_fields` are left out of the exact comparisons and the field match, and compared by ROUGE-L instead
+    (the mean over the text fields the reference holds).
 
     >>> s = score("Sure: ```json\\n{\\"b\\": 2, \\"a\\": 1}\\n```", '{"a":1,"b":2}', {"type": "json"})
     >>> s.correct, s.correct_lenient, s.format_ok, s.fields.f1
@@ -433,17 +502,26 @@ def score(output: str, reference: str, contract: Any) -> Score:
         ref_ok, ref_value = parse_json_strict(reference)
         if not ref_ok:
             raise ValueError(f"reference is not valid JSON: {reference[:80]!r}")
-        ref_canon = canonical_json(ref_value)
+        ref_structured, ref_texts = split_text_fields(ref_value, c.text_fields)
+        ref_canon = canonical_json(ref_structured)
         strict_parsed, strict_value = parse_json_strict(output)
-        correct = strict_parsed and canonical_json(strict_value) == ref_canon
-        correct_lenient = found and canonical_json(lenient) == ref_canon
+        strict_structured = split_text_fields(strict_value, c.text_fields)[0] if strict_parsed else None
+        lenient_structured, texts = split_text_fields(lenient, c.text_fields) if found else (None, {})
+        correct = strict_parsed and canonical_json(strict_structured) == ref_canon
+        correct_lenient = found and canonical_json(lenient_structured) == ref_canon
+        similarity = None
+        if ref_texts:  # content, like the field match: measured on the lenient parse
+            similarity = sum(text_similarity(texts.get(p), ref) for p, ref in ref_texts.items()) / len(
+                ref_texts
+            )
         return Score(
             correct=correct,
             correct_lenient=correct_lenient,
             format_ok=ok,
             answer=strict_value if strict_parsed else None,
             answer_lenient=lenient if found else None,
-            fields=field_match(lenient, ref_value, parsed=found),
+            fields=field_match(lenient_structured, ref_structured, parsed=found),
+            text_similarity=similarity,
         )
     if c.type == "text":
         ref_norm = re.sub(r"\s+", " ", reference.casefold()).strip(_EDGE).strip()
@@ -509,10 +587,10 @@ class Consistency:
         return self.structure and self.answer
 
 
-def _answer_key(found: bool, answer: Any, kind: str) -> str | None:
+def _answer_key(found: bool, answer: Any, c: Contract) -> str | None:
     if not found:
         return None
-    return canonical_json(answer) if kind == "json" else str(answer)
+    return canonical_json(split_text_fields(answer, c.text_fields)[0]) if c.type == "json" else str(answer)
 
 
 def consistency(samples: Iterable[str], contract: Any) -> Consistency:
@@ -520,8 +598,9 @@ def consistency(samples: Iterable[str], contract: Any) -> Consistency:
 
     Structure: every sample has the same format validity (all comply or none does) and, for json
     contracts, the same key structure (`json_structure` of the lenient parse). Answer: every sample has a
-    lenient answer and they are all equal (canonical JSON for json). Samples that all fail to parse agree in
-    structure but not in answer: an output with no answer is not a consistent answer.
+    lenient answer and they are all equal (canonical JSON for json, without the contract's free-text fields,
+    whose wording may vary). Samples that all fail to parse agree in structure but not in answer: an output
+    with no answer is not a consistent answer.
 
     >>> c = {"type": "json"}
     >>> consistency(['{"a": 1}', '```json\\n{"a": 2}\\n```'], c)
@@ -540,5 +619,5 @@ def consistency(samples: Iterable[str], contract: Any) -> Consistency:
         if c.type == "json":
             shape += (json_structure(answer) if found else None,)
         shapes.add(shape)
-        answers.add(_answer_key(found, answer, c.type))
+        answers.add(_answer_key(found, answer, c))
     return Consistency(structure=len(shapes) <= 1, answer=len(answers) == 1 and None not in answers)

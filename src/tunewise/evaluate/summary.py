@@ -117,6 +117,7 @@ def score_records(records: Iterable[Mapping[str, Any]], contract: Any) -> list[d
             field_predicted=s.fields.n_predicted if s.fields else None,
             field_reference=s.fields.n_reference if s.fields else None,
             field_f1=s.fields.f1 if s.fields else None,
+            text_similarity=s.text_similarity,
             consistent_structure=agree.structure if agree else None,
             consistent_answer=agree.answer if agree else None,
             consistent=agree.both if agree else None,
@@ -198,6 +199,9 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         arm["field_precision"] = tp / predicted if predicted else None
         arm["field_recall"] = tp / reference if reference else None
         arm["field_f1_mean"] = bootstrap_mean([r["field_f1"] for r in rows]).as_dict()
+        # The contract's free-text fields (text_fields): mean ROUGE-L F1 against the reference, with its interval.
+        texts = [r["text_similarity"] for r in rows if r.get("text_similarity") is not None]
+        arm["text_similarity"] = bootstrap_mean(texts).as_dict() if texts else None
         # How often the JSON loop guard (evaluate/loopguard.py) took a greedy answer back from a repetition.
         arm["json_guard"] = bool(info.get("json_guard", False))
         arm["guarded_answers"] = sum(1 for r in rows if r.get("guard_rewinds"))
@@ -226,7 +230,9 @@ def build_summary(
     Rates are None where they cannot be measured (format compliance of a text contract, consistency without
     samples). `paired` holds every *ordered* pair of arms (A vs B and B vs A), so a reader can look up any
     pair in the direction it wants; `diff` is strict accuracy of `a` minus `b` on the examples both arms
-    answered (`n`), with a paired bootstrap interval (seeded) and the exact McNemar p-value. Extra keys
+    answered (`n`), with a paired bootstrap interval (seeded) and the exact McNemar p-value;
+    `text_similarity_diff` the same for the mean ROUGE-L of the contract's free-text fields (None without
+    them). Extra keys
     `latency_p50_ratio` and `prompt_tokens_ratio` give a's median latency and mean prompt length over b's
     (0.6 = 40% shorter), None where either is unmeasured.
     Arms keep the order in which they first appear in the records.
@@ -260,6 +266,10 @@ def build_summary(
         for name, rows in by_arm.items()
     ]
     correct = {name: {r["id"]: r["correct"] for r in rows} for name, rows in by_arm.items()}
+    similarity = {
+        name: {r["id"]: r["text_similarity"] for r in rows if r.get("text_similarity") is not None}
+        for name, rows in by_arm.items()
+    }
     by_name = {arm["name"]: arm for arm in arms}
     paired = []
     for a, b in itertools.permutations(by_arm, 2):
@@ -269,6 +279,14 @@ def build_summary(
         xa = [float(correct[a][i]) for i in common]
         xb = [float(correct[b][i]) for i in common]
         diff = bootstrap_paired_difference(xa, xb, seed=seed)
+        both = [i for i in similarity[a] if i in similarity[b]]
+        text_diff = (
+            bootstrap_paired_difference(
+                [similarity[a][i] for i in both], [similarity[b][i] for i in both], seed=seed
+            ).as_dict()
+            if both
+            else None
+        )
         paired.append(
             {
                 "a": a,
@@ -282,6 +300,8 @@ def build_summary(
                 # The guide's "latency reduction" and the prompt-length saving: a's measure over b's.
                 "latency_p50_ratio": _ratio(by_name[a]["latency_ms"], by_name[b]["latency_ms"], "p50"),
                 "prompt_tokens_ratio": _ratio(by_name[a], by_name[b], "prompt_tokens"),
+                # json contracts with text_fields: mean ROUGE-L of a minus b, paired bootstrap interval.
+                "text_similarity_diff": text_diff,
             }
         )
     return {

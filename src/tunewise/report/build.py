@@ -253,6 +253,7 @@ def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dic
     ref_cost = _num(ref.get("cost_per_query")) if ref else None
     show_macro = any(_num(a.get("macro_f1")) is not None for a in arms)
     show_field = any(_num(a.get("field_f1")) is not None for a in arms)
+    show_text = any(isinstance(a.get("text_similarity"), Mapping) for a in arms)
     rows = []
     for arm in arms:
         tuned = arm.get("kind") == "fine-tuned"
@@ -289,6 +290,7 @@ def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dic
             "unsupported_rate": unsupported,
             "macro_f1": _plain_cell(pct(arm.get("macro_f1"))),
             "field_f1": _plain_cell(pct(arm.get("field_f1"))),
+            "text_similarity": _rate_cell(arm.get("text_similarity")),
             "latency": _plain_cell(f"{number(latency.get('p50'), 0)} / {number(latency.get('p95'), 0)}"),
             "prompt_tokens": _plain_cell(number(arm.get("prompt_tokens"))),
             "completion_tokens": _plain_cell(number(arm.get("completion_tokens"))),
@@ -323,6 +325,8 @@ def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dic
         columns.append(("macro_f1", "Macro-F1", "label contract"))
     if show_field:
         columns.append(("field_f1", "Field-F1", "JSON contract, micro over leaves"))
+    if show_text:
+        columns.append(("text_similarity", "Text ROUGE-L", "free-text fields against the reference, mean F1"))
     columns += [
         ("latency", "Latency ms", "p50 / p95"),
         ("prompt_tokens", "Prompt tok", "mean per query"),
@@ -335,9 +339,18 @@ def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dic
 def _paired_view(evaluation: Mapping[str, Any], kinds: Mapping[str, str]) -> list[dict[str, Any]]:
     """Each unordered pair once: the summary lists A-B and B-A; keep the direction with a fine-tuned arm first."""
     chosen: dict[tuple[str, frozenset[str]], Mapping[str, Any]] = {}
+    entries: list[Mapping[str, Any]] = []
     for p in evaluation.get("paired") or []:
         if not isinstance(p, Mapping):
             continue
+        entries.append(p)
+        text = p.get("text_similarity_diff")
+        if isinstance(text, Mapping):  # the free-text fields' ROUGE-L, compared on the same examples
+            entries.append(
+                {"a": p.get("a"), "b": p.get("b"), "metric": "text ROUGE-L", "n": p.get("n"),
+                 "diff": text.get("value"), "low": text.get("low"), "high": text.get("high")}
+            )  # fmt: skip
+    for p in entries:
         key = (str(p.get("metric", "accuracy")), frozenset((str(p.get("a")), str(p.get("b")))))
         current = chosen.get(key)
         if current is None or (
