@@ -197,30 +197,26 @@ def test_text_fields_do_not_break_answer_consistency():
     assert not consistency(samples, JSON).answer
 
 
-def test_text_fields_from_the_spec_and_their_validation():
-    spec = parse_spec(
+def _reply_spec(contract: str):
+    return parse_spec(
         "task: {name: t, target: reply to a support ticket as json}\n"
-        "contract: {type: json, schema: {type: object}, text_fields: [reply]}\n"
+        f"contract: {contract}\n"
         "data: {train: [x.jsonl]}\n"
     )
-    assert score('{"a": 1, "reply": "hi"}', '{"a": 1, "reply": "hello"}', spec.contract).correct
+
+
+def test_text_fields_from_the_spec_and_their_validation():
     from tunewise.errors import ConfigError
 
+    spec = _reply_spec("{type: json, schema: {type: object}, text_fields: [reply]}")
+    assert score('{"a": 1, "reply": "hi"}', '{"a": 1, "reply": "hello"}', spec.contract).correct
     with pytest.raises(ConfigError, match="dotted key paths"):
-        parse_spec(
-            "task: {name: t, target: reply to a support ticket as json}\n"
-            "contract: {type: json, text_fields: ['reply..x']}\n"
-            "data: {train: [x.jsonl]}\n"
-        )
+        _reply_spec("{type: json, text_fields: ['reply..x']}")
     # A typo against the schema's properties names the nearest one; a non-string field is refused.
     schema = "{type: object, properties: {reply: {type: string}, n: {type: integer}}}"
     for fields, message in (("[replly]", "did you mean 'reply'"), ("[n]", "types it as integer")):
         with pytest.raises(ConfigError, match=message):
-            parse_spec(
-                "task: {name: t, target: reply to a support ticket as json}\n"
-                f"contract: {{type: json, schema: {schema}, text_fields: {fields}}}\n"
-                "data: {train: [x.jsonl]}\n"
-            )
+            _reply_spec(f"{{type: json, schema: {schema}, text_fields: {fields}}}")
 
 
 def test_field_match_nested_empty_containers_are_leaves():

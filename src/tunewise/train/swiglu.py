@@ -3,8 +3,8 @@
 Llama-style MLPs (Llama, SmolLM2, Qwen2, Mistral) compute `down(silu(gate(x)) * up(x))`. Left to autograd,
 `silu` keeps `gate` and the product keeps both of its operands, `silu(gate)` and `up`: three intermediate-size
 tensors per token per layer, the largest share of what a training step holds for its backward pass (for
-SmolLM2-135M, 3 x 1,536 of the ~9,000 floats per token per layer). Here the product keeps `gate` and `up` and
-recomputes the sigmoid in its backward pass, which is cheap element-wise work:
+SmolLM2-135M, 3 x 1,536 of the ~10,700 floats per token per layer counted with saved-tensor hooks). Here the
+product keeps `gate` and `up` and recomputes the sigmoid in its backward pass, cheap element-wise work:
 
     y = g * sigmoid(g) * u
     dy/du = g * sigmoid(g)
