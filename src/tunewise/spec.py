@@ -86,11 +86,7 @@ class JsonContract(_Strict):
                 node = properties[key]
             else:
                 kind = node.get("type") if isinstance(node, dict) else None
-                if (
-                    kind is not None
-                    and kind != "string"
-                    and "string" not in (kind if isinstance(kind, list) else [])
-                ):
+                if kind is not None and "string" not in (kind if isinstance(kind, list) else [kind]):
                     raise ValueError(f"text_fields: '{path}' holds prose, but the schema types it as {kind}")
         return self
 

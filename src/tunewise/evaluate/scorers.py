@@ -24,11 +24,13 @@ Contracts are the spec's pydantic models (`tunewise.spec.LabelContract`...) or p
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from statistics import fmean
 from typing import Any
 
 __all__ = [
@@ -350,7 +352,7 @@ def split_text_fields(value: Any, paths: Sequence[str]) -> tuple[Any, dict[str, 
     """
     if not paths or not isinstance(value, dict):
         return value, {}
-    value = json.loads(json.dumps(value))  # a deep copy: the caller's answer stays whole
+    value = copy.deepcopy(value)  # the caller's answer stays whole
     removed: dict[str, Any] = {}
     for path in paths:
         *parents, leaf = path.split(".")
@@ -509,11 +511,10 @@ def score(output: str, reference: str, contract: Any) -> Score:
         lenient_structured, texts = split_text_fields(lenient, c.text_fields) if found else (None, {})
         correct = strict_parsed and canonical_json(strict_structured) == ref_canon
         correct_lenient = found and canonical_json(lenient_structured) == ref_canon
-        similarity = None
-        if ref_texts:  # content, like the field match: measured on the lenient parse
-            similarity = sum(text_similarity(texts.get(p), ref) for p, ref in ref_texts.items()) / len(
-                ref_texts
-            )
+        # Content, like the field match: measured on the lenient parse.
+        similarity = (
+            fmean(text_similarity(texts.get(p), ref) for p, ref in ref_texts.items()) if ref_texts else None
+        )
         return Score(
             correct=correct,
             correct_lenient=correct_lenient,
