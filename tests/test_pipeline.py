@@ -119,6 +119,34 @@ def test_pipeline_runs_skips_and_redoes_only_what_changed(project: Project):
     assert statuses(only) == {"report": "ran"}
 
 
+def test_training_chooses_on_a_validation_set_carved_from_training_never_on_the_eval_set(project: Project):
+    from tunewise.data.load import load_examples
+
+    project.spec_path.write_text(
+        project.spec_path.read_text().replace("epochs: 1", "epochs: 1\n  validation_fraction: 0.25")
+    )
+    result = Pipeline(project, load_spec(project.spec_path)).run()
+    split, train = result.output("split"), result.output("train")
+    texts = lambda path: {json.dumps(e["messages"]) for e in load_examples(Path(path))}  # noqa: E731
+    fit, validation = texts(train["fit"]["path"]), texts(train["validation"]["path"])
+    assert len(validation) == round(0.25 * 48) and len(fit) == 48 - len(validation)
+    assert fit | validation == texts(split["train_path"]) and not fit & validation
+    assert not (fit | validation) & texts(split["eval_path"])
+    config = json.loads((Path(train["run_dir"]) / "config.json").read_text())["config"]
+    assert config["data"] == [train["fit"]["path"]] and config["eval_data"] == [train["validation"]["path"]]
+    assert config["keep_best"] is True
+    html = Path(result.output("report")["html_path"]).read_text()
+    assert f"{len(fit)} trained on, {len(validation)} for validation" in html
+
+
+def test_a_small_training_split_keeps_all_its_examples_for_training(project: Project):
+    result = Pipeline(project, load_spec(project.spec_path)).run()
+    train = result.output("train")  # 10% of 48 is under 10 examples: no validation set
+    assert train["validation"] is None and train["fit"]["examples"] == 48
+    config = json.loads((Path(train["run_dir"]) / "config.json").read_text())["config"]
+    assert config["eval_data"] == []
+
+
 def test_interrupted_run_continues_from_the_unfinished_stage(project: Project, monkeypatch):
     def interrupted(self, recorded):
         raise KeyboardInterrupt

@@ -369,6 +369,15 @@ def test_training_section(built):
     assert "5 min 12 s" in tr and "187.4 tokens/s" in tr
     assert "2.5000 → 0.1250" in tr  # first and last train loss
     assert 'id="plot-training"' in tr
+    assert "the last step (validation loss 0.5800)" in tr  # nothing recorded beat the last step
+
+
+def test_training_names_the_weights_kept_and_the_validation_set(tmp_path):
+    training = {**full_state()["training"], "kept_step": 15, "steps_run": 20}
+    training.update(fit_examples=270, validation_examples=30)
+    tr = section(build_report({"training": training}, tmp_path)[0].read_text(encoding="utf-8"), "training")
+    assert "270 trained on, 30 for validation" in tr
+    assert "step 15 of 20 (validation loss 0.5800)" in tr
 
 
 def test_training_as_the_trainer_logs_it(tmp_path):

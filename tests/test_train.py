@@ -313,6 +313,27 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, data):
     assert result.eval_after["eval_loss"] == pytest.approx(best, rel=1e-5)
 
 
+def test_the_output_is_the_evaluation_with_the_lowest_validation_loss(tmp_path, data):
+    from tunewise.train import run
+
+    # At this learning rate the loss climbs again after the first steps: the best weights are not the last.
+    diverging = dict(epochs=4, batch_size=4, learning_rate=0.5, schedule="constant", eval_every=2)
+    kept = run(config(data, **diverging), Project(tmp_path / "best"))
+    evals = [json.loads(x) for x in (Path(kept.run_dir) / "metrics.jsonl").read_text().splitlines()]
+    by_step = {x["step"]: x["eval_loss"] for x in evals if "eval_loss" in x and x["step"] > 0}
+    best_step = min(by_step, key=by_step.get)
+    assert best_step < kept.steps  # the run went past its best point
+    assert kept.extra["kept_step"] == best_step
+    assert kept.eval_after["eval_loss"] == pytest.approx(by_step[best_step], rel=1e-5)
+    assert not kept.stopped_early
+
+    last = run(config(data, keep_best=False, **diverging), Project(tmp_path / "last"))
+    assert "kept_step" not in last.extra
+    # Same seed, same path: the last run's final loss is the first run's loss at its last step.
+    assert last.eval_after["eval_loss"] == pytest.approx(by_step[kept.steps], rel=1e-5)
+    assert last.eval_after["eval_loss"] > kept.eval_after["eval_loss"]
+
+
 def test_dry_run_prints_a_measured_plan_and_writes_nothing(tmp_path, data, run_cli):
     code, out, err = run_cli(
         "train",

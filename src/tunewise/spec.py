@@ -161,6 +161,11 @@ class Hyperparameters(_Strict):
     lora_alpha: Auto | Annotated[float, Field(gt=0)] = "auto"
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     max_length: Auto | Annotated[int, Field(ge=16)] = "auto"
+    # `tunewise run` holds this share of the training split out of training (at most 200 examples, none when
+    # it would be fewer than 10) as the validation set: its loss is the training curve's held-out loss, and
+    # the adapter with the lowest one is kept. The held-out evaluation set is never seen by training.
+    validation_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
+    keep_best: bool = True
 
 
 BUILTIN_ARMS = ("zero-shot", "few-shot", "retrieved", "fine-tuned")

@@ -3,7 +3,8 @@
     data      check every file (errors stop the run)
     split     the held-out set: data.eval, or a stratified split of data.train; both recorded as versions
     baseline  the prompted arms on the held-out set
-    train     LoRA or full fine-tuning on the training split (an interrupted run is resumed)
+    train     LoRA or full fine-tuning on the training split, less a validation slice that picks the weights
+              kept (an interrupted run is resumed)
     evaluate  the fine-tuned arm on the same held-out set, merged with the baseline into one summary
     economics measured tokens x prices: cost per query, monthly cost, break-even per platform
     verdict   the decision rules over quality and cost together
@@ -36,6 +37,9 @@ from tunewise.project import Project, atomic_write_text
 from tunewise.spec import Spec
 
 log = logging.getLogger(__name__)
+
+# The validation set carved from the training split (see Pipeline._carve_validation).
+MIN_VALIDATION, MAX_VALIDATION = 10, 200
 
 STAGES = ("data", "split", "baseline", "train", "evaluate", "economics", "verdict", "report")
 
@@ -353,16 +357,16 @@ class Pipeline:
         s = self.spec
         if not self._tuned_arms():
             return {"skipped": "fine-tuned is not in evaluation.arms"}
-        split = self.outputs["split"]
         hp = s.hyperparameters.model_dump()
+        fit, validation = self._carve_validation(hp.pop("validation_fraction"))
         config = TrainConfig(
-            data=[split["train_path"]],
-            eval_data=[split["eval_path"]],
+            data=[fit["path"]],
+            eval_data=[validation["path"]] if validation else [],
             base=s.model.base,
             trust_remote_code=s.model.trust_remote_code,
             method=s.method,
             seed=s.data.seed,
-            dataset_version=split["train"]["version"],
+            dataset_version=fit["version"],
             progress=False,  # the pipeline's own display shows the steps (on_step below)
             **hp,
         )
@@ -386,8 +390,42 @@ class Pipeline:
             "run_id": result.run_id,
             "run_dir": str(result.run_dir),
             "output_path": result.output,
+            "fit": fit,
+            "validation": validation,
             "result": result.to_dict(),
         }
+
+    def _carve_validation(self, fraction: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Hold `fraction` of the training split out of training as the validation set (at most
+        MAX_VALIDATION examples; none when it would be fewer than MIN_VALIDATION).
+
+        Training reports its held-out loss on this set and keeps the weights with the lowest one. Choosing on
+        the held-out evaluation set instead would leak: the fine-tuned arm's accuracy would be measured on the
+        examples that picked it. Both parts are recorded as dataset versions."""
+        from tunewise.data.load import load_examples
+        from tunewise.data.split import split_examples
+        from tunewise.data.versions import save_version
+
+        split = self.outputs["split"]
+        whole = {"path": split["train_path"], **split["train"]}
+        train = load_examples(Path(split["train_path"]))
+        n_validation = min(MAX_VALIDATION, round(fraction * len(train)))
+        if n_validation < MIN_VALIDATION:
+            self.say(
+                f"  no validation set ({fraction:.0%} of {len(train)} examples is under {MIN_VALIDATION}):"
+                " training keeps its last weights"
+            )
+            return whole, None
+        # Another seed than the split's, so the validation set is not the next slice of the split's order.
+        fit, validation = split_examples(train, n_validation / len(train), seed=self.spec.data.seed + 1)
+        parts: dict[str, dict[str, Any]] = {}
+        for name, part in (("fit", fit), ("validation", validation)):
+            vid, path, _ = save_version(
+                self.project, name, part, [split["train_path"]], {"examples": len(part)}
+            )
+            parts[name] = {"version": vid, "examples": len(part), "path": str(path)}
+        self.say(f"  training on {len(fit)} examples; {len(validation)} held out of training for validation")
+        return parts["fit"], parts["validation"]
 
     def _interrupted_training(self, wanted: dict[str, Any]) -> str | None:
         """A cancelled or crashed training run with exactly this config and a checkpoint: resume it rather than

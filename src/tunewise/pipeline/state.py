@@ -54,6 +54,10 @@ def _training(pipeline) -> dict[str, Any] | None:
         "tokens_per_s": result.get("tokens_per_s"),
         "eval_before": result.get("eval_before"),
         "eval_after": result.get("eval_after"),
+        "kept_step": (result.get("extra") or {}).get("kept_step"),
+        "steps_run": result.get("steps"),
+        "fit_examples": (train.get("fit") or {}).get("examples"),
+        "validation_examples": (train.get("validation") or {}).get("examples"),
     }
 
 

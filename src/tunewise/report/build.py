@@ -497,6 +497,9 @@ def _training_view(training: Mapping[str, Any], plot_note: list[str]) -> dict[st
     )
     resolved = training.get("resolved") if isinstance(training.get("resolved"), Mapping) else {}
     sources = resolved.get("sources") if isinstance(resolved.get("sources"), Mapping) else {}
+    kept = training.get("eval_after")
+    kept_loss = _num(kept.get("eval_loss")) if isinstance(kept, Mapping) else None
+    kept_step = training.get("kept_step")
     evals = []
     for label, key in (("before training", "eval_before"), ("after training", "eval_after")):
         block = training.get(key)
@@ -516,6 +519,11 @@ def _training_view(training: Mapping[str, Any], plot_note: list[str]) -> dict[st
         "first_train_loss": _loss(first_train),
         "last_train_loss": _loss(last_train),
         "last_eval_loss": _loss(last_eval),
+        # The output is the evaluation with the lowest validation loss: the last step's unless one beat it.
+        "kept_eval_loss": _loss(kept_loss),
+        "kept": "the last step" if kept_step is None else f"step {kept_step} of {training.get('steps_run')}",
+        "fit_examples": training.get("fit_examples"),
+        "validation_examples": training.get("validation_examples"),
         "wall": seconds(training.get("wall_s")),
         "tokens_per_s": number(training.get("tokens_per_s")),
         "evals": evals,

@@ -87,7 +87,7 @@ def arm_colours(arms: Sequence[Mapping[str, Any]]) -> dict[str, str]:
 
 
 def training_curves(metrics: Sequence[Mapping[str, Any]]) -> str | None:
-    """Train and held-out loss against step; None when no step has a loss."""
+    """Train and validation loss against step; None when no step has a loss."""
     # The trainer logs `loss` per step; the report state may call it `train_loss`.
     train = [(m.get("step"), m.get("train_loss", m.get("loss"))) for m in metrics]
     train = [(float(s), float(v)) for s, v in train if _num(s) is not None and _num(v) is not None]
@@ -101,14 +101,14 @@ def training_curves(metrics: Sequence[Mapping[str, Any]]) -> str | None:
         if train:
             ax.plot(*zip(*train, strict=True), color="#4c72b0", linewidth=1.4, label="train loss")
         if held:
-            # Held-out loss is measured at a few steps only: markers show where the measurements are.
+            # Validation loss is measured at a few steps only: markers show where the measurements are.
             ax.plot(
                 *zip(*held, strict=True),
                 color="#dd8452",
                 linewidth=1.6,
                 marker="o",
                 markersize=4,
-                label="held-out loss",
+                label="validation loss",
             )
         ax.set_xlabel("step")
         ax.set_ylabel("loss")

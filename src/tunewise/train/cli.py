@@ -56,6 +56,9 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
     if all(p.endswith(".jsonl") for p in train):
         values["data"] = train
         values["eval_data"] = [str((project.root / p).resolve()) for p in spec.data.eval]
+        # The spec's eval files are the test set the arms are judged on: training reports its loss but must
+        # not choose weights by it (`tunewise run` carves a validation set from the training split instead).
+        values["keep_best"] = False
     return values, project
 
 
@@ -74,7 +77,7 @@ def train(
         None, "--data", help="Training data: chat JSONL ({'messages': [...]})."
     ),
     eval_data: list[Path] | None = typer.Option(
-        None, "--eval", help="Held-out chat JSONL for loss and accuracy."
+        None, "--eval", help="Validation chat JSONL: held-out loss and accuracy, best-weights choice."
     ),
     base: str | None = typer.Option(
         None, "--base", help="embedded:smollm2-135m-instruct, a folder or a Hub id."
@@ -91,6 +94,11 @@ def train(
     eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
     early_stopping: int | None = typer.Option(
         None, "--early-stopping", help="Stop after N evaluations without held-out improvement."
+    ),
+    keep_best: bool | None = typer.Option(
+        None,
+        "--keep-best/--keep-last",
+        help="Output the weights with the lowest --eval loss (a validation set, not your test set) or the last.",
     ),
     checkpoint_every: int | None = typer.Option(
         None, "--checkpoint-every", help="Steps between checkpoints."
@@ -128,6 +136,7 @@ def train(
         "seed": seed,
         "eval_every": eval_every,
         "early_stopping_patience": early_stopping,
+        "keep_best": keep_best,
         "checkpoint_every": checkpoint_every,
         "precision": precision,
         "threads": threads,

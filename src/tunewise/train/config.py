@@ -49,6 +49,10 @@ class TrainConfig:
     seed: int = 0
     eval_every: int | str = AUTO  # steps between held-out evaluations
     early_stopping_patience: int | None = None  # stop after this many evaluations without improvement
+    # With held-out data, the run's output is the weights of the evaluation with the lowest held-out loss
+    # (the last step's when it is not beaten). The held-out data is then a validation set, chosen on: it must
+    # not be the test set the model is judged on (`tunewise run` carves it from the training split).
+    keep_best: bool = True
     checkpoint_every: int | str = AUTO  # steps between checkpoints
     precision: str = AUTO  # auto | float32 | bfloat16
     threads: int | None = None  # torch intra-op threads; None keeps torch's default

@@ -755,11 +755,14 @@ def _train(
     params = [p for _, p in _trainable(model)]
     examples = prepared.train.examples
     total_steps = plan.steps
-    state: dict[str, Any] = {"best_eval_loss": None, "bad_evals": 0, "eval_before": None, "first_loss": None}
+    state: dict[str, Any] = {
+        "best_eval_loss": None, "best_step": None, "bad_evals": 0, "eval_before": None, "first_loss": None,
+    }  # fmt: skip
     start = 0
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer)
+        state.setdefault("best_step", None)  # checkpoints written before it was tracked
         start = state["step"]
         say(f"resuming from {checkpoint.name} (step {start} of {total_steps})")
     else:
@@ -771,12 +774,12 @@ def _train(
         # Lines written after the checkpoint are replayed, not duplicated (-1: no checkpoint, replay all).
         metrics.truncate_after(start if start else -1)
 
-    def run_eval(step: int) -> dict[str, float] | None:
+    def run_eval(step: int, record: bool = True) -> dict[str, float] | None:
         if prepared.eval is None:
             return None
         scores = evaluate(model, prepared.eval, micro_tokens, autocast_dtype, rank, world)
         release_free_heap()
-        if writer:
+        if writer and record:
             metrics.append({"step": step, **scores})
         return scores
 
@@ -847,7 +850,7 @@ def _train(
         if done % eval_every == 0 and done < total_steps and prepared.eval is not None:
             scores = run_eval(done)
             assert scores is not None
-            stop = _early_stop_update(state, scores, config, model, run_dir, writer)
+            stop = _track_best(state, done, scores, config, model, run_dir, writer)
         if done % ckpt_every == 0 and done < total_steps and writer and not stop:
             save_checkpoint(run_dir, done, model, optimizer, {k: v for k, v in state.items() if k != "step"})
         if on_step is not None:
@@ -868,11 +871,16 @@ def _train(
     result.extra["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
     final = run_eval(result.steps) if prepared.eval is not None else None
-    if final is not None and config.early_stopping_patience is not None:
+    if final is not None and _keeps_best(config):
         best = state["best_eval_loss"]
         if best is not None and final["eval_loss"] > best and (run_dir / "best.safetensors").is_file():
-            _load_trainable(model, run_dir / "best.safetensors")  # keep the best adapter, not the last
-            final = run_eval(result.steps)
+            last = final["eval_loss"]
+            _load_trainable(model, run_dir / "best.safetensors")  # keep the best weights, not the last
+            final = run_eval(result.steps, record=False)
+            result.extra["kept_step"] = state["best_step"]
+            if writer:
+                say(f"kept the weights of step {state['best_step']} (held-out loss {final['eval_loss']:.4f}) "
+                    f"rather than the last step's ({last:.4f})")  # fmt: skip
     result.eval_after = final
     if writer:
         result.output = str(_save_output(model, prepared.tokenizer, config, run_dir))
@@ -924,8 +932,14 @@ def _all_reduce_grads(params: list[Any], loss_total: Any) -> None:
     loss_total.fill_(flat[offset].item())
 
 
-def _early_stop_update(
+def _keeps_best(config: TrainConfig) -> bool:
+    """Early stopping implies keeping the best weights: stopping after N bad evaluations leaves worse ones."""
+    return config.keep_best or config.early_stopping_patience is not None
+
+
+def _track_best(
     state: dict[str, Any],
+    step: int,
     scores: dict[str, float],
     config: TrainConfig,
     model: Any,
@@ -936,8 +950,9 @@ def _early_stop_update(
     best = state["best_eval_loss"]
     if best is None or scores["eval_loss"] < best:
         state["best_eval_loss"] = scores["eval_loss"]
+        state["best_step"] = step
         state["bad_evals"] = 0
-        if writer and config.early_stopping_patience is not None:
+        if writer and _keeps_best(config):
             from safetensors.torch import save_file
 
             tmp = run_dir / ".best.safetensors.tmp"
