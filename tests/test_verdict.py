@@ -111,6 +111,36 @@ def test_each_quality_rule_flips_the_verdict(raw, failed):
     assert v.reasons and v.reasons[0].startswith(failed)
 
 
+@pytest.mark.parametrize(
+    "accuracy, text, passed",
+    [
+        ((0.01, -0.05, 0.07), (0.08, 0.05, 0.11), True),  # prose better, structure no worse
+        ((0.20, 0.12, 0.28), (-0.01, -0.04, 0.02), True),  # structure better, prose no worse
+        ((0.01, -0.05, 0.07), (0.01, -0.02, 0.04), False),  # neither interval excludes zero
+        ((-0.10, -0.18, -0.02), (0.08, 0.05, 0.11), False),  # prose better, structure significantly worse
+        ((0.20, 0.12, 0.28), (-0.06, -0.09, -0.03), False),  # structure better, prose significantly worse
+    ],
+)
+def test_free_text_fields_count_in_the_significant_gain(accuracy, text, passed):
+    raw = summary_dict()
+    diff, low, high = accuracy
+    raw["paired"][0].update(diff=diff, low=low, high=high)
+    raw["paired"][0]["text_similarity_diff"] = dict(zip(("value", "low", "high"), text, strict=True))
+    gain = rule(run(raw), "significant gain")
+    assert gain.passed is passed
+    assert "text ROUGE-L" in gain.detail and gain.numbers["text_similarity_diff"]["low"] == text[1]
+
+
+def test_a_stored_reverse_pair_flips_the_text_difference_too():
+    raw = summary_dict()
+    raw["paired"][0] = {
+        "a": "few-shot", "b": "fine-tuned", "metric": "accuracy", "diff": -0.01, "low": -0.07, "high": 0.05,
+        "text_similarity_diff": {"value": -0.08, "low": -0.11, "high": -0.05},
+    }  # fmt: skip
+    gain = rule(run(raw), "significant gain")
+    assert gain.passed and gain.numbers["text_similarity_diff"] == {"value": 0.08, "low": 0.05, "high": 0.11}
+
+
 def test_cost_rule_flips_the_verdict_and_the_value_of_the_gain_flips_it_back():
     # Azure only: 300 + 1224 = 1524 > 1200 prompted, so fine-tuning costs $324/month more.
     azure = Economics(queries_per_day=500, prompted_cost=0.08, tuned_cost=0.02, platforms=["azure-openai"])

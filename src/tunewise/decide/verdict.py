@@ -5,7 +5,9 @@ as a record with the numbers it used:
 
 1. significant gain   the fine-tuned arm beats the best prompted arm (constrained variants included) on
                       accuracy, and the paired interval excludes zero ("if you cannot quantify the improvement
-                      over the base model plus a good system prompt, you cannot justify the cost")
+                      over the base model plus a good system prompt, you cannot justify the cost"). A JSON
+                      contract with free-text fields has two measures, structured accuracy and the fields'
+                      ROUGE-L: a gain on either counts when neither is significantly worse.
 2. accuracy bar       task accuracy >= 85% ("below 85% means data or task definition needs work")
 3. consistency bar    consistency >= 95% ("target 95%+")
 4. unsupported rate   not above the best prompted arm's ("should not increase vs. base model")
@@ -86,6 +88,12 @@ class Paired(BaseModel):
     high: float
     mcnemar_p: float | None = None
 
+    @property
+    def text_similarity(self) -> Interval | None:
+        """a - b in mean ROUGE-L of the contract's free-text fields (None without them)."""
+        raw = (self.model_extra or {}).get("text_similarity_diff")
+        return Interval.model_validate(raw) if isinstance(raw, dict) else None
+
 
 class EvalSummary(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -113,9 +121,13 @@ class EvalSummary(BaseModel):
             if (p.a, p.b) == (a, b):
                 return p
             if (p.a, p.b) == (b, a):
+                text = p.text_similarity
                 return Paired(
-                    a=a, b=b, metric=metric, diff=-p.diff, low=-p.high, high=-p.low, mcnemar_p=p.mcnemar_p
-                )
+                    a=a, b=b, metric=metric, diff=-p.diff, low=-p.high, high=-p.low, mcnemar_p=p.mcnemar_p,
+                    text_similarity_diff=(
+                        None if text is None else {"value": -text.value, "low": -text.high, "high": -text.low}
+                    ),
+                )  # fmt: skip
         return None
 
 
@@ -279,25 +291,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
             )
         )
     else:
-        ok = paired.low > 0
-        rules.append(
-            RuleRecord(
-                "significant gain",
-                "quantify the improvement over the base model plus a good system prompt",
-                {
-                    "diff": paired.diff,
-                    "low": paired.low,
-                    "high": paired.high,
-                    "mcnemar_p": paired.mcnemar_p,
-                    "fine_tuned": tuned.name,
-                    "best_prompted": prompted.name,
-                },
-                ok,
-                f"{tuned.name} - {prompted.name} accuracy = {100 * paired.diff:+.1f} points, 95% interval "
-                f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]: "
-                + ("excludes zero" if ok else "includes zero or is negative"),
-            )
-        )
+        rules.append(_gain_rule(paired, tuned.name, prompted.name))
 
     # 2. The accuracy bar.
     acc = tuned.accuracy.value
@@ -443,6 +437,49 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
 
 FORMAT_FIXED = 0.95  # the guide's "95%+ format compliance": at or above it, format is not the problem
 _VARIANT_WORDS = {"scored": "label scoring", "constrained": "constrained decoding"}
+
+
+def _gain_rule(paired: Paired, tuned: str, prompted: str) -> RuleRecord:
+    """Rule 1 on accuracy, and on the free-text fields' ROUGE-L where the contract has them: a significant gain
+    on either measure passes unless the other is significantly worse."""
+    numbers: dict[str, Any] = {
+        "diff": paired.diff,
+        "low": paired.low,
+        "high": paired.high,
+        "mcnemar_p": paired.mcnemar_p,
+        "fine_tuned": tuned,
+        "best_prompted": prompted,
+    }
+    detail = (
+        f"{tuned} - {prompted} accuracy = {100 * paired.diff:+.1f} points, 95% interval "
+        f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
+    )
+    text = paired.text_similarity
+    if text is None or text.low is None or text.high is None:
+        ok = paired.low > 0
+        detail += ": " + ("excludes zero" if ok else "includes zero or is negative")
+    else:
+        numbers["text_similarity_diff"] = text.model_dump()
+        better = paired.low > 0 or text.low > 0
+        worse = paired.high < 0 or text.high < 0
+        ok = better and not worse
+        detail += (
+            f"; text ROUGE-L = {100 * text.value:+.1f} points [{100 * text.low:+.1f}, {100 * text.high:+.1f}]: "
+            + (
+                "significantly better on one, worse on neither"
+                if ok
+                else "significantly worse on one"
+                if worse
+                else "neither interval excludes zero"
+            )
+        )
+    return RuleRecord(
+        "significant gain",
+        "quantify the improvement over the base model plus a good system prompt",
+        numbers,
+        ok,
+        detail,
+    )
 
 
 def _variant(arm: ArmResult) -> str:
