@@ -17,6 +17,7 @@ from tunewise.evaluate.scorers import (
     format_ok,
     label_metrics,
     parse_json_lenient,
+    parse_json_strict,
     parse_label_lenient,
     score,
 )
@@ -248,6 +249,17 @@ def test_canonical_json_and_lenient_parser_details():
     assert parse_json_lenient("null") == (True, None)  # a valid document whose value is None
     assert parse_json_lenient("The count is 3.") == (False, None)  # scalars in prose are not answers
     assert parse_json_lenient('Bad {"a": } then good [1, 2]') == (True, [1, 2])
+
+
+def test_repeated_keys_and_non_json_numbers_break_the_format():
+    contract = {"type": "json", "schema": {"type": "object", "properties": {"priority": {"type": "integer"}}}}
+    # Python would read the last value (2, the right answer); another reader the first: not a contract answer.
+    repeated = score('{"priority": 1, "priority": 2}', '{"priority": 2}', contract)
+    assert (repeated.format_ok, repeated.correct, repeated.correct_lenient) == (False, False, False)
+    assert format_ok('{"priority": NaN}', contract) is False
+    assert format_ok('{"priority": Infinity}', contract) is False
+    assert parse_json_lenient('say {"a": 1, "a": 1} or [-Infinity]') == (False, None)
+    assert parse_json_strict('{"a": {"b": 1}, "c": {"b": 2}}') == (True, {"a": {"b": 1}, "c": {"b": 2}})
 
 
 def test_regex_and_text_contracts():

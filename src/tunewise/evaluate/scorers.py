@@ -178,18 +178,39 @@ def parse_label_lenient(output: str, labels: Sequence[str]) -> str | None:
 # --- JSON -----------------------------------------------------------------------------------------------
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Python keeps the last of repeated keys, other parsers the first or an error: an answer whose meaning
+    # depends on the reader's parser does not follow the contract.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        repeated = next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i]))
+        raise ValueError(f"repeated key {repeated!r}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json reads NaN and Infinity; JSON has neither
+
+
+# What counts as JSON in an answer: RFC 8259, with unique keys.
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+
+
 def parse_json_strict(output: str) -> tuple[bool, Any]:
     """(True, value) when the whole output (whitespace aside) is one JSON document, else (False, None).
 
-    A tuple, because `null` is a valid document whose value is None.
+    A tuple, because `null` is a valid document whose value is None. Repeated keys, NaN and Infinity are not
+    JSON here.
 
     >>> parse_json_strict(' {"a": 1} ')
     (True, {'a': 1})
     >>> parse_json_strict('```json\\n{"a": 1}\\n```')
     (False, None)
+    >>> parse_json_strict('{"a": 1, "a": 2}'), parse_json_strict('[NaN]')
+    ((False, None), (False, None))
     """
     try:
-        return True, json.loads(output.strip())
+        return True, _DECODER.decode(output.strip())
     except (ValueError, RecursionError):
         return False, None
 
@@ -216,10 +237,9 @@ def parse_json_lenient(output: str) -> tuple[bool, Any]:
         ok, value = parse_json_strict(block)
         if ok:
             return ok, value
-    decoder = json.JSONDecoder()
     for match in re.finditer(r"[\[{]", output):
         try:
-            value, _ = decoder.raw_decode(output, match.start())
+            value, _ = _DECODER.raw_decode(output, match.start())
         except (ValueError, RecursionError):
             continue
         return True, value
