@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tunewise.errors import TunewiseError
 from tunewise.evaluate.loopguard import JsonTracker, Repeat
 
 torch = pytest.importorskip("torch")
@@ -155,3 +156,21 @@ def test_rows_that_do_not_loop_decode_as_without_the_guard(tiny):
     # Streaming cannot take tokens back: there the guard is off.
     streamed = engine.generate([looping], max_new_tokens=40, json_guard=True, on_token=lambda i, t: None)
     assert streamed[0].finish_reason == "length"
+
+
+def test_per_prompt_flags_guard_only_the_rows_flagged_even_with_on_token(tiny):
+    model, tokenizer = tiny
+    prompt = tokenizer.encode("make a list", add_special_tokens=False)
+    engine, _ = scripted_engine(model, tokenizer, loop_for={len(prompt)})
+    seen: list[tuple[int, int]] = []
+    rows = engine.generate(
+        [prompt, prompt],
+        max_new_tokens=40,
+        json_guard=[True, False],
+        on_token=lambda i, t: seen.append((i, t)),
+    )
+    assert rows[0].text == '[{"a":1}]' and rows[0].rewinds == 1
+    assert rows[1].finish_reason == "length" and rows[1].rewinds == 0
+    assert {i for i, _ in seen} == {0, 1}  # on_token still hears every row (the server cancels through it)
+    with pytest.raises(TunewiseError, match="1 json_guard flags for 2 prompts"):
+        engine.generate([prompt, prompt], max_new_tokens=4, json_guard=[True])

@@ -4,6 +4,7 @@ batcher is paused where a test needs requests to queue up deterministically."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -416,6 +417,33 @@ def test_a_failing_batch_is_a_500_and_the_server_goes_on(api, served, monkeypatc
     assert exc.value.status_code == 500 and exc.value.body["type"] == "server_error"
     monkeypatch.undo()
     assert api.chat.completions.create(model=BASE, messages=CHAT, max_tokens=4).usage.completion_tokens >= 1
+
+
+def test_non_streamed_answers_get_the_json_loop_guard_the_evaluation_used(api, served, monkeypatch):
+    from tests.test_loopguard import scripted_engine
+    from tunewise.serve.inference import encode_chat
+
+    inference = served[1].state.inference
+    pool = inference.pool
+    prompt = encode_chat(pool.tokenizer, CHAT)
+    # The scripted model repeats `{"a":1},` forever after this prompt, as a small model's greedy decoding can.
+    looping, _ = scripted_engine(pool.engine_for(pool.resolve(BASE))[0].model, pool.tokenizer, {len(prompt)})
+    monkeypatch.setattr(pool, "engine_for", lambda served: (looping, contextlib.nullcontext()))
+
+    guarded = api.chat.completions.create(model=BASE, messages=CHAT, max_tokens=40, temperature=0)
+    assert guarded.choices[0].message.content == '[{"a":1}]'
+    assert guarded.choices[0].finish_reason == "stop"
+
+    # Streamed tokens cannot be taken back: the stream shows the loop, cut at max_tokens.
+    chunks = api.chat.completions.create(model=BASE, messages=CHAT, max_tokens=40, temperature=0, stream=True)
+    pieces = list(chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in pieces if c.choices)
+    assert streamed.startswith('[{"a":1},{"a":1},') and pieces[-1].choices[0].finish_reason == "length"
+
+    monkeypatch.setattr(inference.settings, "json_guard", False)
+    free = api.chat.completions.create(model=BASE, messages=CHAT, max_tokens=40, temperature=0)
+    assert free.choices[0].message.content.startswith('[{"a":1},{"a":1},')
+    assert free.choices[0].finish_reason == "length"
 
 
 # --- a small server: no auth, queue of one, short timeout ---------------------------------------------------

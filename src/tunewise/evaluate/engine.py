@@ -207,7 +207,7 @@ class LocalEngine:
         *,
         params: Sequence[SamplingParams] | None = None,
         on_token: Callable[[int, int], bool | None] | None = None,
-        json_guard: bool = False,
+        json_guard: bool | Sequence[bool] = False,
     ) -> list[Generation]:
         """Complete every prompt; results keep the order of `prompts`.
 
@@ -221,7 +221,10 @@ class LocalEngine:
         `on_token(prompt_index, token_id)` is called for every generated token as it is chosen (streaming);
         returning True ends that prompt's generation (finish_reason "abort": its client went away).
         `json_guard` stops free rows from looping inside JSON (a repeated key, a repeated element): see
-        evaluate/loopguard.py. It does not apply to constrained rows, nor when streaming with `on_token`.
+        evaluate/loopguard.py. It never applies to constrained rows. `True` guards every free row unless
+        `on_token` is given (a streamed token cannot be taken back); one flag per prompt guards the rows flagged,
+        and the caller vouches that their tokens are not streamed (the server guards non-streamed requests
+        and reads `on_token` only to cancel them).
         """
         import torch
 
@@ -234,6 +237,12 @@ class LocalEngine:
         ids = [self.encode(p) for p in prompts]
         if any(not x for x in ids):
             raise TunewiseError("a prompt rendered to zero tokens")
+        if isinstance(json_guard, bool):
+            guarded = set(range(len(ids))) if json_guard and on_token is None else set()
+        else:
+            if len(json_guard) != len(ids):
+                raise TunewiseError(f"{len(json_guard)} json_guard flags for {len(ids)} prompts")
+            guarded = {i for i, flag in enumerate(json_guard) if flag}
         per_prompt = _PerPrompt(params, len(ids), self.tokenizer) if params is not None else None
         if per_prompt is not None:
             max_new_tokens = per_prompt.max_new_tokens
@@ -271,7 +280,7 @@ class LocalEngine:
                         grammars,
                         per_prompt,
                         on_token,
-                        json_guard and on_token is None,
+                        guarded,
                         rewinds,
                     )
                 )
@@ -605,7 +614,7 @@ class LocalEngine:
         grammars: Mapping[int, Any] | None = None,
         per_prompt: _PerPrompt | None = None,
         on_token: Callable[[int, int], bool | None] | None = None,
-        json_guard: bool = False,
+        guarded: set[int] = frozenset(),
         rewinds: dict[int, int] | None = None,
     ) -> dict[int, tuple[list[int], str]]:
         import torch
@@ -619,10 +628,8 @@ class LocalEngine:
             else None
         )
         # The loop guard of each free row (a grammar state cannot be rewound), and where its tokens were written.
-        guards = (
-            RowGuards([i for i in batch if not (grammars and grammars.get(i))], self._piece)
-            if json_guard
-            else None
+        guards = RowGuards(
+            [i for i in batch if i in guarded and not (grammars and grammars.get(i))], self._piece
         )
         columns: dict[int, list[int]] = {i: [] for i in batch}  # cache column of each generated token fed
         # Identical prompts in a batch (sample() repeats each prompt n times) are prefilled once; their cache and

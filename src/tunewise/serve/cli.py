@@ -74,6 +74,11 @@ def serve(
     ),
     no_jobs: bool = typer.Option(False, "--no-jobs", help="Do not run fine-tuning jobs in this server."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (and uvicorn's info)."),
+    json_guard: bool = typer.Option(
+        True,
+        "--json-guard/--no-json-guard",
+        help="Stop non-streamed answers from looping inside JSON, as the evaluation decoded them.",
+    ),
 ) -> None:
     from tunewise.serve.app import bind, check_auth, make_server
     from tunewise.serve.auth import list_keys
@@ -89,6 +94,7 @@ def serve(
         timeout_s=timeout,
         max_tokens_cap=max_tokens_cap,
         threads=threads,
+        json_guard=json_guard,
         preload=True,
     )
     sock = bind(host, port)

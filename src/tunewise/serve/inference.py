@@ -51,6 +51,10 @@ class ServeSettings:
     # torch threads for decoding (None: torch's choice, one per core). On a machine shared with other busy
     # processes, fewer threads than cores avoid OpenMP threads spinning while a sibling waits for a core.
     threads: int | None = None
+    # The JSON loop guard (evaluate/loopguard.py) on free, non-streamed requests: the decoding the evaluation
+    # measured (evaluation.json_guard is on by default), so the served model answers as it was judged. Streamed
+    # tokens cannot be taken back, and a response_format grammar already keeps the JSON well-formed.
+    json_guard: bool = True
 
     def __post_init__(self) -> None:
         problems = []
@@ -444,6 +448,7 @@ class InferenceService:
                 constraint=constraints if any(c is not None for c in constraints) else None,
                 params=[j.params for j in jobs],
                 on_token=on_token,
+                json_guard=[self.settings.json_guard and not j.stream and j.constraint is None for j in jobs],
             )
 
     # --- responses -------------------------------------------------------------------------------------------
