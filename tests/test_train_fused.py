@@ -38,6 +38,21 @@ def test_chunked_cross_entropy_equals_the_full_logits_path(chunk, train_weight):
         torch.testing.assert_close(grads[1], weight.grad, rtol=1e-4, atol=1e-6)
 
 
+def test_a_tie_for_the_highest_logit_counts_as_argmax_does_the_first_index():
+    from tunewise.train.loss import linear_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.rand(6, 8, generator=gen) + 0.5  # positive rows
+    weight = torch.randn(20, 8, generator=gen)
+    weight[11] = weight[3] = 10.0  # tokens 3 and 11 share the highest logit in every row
+    logits = hidden @ weight.t()
+    assert (logits.argmax(-1) == 3).all()
+    with torch.no_grad():
+        _, first = linear_cross_entropy(hidden, weight, torch.full((6,), 3), chunk=4)
+        _, second = linear_cross_entropy(hidden, weight, torch.full((6,), 11), chunk=4)
+    assert (int(first), int(second)) == (6, 0)
+
+
 def test_chunked_cross_entropy_without_gradients_only_scores():
     from tunewise.train.loss import linear_cross_entropy
 

@@ -59,7 +59,7 @@ from tunewise.train.data import (
     truncate,
 )
 from tunewise.train.fused import use_fused_lora
-from tunewise.train.loss import linear_cross_entropy
+from tunewise.train.loss import linear_cross_entropy, release_workspace
 from tunewise.train.swiglu import use_fused_swiglu
 
 log = logging.getLogger(__name__)
@@ -663,6 +663,7 @@ def _run(
         result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
         raise
     finally:
+        release_workspace()
         result.wall_s = time.perf_counter() - started
         if writer:
             payload = {**result.to_dict(), "plan": plan.to_dict(), "finished_at": records.utc_now()}
