@@ -140,6 +140,30 @@ def test_packing_does_not_leak_attention_or_positions(tokenizer, attention):
     assert packed["targets"].numel() == sum(a.mask[1:]) + sum(b.mask[1:])
 
 
+def test_packed_attention_on_bf16_rows_computes_in_fp32_and_answers_in_bf16():
+    import torch
+    import torch.nn.functional as F
+
+    from tunewise.train.attention import _packed_sdpa
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 3, 10, 8, generator=gen).bfloat16() for _ in range(3))
+    positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])  # two packed examples: 4 and 6 tokens
+    out, _ = _packed_sdpa(None, q, k, v, None, position_ids=positions)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 10, 3, 8)
+    # What fp32 attention gives on the same (bf16-valued) inputs, example by example, rounded once to bf16.
+    expected = torch.cat(
+        [
+            F.scaled_dot_product_attention(
+                q[:, :, s:e].float(), k[:, :, s:e].float(), v[:, :, s:e].float(), is_causal=True
+            )  # fmt: skip
+            for s, e in ((0, 4), (4, 10))
+        ],
+        dim=2,
+    )
+    torch.testing.assert_close(out, expected.bfloat16().transpose(1, 2), rtol=0, atol=0)
+
+
 def test_data_order_and_micro_batches_cover_every_example_once():
     from tunewise.train.data import micro_batches, step_batches
 
