@@ -386,3 +386,28 @@ def test_cli_reads_the_spec_and_flags_override(tmp_path, run_cli):
     assert plan["epochs"] == 3 and plan["resolved"]["sources"]["epochs"] == "user"  # the flag wins
     assert plan["batch_size"] == 6 and plan["resolved"]["lora_rank"] == 4  # from tunewise.yaml
     assert plan["steps"] == 12 and plan["n_examples"] == 24
+
+
+def test_cli_keeps_the_last_weights_when_its_held_out_files_are_the_specs_test_set(tmp_path, run_cli):
+    (tmp_path / "data").mkdir()
+    write_chat(tmp_path / "data" / "train.jsonl", 16)
+    write_chat(tmp_path / "data" / "eval.jsonl", 6, seed=1)
+    write_chat(tmp_path / "validation.jsonl", 6, seed=2)
+    (tmp_path / "tunewise.yaml").write_text(
+        "task: {name: sentiment, target: Label the sentiment of a movie review sentence}\n"
+        "data: {train: data/train.jsonl, eval: data/eval.jsonl}\n"
+        "model: {base: 'tiny:random'}\n"
+        "hyperparameters: {epochs: 1, batch_size: 8, lora_rank: 4}\n"
+    )
+
+    def keep_best(*flags):
+        code, out, err = run_cli(
+            "train", "--precision", "float32", "--no-progress", "--json", *flags, cwd=tmp_path
+        )
+        assert code == 0, err
+        config = json.loads((Path(json.loads(out)["run_dir"]) / "config.json").read_text())["config"]
+        return config["keep_best"], [Path(p).name for p in config["eval_data"]]
+
+    assert keep_best() == (False, ["eval.jsonl"])  # the spec's test set: reported, never chosen on
+    assert keep_best("--eval", tmp_path / "validation.jsonl") == (True, ["validation.jsonl"])
+    assert keep_best("--keep-best") == (True, ["eval.jsonl"])  # the user's explicit choice

@@ -56,9 +56,10 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
     if all(p.endswith(".jsonl") for p in train):
         values["data"] = train
         values["eval_data"] = [str((project.root / p).resolve()) for p in spec.data.eval]
-        # The spec's eval files are the test set the arms are judged on: training reports its loss but must
-        # not choose weights by it (`tunewise run` carves a validation set from the training split instead).
-        values["keep_best"] = False
+        if spec.data.eval:
+            # The spec's eval files are the test set the arms are judged on: training reports its loss but must
+            # not choose weights by it (`tunewise run` carves a validation set from the training split).
+            values["keep_best"] = False
     return values, project
 
 
@@ -141,6 +142,8 @@ def train(
         "precision": precision,
         "threads": threads,
     }
+    if eval_data and keep_best is None:
+        values.pop("keep_best", None)  # --eval names a validation set, not the spec's test set: the default
     values.update({k: v for k, v in flags.items() if v is not None})
     values["progress"] = not no_progress
     config = TrainConfig.from_dict(values)
