@@ -380,6 +380,26 @@ def test_training_names_the_weights_kept_and_the_validation_set(tmp_path):
     assert "step 15 of 20 (validation loss 0.5800)" in tr
 
 
+def test_training_says_why_the_last_weights_stayed_over_a_lower_earlier_loss(tmp_path):
+    check = {"best_step": 12, "best_loss": 0.571, "last_loss": 0.58, "diff": 0.009, "se": 0.0062}
+    kept_last = {
+        **full_state()["training"],
+        "steps_run": 20,
+        "best_check": {**check, "earlier_is_better": False},
+    }
+    tr = section(build_report({"training": kept_last}, tmp_path)[0].read_text(encoding="utf-8"), "training")
+    assert "the last step (step 12 was lower by 0.0090, within the noise: standard error 0.0062)" in tr
+    kept_earlier = {
+        **kept_last,
+        "kept_step": 12,
+        "best_check": {**check, "diff": 0.03, "earlier_is_better": True},
+    }
+    tr = section(
+        build_report({"training": kept_earlier}, tmp_path)[0].read_text(encoding="utf-8"), "training"
+    )
+    assert "step 12 of 20 (lower than the last step by 0.0300, standard error 0.0062)" in tr
+
+
 def test_training_as_the_trainer_logs_it(tmp_path):
     """metrics.jsonl says `loss`, and the resolved config carries where each value came from."""
     training = full_state()["training"]

@@ -313,25 +313,78 @@ def test_early_stopping_keeps_the_best_weights(tmp_path, data):
     assert result.eval_after["eval_loss"] == pytest.approx(best, rel=1e-5)
 
 
-def test_the_output_is_the_evaluation_with_the_lowest_validation_loss(tmp_path, data):
+def _evals(result) -> dict[int, float]:
+    lines = (Path(result.run_dir) / "metrics.jsonl").read_text().splitlines()
+    return {x["step"]: x["eval_loss"] for x in map(json.loads, lines) if "eval_loss" in x and x["step"] > 0}
+
+
+def test_the_output_is_the_step_with_a_clearly_lower_validation_loss(tmp_path, data):
     from tunewise.train import run
 
-    # At this learning rate the loss climbs again after the first steps: the best weights are not the last.
-    diverging = dict(epochs=4, batch_size=4, learning_rate=0.5, schedule="constant", eval_every=2)
-    kept = run(config(data, **diverging), Project(tmp_path / "best"))
-    evals = [json.loads(x) for x in (Path(kept.run_dir) / "metrics.jsonl").read_text().splitlines()]
-    by_step = {x["step"]: x["eval_loss"] for x in evals if "eval_loss" in x and x["step"] > 0}
+    # A validation set whose answer training never teaches ("neutral"): its loss falls while the model learns
+    # the reply's shape, then climbs far above it as the model grows sure of positive/negative.
+    validation = [json.loads(line) for line in data[1].read_text().splitlines()]
+    for record in validation:
+        record["messages"][-1]["content"] = "neutral"
+    neutral = tmp_path / "neutral.jsonl"
+    neutral.write_text("".join(json.dumps(r) + "\n" for r in validation))
+    climbing = dict(
+        method="full", epochs=4, batch_size=4, learning_rate=0.01, schedule="constant", eval_every=2
+    )
+    kept = run(config((data[0], neutral), **climbing), Project(tmp_path / "best"))
+    by_step = _evals(kept)
     best_step = min(by_step, key=by_step.get)
-    assert best_step < kept.steps  # the run went past its best point
+    assert best_step < kept.steps and by_step[kept.steps] > by_step[best_step] + 1  # well past its best
     assert kept.extra["kept_step"] == best_step
+    check = kept.extra["best_check"]  # the earlier weights won on evidence
+    assert check["earlier_is_better"] and check["diff"] > 1.96 * check["se"] > 0
     assert kept.eval_after["eval_loss"] == pytest.approx(by_step[best_step], rel=1e-5)
     assert not kept.stopped_early
 
-    last = run(config(data, keep_best=False, **diverging), Project(tmp_path / "last"))
-    assert "kept_step" not in last.extra
+    last = run(config((data[0], neutral), keep_best=False, **climbing), Project(tmp_path / "last"))
+    assert "kept_step" not in last.extra and "best_check" not in last.extra
     # Same seed, same path: the last run's final loss is the first run's loss at its last step.
     assert last.eval_after["eval_loss"] == pytest.approx(by_step[kept.steps], rel=1e-5)
-    assert last.eval_after["eval_loss"] > kept.eval_after["eval_loss"]
+
+
+def test_the_last_weights_stay_when_an_earlier_step_is_lower_only_within_the_noise(tmp_path, data):
+    from tunewise.train import run
+
+    # At this learning rate the loss flattens out, then rises a little at the very end: lowest at an earlier
+    # step, by less than the 12 validation examples can tell apart.
+    result = run(
+        config(data, epochs=4, batch_size=4, learning_rate=0.5, schedule="constant", eval_every=2),
+        Project(tmp_path / "proj"),
+    )
+    by_step = _evals(result)
+    best_step = min(by_step, key=by_step.get)
+    assert best_step < result.steps and by_step[result.steps] > by_step[best_step]
+    check = result.extra["best_check"]
+    assert check["best_step"] == best_step and not check["earlier_is_better"]
+    assert 0 < check["diff"] <= 1.96 * check["se"]
+    assert "kept_step" not in result.extra
+    assert result.eval_after["eval_loss"] == pytest.approx(by_step[result.steps], rel=1e-5)
+
+
+def test_an_earlier_step_replaces_the_last_only_when_better_beyond_the_noise():
+    from tunewise.train.loop import compare_with_best
+
+    best = [2.0, 4.0, 6.0, 8.0]  # summed loss per validation example at the best step; 40 tokens in all
+    # The last step is worse on every example by about the same amount: a real difference.
+    # d = [0.5, 0.4, 0.6, 0.5]: diff = 2.0 / 40 = 0.05; se = sqrt(4/3 * 0.02) / 40 = 0.00408
+    steady = compare_with_best(best, [2.5, 4.4, 6.6, 8.5], 40)
+    assert steady["diff"] == pytest.approx(0.05)
+    assert steady["se"] == pytest.approx((4 / 3 * 0.02) ** 0.5 / 40)
+    assert steady["earlier_is_better"]
+    # Worse on average but better on one example in two: d = [1, -1, 1, -0.6], diff = 0.01, se = 0.0526.
+    mixed = compare_with_best(best, [3.0, 3.0, 7.0, 7.4], 40)
+    assert mixed["diff"] == pytest.approx(0.01)
+    assert mixed["se"] == pytest.approx((4 / 3 * 3.32) ** 0.5 / 40)
+    assert not mixed["earlier_is_better"]
+    # No noise estimate (one example, or a checkpoint without the per-example record): the lower loss wins.
+    assert compare_with_best([2.0], [2.1], 10)["earlier_is_better"]
+    assert not compare_with_best([2.0], [1.9], 10)["earlier_is_better"]
+    assert compare_with_best(None, [2.1, 3.0], 10) == {"diff": None, "se": None, "earlier_is_better": True}
 
 
 def test_dry_run_prints_a_measured_plan_and_writes_nothing(tmp_path, data, run_cli):

@@ -140,6 +140,33 @@ def test_packing_does_not_leak_attention_or_positions(tokenizer, attention):
     assert packed["targets"].numel() == sum(a.mask[1:]) + sum(b.mask[1:])
 
 
+def test_held_out_loss_per_example_equals_each_example_scored_alone(tokenizer):
+    """The per-example loss sums that decide whether an earlier step beat the last: one per example, in the
+    data's order whatever the packing, each equal to that example's loss scored alone, adding up to the mean."""
+    import torch
+
+    from tunewise.models.loading import tiny_model
+    from tunewise.train.data import TokenizedData, tokenize_example
+    from tunewise.train.loop import batch_loss, evaluate_examples
+
+    torch.manual_seed(0)
+    model = tiny_model(tokenizer).eval()
+    texts = [("a great film " * k, ["positive", "negative"][k % 2]) for k in range(1, 8)]
+    examples = [
+        tokenize_example(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}])
+        for q, a in texts
+    ]
+    # 64 tokens per micro-batch: several examples share a row, and the longest sits alone.
+    scores, sums = evaluate_examples(model, TokenizedData(examples), 64, None)
+    assert len(sums) == len(examples)
+    with torch.no_grad():
+        alone = [batch_loss(model, [ex], None)[0].item() for ex in examples]
+    assert sums == pytest.approx(alone, rel=1e-5)
+    tokens = sum(sum(ex.mask[1:]) for ex in examples)
+    assert scores["eval_tokens"] == tokens
+    assert scores["eval_loss"] == pytest.approx(sum(alone) / tokens, rel=1e-6)
+
+
 def test_packed_attention_on_bf16_rows_computes_in_fp32_and_answers_in_bf16():
     import torch
     import torch.nn.functional as F

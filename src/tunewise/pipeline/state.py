@@ -55,6 +55,7 @@ def _training(pipeline) -> dict[str, Any] | None:
         "eval_before": result.get("eval_before"),
         "eval_after": result.get("eval_after"),
         "kept_step": (result.get("extra") or {}).get("kept_step"),
+        "best_check": (result.get("extra") or {}).get("best_check"),
         "steps_run": result.get("steps"),
         "fit_examples": (train.get("fit") or {}).get("examples"),
         "validation_examples": (train.get("validation") or {}).get("examples"),

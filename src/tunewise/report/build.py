@@ -138,6 +138,29 @@ def _interval(iv: Any) -> tuple[float | None, float | None, float | None]:
     return _num(iv), None, None
 
 
+def _kept_text(kept_step: Any, steps_run: Any, check: Any) -> str:
+    """Which weights training output, and the comparison that chose them.
+
+    >>> _kept_text(None, 102, {"best_step": 78, "diff": 0.0018, "se": 0.0041, "earlier_is_better": False})
+    'the last step (step 78 was lower by 0.0018, within the noise: standard error 0.0041)'
+    >>> _kept_text(52, 102, {"best_step": 52, "diff": 0.02, "se": 0.004, "earlier_is_better": True})
+    'step 52 of 102 (lower than the last step by 0.0200, standard error 0.0040)'
+    """
+    check = check if isinstance(check, Mapping) else {}
+    diff, se = _num(check.get("diff")), _num(check.get("se"))
+    noise = "" if se is None else f"standard error {se:.4f}"
+    if kept_step is None:
+        if diff is None or check.get("earlier_is_better"):
+            return "the last step"
+        return f"the last step (step {check.get('best_step')} was lower by {diff:.4f}, within the noise" + (
+            f": {noise})" if noise else ")"
+        )
+    text = f"step {kept_step} of {steps_run}"
+    if diff is None:
+        return text
+    return f"{text} (lower than the last step by {diff:.4f}" + (f", {noise})" if noise else ")")
+
+
 def _value_text(x: Any) -> str:
     """A hyperparameter or metric value as text (nested values as compact JSON)."""
     if isinstance(x, (dict, list)):
@@ -519,9 +542,9 @@ def _training_view(training: Mapping[str, Any], plot_note: list[str]) -> dict[st
         "first_train_loss": _loss(first_train),
         "last_train_loss": _loss(last_train),
         "last_eval_loss": _loss(last_eval),
-        # The output is the evaluation with the lowest validation loss: the last step's unless one beat it.
+        # The output is the last step's weights unless an earlier evaluation beat them beyond the noise.
         "kept_eval_loss": _loss(kept_loss),
-        "kept": "the last step" if kept_step is None else f"step {kept_step} of {training.get('steps_run')}",
+        "kept": _kept_text(kept_step, training.get("steps_run"), training.get("best_check")),
         "fit_examples": training.get("fit_examples"),
         "validation_examples": training.get("validation_examples"),
         "wall": seconds(training.get("wall_s")),

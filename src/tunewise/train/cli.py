@@ -99,7 +99,8 @@ def train(
     keep_best: bool | None = typer.Option(
         None,
         "--keep-best/--keep-last",
-        help="Output the weights with the lowest --eval loss (a validation set, not your test set) or the last.",
+        help="Output an earlier step's weights when their --eval loss (a validation set, not your test set) is "
+        "lower than the last step's beyond the noise, or always the last.",
     ),
     checkpoint_every: int | None = typer.Option(
         None, "--checkpoint-every", help="Steps between checkpoints."

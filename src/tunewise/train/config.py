@@ -49,8 +49,8 @@ class TrainConfig:
     seed: int = 0
     eval_every: int | str = AUTO  # steps between held-out evaluations
     early_stopping_patience: int | None = None  # stop after this many evaluations without improvement
-    # With held-out data, the run's output is the weights of the evaluation with the lowest held-out loss
-    # (the last step's when it is not beaten). The held-out data is then a validation set, chosen on: it must
+    # With held-out data, the run's output is the last step's weights unless the evaluation with the lowest
+    # held-out loss beat them beyond the noise (`loop.compare_with_best`). The held-out data is then a validation set, chosen on: it must
     # not be the test set the model is judged on (`tunewise run` carves it from the training split).
     keep_best: bool = True
     checkpoint_every: int | str = AUTO  # steps between checkpoints
