@@ -43,16 +43,29 @@ def test_key_order_and_spacing_do_not_make_an_element_new():
 def test_a_sealed_container_refuses_a_comma_but_not_one_in_a_string_or_deeper():
     closed = JsonTracker(sealed=frozenset({0}))  # the list starting at offset 0 is sealed
     feed(['[{"a": 1}'], closed)
-    assert closed.would_break_seal(",") and closed.would_break_seal(" ,")
-    assert not closed.would_break_seal("]")
+    assert closed.would_refuse(",") and closed.would_refuse(" ,")
+    assert not closed.would_refuse("]")
     open_object = JsonTracker(sealed=frozenset({0}))
     feed(['[{"a": 1'], open_object)
-    assert open_object.would_break_seal("},")  # closes the object, then "," lands in the sealed list
-    assert not open_object.would_break_seal(', "b": 2}')  # a member of the object, which is not sealed
+    assert open_object.would_refuse("},")  # closes the object, then "," lands in the sealed list
+    assert not open_object.would_refuse(', "b": 2}')  # a member of the object, which is not sealed
     inner = JsonTracker(sealed=frozenset({0}))
     feed(['[{"a": "x'], inner)
-    assert not inner.would_break_seal(', y", "b": 2')  # in the string, then in the (unsealed) object
-    assert inner.would_break_seal('"},')
+    assert not inner.would_refuse(', y", "b": 2')  # in the string, then in the (unsealed) object
+    assert inner.would_refuse('"},')
+
+
+def test_a_closing_bracket_of_the_wrong_kind_is_refused_outside_strings_only():
+    t = JsonTracker()
+    feed(['[{"details": ["a", "b'], t)
+    assert t.would_refuse('"}')  # ends the string, then closes the list as an object
+    assert not t.would_refuse('"]') and not t.would_refuse('"]}]')
+    assert not t.would_refuse('}"')  # inside the string it is text
+    feed(['"'], t)
+    assert t.would_refuse("}") and not t.would_refuse("]")
+    feed(["]"], t)
+    assert t.would_refuse("]") and not t.would_refuse("}]")  # now the object is open
+    assert not JsonTracker().would_refuse("}")  # nothing open: text around the JSON is not judged
 
 
 def test_fuzzed_text_never_breaks_the_tracker():
@@ -174,3 +187,43 @@ def test_per_prompt_flags_guard_only_the_rows_flagged_even_with_on_token(tiny):
     assert {i for i, _ in seen} == {0, 1}  # on_token still hears every row (the server cancels through it)
     with pytest.raises(TunewiseError, match="1 json_guard flags for 2 prompts"):
         engine.generate([prompt, prompt], max_new_tokens=4, json_guard=[True])
+
+
+def test_a_closing_bracket_of_the_wrong_kind_is_refused_for_the_models_next_choice(tiny):
+    """A model that closes its object with `]` first and `}` second: free, it writes `[{"a":1]`; guarded, the
+    `]` is refused and its own second choice closes the object, then the list."""
+    from tunewise.evaluate.engine import LocalEngine
+    from tunewise.evaluate.scorers import parse_json_strict
+
+    model, tokenizer = tiny
+    tok = {t: tokenizer.encode(t, add_special_tokens=False) for t in ["[", '{"', "a", '":', "1", "}", "]"]}
+    assert all(len(v) == 1 for v in tok.values()), tok
+    tok = {t: v[0] for t, v in tok.items()}
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    closes = {"}": 0}  # the object's "}" is chosen only as a second choice; after it, "]" then the end
+    after = {tok["["]: ['{"'], tok['{"']: ["a"], tok["a"]: ['":'], tok['":']: ["1"], tok["1"]: ["]", "}"]}
+
+    class Scripted(LocalEngine):
+        def _forward(self, input_ids, attention_mask, position_ids, cache):
+            raw = super()._forward(input_ids, attention_mask, position_ids, cache)
+            scores = torch.zeros_like(raw)
+            for row in range(raw.shape[0]):
+                last = int(input_ids[row, -1])
+                if input_ids.shape[1] > 1:
+                    ranked = ["["]
+                elif last == tok["}"]:
+                    closes["}"] += 1
+                    ranked = ["]"]
+                else:
+                    ranked = after.get(last, [None])
+                for rank, text in enumerate(ranked):
+                    scores[row, eos if text is None else tok[text]] = 10.0 - 5.0 * rank
+            return scores
+
+    engine = Scripted(model, tokenizer, min_shared_prefix=10_000)
+    prompt = tokenizer.encode("one object in a list", add_special_tokens=False)
+    free = engine.generate([prompt], max_new_tokens=20)[0]
+    assert free.text == '[{"a":1]' and not parse_json_strict(free.text)[0]
+    guarded = engine.generate([prompt], max_new_tokens=20, json_guard=True)[0]
+    assert guarded.text == '[{"a":1}]' and guarded.finish_reason == "stop"
+    assert parse_json_strict(guarded.text) == (True, [{"a": 1}]) and closes["}"] == 1

@@ -25,7 +25,8 @@ engine therefore:
    long answer does not make the others pay for its steps, and the cache is not copied once per finished row;
 7. with `json_guard`, takes a row that starts repeating itself inside JSON back to before the repetition: the
    dropped positions leave the row's attention mask (their cache slots stay, unread) and the last kept token is
-   fed again at its own position (evaluate/loopguard.py).
+   fed again at its own position; and it refuses a token that would close a JSON container with the wrong
+   bracket, choosing again without it (evaluate/loopguard.py).
 
 Greedy by default (argmax, the same tie-break as `model.generate`); `temperature > 0` samples with a seeded
 generator, for the consistency samples. In fp32 the batched greedy outputs equal per-example
@@ -702,7 +703,7 @@ class LocalEngine:
             else:
                 chosen = current.argmax(dim=-1)
             if guards:
-                chosen = self._keep_seals(guards, current, chosen, [members[r] for r in live], temperature,
+                chosen = self._refuse(guards, current, chosen, [members[r] for r in live], temperature,
                                           generator, per_prompt)  # fmt: skip
             # A finished row kept in the batch is fed its last token again; its outputs are ignored.
             if len(live) == len(members):
@@ -770,17 +771,18 @@ class LocalEngine:
         return piece
 
     @staticmethod
-    def _keep_seals(
+    def _refuse(
         guards: RowGuards, logits: Any, chosen: Any, prompts: list[int], temperature: float, generator: Any,
         per_prompt: _PerPrompt | None,
     ) -> Any:  # fmt: skip
-        """`chosen` with each token that would add a member to a sealed container chosen again without it."""
+        """`chosen` with each token the guard refuses (a member added to a sealed container, a container closed
+        with the wrong bracket) chosen again without it."""
         import torch
 
         for j, i in enumerate(prompts):
             for _ in range(64):  # more refusals than this means no sensible token is left: let it be
                 token = int(chosen[j])
-                if not guards.breaks_seal(i, token):
+                if not guards.refuses(i, token):
                     break
                 logits[j, token] = float("-inf")
                 row = logits[j : j + 1]

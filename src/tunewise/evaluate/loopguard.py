@@ -18,6 +18,9 @@ What the guard does, per generated row, as tokens are chosen:
 3. In a sealed container a further `,` is refused: whenever the chosen token would put one there, it is
    removed from the distribution and the choice made again. The model's own next-best continuation, almost
    always the container's closing bracket, is what it then writes.
+4. A closing bracket of the other kind (`]` on an open object, `}` on an open list) is refused the same way:
+   it is never JSON, whatever the contract, and a small model that loses count of its brackets usually ranks
+   the right one next. Fine-tuned on bfcl, SmolLM2 closed a list of strings with `}` in 1 of 100 answers.
 
 So the guard never writes a token itself: every output token is one the model ranked highest (or sampled)
 among those allowed, and a row that does not repeat itself decodes exactly as without the guard. It applies
@@ -87,14 +90,25 @@ class JsonTracker:
             self.text += ch
         return found
 
-    def would_break_seal(self, piece: str) -> bool:
-        """Whether adding `piece` would put a "," directly in a sealed container (the tracker is unchanged)."""
-        if not self.sealed or not any(f.start in self.sealed for f in self._stack):
+    def would_refuse(self, piece: str) -> bool:
+        """Whether adding `piece` would put a "," directly in a sealed container, or close the open container with
+        the other kind of bracket (`]` on an object, `}` on a list: never JSON). The tracker is unchanged.
+
+        >>> t = JsonTracker()
+        >>> _ = t.feed('{"a": [1, 2')
+        >>> t.would_refuse("]}"), t.would_refuse("}"), t.would_refuse(', "}"')
+        (False, True, False)
+        """
+        if not self._stack or not any(ch in ",]}" for ch in piece):
             return False
         probe = self.copy()
         for ch in piece:
-            if not probe._in_string and ch == "," and probe._stack and probe._stack[-1].start in probe.sealed:
-                return True
+            if not probe._in_string and probe._stack:
+                top = probe._stack[-1]
+                if ch == "," and top.start in probe.sealed:
+                    return True
+                if (ch, top.kind) in (("]", "{"), ("}", "[")):
+                    return True
             probe._char(ch, probe.tokens)
             probe.text += ch
         return False
@@ -175,10 +189,10 @@ class RowGuards:
     def __contains__(self, row: int) -> bool:
         return row in self.trackers
 
-    def breaks_seal(self, row: int, token: int) -> bool:
-        """Whether `token` would add a member to a sealed container of `row`."""
+    def refuses(self, row: int, token: int) -> bool:
+        """Whether `token` would add a member to a sealed container of `row`, or close one with the wrong bracket."""
         tracker = self.trackers.get(row)
-        return tracker is not None and tracker.would_break_seal(self.piece(token))
+        return tracker is not None and tracker.would_refuse(self.piece(token))
 
     def accept(self, row: int, generated: list[int]) -> int | None:
         """Follow `row`'s newest token (the last of `generated`). On a repetition, returns k: the row must go back
