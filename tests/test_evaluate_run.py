@@ -156,7 +156,9 @@ def test_constrained_variant_meets_the_schema_and_free_arm_does_not(project: Pro
     assert arms["zero-shot"]["format_compliance"]["value"] == 0.0  # a random model alone
     # The JSON loop guard serves the free arm; the constrained one has its grammar instead.
     assert arms["zero-shot"]["json_guard"] and not arms["zero-shot+constrained"]["json_guard"]
-    assert arms["zero-shot"]["guarded_answers"] == sum(1 for r in result.records if r.get("guard_rewinds"))
+    assert arms["zero-shot"]["guarded_answers"] == sum(
+        1 for r in result.records if r.get("guard_rewinds") or r.get("guard_refusals")
+    )
     constrained = [r for r in result.records if r["arm"] == "zero-shot+constrained"]
     assert all(
         json.loads(x)["label"] in ("positive", "negative")

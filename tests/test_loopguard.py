@@ -226,4 +226,5 @@ def test_a_closing_bracket_of_the_wrong_kind_is_refused_for_the_models_next_choi
     assert free.text == '[{"a":1]' and not parse_json_strict(free.text)[0]
     guarded = engine.generate([prompt], max_new_tokens=20, json_guard=True)[0]
     assert guarded.text == '[{"a":1}]' and guarded.finish_reason == "stop"
+    assert (guarded.refusals, guarded.rewinds, free.refusals) == (1, 0, 0)
     assert parse_json_strict(guarded.text) == (True, [{"a": 1}]) and closes["}"] == 1

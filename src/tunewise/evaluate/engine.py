@@ -78,6 +78,7 @@ class Generation:
     finish_reason: str  # "stop" (end-of-turn token) or "length" (max_new_tokens reached)
     # With `generate(params=...)` a stop string also gives "stop"; an `on_token` callback's abort gives "abort".
     rewinds: int = 0  # times the JSON loop guard took the row back (evaluate/loopguard.py)
+    refusals: int = 0  # tokens the JSON guard refused (a "," in a sealed container, a mismatched bracket)
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,7 @@ class LocalEngine:
                 spent[i] += prefix_seconds / len(ids)
             results: dict[int, tuple[list[int], str]] = {}
             rewinds: dict[int, int] = {}
+            refusals: dict[int, int] = {}
             batches = self._batches(ids, prefix_len)
             log.info(
                 "generating for %d prompts in %d batches (shared prefix: %d tokens, max_new_tokens %d)",
@@ -283,6 +285,7 @@ class LocalEngine:
                         on_token,
                         guarded,
                         rewinds,
+                        refusals,
                     )
                 )
         out = []
@@ -302,6 +305,7 @@ class LocalEngine:
                     latency_ms=spent[i] * 1000.0,
                     finish_reason=reason,
                     rewinds=rewinds.get(i, 0),
+                    refusals=refusals.get(i, 0),
                 )
             )
         return out
@@ -617,6 +621,7 @@ class LocalEngine:
         on_token: Callable[[int, int], bool | None] | None = None,
         guarded: set[int] = frozenset(),
         rewinds: dict[int, int] | None = None,
+        refusals: dict[int, int] | None = None,
     ) -> dict[int, tuple[list[int], str]]:
         import torch
 
@@ -761,6 +766,8 @@ class LocalEngine:
             self._charge([members[r] for r in still], step_start, spent)
             live = still
             step_start = time.perf_counter()
+        if refusals is not None:
+            refusals.update({i: n for i, n in guards.refusals.items() if n})
         return done
 
     def _piece(self, token: int) -> str:

@@ -182,6 +182,7 @@ class RowGuards:
         self.trackers = {i: JsonTracker() for i in rows}
         self.piece = piece  # token id -> its text
         self.rewinds = dict.fromkeys(rows, 0)
+        self.refusals = dict.fromkeys(rows, 0)  # tokens refused (each call of `refuses` that says yes)
 
     def __bool__(self) -> bool:
         return bool(self.trackers)
@@ -192,7 +193,10 @@ class RowGuards:
     def refuses(self, row: int, token: int) -> bool:
         """Whether `token` would add a member to a sealed container of `row`, or close one with the wrong bracket."""
         tracker = self.trackers.get(row)
-        return tracker is not None and tracker.would_refuse(self.piece(token))
+        refused = tracker is not None and tracker.would_refuse(self.piece(token))
+        if refused:
+            self.refusals[row] += 1
+        return refused
 
     def accept(self, row: int, generated: list[int]) -> int | None:
         """Follow `row`'s newest token (the last of `generated`). On a repetition, returns k: the row must go back

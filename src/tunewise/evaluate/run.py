@@ -336,6 +336,7 @@ def run_evaluation(
                         "completion_tokens": answer.completion_tokens,
                         "finish_reason": answer.finish_reason,
                         **({"guard_rewinds": rewinds} if (rewinds := getattr(answer, "rewinds", 0)) else {}),
+                        **({"guard_refusals": n} if (n := getattr(answer, "refusals", 0)) else {}),
                         **({"label_scores": answer.scores} if variant == SCORED else {}),
                     }
                 )

@@ -202,9 +202,10 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         # The contract's free-text fields (text_fields): mean ROUGE-L F1 against the reference, with its interval.
         texts = [r["text_similarity"] for r in rows if r.get("text_similarity") is not None]
         arm["text_similarity"] = bootstrap_mean(texts).as_dict() if texts else None
-        # How often the JSON loop guard (evaluate/loopguard.py) took a greedy answer back from a repetition.
+        # How often the JSON guard (evaluate/loopguard.py) changed a greedy answer: took it back from a
+        # repetition, or refused a token (a mismatched bracket, a "," in a sealed container).
         arm["json_guard"] = bool(info.get("json_guard", False))
-        arm["guarded_answers"] = sum(1 for r in rows if r.get("guard_rewinds"))
+        arm["guarded_answers"] = sum(1 for r in rows if r.get("guard_rewinds") or r.get("guard_refusals"))
     # What else the caller knows about the arm (its training run, an endpoint's model and pricing entry, ...).
     arm.update({k: v for k, v in info.items() if k not in arm and k != "labels"})
     return arm
