@@ -68,6 +68,35 @@ def test_a_closing_bracket_of_the_wrong_kind_is_refused_outside_strings_only():
     assert not JsonTracker().would_refuse("}")  # nothing open: text around the JSON is not judged
 
 
+def _refuses_by_feeding(tracker: JsonTracker, piece: str) -> bool:
+    """`would_refuse` spelled out: replay the text into a fresh tracker, then feed the piece one character at
+    a time, checking each against the tracker's own structure."""
+    probe = JsonTracker(frozenset(tracker.sealed))
+    probe.feed(tracker.text)
+    for ch in piece:
+        if not probe._in_string and probe._stack:
+            top = probe._stack[-1]
+            if (ch == "," and top.start in probe.sealed) or (ch, top.kind) in (("]", "{"), ("}", "[")):
+                return True
+        probe.feed(ch)
+    return False
+
+
+def test_fuzzed_refusals_equal_feeding_character_by_character():
+    import random
+
+    rng = random.Random(1)
+    alphabet = '{}[]",:\\ a1'
+    for _ in range(2000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20)))
+        opens = [i for i, ch in enumerate(text) if ch in "{["]
+        tracker = JsonTracker(frozenset(rng.sample(opens, k=min(len(opens), rng.randint(0, 2)))))
+        tracker.feed(text)
+        for _ in range(5):
+            piece = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
+            assert tracker.would_refuse(piece) == _refuses_by_feeding(tracker, piece), (text, piece)
+
+
 def test_fuzzed_text_never_breaks_the_tracker():
     import random
 

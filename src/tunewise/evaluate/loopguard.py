@@ -99,30 +99,34 @@ class JsonTracker:
         >>> t.would_refuse("]}"), t.would_refuse("}"), t.would_refuse(', "}"')
         (False, True, False)
         """
-        if not self._stack or not any(ch in ",]}" for ch in piece):
+        if not any(ch in ",]}" for ch in piece):
             return False
-        probe = self.copy()
+        # Asked of every token a guarded row chooses: a light walk over the piece (string state and a stack of
+        # (bracket, sealed) pairs), not a copy of the tracker with its key and element sets.
+        stack = [(f.kind, f.start in self.sealed) for f in self._stack]
+        in_string, escape, started = self._in_string, self._escape, self._started
         for ch in piece:
-            if not probe._in_string and probe._stack:
-                top = probe._stack[-1]
-                if ch == "," and top.start in probe.sealed:
+            if not started:
+                if ch not in "{[":
+                    continue  # text before the JSON is not judged
+                started = True
+            if in_string:
+                if escape:
+                    escape = False
+                elif ch == "\\":
+                    escape = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch in "{[":
+                stack.append((ch, False))
+            elif ch in "}]" and stack:
+                if stack.pop()[0] != ("{" if ch == "}" else "["):
                     return True
-                if (ch, top.kind) in (("]", "{"), ("}", "[")):
-                    return True
-            probe._char(ch, probe.tokens)
-            probe.text += ch
+            elif ch == "," and stack and stack[-1][1]:
+                return True
         return False
-
-    def copy(self) -> JsonTracker:
-        other = JsonTracker(frozenset(self.sealed))
-        other.text, other.tokens = self.text, self.tokens
-        other._stack = [
-            _Frame(f.kind, f.start, f.sep_token, set(f.keys), set(f.elements), f.expect_key)
-            for f in self._stack
-        ]
-        other._in_string, other._escape = self._in_string, self._escape
-        other._key_start, other._started = self._key_start, self._started
-        return other
 
     def _char(self, ch: str, token: int) -> Repeat | None:
         offset = len(self.text)
