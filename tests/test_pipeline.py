@@ -118,6 +118,20 @@ def test_pipeline_runs_skips_and_redoes_only_what_changed(project: Project):
     only = Pipeline(project, load_spec(project.spec_path)).run(only="report")
     assert statuses(only) == {"report": "ran"}
 
+    # The baseline run again alone makes new records: the next plain run merges them, and what follows.
+    baseline = Pipeline(project, load_spec(project.spec_path)).run(only="baseline")
+    assert statuses(baseline) == {"baseline": "ran"}
+    after = Pipeline(project, load_spec(project.spec_path)).run()
+    assert statuses(after) == {
+        **{s: "skipped" for s in ("data", "split", "baseline", "train")},
+        **{s: "ran" for s in ("evaluate", "economics", "verdict", "report")},
+    }
+    records = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines()]  # noqa: E731
+    merged = [r for r in records(after.output("evaluate")["records_path"]) if r["kind"] == "prompted"]
+    # Measured latencies tell the two baseline runs apart: the merged records are the new run's.
+    assert merged == records(baseline.output("baseline")["records_path"])
+    assert merged != records(third.output("baseline")["records_path"])
+
 
 def test_training_chooses_on_a_validation_set_carved_from_training_never_on_the_eval_set(project: Project):
     from tunewise.data.load import load_examples

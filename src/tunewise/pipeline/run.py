@@ -152,6 +152,8 @@ class Pipeline:
                 and recorded["status"] == "succeeded"
                 and self._still_there(recorded["output"])
             )
+            if only is not None and STAGES.index(stage) > STAGES.index(only):
+                break  # later stages are left as they are; the next plain run redoes those that read this output
             if only is not None and stage != only:
                 if not usable:
                     raise TunewiseError(
@@ -208,6 +210,18 @@ class Pipeline:
             out[p] = _file_hash(path) if path.is_file() else "missing"
         return out
 
+    def _made(self, stage: str) -> str:
+        """What an earlier stage produced, as a later stage's key reads it: its key, its output, and the contents
+        of the files that output names. The key alone would not do: after `--only baseline` replaced the prompted
+        arms' records, a plain run skipped evaluate, and the summary kept merging the old ones."""
+        output = self.outputs.get(stage) or {}
+        files = {
+            k: _file_hash(Path(v))
+            for k, v in output.items()
+            if k.endswith("_path") and isinstance(v, str) and Path(v).is_file()
+        }
+        return _hash({"key": self.keys[stage], "output": output, "files": files})
+
     def _inputs_data(self) -> Any:
         s = self.spec
         return {
@@ -219,7 +233,7 @@ class Pipeline:
         }
 
     def _inputs_split(self) -> Any:
-        return {"data": self.keys["data"]}
+        return {"data": self._made("data")}
 
     def _arms(self) -> list[str]:
         """The baseline's arms: the prompted ones the spec names, then every endpoint."""
@@ -233,7 +247,7 @@ class Pipeline:
     def _inputs_baseline(self) -> Any:
         s = self.spec
         return {
-            "split": self.keys["split"],
+            "split": self._made("split"),
             "arms": self._arms(),
             "system_prompt": s.system_prompt,
             "contract": s.contract.model_dump(by_alias=True),
@@ -244,7 +258,7 @@ class Pipeline:
     def _inputs_train(self) -> Any:
         s = self.spec
         return {
-            "split": self.keys["split"],
+            "split": self._made("split"),
             "model": s.model.model_dump(),
             "method": s.method,
             "hyperparameters": s.hyperparameters.model_dump(),
@@ -254,8 +268,8 @@ class Pipeline:
 
     def _inputs_evaluate(self) -> Any:
         return {
-            "train": self.keys["train"],
-            "baseline": self.keys["baseline"],
+            "train": self._made("train"),
+            "baseline": self._made("baseline"),
             "evaluation": self.spec.evaluation.model_dump(),
             "contract": self.spec.contract.model_dump(by_alias=True),
         }
@@ -263,13 +277,13 @@ class Pipeline:
     def _inputs_economics(self) -> Any:
         e = self.spec.economics
         pricing = self._files([e.pricing_file]) if e.pricing_file else None
-        return {"evaluate": self.keys["evaluate"], "economics": e.model_dump(), "pricing": pricing}
+        return {"evaluate": self._made("evaluate"), "economics": e.model_dump(), "pricing": pricing}
 
     def _inputs_verdict(self) -> Any:
-        return {"economics": self.keys["economics"]}
+        return {"economics": self._made("economics")}
 
     def _inputs_report(self) -> Any:
-        return {"verdict": self.keys["verdict"], "task": self.spec.task.model_dump()}
+        return {"verdict": self._made("verdict"), "task": self.spec.task.model_dump()}
 
     # --- the stages -------------------------------------------------------------------------------------
 
