@@ -163,7 +163,8 @@ class Hyperparameters(_Strict):
     max_length: Auto | Annotated[int, Field(ge=16)] = "auto"
     # `tunewise run` holds this share of the training split out of training (at most 200 examples, none when
     # it would be fewer than 10) as the validation set: its loss is the training curve's held-out loss, and
-    # an earlier step's adapter is kept when its loss is lower than the last step's beyond the noise. The held-out evaluation set is never seen by training.
+    # an earlier step's adapter is kept when its loss is lower than the last step's beyond the noise. The
+    # held-out evaluation set is never seen by training.
     validation_fraction: Annotated[float, Field(ge=0, lt=0.5)] = 0.1
     keep_best: bool = True
 

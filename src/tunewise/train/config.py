@@ -50,8 +50,9 @@ class TrainConfig:
     eval_every: int | str = AUTO  # steps between held-out evaluations
     early_stopping_patience: int | None = None  # stop after this many evaluations without improvement
     # With held-out data, the run's output is the last step's weights unless the evaluation with the lowest
-    # held-out loss beat them beyond the noise (`loop.compare_with_best`). The held-out data is then a validation set, chosen on: it must
-    # not be the test set the model is judged on (`tunewise run` carves it from the training split).
+    # held-out loss beat them beyond the noise (`loop.compare_with_best`). The held-out data is then a validation
+    # set, chosen on: it must not be the test set the model is judged on (`tunewise run` carves it from the
+    # training split).
     keep_best: bool = True
     checkpoint_every: int | str = AUTO  # steps between checkpoints
     precision: str = AUTO  # auto | float32 | bfloat16
