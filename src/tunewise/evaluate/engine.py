@@ -741,7 +741,6 @@ class LocalEngine:
                         del columns[i][back - 1 :], generated[i][back:]
                         tokens[r] = generated[i][-1]
                         next_pos[r] = first_pos[r] + back - 1
-                        rewinds[i] = guards.rewinds[i]
             if not still:
                 # Charge the sampling of this last step to the rows that were in it.
                 self._charge([members[r] for r in live], step_start, spent)
@@ -766,6 +765,9 @@ class LocalEngine:
             self._charge([members[r] for r in still], step_start, spent)
             live = still
             step_start = time.perf_counter()
+        # What the guard did to each row, read once the batch is done.
+        if rewinds is not None:
+            rewinds.update({i: n for i, n in guards.rewinds.items() if n})
         if refusals is not None:
             refusals.update({i: n for i, n in guards.refusals.items() if n})
         return done
