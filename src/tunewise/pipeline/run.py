@@ -92,6 +92,7 @@ class Pipeline:
         self.say = narrate or (self.progress.log if progress is not None else log.info)
         self.outputs: dict[str, dict[str, Any]] = {}
         self.keys: dict[str, str] = {}
+        self._made_hashes: dict[str, str] = {}  # `_made`, once per stage and run: it reads the stage's files
         self.seconds: dict[str, float] = {}
 
     # --- the stage record -------------------------------------------------------------------------------
@@ -214,13 +215,16 @@ class Pipeline:
         """What an earlier stage produced, as a later stage's key reads it: its key, its output, and the contents
         of the files that output names. The key alone would not do: after `--only baseline` replaced the prompted
         arms' records, a plain run skipped evaluate, and the summary kept merging the old ones."""
+        if stage in self._made_hashes:
+            return self._made_hashes[stage]
         output = self.outputs.get(stage) or {}
         files = {
             k: _file_hash(Path(v))
             for k, v in output.items()
             if k.endswith("_path") and isinstance(v, str) and Path(v).is_file()
         }
-        return _hash({"key": self.keys[stage], "output": output, "files": files})
+        made = self._made_hashes[stage] = _hash({"key": self.keys[stage], "output": output, "files": files})
+        return made
 
     def _inputs_data(self) -> Any:
         s = self.spec
