@@ -1,14 +1,21 @@
-"""A LoRA linear layer's forward pass in one in-place matrix multiply-add instead of three new tensors.
+"""LoRA linear layers as one autograd step each: no temporaries in the forward pass, one node in the backward.
 
 PEFT computes `result = base(x) + lora_B(lora_A(x)) * scaling`: the B projection, its scaled copy and the sum
-are three (tokens x out_features) tensors, allocated and freed in every LoRA layer of every micro-batch. On a
-CPU that churn costs time and, through heap fragmentation, resident memory. Here the low-rank update is added
-into the base output in place, `result.addmm_(lora_A(x), B.T, alpha=scaling)`: the same arithmetic and the
-same gradients (the base projection's backward pass does not need its output, so updating it in place is
-safe), with no temporaries. tests/test_train_fused.py compares outputs and gradients with PEFT's own forward.
+are three (tokens x out_features) tensors, allocated and freed in every LoRA layer of every micro-batch, and
+autograd records about eight nodes per layer (products, transposes, views, the scaling). On a CPU both cost
+time. Here one autograd function does it: the forward adds the low-rank update into the base output in place
+(`out.addmm_(x @ A.T, B.T)`), the backward computes the input gradient the same way
+(`(g @ W).addmm_(g @ B, A)`) and the two factors' gradients, and records nothing else.
+
+The same function serves projections that read the same input (a layer's q, k and v; an MLP's gate and up):
+their frozen weights are kept as row slices of one tensor (`joined_weight`), their A factors stacked and their B
+factors placed on a block diagonal, so that one product of each kind replaces three (or two), and the input
+gradient comes out of one product instead of being summed from six. train/layers.py builds the layer forwards
+that use it; tests/test_train_fused.py compares outputs and gradients with PEFT's own forward.
 
 Anything but the plain case (merged or disabled adapters, several active adapters, DoRA and other variants,
-autocast, extra arguments, input in another dtype than the base weights) goes through PEFT's forward unchanged.
+active dropout, autocast, extra arguments, input in another dtype than the base weights) goes through PEFT's
+forward unchanged.
 """
 
 from __future__ import annotations
@@ -16,33 +23,126 @@ from __future__ import annotations
 import types
 from typing import Any
 
+# The autograd.Function, built on first use so that importing this module does not import torch.
+_function: Any = None
+
+
+def lora_linear(x: Any, weight: Any, a: Any, b: Any) -> Any:
+    """`x @ weight.T + (x @ a.T) @ b.T` for 2-D `x` (tokens, in); `weight` frozen, `b` already scaled.
+
+    Gradients flow to `x`, `a` and `b` (whichever require one), never to `weight`.
+    """
+    global _function
+    if _function is None:
+        _function = _make_function()
+    return _function.apply(x, weight, a, b)
+
+
+def _make_function() -> Any:
+    import torch
+
+    class LoraLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, weight: Any, a: Any, b: Any) -> Any:
+            out = x @ weight.t()
+            down = x @ a.t()  # (tokens, rank): all the backward pass needs besides x
+            out.addmm_(down, b.t())
+            ctx.save_for_backward(x, down, weight, a, b)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
+            x, down, weight, a, b = ctx.saved_tensors
+            need_x, _, need_a, need_b = ctx.needs_input_grad
+            grad_down = grad @ b  # (tokens, rank)
+            grad_x = torch.mm(grad, weight).addmm_(grad_down, a) if need_x else None
+            grad_a = grad_down.t() @ x if need_a else None
+            grad_b = grad.t() @ down if need_b else None
+            return grad_x, None, grad_a, grad_b
+
+    return LoraLinear
+
+
+def plain_adapter(module: Any, x: Any) -> str | None:
+    """The name of `module`'s one active adapter when the fused path computes exactly what PEFT would, else None."""
+    import torch
+    import torch.nn as nn
+
+    active = module.active_adapters
+    if (
+        module.disable_adapters
+        or module.merged
+        or len(active) != 1
+        or active[0] not in module.lora_A
+        or active[0] in module.lora_variant  # DoRA and other variants
+        or module.lora_B[active[0]].bias is not None  # PEFT's lora_bias option
+        or module.base_layer.bias is not None
+        or module.base_layer.weight.requires_grad
+        or not (isinstance(module.lora_dropout[active[0]], nn.Identity) or not module.training)
+        or torch.is_autocast_enabled(x.device.type)
+        or x.dtype != module.base_layer.weight.dtype
+    ):
+        return None
+    return active[0]
+
+
+def factors(modules: list[Any], names: list[str], dtype: Any) -> tuple[Any, Any]:
+    """(stacked A, block-diagonal scaled B) of LoRA layers that read the same input, in `dtype`.
+
+    With a bf16 base (train/mixed.py) the fp32 factors are cast, as autocast would cast them, and their
+    gradients flow back to the fp32 factors through the casts.
+    """
+    import torch
+
+    a = [m.lora_A[n].weight for m, n in zip(modules, names, strict=True)]
+    b = [m.lora_B[n].weight * m.scaling[n] for m, n in zip(modules, names, strict=True)]
+    if len(modules) == 1:
+        return a[0].to(dtype), b[0].to(dtype)
+    return torch.cat(a).to(dtype), torch.block_diag(*b).to(dtype)
+
+
+def joined_weight(modules: list[Any]) -> Any:
+    """The frozen base weights of `modules` as one (sum of out_features, in_features) tensor, without a copy.
+
+    The first call stacks them and points each module's weight at its row slice of the result, so the weights
+    live once in memory and later calls only view them together. A dtype change replaces the modules' weights
+    (train/mixed.py stores a bf16 base; the precision measurement swaps it in and out); the next call finds
+    them apart and stacks them again. Nothing is cached: the modules' own weights are the only reference.
+    """
+    import torch
+
+    weights = [m.base_layer.weight.detach() for m in modules]
+    first = weights[0]
+    if len(weights) == 1:
+        return first
+    rows = sum(w.shape[0] for w in weights)
+    offset, adjacent = first.storage_offset(), True
+    for w in weights:
+        adjacent = adjacent and (
+            w.is_contiguous()
+            and w.dtype == first.dtype
+            and w.shape[1:] == first.shape[1:]
+            and w.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+            and w.storage_offset() == offset
+        )
+        offset += w.numel()
+    if adjacent:
+        return first.as_strided((rows, first.shape[1]), (first.shape[1], 1), first.storage_offset())
+    joined = torch.cat(weights)
+    start = 0
+    for module, w in zip(modules, weights, strict=True):
+        module.base_layer.weight.data = joined[start : start + w.shape[0]]
+        start += w.shape[0]
+    return joined
+
 
 def _fused_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
-    import torch
-    import torch.nn.functional as F
-
-    active = self.active_adapters
-    if (
-        args
-        or kwargs
-        or self.disable_adapters
-        or self.merged
-        or len(active) != 1
-        or active[0] not in self.lora_A
-        or active[0] in self.lora_variant
-        or self.lora_B[active[0]].bias is not None  # PEFT's lora_bias option
-        or torch.is_autocast_enabled(x.device.type)
-        or x.dtype != self.base_layer.weight.dtype
-    ):
+    name = None if args or kwargs else plain_adapter(self, x)
+    if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    name = active[0]
-    result = self.base_layer(x)
-    # The adapter's products run in the activations' dtype: with a bf16 base (train/mixed.py) the fp32 factors
-    # are cast, as autocast would cast them, and their gradients flow back to the fp32 factors through the casts.
-    down = F.linear(self.lora_dropout[name](x), self.lora_A[name].weight.to(x.dtype))
-    up = self.lora_B[name].weight.to(x.dtype).t()
-    result.view(-1, result.shape[-1]).addmm_(down.reshape(-1, down.shape[-1]), up, alpha=self.scaling[name])
-    return result
+    a, b = factors([self], [name], x.dtype)
+    out = lora_linear(x.reshape(-1, x.shape[-1]), self.base_layer.weight, a, b)
+    return out.view(*x.shape[:-1], out.shape[-1])
 
 
 def use_fused_lora(model: Any) -> int:

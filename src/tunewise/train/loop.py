@@ -9,9 +9,11 @@ checkpointing, full-vocabulary logits over padded batches) cost 2-3x. Here compu
 - the vocabulary projection (576 x 49,152 for SmolLM2: 28M multiply-adds per token, about a fifth of the
   model) runs only at the positions whose next token is trained, by slicing the hidden states first, and a
   chunk at a time, each chunk's logits turned into loss and gradient at once (train/loss.py);
-- each LoRA layer adds its update into the base projection in place (train/fused.py), the MLP's gated
-  product keeps two tensors for backward instead of three (train/swiglu.py), and the gradient buffers live
-  for the whole run: fewer temporaries, less heap fragmentation, lower peak memory;
+- each LoRA layer is one autograd step that adds its update into the base projection in place
+  (train/fused.py); in Llama-style layers, projections that read one input run as one product, RMSNorm and
+  the rotary embedding as one step each (train/layers.py); the MLP's gated product keeps two tensors for
+  backward instead of three (train/swiglu.py), and the gradient buffers live for the whole run: fewer
+  operations, fewer temporaries, less heap fragmentation, lower peak memory;
 - where bf16 is measured faster, a LoRA run stores the frozen base in bf16 and keeps the adapters in fp32
   (train/mixed.py): bf16 activations, no cast repeated per product; full fine-tuning uses autocast instead;
 - the loss of a step is summed over its trained tokens and divided by their count for the whole step, so
@@ -59,6 +61,7 @@ from tunewise.train.data import (
     truncate,
 )
 from tunewise.train.fused import use_fused_lora
+from tunewise.train.layers import use_fused_layers
 from tunewise.train.loss import linear_cross_entropy, release_workspace
 from tunewise.train.swiglu import use_fused_swiglu
 
@@ -159,6 +162,7 @@ def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any)
         config.base, "float32", config.trust_remote_code, tokenizer=tokenizer, seed=config.seed
     )
     model.config.use_cache = False  # no KV cache in training: it only costs memory
+    _private_weights(model)
     use_packed_attention(model)  # per-example attention inside packed rows (see train/attention.py)
     use_fused_swiglu(model)  # the MLP keeps two tensors for backward, not three (see train/swiglu.py)
     if config.method == "full":
@@ -180,7 +184,23 @@ def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any)
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(model, lora)
     use_fused_lora(model)
+    use_fused_layers(model)  # after the LoRA wrap: the fused layers take over LoRA projections
     return model
+
+
+def _private_weights(model: Any) -> None:
+    """Copy every weight into the process's own memory, so that no tensor maps the safetensors file any more.
+
+    transformers maps the file, and a mapped page once read stays resident (counted in RSS) as long as any
+    tensor maps the file: a weight replaced later (the stacked projections of train/layers.py, a bf16 base)
+    would otherwise be held twice, 0.27 GB for SmolLM2-135M. Copying costs about what reading the weights
+    once costs; the mapping goes when the last tensor that used it is replaced.
+    """
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
 
 
 def _parts(model: Any) -> tuple[Any, Any]:

@@ -36,9 +36,34 @@ def autocast_dtype(method: str, dtype: str) -> Any:
 
 def store_frozen(model: Any, dtype: Any) -> None:
     """Convert every frozen parameter of `model` to `dtype`, in place; trainable ones keep theirs."""
-    for param in model.parameters():
-        if not param.requires_grad and param.is_floating_point():
-            param.data = param.data.to(dtype)
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    for param, data in zip(frozen, converted(frozen, dtype), strict=True):
+        param.data = data
+
+
+def converted(params: list[Any], dtype: Any) -> list[Any]:
+    """`params`' data in `dtype`, keeping weights that are slices of one tensor slices of one tensor.
+
+    train/layers.py stacks the weights of projections that read one input into one tensor; converting them one
+    by one would scatter them, and the next forward pass would have to stack them again.
+    """
+    by_storage: dict[int, list[int]] = {}
+    for i, param in enumerate(params):
+        by_storage.setdefault(param.untyped_storage().data_ptr(), []).append(i)
+    out: list[Any] = [None] * len(params)
+    for indices in by_storage.values():
+        group = [params[i].data for i in indices]
+        if len(group) == 1 or not all(t.is_contiguous() for t in group):
+            for i, t in zip(indices, group, strict=True):
+                out[i] = t.to(dtype)
+            continue
+        start = min(t.storage_offset() for t in group)
+        end = max(t.storage_offset() + t.numel() for t in group)
+        whole = group[0].as_strided((end - start,), (1,), start).to(dtype)
+        for i, t in zip(indices, group, strict=True):
+            offset = t.storage_offset() - start
+            out[i] = whole[offset : offset + t.numel()].view(t.shape)
+    return out
 
 
 @contextlib.contextmanager
@@ -50,8 +75,8 @@ def frozen_temporarily(model: Any, dtype: Any) -> Iterator[None]:
     """
     originals = [(p, p.data) for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
     try:
-        for param, data in originals:
-            param.data = data.to(dtype)
+        for (param, _), data in zip(originals, converted([p for p, _ in originals], dtype), strict=True):
+            param.data = data
         yield
     finally:
         for param, data in originals:

@@ -19,19 +19,40 @@ from __future__ import annotations
 import types
 from typing import Any
 
-# The autograd.Function, built on first use so that importing this module does not import torch.
-_function: Any = None
+# The autograd.Functions, built on first use so that importing this module does not import torch.
+_functions: dict[str, Any] = {}
 
 
 def silu_mul(gate: Any, up: Any) -> Any:
     """`silu(gate) * up`, keeping only `gate` and `up` for the backward pass."""
-    global _function
-    if _function is None:
-        _function = _make_function()
-    return _function.apply(gate, up)
+    if not _functions:
+        _functions.update(_make_functions())
+    return _functions["separate"].apply(gate, up)
 
 
-def _make_function() -> Any:
+def silu_mul_joined(gate_up: Any) -> Any:
+    """`silu(gate) * up` where `gate_up` (..., 2 x intermediate) holds gate then up, as one product over the
+    stacked weights makes it (train/layers.py): the gradient is written into one tensor of that shape, with no
+    concatenation of the two halves' gradients."""
+    if not _functions:
+        _functions.update(_make_functions())
+    return _functions["joined"].apply(gate_up)
+
+
+def _silu_mul_grads(gate: Any, up: Any, grad: Any, grad_gate: Any, grad_up: Any) -> None:
+    """Write the two gradients of `silu(gate) * up` into `grad_gate` and `grad_up` (either may be None)."""
+    import torch
+
+    sig = torch.sigmoid(gate)
+    if grad_up is not None:
+        torch.mul(grad, gate, out=grad_up).mul_(sig)
+    if grad_gate is not None:
+        # sig * (1 + gate * (1 - sig)), built in place on one temporary
+        dsilu = (1 - sig).mul_(gate).add_(1).mul_(sig)
+        torch.mul(dsilu, up, out=grad_gate).mul_(grad)
+
+
+def _make_functions() -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -44,23 +65,33 @@ def _make_function() -> Any:
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, Any]:
             gate, up = ctx.saved_tensors
-            sig = torch.sigmoid(gate)
-            grad_up = grad * gate * sig if ctx.needs_input_grad[1] else None
-            grad_gate = None
-            if ctx.needs_input_grad[0]:
-                # sig * (1 + gate * (1 - sig)), built in place on one temporary
-                dsilu = (1 - sig).mul_(gate).add_(1).mul_(sig)
-                grad_gate = dsilu.mul_(up).mul_(grad)
+            grad_gate = torch.empty_like(gate) if ctx.needs_input_grad[0] else None
+            grad_up = torch.empty_like(up) if ctx.needs_input_grad[1] else None
+            _silu_mul_grads(gate, up, grad, grad_gate, grad_up)
             return grad_gate, grad_up
 
-    return SiluMul
+    class SiluMulJoined(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, gate_up: Any) -> Any:
+            ctx.save_for_backward(gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
+            return F.silu(gate) * up
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> Any:
+            (gate_up,) = ctx.saved_tensors
+            grads = torch.empty_like(gate_up)
+            _silu_mul_grads(*gate_up.chunk(2, dim=-1), grad, *grads.chunk(2, dim=-1))
+            return grads
+
+    return {"separate": SiluMul, "joined": SiluMulJoined}
 
 
 def _gated_forward(self: Any, x: Any) -> Any:
     return self.down_proj(silu_mul(self.gate_proj(x), self.up_proj(x)))
 
 
-def _is_silu(module: Any) -> bool:
+def is_silu(module: Any) -> bool:
     import torch.nn as nn
 
     # transformers maps "silu" to nn.SiLU or, in some versions, to its own SiLUActivation.
@@ -71,7 +102,7 @@ def use_fused_swiglu(model: Any) -> int:
     """Give every gated SiLU MLP of `model` the two-tensor product; returns how many modules got it."""
     count = 0
     for module in model.modules():
-        if all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj")) and _is_silu(
+        if all(hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj")) and is_silu(
             getattr(module, "act_fn", None)
         ):
             module.forward = types.MethodType(_gated_forward, module)
