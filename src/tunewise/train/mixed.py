@@ -42,7 +42,7 @@ def store_frozen(model: Any, dtype: Any) -> None:
 
 
 def converted(params: list[Any], dtype: Any) -> list[Any]:
-    """`params`' data in `dtype`, keeping weights that are slices of one tensor slices of one tensor.
+    """`params`' data in `dtype`; weights that are slices of one tensor come out as slices of one tensor.
 
     train/layers.py stacks the weights of projections that read one input into one tensor; converting them one
     by one would scatter them, and the next forward pass would have to stack them again.
