@@ -191,6 +191,8 @@ def _kind(module: Any) -> str | None:
         and all(_is_lora_linear(getattr(module, p, None)) for p in ("q_proj", "k_proj", "v_proj", "o_proj"))
         and all(hasattr(module, a) for a in ("head_dim", "scaling", "attention_dropout", "config"))
         and not any(hasattr(module, a) for a in ("q_norm", "k_norm", "sliding_window"))
+        # a sliding window passed to the attention function (Mistral) would not show in the probe's 9 tokens
+        and getattr(module.config, "sliding_window", None) is None
     ):
         return "attention"
     if (
