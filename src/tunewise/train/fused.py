@@ -105,9 +105,9 @@ def joined_weight(modules: list[Any]) -> Any:
     """The frozen base weights of `modules` as one (sum of out_features, in_features) tensor, without a copy.
 
     The first call stacks them and points each module's weight at its row slice of the result, so the weights
-    live once in memory and later calls only view them together. A dtype change replaces the modules' weights
-    (train/mixed.py stores a bf16 base; the precision measurement swaps it in and out); the next call finds
-    them apart and stacks them again. Nothing is cached: the modules' own weights are the only reference.
+    live once in memory and later calls only view them together. train/mixed.py converts stacked weights
+    together, so a dtype change keeps them stacked; weights replaced some other way are found apart and
+    stacked again. Nothing is cached: the modules' own weights are the only reference.
     """
     import torch
 
@@ -136,12 +136,18 @@ def joined_weight(modules: list[Any]) -> Any:
     return joined
 
 
+def lora_project(x: Any, modules: list[Any], names: list[str]) -> Any:
+    """The outputs of LoRA layers `modules` (active adapters `names`) that read 2-D `x`, side by side:
+    one `lora_linear` over their stacked weights and factors."""
+    a, b = factors(modules, names, x.dtype)
+    return lora_linear(x, joined_weight(modules), a, b)
+
+
 def _fused_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
     name = None if args or kwargs else plain_adapter(self, x)
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
-    a, b = factors([self], [name], x.dtype)
-    out = lora_linear(x.reshape(-1, x.shape[-1]), self.base_layer.weight, a, b)
+    out = lora_project(x.reshape(-1, x.shape[-1]), [self], [name])
     return out.view(*x.shape[:-1], out.shape[-1])
 
 

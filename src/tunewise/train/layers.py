@@ -29,7 +29,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from tunewise.train.fused import factors, joined_weight, lora_linear, plain_adapter
+from tunewise.train.fused import lora_project, plain_adapter
 from tunewise.train.swiglu import is_silu, silu_mul_joined
 
 # The autograd.Functions, built on first use so that importing this module does not import torch.
@@ -129,8 +129,7 @@ def _attention_forward(module: Any, fallback: Any, *args: Any, **kwargs: Any) ->
     ):
         return fallback(*args, **kwargs)
     *lead, width = hidden.shape
-    a, b = factors(projections, names[:3], hidden.dtype)
-    qkv = lora_linear(hidden.reshape(-1, width), joined_weight(projections), a, b)
+    qkv = lora_project(hidden.reshape(-1, width), projections, names[:3])
     q, k, v = qkv.split([p.base_layer.out_features for p in projections], dim=-1)
     shape = (*lead, -1, module.head_dim)
     cos, sin = (t.unsqueeze(-2) for t in embeddings)  # (batch, tokens, 1, head_dim): one angle for all heads
@@ -143,8 +142,7 @@ def _attention_forward(module: Any, fallback: Any, *args: Any, **kwargs: Any) ->
         module, q, k, v, kwargs.get("attention_mask"), dropout=0.0, scaling=module.scaling, **rest
     )
     out = out.reshape(-1, out.shape[-2] * out.shape[-1])  # (batch * tokens, heads * head_dim)
-    a, b = factors([module.o_proj], names[3:], out.dtype)
-    out = lora_linear(out, module.o_proj.base_layer.weight, a, b)
+    out = lora_project(out, [module.o_proj], names[3:])
     return out.view(*lead, out.shape[-1]), weights
 
 
@@ -164,11 +162,8 @@ def _mlp_forward(module: Any, fallback: Any, x: Any, *args: Any, **kwargs: Any) 
     if args or kwargs or None in names:
         return fallback(x, *args, **kwargs)
     *lead, width = x.shape
-    a, b = factors(projections, names[:2], x.dtype)
-    gate_up = lora_linear(x.reshape(-1, width), joined_weight(projections), a, b)
-    hidden = silu_mul_joined(gate_up)
-    a, b = factors([module.down_proj], names[2:], hidden.dtype)
-    out = lora_linear(hidden, module.down_proj.base_layer.weight, a, b)
+    gate_up = lora_project(x.reshape(-1, width), projections, names[:2])
+    out = lora_project(silu_mul_joined(gate_up), [module.down_proj], names[2:])
     return out.view(*lead, out.shape[-1])
 
 
