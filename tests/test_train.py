@@ -299,6 +299,18 @@ def test_unknown_config_key_names_the_nearest():
         TrainConfig.from_dict({"learning_rte": 1e-4})
 
 
+def test_micro_batch_tokens_follow_the_precision_unless_set():
+    from tunewise.train.config import TrainConfig, micro_batch_tokens
+
+    assert micro_batch_tokens(TrainConfig(), "bfloat16") == 1024  # LoRA on a bf16 base
+    assert micro_batch_tokens(TrainConfig(), "float32") == 256
+    assert micro_batch_tokens(TrainConfig(method="full"), "bfloat16") == 256  # autocast keeps fp32 weights
+    assert micro_batch_tokens(TrainConfig(micro_batch_tokens=384), "bfloat16") == 384
+    for bad in (8, "many", True):
+        with pytest.raises(TunewiseError, match="micro_batch_tokens must be 'auto' or an integer"):
+            TrainConfig(micro_batch_tokens=bad)
+
+
 def test_early_stopping_keeps_the_best_weights(tmp_path, data):
     from tunewise.train import run
 

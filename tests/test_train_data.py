@@ -215,3 +215,35 @@ def test_doctests():
     for module in (tunewise.train.data, tunewise.train.config, tunewise.train.loop, tunewise.models.loading):
         failures, _ = doctest.testmod(module)
         assert failures == 0, module.__name__
+
+
+def test_bf16_rows_keep_bf16_tensors_and_get_fp32_gradients_per_example():
+    """The CPU bf16 path computes attention in fp32 per example (GQA, a 1-token example included) and gives the
+    gradients fp32 autograd gives, to bf16 rounding."""
+    import torch
+    import torch.nn.functional as F
+
+    from tunewise.train.attention import _fp32_flash_on_bf16
+
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 6, 12, 8, generator=gen).bfloat16().requires_grad_()
+    k, v = (torch.randn(1, 2, 12, 8, generator=gen).bfloat16().requires_grad_() for _ in range(2))
+    bounds = [(0, 5), (5, 6), (6, 12)]
+    out = _fp32_flash_on_bf16(q, k, v, bounds, 0.3)
+    assert out.dtype == torch.bfloat16 and out.shape == (1, 12, 6, 8) and out.is_contiguous()
+    grad = torch.randn(out.shape, generator=gen).bfloat16()
+    out.backward(grad)
+
+    qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
+    pieces = [
+        F.scaled_dot_product_attention(
+            qf[:, :, s:e], kf[:, :, s:e], vf[:, :, s:e], is_causal=e - s > 1, scale=0.3, enable_gqa=True
+        )  # fmt: skip
+        for s, e in bounds
+    ]
+    expected = torch.cat(pieces, dim=2).transpose(1, 2)
+    expected.backward(grad.float())
+    torch.testing.assert_close(out, expected.bfloat16(), rtol=0, atol=0)  # the forward rounds once
+    for ours, reference in ((q, qf), (k, kf), (v, vf)):
+        assert ours.grad.dtype == torch.bfloat16 and ours.grad.shape == reference.grad.shape
+        torch.testing.assert_close(ours.grad.float(), reference.grad, rtol=2e-2, atol=2e-2)

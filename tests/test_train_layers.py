@@ -75,13 +75,17 @@ def test_rotate_equals_transformers_rotary_embedding_and_its_backward_is_the_inv
     torch.testing.assert_close(rotate(q, cos[:, :, None], sin[:, :, None]).transpose(1, 2), expected)
 
 
-def test_joined_gated_product_equals_the_separate_one():
-    from tunewise.train.swiglu import silu_mul_joined
+def test_gated_lora_linear_equals_lora_linear_on_the_gated_product():
+    from tunewise.train.fused import gated_lora_linear, lora_linear
 
     gate_up = torch.randn(7, 2 * 13, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(silu_mul_joined, (gate_up,))
+    weight = torch.randn(5, 13, dtype=torch.float64)
+    a = torch.randn(3, 13, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gated_lora_linear, (gate_up, weight, a, b))
     gate, up = gate_up.chunk(2, dim=-1)
-    torch.testing.assert_close(silu_mul_joined(gate_up), torch.nn.functional.silu(gate) * up)
+    expected = lora_linear(torch.nn.functional.silu(gate) * up, weight, a, b)
+    torch.testing.assert_close(gated_lora_linear(gate_up, weight, a, b), expected)
 
 
 def test_fused_layers_give_the_same_logits_and_gradients_as_peft_on_a_packed_row():

@@ -49,17 +49,13 @@ def _packed_sdpa(
             enable_gqa=gqa,
         )  # fmt: skip
         return out.transpose(1, 2).contiguous(), None
-    # On CPU, bf16 rows run attention in fp32: torch's CPU flash attention is slower in bf16, above all its
-    # backward pass (8 micro-batches of bitext_reply on the AMX Xeon: 882 ms bf16 against 545-600 ms fp32,
-    # forward 133 against 220-237 ms; the whole step 2-5% faster). The rest of the layer stays in bf16.
-    low = query.dtype if query.device.type == "cpu" and query.dtype == torch.bfloat16 else None
-    if low is not None:
-        query, key, value = query.float(), key.float(), value.float()
     length = query.shape[2]
     starts = (position_ids.reshape(-1)[:length] == 0).nonzero().flatten().tolist()
     if not starts or starts[0] != 0:
         starts = [0, *starts]
-    bounds = [*starts, length]
+    bounds = list(zip(starts, [*starts[1:], length], strict=True))
+    if query.device.type == "cpu" and query.dtype == torch.bfloat16 and dropout == 0.0:
+        return _fp32_flash_on_bf16(query, key, value, bounds, scaling), None
     pieces = [
         F.scaled_dot_product_attention(
             query[:, :, s:e],
@@ -70,12 +66,72 @@ def _packed_sdpa(
             is_causal=e - s > 1,
             enable_gqa=gqa,
         )  # fmt: skip
-        for s, e in zip(bounds[:-1], bounds[1:], strict=True)
+        for s, e in bounds
     ]
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
-    if low is not None:
-        out = out.to(low)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _fp32_flash_on_bf16(query: Any, key: Any, value: Any, bounds: list[tuple[int, int]], scale: Any) -> Any:
+    """Causal attention of bf16 (1, H, L, D) rows over the examples `bounds`, computed in fp32; returns the
+    (1, L, Hq, D) output in bf16.
+
+    On CPU, torch's flash attention is slower in bf16, above all its backward pass (8 micro-batches of
+    bitext_reply on the AMX Xeon: 882 ms bf16 against 545-600 ms fp32; the whole step 2-5% faster in fp32),
+    so it runs in fp32. Cast outside autograd, SDPA would keep fp32 copies of q, k, v and its output for the
+    backward pass: 2.4x the bytes of the bf16 tensors, 6.1 of the ~18 KB a SmolLM2 layer keeps per token.
+    This function keeps the bf16 q and k, a bf16 copy of v (not the qkv tensor it is a view of), and its own
+    bf16 output, which the o projection keeps anyway; the backward pass casts them to fp32 again. The
+    output's rounding to bf16 then also enters the backward pass's sum(dO * O), as in GPU flash attention.
+    """
+    global _function
+    if _function is None:
+        _function = _make_function()
+    return _function.apply(query, key, value.contiguous(), bounds, scale)
+
+
+_function: Any = None
+
+
+def _make_function() -> Any:
+    import torch
+
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+    class Fp32FlashOnBf16(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, query: Any, key: Any, value: Any, bounds: Any, scale: Any) -> Any:
+            batch, heads, length, dim = query.shape
+            out = query.new_empty(batch, length, heads, dim)  # the layout the o projection reads
+            lse = query.new_empty(batch, heads, length, dtype=torch.float32)
+            for s, e in bounds:
+                piece, lse[:, :, s:e] = flash(
+                    query[:, :, s:e].float(), key[:, :, s:e].float(), value[:, :, s:e].float(),
+                    is_causal=e - s > 1, scale=scale,
+                )  # fmt: skip
+                out[:, s:e] = piece.transpose(1, 2)
+            ctx.save_for_backward(query, key, value, out, lse)
+            ctx.bounds, ctx.scale = bounds, scale
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
+            query, key, value, out, lse = ctx.saved_tensors
+            grads = [torch.empty_like(t) for t in (query, key, value)]
+            out = out.transpose(1, 2)  # (1, H, L, D), as the flash functions take it
+            grad = grad.transpose(1, 2)
+            for s, e in ctx.bounds:
+                pieces = flash_backward(
+                    grad[:, :, s:e].float(), query[:, :, s:e].float(), key[:, :, s:e].float(),
+                    value[:, :, s:e].float(), out[:, :, s:e].float(), lse[:, :, s:e].contiguous(), 0.0, e - s > 1,
+                    scale=ctx.scale,
+                )  # fmt: skip
+                for target, piece in zip(grads, pieces, strict=True):
+                    target[:, :, s:e] = piece
+            return *grads, None, None
+
+    return Fp32FlashOnBf16
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:

@@ -35,14 +35,10 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: str | list[str] = "all-linear"  # peft: every linear layer except the output head
     max_length: int | str = AUTO  # tokens per example; longer ones are truncated (and counted)
-    # Tokens per packed micro-batch; steps larger than this accumulate gradients. It bounds activation memory:
-    # backward keeps ~10K floats per token per layer (norms, q/k/v, MLP intermediates), 1.2 MB per token for
-    # SmolLM2-135M's 30 layers in fp32, so 256 tokens hold ~0.3 GB, and glibc's heap fragmentation about as
-    # much again. Larger micro-batches were not faster on CPU (64 bitext_reply examples: 512 tokens ran at the
-    # same tokens/s with 0.3 GB more peak RSS; 384, the longest example rounded up, ran at the same speed with
-    # 0.05-0.08 GB more; with the fused layers of train/layers.py, 1,024 tokens ran 5% faster at 3.2 GB peak
-    # against 1.75 GB). An example longer than this gets a micro-batch of its own.
-    micro_batch_tokens: int = 256
+    # Tokens per packed micro-batch; steps larger than this accumulate gradients. It bounds activation memory.
+    # auto: 1,024 for LoRA with a bf16 base, else 256 (`micro_batch_tokens`). An example longer than this
+    # gets a micro-batch of its own.
+    micro_batch_tokens: int | str = AUTO
     schedule: Schedule = "cosine"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -93,8 +89,11 @@ class TrainConfig:
             problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if not 0 <= self.warmup_ratio < 1:
             problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
-        if self.micro_batch_tokens < 16:
-            problems.append(f"micro_batch_tokens must be at least 16 (got {self.micro_batch_tokens})")
+        tokens = self.micro_batch_tokens
+        if tokens != AUTO and (not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 16):
+            problems.append(
+                f"micro_batch_tokens must be 'auto' or an integer of at least 16 (got {tokens!r})"
+            )
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             problems.append("early_stopping_patience must be at least 1")
         if self.precision not in (AUTO, "float32", "bfloat16", "fp32", "bf16"):
@@ -117,6 +116,23 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
+    """The tokens per micro-batch of a run computing in `dtype`: the configured number, or for `auto` what the
+    training bench measured best under 2 GB peak RSS for SmolLM2-135M on the 2-core AMX Xeon.
+
+    - fp32 (and full fine-tuning, whose activations autocast keeps partly in fp32): 256 tokens. Backward keeps
+      33.8 KB per token per layer, 1.0 MB per token over 30 layers: 0.26 GB, and glibc's heap fragmentation
+      about as much again. 1,024 tokens ran only 5% faster, at 3.2 GB peak against 1.75 GB.
+    - LoRA with a bf16 base: 1,024 tokens. Backward keeps 14.2 KB per token per layer (0.44 GB for 1,024
+      tokens), and the AMX products gain much more from larger blocks: 64 bitext_reply examples trained in 38.3 s at 1,024 tokens against 47.8 s at 256
+      (1.88 against 1.55 GB peak RSS). A micro-batch of ~260-token examples at 512 holds one example, as at
+      256; at 1,024 it holds three or four.
+    """
+    if config.micro_batch_tokens != AUTO:
+        return int(config.micro_batch_tokens)
+    return 1024 if config.method == "lora" and dtype == "bfloat16" else 256
 
 
 @dataclass(frozen=True)

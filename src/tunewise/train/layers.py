@@ -29,8 +29,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from tunewise.train.fused import lora_project, plain_adapter
-from tunewise.train.swiglu import is_silu, silu_mul_joined
+from tunewise.train.fused import gated_lora_project, lora_project, plain_adapter
+from tunewise.train.swiglu import is_silu
 
 # The autograd.Functions, built on first use so that importing this module does not import torch.
 _functions: dict[str, Any] = {}
@@ -163,7 +163,7 @@ def _mlp_forward(module: Any, fallback: Any, x: Any, *args: Any, **kwargs: Any) 
         return fallback(x, *args, **kwargs)
     *lead, width = x.shape
     gate_up = lora_project(x.reshape(-1, width), projections, names[:2])
-    out = lora_project(silu_mul_joined(gate_up), [module.down_proj], names[2:])
+    out = gated_lora_project(gate_up, module.down_proj, names[2])
     return out.view(*lead, out.shape[-1])
 
 

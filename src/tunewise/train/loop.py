@@ -46,7 +46,7 @@ from tunewise.errors import TunewiseError
 from tunewise.project import Project
 from tunewise.train import mixed, records
 from tunewise.train.attention import use_packed_attention
-from tunewise.train.config import AUTO, Resolved, TrainConfig, auto_hyperparameters
+from tunewise.train.config import AUTO, Resolved, TrainConfig, auto_hyperparameters, micro_batch_tokens
 from tunewise.train.data import (
     Example,
     TokenizedData,
@@ -610,7 +610,9 @@ def _run(
         check_trainable(prepared.train)
         if prepared.eval is not None:
             prepared.eval = truncate(prepared.eval, resolved.max_length)
-    micro_tokens = config.micro_batch_tokens  # not raised to max_length: it bounds activation memory
+    # The precision measurement runs both precisions on the same (fp32-sized) micro-batches; the run then takes
+    # its precision's size. Not raised to max_length: it bounds activation memory.
+    micro_tokens = micro_batch_tokens(config, "float32")
     model = _build_model(config, resolved, prepared.tokenizer).to(
         torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
     )
@@ -638,6 +640,7 @@ def _run(
         mixed.store_frozen(model, torch.bfloat16)
     release_free_heap()  # what the precision measurement's steps (and the fp32 weights, if let go) left free
     autocast_dtype = mixed.autocast_dtype(config.method, precision.dtype)
+    micro_tokens = micro_batch_tokens(config, precision.dtype)
     plan = Plan(
         n_examples=n_examples,
         epochs=resolved.epochs,

@@ -30,16 +30,7 @@ def silu_mul(gate: Any, up: Any) -> Any:
     return _functions["separate"].apply(gate, up)
 
 
-def silu_mul_joined(gate_up: Any) -> Any:
-    """`silu(gate) * up` where `gate_up` (..., 2 x intermediate) holds gate then up, as one product over the
-    stacked weights makes it (train/layers.py): the gradient is written into one tensor of that shape, with no
-    concatenation of the two halves' gradients."""
-    if not _functions:
-        _functions.update(_make_functions())
-    return _functions["joined"].apply(gate_up)
-
-
-def _silu_mul_grads(gate: Any, up: Any, grad: Any, grad_gate: Any, grad_up: Any) -> None:
+def silu_mul_grads(gate: Any, up: Any, grad: Any, grad_gate: Any, grad_up: Any) -> None:
     """Write the two gradients of `silu(gate) * up` into `grad_gate` and `grad_up` (either may be None)."""
     import torch
 
@@ -67,24 +58,10 @@ def _make_functions() -> dict[str, Any]:
             gate, up = ctx.saved_tensors
             grad_gate = torch.empty_like(gate) if ctx.needs_input_grad[0] else None
             grad_up = torch.empty_like(up) if ctx.needs_input_grad[1] else None
-            _silu_mul_grads(gate, up, grad, grad_gate, grad_up)
+            silu_mul_grads(gate, up, grad, grad_gate, grad_up)
             return grad_gate, grad_up
 
-    class SiluMulJoined(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, gate_up: Any) -> Any:
-            ctx.save_for_backward(gate_up)
-            gate, up = gate_up.chunk(2, dim=-1)
-            return F.silu(gate) * up
-
-        @staticmethod
-        def backward(ctx: Any, grad: Any) -> Any:
-            (gate_up,) = ctx.saved_tensors
-            grads = torch.empty_like(gate_up)
-            _silu_mul_grads(*gate_up.chunk(2, dim=-1), grad, *grads.chunk(2, dim=-1))
-            return grads
-
-    return {"separate": SiluMul, "joined": SiluMulJoined}
+    return {"separate": SiluMul}
 
 
 def _gated_forward(self: Any, x: Any) -> Any:
