@@ -131,3 +131,16 @@ def test_arms_name_their_variants_and_must_fit_the_contract():
         parse_spec(MINIMAL + "evaluation: {arms: [few-shot+constrained]}\n")
     with pytest.raises(ConfigError, match="label_scoring"):
         parse_spec(MINIMAL + "evaluation: {label_scoring: median}\n")
+
+
+def test_micro_batch_tokens_reach_the_training_config(tmp_path: Path):
+    from tunewise.train.cli import config_from_spec
+
+    assert parse_spec(MINIMAL).hyperparameters.micro_batch_tokens == "auto"
+    spec = tmp_path / "tunewise.yaml"
+    spec.write_text(MINIMAL + "hyperparameters: {micro_batch_tokens: 512}\n")
+    values, _ = config_from_spec(spec)
+    assert values["micro_batch_tokens"] == 512
+    with pytest.raises(ConfigError) as info:
+        parse_spec(MINIMAL + "hyperparameters:\n  micro_batch_tokens: 8\n")
+    assert any(p.startswith("line 8: hyperparameters.micro_batch_tokens") for p in info.value.problems)

@@ -302,7 +302,7 @@ def test_unknown_config_key_names_the_nearest():
 def test_micro_batch_tokens_follow_the_precision_unless_set():
     from tunewise.train.config import TrainConfig, micro_batch_tokens
 
-    assert micro_batch_tokens(TrainConfig(), "bfloat16") == 1024  # LoRA on a bf16 base
+    assert micro_batch_tokens(TrainConfig(), "bfloat16") == 768  # LoRA on a bf16 base
     assert micro_batch_tokens(TrainConfig(), "float32") == 256
     assert micro_batch_tokens(TrainConfig(method="full"), "bfloat16") == 256  # autocast keeps fp32 weights
     assert micro_batch_tokens(TrainConfig(micro_batch_tokens=384), "bfloat16") == 384

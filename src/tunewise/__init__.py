@@ -8,8 +8,9 @@ __version__ = "0.1.0"
 # operand shape. Training packs examples into rows of varying length, so nearly every micro-batch brings new
 # shapes, and the cache grew resident memory by about 0.1 GB per step until full (2.9 GB peak on 256 examples).
 # A micro-batch reuses its shapes across all its layers, so a few dozen entries keep every kernel still in use.
-# Measured on 256 examples (bench/train_throughput.py's data, bf16): 64 entries peaked at 1.95 GB in 203 s,
-# 128 at 2.07 GB in 209 s (Intel Xeon with AMX); on an AMD EPYC, 128 was no slower than 1,024 but 8 ran at half
-# the speed (kernels rebuilt at every use). Read once, when oneDNN first runs, so it is set here, before tunewise
-# imports torch; a value already in the environment wins.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+# Measured on 128 of bench/train_throughput.py's examples (bf16 LoRA, 768-token micro-batches, Intel Xeon with
+# AMX): 64 entries peaked at 1.99 GB (1,024-token micro-batches: 2.06 GB), 32 at 1.84 GB at the same speed, 24 at
+# 1.83 GB, but 16 took 1.7x as long (kernels rebuilt within a micro-batch); on an AMD EPYC, 8 ran at half the
+# speed. Read once, when oneDNN first runs, so it is set here, before tunewise imports torch; a value already in
+# the environment wins.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")

@@ -161,6 +161,9 @@ class Hyperparameters(_Strict):
     lora_alpha: Auto | Annotated[float, Field(gt=0)] = "auto"
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     max_length: Auto | Annotated[int, Field(ge=16)] = "auto"
+    # Tokens per packed micro-batch, the bound on activation memory; auto: 768 for LoRA on a bf16 base, else
+    # 256 (train/config.py's `micro_batch_tokens` says why).
+    micro_batch_tokens: Auto | Annotated[int, Field(ge=16)] = "auto"
     # `tunewise run` holds this share of the training split out of training (at most 200 examples, none when
     # it would be fewer than 10) as the validation set: its loss is the training curve's held-out loss, and
     # an earlier step's adapter is kept when its loss is lower than the last step's beyond the noise. The
@@ -431,6 +434,7 @@ _AUTO_FIELDS = {
     "lora_rank",
     "lora_alpha",
     "max_length",
+    "micro_batch_tokens",
     "max_new_tokens",
     "constrained",
 }

@@ -49,6 +49,7 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
         "lora_alpha": hp.lora_alpha,
         "lora_dropout": hp.lora_dropout,
         "max_length": hp.max_length,
+        "micro_batch_tokens": hp.micro_batch_tokens,
         "seed": spec.data.seed,
     }
     # Until the data stage produces normalized dataset versions, files already in chat JSONL are used directly.
@@ -91,6 +92,11 @@ def train(
     alpha: str | None = typer.Option(None, "--alpha", help="LoRA alpha, or auto (2 x rank)."),
     dropout: float | None = typer.Option(None, "--dropout", help="LoRA dropout."),
     max_length: str | None = typer.Option(None, "--max-length", help="Tokens per example, or auto."),
+    micro_batch_tokens: str | None = typer.Option(
+        None,
+        "--micro-batch-tokens",
+        help="Tokens per packed micro-batch (bounds activation memory), or auto.",
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed for initialization and data order."),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
     early_stopping: int | None = typer.Option(
@@ -135,6 +141,7 @@ def train(
         "lora_alpha": _number(alpha, float, "--alpha"),
         "lora_dropout": dropout,
         "max_length": _number(max_length, int, "--max-length"),
+        "micro_batch_tokens": _number(micro_batch_tokens, int, "--micro-batch-tokens"),
         "seed": seed,
         "eval_every": eval_every,
         "early_stopping_patience": early_stopping,

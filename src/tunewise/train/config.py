@@ -36,7 +36,7 @@ class TrainConfig:
     lora_targets: str | list[str] = "all-linear"  # peft: every linear layer except the output head
     max_length: int | str = AUTO  # tokens per example; longer ones are truncated (and counted)
     # Tokens per packed micro-batch; steps larger than this accumulate gradients. It bounds activation memory.
-    # auto: 1,024 for LoRA with a bf16 base, else 256 (`micro_batch_tokens`). An example longer than this
+    # auto: 768 for LoRA with a bf16 base, else 256 (`micro_batch_tokens`). An example longer than this
     # gets a micro-batch of its own.
     micro_batch_tokens: int | str = AUTO
     schedule: Schedule = "cosine"
@@ -125,14 +125,15 @@ def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
     - fp32 (and full fine-tuning, whose activations autocast keeps partly in fp32): 256 tokens. Backward keeps
       33.8 KB per token per layer, 1.0 MB per token over 30 layers: 0.26 GB, and glibc's heap fragmentation
       about as much again. 1,024 tokens ran only 5% faster, at 3.2 GB peak against 1.75 GB.
-    - LoRA with a bf16 base: 1,024 tokens. Backward keeps 14.2 KB per token per layer (0.44 GB for 1,024
-      tokens), and the AMX products gain much more from larger blocks: 64 bitext_reply examples trained in 38.3 s at 1,024 tokens against 47.8 s at 256
-      (1.88 against 1.55 GB peak RSS). A micro-batch of ~260-token examples at 512 holds one example, as at
-      256; at 1,024 it holds three or four.
+    - LoRA with a bf16 base: 768 tokens. Backward keeps 14.2 KB per token per layer (0.33 GB for 768 tokens),
+      and the AMX products gain much more from larger blocks. A micro-batch of ~260-token examples holds one
+      example at 256 or 512 tokens, two or three at 768. 128 bitext_reply examples trained in 81.7 s at 768
+      tokens, 75.2 s at 1,024 (1.84 and 1.99 GB peak RSS) and, on 64 examples, 47.8 s at 256 against 41.6 s at
+      768 (1.55 and 1.76 GB). 1,024 would leave too little room under the 2 GB the training bench allows.
     """
     if config.micro_batch_tokens != AUTO:
         return int(config.micro_batch_tokens)
-    return 1024 if config.method == "lora" and dtype == "bfloat16" else 256
+    return 768 if config.method == "lora" and dtype == "bfloat16" else 256
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ time. Here one autograd function does it: the forward adds the low-rank update i
 The same function serves projections that read the same input (a layer's q, k and v; an MLP's gate and up):
 their frozen weights are kept as row slices of one tensor (`joined_weight`), their A factors stacked and their B
 factors placed on a block diagonal, so that one product of each kind replaces three (or two), and the input
-gradient comes out of one product instead of being summed from six. train/layers.py builds the layer forwards
-that use it; tests/test_train_fused.py compares outputs and gradients with PEFT's own forward.
+gradient comes out of one product instead of being summed from six. A gated MLP's down projection is the same
+function applied to `silu(gate) * up`, computed inside it (`gated_lora_linear`). train/layers.py builds the
+layer forwards that use them; tests/test_train_fused.py compares outputs and gradients with PEFT's own forward.
 
 Anything but the plain case (merged or disabled adapters, several active adapters, DoRA and other variants,
 active dropout, autocast, extra arguments, input in another dtype than the base weights) goes through PEFT's

@@ -428,6 +428,7 @@ class Plan:
     trainable_params: int
     resolved: dict[str, Any]
     precision: dict[str, Any]
+    micro_batch_tokens: int = 256
     measured_step_s: float | None = None
     measured_tokens_per_s: float | None = None
     estimated_time_s: float | None = None
@@ -450,7 +451,8 @@ class Plan:
                 for k in r
                 if k != "sources" and r[k] is not None
             ),
-            f"  precision: {self.precision['dtype']} ({self.precision['reason']})",
+            f"  precision: {self.precision['dtype']} ({self.precision['reason']}); "
+            f"micro-batches of up to {self.micro_batch_tokens} tokens",
         ]
         if self.measured_step_s is not None:
             lines.append(
@@ -653,6 +655,7 @@ def _run(
         trainable_params=trainable_params,
         resolved=resolved.to_dict(),
         precision=precision.to_dict(),
+        micro_batch_tokens=micro_tokens,
     )
     if rank == 0 and not dry_run:  # a dry run returns the plan: the CLI prints it on stdout
         say(plan.describe())
