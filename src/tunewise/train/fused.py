@@ -54,23 +54,36 @@ def _make_functions() -> dict[str, Any]:
 
     from tunewise.train.swiglu import silu_mul_grads
 
+    def project(x: Any, weight: Any, a: Any, b: Any) -> tuple[Any, Any]:
+        """The output, and x @ a.T (tokens, rank): all the backward pass needs besides x."""
+        out = x @ weight.t()
+        down = x @ a.t()
+        out.addmm_(down, b.t())
+        return out, down
+
+    def project_grads(
+        ctx: Any, grad: Any, x_of: Any, down: Any, weight: Any, a: Any, b: Any
+    ) -> tuple[Any, ...]:
+        """The gradients of `project`'s x, a and b (None where not needed); `x_of()` gives x, only when needed.
+        a's comes first, so that a recomputed x is freed before x's gradient is allocated."""
+        need_x, _, need_a, need_b = ctx.needs_input_grad
+        grad_down = grad @ b  # (tokens, rank)
+        grad_a = grad_down.t() @ x_of() if need_a else None
+        grad_b = grad.t() @ down if need_b else None
+        grad_x = torch.mm(grad, weight).addmm_(grad_down, a) if need_x else None
+        return grad_x, grad_a, grad_b
+
     class LoraLinear(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, x: Any, weight: Any, a: Any, b: Any) -> Any:
-            out = x @ weight.t()
-            down = x @ a.t()  # (tokens, rank): all the backward pass needs besides x
-            out.addmm_(down, b.t())
+            out, down = project(x, weight, a, b)
             ctx.save_for_backward(x, down, weight, a, b)
             return out
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
             x, down, weight, a, b = ctx.saved_tensors
-            need_x, _, need_a, need_b = ctx.needs_input_grad
-            grad_down = grad @ b  # (tokens, rank)
-            grad_x = torch.mm(grad, weight).addmm_(grad_down, a) if need_x else None
-            grad_a = grad_down.t() @ x if need_a else None
-            grad_b = grad.t() @ down if need_b else None
+            grad_x, grad_a, grad_b = project_grads(ctx, grad, lambda: x, down, weight, a, b)
             return grad_x, None, grad_a, grad_b
 
     def gated(gate_up: Any) -> Any:
@@ -80,23 +93,16 @@ def _make_functions() -> dict[str, Any]:
     class GatedLoraLinear(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, gate_up: Any, weight: Any, a: Any, b: Any) -> Any:
-            h = gated(gate_up)
-            out = h @ weight.t()
-            down = h @ a.t()
-            out.addmm_(down, b.t())
-            ctx.save_for_backward(gate_up, down, weight, a, b)
+            out, down = project(gated(gate_up), weight, a, b)
+            ctx.save_for_backward(gate_up, down, weight, a, b)  # not the gated product: recomputed
             return out
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
             gate_up, down, weight, a, b = ctx.saved_tensors
-            need_x, _, need_a, need_b = ctx.needs_input_grad
-            grad_down = grad @ b
-            grad_a = grad_down.t() @ gated(gate_up) if need_a else None
-            grad_b = grad.t() @ down if need_b else None
+            grad_h, grad_a, grad_b = project_grads(ctx, grad, lambda: gated(gate_up), down, weight, a, b)
             grad_gate_up = None
-            if need_x:
-                grad_h = torch.mm(grad, weight).addmm_(grad_down, a)
+            if grad_h is not None:
                 grad_gate_up = torch.empty_like(gate_up)
                 silu_mul_grads(*gate_up.chunk(2, dim=-1), grad_h, *grad_gate_up.chunk(2, dim=-1))
             return grad_gate_up, None, grad_a, grad_b
