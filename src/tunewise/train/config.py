@@ -119,8 +119,8 @@ class TrainConfig:
 
 
 def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
-    """The tokens per micro-batch of a run computing in `dtype`: the configured number, or for `auto` what the
-    training bench measured best under 2 GB peak RSS for SmolLM2-135M on the 2-core AMX Xeon.
+    """The tokens per micro-batch of a run computing in `dtype`: the configured number, or for `auto` the
+    fastest size the training bench measured near its 2 GB peak RSS target (SmolLM2-135M, 2-core AMX Xeon).
 
     - fp32 (and full fine-tuning, whose activations autocast keeps partly in fp32): 256 tokens. Backward keeps
       33.8 KB per token per layer, 1.0 MB per token over 30 layers: 0.26 GB, and glibc's heap fragmentation
