@@ -311,6 +311,40 @@ def test_micro_batch_tokens_follow_the_precision_unless_set():
             TrainConfig(micro_batch_tokens=bad)
 
 
+def test_the_precision_measurement_packs_the_same_examples_at_each_precisions_size(
+    tmp_path, data, monkeypatch
+):
+    """bf16 trains on larger micro-batches than fp32, and gains most of its lead from them: timing both at
+    fp32's size chose fp32 in the demo. Each precision must time the same examples at its own size."""
+    from tunewise.models import loading
+    from tunewise.train import loop, run
+
+    real_loss = loop.batch_loss
+    packed: dict[str, list[list[int]]] = {}
+
+    def recording_choose_precision(device, requested, step_timer):
+        for dtype in ("float32", "bfloat16"):
+            calls: list[list[int]] = []
+
+            def recording_loss(model, examples, autocast, calls=calls):
+                calls.append([len(e) for e in examples])
+                return real_loss(model, examples, autocast)
+
+            monkeypatch.setattr(loop, "batch_loss", recording_loss)
+            assert step_timer(dtype) > 0
+            packed[dtype] = calls
+        monkeypatch.setattr(loop, "batch_loss", real_loss)
+        return loading.decide_precision(device, True, requested="float32")
+
+    monkeypatch.setattr(loading, "choose_precision", recording_choose_precision)
+    run(config(data, precision="auto", epochs=1, batch_size=32), Project(tmp_path / "proj"))
+
+    fp32, bf16 = packed["float32"], packed["bfloat16"]
+    assert len(bf16) == 1 and 256 < sum(bf16[0]) <= 768  # one 768-token micro-batch: step 0's first
+    assert len(fp32) > 1 and all(sum(group) <= 256 for group in fp32)
+    assert sorted(n for group in fp32 for n in group) == sorted(bf16[0])  # the same examples
+
+
 def test_early_stopping_keeps_the_best_weights(tmp_path, data):
     from tunewise.train import run
 

@@ -612,9 +612,6 @@ def _run(
         check_trainable(prepared.train)
         if prepared.eval is not None:
             prepared.eval = truncate(prepared.eval, resolved.max_length)
-    # The precision measurement runs both precisions on the same (fp32-sized) micro-batches; the run then takes
-    # its precision's size. Not raised to max_length: it bounds activation memory.
-    micro_tokens = micro_batch_tokens(config, "float32")
     model = _build_model(config, resolved, prepared.tokenizer).to(
         torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
     )
@@ -629,8 +626,8 @@ def _run(
     requested = config.precision
     if run_dir is not None and (run_dir / "environment.json").is_file():  # resume in the recorded precision
         requested = records.read_json(run_dir / "environment.json")["precision"]["dtype"]
-    _, first_groups = _step_groups(prepared, resolved, 0, steps_per_epoch, micro_tokens)
-    timer = lambda dtype: _time_step(model, config.method, prepared, first_groups, dtype)  # noqa: E731
+    timed = _timing_examples(prepared, resolved, config, steps_per_epoch)
+    timer = lambda dtype: _time_step(model, config, prepared, timed, dtype)  # noqa: E731
     precision = choose_precision(device, requested, step_timer=timer)
     if world > 1 and not dry_run:  # all processes compute in one precision: rank 0's measurement decides
         import torch.distributed as dist
@@ -642,6 +639,7 @@ def _run(
         mixed.store_frozen(model, torch.bfloat16)
     release_free_heap()  # what the precision measurement's steps (and the fp32 weights, if let go) left free
     autocast_dtype = mixed.autocast_dtype(config.method, precision.dtype)
+    # Each precision has its own micro-batch size; not raised to max_length: it bounds activation memory.
     micro_tokens = micro_batch_tokens(config, precision.dtype)
     plan = Plan(
         n_examples=n_examples,
@@ -736,24 +734,36 @@ def _run(
     return result
 
 
-def _time_step(model: Any, method: str, prepared: Prepared, groups: list[list[int]], dtype: str) -> float:
-    """Seconds for forward+backward of a step's first two micro-batches in `dtype`, computed the way the run
-    would compute in it (train/mixed.py); gradients are discarded.
+def _timing_examples(
+    prepared: Prepared, resolved: Resolved, config: TrainConfig, steps_per_epoch: int
+) -> list[int]:
+    """The examples the precision measurement times: the first micro-batch of step 0 at the larger of the two
+    precisions' micro-batch sizes, so that each precision packs the same examples at its own size."""
+    largest = max(micro_batch_tokens(config, dtype) for dtype in ("float32", "bfloat16"))
+    return _step_groups(prepared, resolved, 0, steps_per_epoch, largest)[1][0]
 
-    Two micro-batches, not the whole step: the precision decision times eight of these, and the ratio
-    between dtypes is what it needs, not the step's duration."""
+
+def _time_step(model: Any, config: TrainConfig, prepared: Prepared, indices: list[int], dtype: str) -> float:
+    """Seconds for forward+backward of the examples `indices` in `dtype`, packed and computed the way a run in
+    `dtype` would (its micro-batch size, train/mixed.py); gradients are discarded.
+
+    A slice of a step, not the whole step: the precision decision times eight of these, and the ratio between
+    dtypes is what it needs. Both dtypes see the same examples, so the ratio is that of their step times, and it
+    includes what bf16's larger micro-batches gain (on the AMX Xeon, most of bf16's lead)."""
     import torch
 
+    lengths = [len(e) for e in prepared.train.examples]
+    groups = micro_batches(lengths, indices, micro_batch_tokens(config, dtype))
     frozen = (
         mixed.frozen_temporarily(model, torch.bfloat16)
-        if mixed.frozen_base_in_bf16(method, dtype)
+        if mixed.frozen_base_in_bf16(config.method, dtype)
         else contextlib.nullcontext()
     )
     with frozen:
         started = time.perf_counter()
-        for group in groups[:2]:
+        for group in groups:
             examples = [prepared.train.examples[i] for i in group]
-            loss_sum, _, _ = batch_loss(model, examples, mixed.autocast_dtype(method, dtype))
+            loss_sum, _, _ = batch_loss(model, examples, mixed.autocast_dtype(config.method, dtype))
             loss_sum.backward()
         elapsed = time.perf_counter() - started
     model.zero_grad(set_to_none=True)
