@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -191,3 +195,21 @@ def test_only_lora_keeps_a_bf16_base_full_fine_tuning_uses_autocast():
         not frozen_base_in_bf16("full", "bfloat16") and autocast_dtype("full", "bfloat16") == torch.bfloat16
     )
     assert autocast_dtype("lora", "float32") is None and autocast_dtype("full", "float32") is None
+
+
+def test_importing_tunewise_caps_the_kernel_caches_unless_the_environment_sets_them():
+    """Both oneDNN kernel caches default to 1,024 shapes, which grew training's memory step after step; tunewise
+    caps them before torch is imported, and a value the user already set wins."""
+    show = "import os, tunewise; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    }
+    defaults = subprocess.run(
+        [sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True
+    )
+    assert defaults.stdout.split() == ["32", "32"]
+    env["LRU_CACHE_CAPACITY"] = "7"
+    chosen = subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True, check=True)
+    assert chosen.stdout.split() == ["32", "7"]
