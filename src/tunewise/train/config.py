@@ -120,7 +120,7 @@ class TrainConfig:
 
 def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
     """The tokens per micro-batch of a run computing in `dtype`: the configured number, or for `auto` the
-    fastest size the training bench measured near its 2 GB peak RSS target (SmolLM2-135M, 2-core AMX Xeon).
+    fastest size the training bench measured under its 2 GB peak RSS target (SmolLM2-135M, 2-core AMX Xeon).
 
     - fp32 (and full fine-tuning, whose activations autocast keeps partly in fp32): 256 tokens. Backward keeps
       33.8 KB per token per layer, 1.0 MB per token over 30 layers: 0.26 GB, and glibc's heap fragmentation
@@ -129,7 +129,9 @@ def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
       and the AMX products gain much more from larger blocks. A micro-batch of ~260-token examples holds one
       example at 256 or 512 tokens, two or three at 768. 128 bitext_reply examples trained in 81.7 s at 768
       tokens, 75.2 s at 1,024 (1.84 and 1.99 GB peak RSS) and, on 64 examples, 47.8 s at 256 against 41.6 s at
-      768 (1.55 and 1.76 GB). The training bench's 256 examples peaked at 2.01 GB at 768 and 2.19 GB at 1,024.
+      768 (1.55 and 1.76 GB). The training bench's 256 examples peaked at 2.01 GB at 768 and 2.19 GB at 1,024,
+      then 1.84 GB at 768 once ideep's kernel cache was capped too (tunewise/__init__.py); with it, 768 and
+      1,024 tokens ran 128 examples at the same speed (78.0 and 79.4 s; 1.50 and 1.65 GB).
     """
     if config.micro_batch_tokens != AUTO:
         return int(config.micro_batch_tokens)
