@@ -428,7 +428,7 @@ class Plan:
     trainable_params: int
     resolved: dict[str, Any]
     precision: dict[str, Any]
-    micro_batch_tokens: int = 256
+    micro_batch_tokens: int  # the chosen precision's (config.micro_batch_tokens), no default to go stale
     measured_step_s: float | None = None
     measured_tokens_per_s: float | None = None
     estimated_time_s: float | None = None
