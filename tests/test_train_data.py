@@ -217,21 +217,24 @@ def test_doctests():
         assert failures == 0, module.__name__
 
 
-def test_bf16_rows_keep_bf16_tensors_and_get_fp32_gradients_per_example():
-    """The CPU bf16 path computes attention in fp32 per example (GQA, a 1-token example included) and gives the
-    gradients fp32 autograd gives, to bf16 rounding."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_cpu_rows_keep_their_dtype_and_get_fp32_gradients_per_example(dtype: str):
+    """The CPU path computes attention in fp32 per example (GQA, a 1-token example included), returns the
+    output in the o projection's layout and the input's dtype, and gives the gradients fp32 autograd gives
+    (to bf16 rounding for bf16 rows)."""
     import torch
     import torch.nn.functional as F
 
-    from tunewise.train.attention import _fp32_flash_on_bf16
+    from tunewise.train.attention import _flash_per_example
 
+    low = getattr(torch, dtype)
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(1, 6, 12, 8, generator=gen).bfloat16().requires_grad_()
-    k, v = (torch.randn(1, 2, 12, 8, generator=gen).bfloat16().requires_grad_() for _ in range(2))
+    q = torch.randn(1, 6, 12, 8, generator=gen).to(low).requires_grad_()
+    k, v = (torch.randn(1, 2, 12, 8, generator=gen).to(low).requires_grad_() for _ in range(2))
     bounds = [(0, 5), (5, 6), (6, 12)]
-    out = _fp32_flash_on_bf16(q, k, v, bounds, 0.3)
-    assert out.dtype == torch.bfloat16 and out.shape == (1, 12, 6, 8) and out.is_contiguous()
-    grad = torch.randn(out.shape, generator=gen).bfloat16()
+    out = _flash_per_example(q, k, v, bounds, 0.3)
+    assert out.dtype == low and out.shape == (1, 12, 6, 8) and out.is_contiguous()
+    grad = torch.randn(out.shape, generator=gen).to(low)
     out.backward(grad)
 
     qf, kf, vf = (t.detach().float().requires_grad_() for t in (q, k, v))
@@ -243,7 +246,11 @@ def test_bf16_rows_keep_bf16_tensors_and_get_fp32_gradients_per_example():
     ]
     expected = torch.cat(pieces, dim=2).transpose(1, 2)
     expected.backward(grad.float())
-    torch.testing.assert_close(out, expected.bfloat16(), rtol=0, atol=0)  # the forward rounds once
+    if low == torch.bfloat16:
+        torch.testing.assert_close(out, expected.bfloat16(), rtol=0, atol=0)  # the forward rounds once
+    else:
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    tolerance = 2e-2 if low == torch.bfloat16 else 1e-5
     for ours, reference in ((q, qf), (k, kf), (v, vf)):
-        assert ours.grad.dtype == torch.bfloat16 and ours.grad.shape == reference.grad.shape
-        torch.testing.assert_close(ours.grad.float(), reference.grad, rtol=2e-2, atol=2e-2)
+        assert ours.grad.dtype == low and ours.grad.shape == reference.grad.shape
+        torch.testing.assert_close(ours.grad.float(), reference.grad, rtol=tolerance, atol=tolerance)

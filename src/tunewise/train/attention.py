@@ -54,8 +54,8 @@ def _packed_sdpa(
     if not starts or starts[0] != 0:
         starts = [0, *starts]
     bounds = list(zip(starts, [*starts[1:], length], strict=True))
-    if query.device.type == "cpu" and query.dtype == torch.bfloat16 and dropout == 0.0:
-        return _fp32_flash_on_bf16(query, key, value, bounds, scaling), None
+    if query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float32) and dropout == 0.0:
+        return _flash_per_example(query, key, value, bounds, scaling), None
     pieces = [
         F.scaled_dot_product_attention(
             query[:, :, s:e],
@@ -72,17 +72,21 @@ def _packed_sdpa(
     return out.transpose(1, 2).contiguous(), None
 
 
-def _fp32_flash_on_bf16(query: Any, key: Any, value: Any, bounds: list[tuple[int, int]], scale: Any) -> Any:
-    """Causal attention of bf16 (1, H, L, D) rows over the examples `bounds`, computed in fp32; returns the
-    (1, L, Hq, D) output in bf16.
+def _flash_per_example(query: Any, key: Any, value: Any, bounds: list[tuple[int, int]], scale: Any) -> Any:
+    """Causal attention of bf16 or fp32 (1, H, L, D) rows over the examples `bounds`, computed in fp32; returns
+    the (1, L, Hq, D) output in the input's dtype, the layout the o projection reads.
+
+    One autograd step keeps q, k, a copy of v (not the qkv tensor it is a view of) and its own output, which
+    the o projection keeps anyway; per-example SDPA calls would keep their outputs and the o projection a
+    concatenated, transposed copy besides (fp32: 27 MB less at the peak of a 48-example run with two
+    micro-batch workers).
 
     On CPU, torch's flash attention is slower in bf16, above all its backward pass (8 micro-batches of
     bitext_reply on the AMX Xeon: 882 ms bf16 against 545-600 ms fp32; the whole step 2-5% faster in fp32),
-    so it runs in fp32. Cast outside autograd, SDPA would keep fp32 copies of q, k, v and its output for the
-    backward pass: 2.4x the bytes of the bf16 tensors, 6.1 of the ~18 KB a SmolLM2 layer keeps per token.
-    This function keeps the bf16 q and k, a bf16 copy of v (not the qkv tensor it is a view of), and its own
-    bf16 output, which the o projection keeps anyway; the backward pass casts them to fp32 again. The
-    output's rounding to bf16 then also enters the backward pass's sum(dO * O), as in GPU flash attention.
+    so bf16 rows run in fp32. Cast outside autograd, SDPA would keep fp32 copies of q, k, v and its output for
+    the backward pass: 2.4x the bytes of the bf16 tensors, 6.1 of the ~18 KB a SmolLM2 layer keeps per token.
+    Here the backward pass casts the kept bf16 tensors to fp32 again. The output's rounding to bf16 then also
+    enters the backward pass's sum(dO * O), as in GPU flash attention.
     """
     global _function
     if _function is None:
@@ -99,7 +103,7 @@ def _make_function() -> Any:
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     flash_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 
-    class Fp32FlashOnBf16(torch.autograd.Function):
+    class FlashPerExample(torch.autograd.Function):
         @staticmethod
         def forward(ctx: Any, query: Any, key: Any, value: Any, bounds: Any, scale: Any) -> Any:
             batch, heads, length, dim = query.shape
@@ -131,7 +135,7 @@ def _make_function() -> Any:
                     target[:, :, s:e] = piece
             return *grads, None, None
 
-    return Fp32FlashOnBf16
+    return FlashPerExample
 
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
