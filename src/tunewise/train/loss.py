@@ -36,26 +36,30 @@ def linear_cross_entropy(hidden: Any, weight: Any, targets: Any, chunk: int = CH
 
 # The autograd.Function, built on first use so that importing this module does not import torch.
 _function: Any = None
-# Per thread (a server may train in one thread while it serves in others): the reusable logits buffers.
-_local = threading.local()
+# The reusable logits buffers, one set per process, used by one chunk at a time: a training step's two
+# micro-batch workers (train/workers.py), or a server's threads, take turns through `_lock` rather than
+# holding a 50 MB buffer each. The vocabulary projection is a tenth of a step, so the turns rarely wait.
+_lock = threading.Lock()
+_buffers: dict[Any, Any] = {}
 
 
 def _workspace(shape: tuple[int, int], dtype: Any, device: Any) -> Any:
-    """A (rows, vocabulary) buffer of `dtype`, grown when a call needs more rows and reused otherwise."""
+    """A (rows, vocabulary) buffer of `dtype`, grown when a call needs more rows and reused otherwise; only
+    while holding `_lock`."""
     import torch
 
-    buffers = _local.__dict__.setdefault("logits", {})
-    buffer = buffers.get(dtype)
+    buffer = _buffers.get(dtype)
     rows, vocab = shape
     if buffer is None or buffer.device != device or buffer.shape[1] != vocab or buffer.shape[0] < rows:
-        buffers.pop(dtype, None)  # the old buffer goes before the new one is allocated
-        buffer = buffers[dtype] = torch.empty((rows, vocab), dtype=dtype, device=device)
+        _buffers.pop(dtype, None)  # the old buffer goes before the new one is allocated
+        buffer = _buffers[dtype] = torch.empty((rows, vocab), dtype=dtype, device=device)
     return buffer[:rows]
 
 
 def release_workspace() -> None:
-    """Free this thread's logits buffers (the end of a training run)."""
-    _local.__dict__.pop("logits", None)
+    """Free the logits buffers (the end of a training run)."""
+    with _lock:
+        _buffers.clear()
 
 
 def _make_function() -> Any:
@@ -78,26 +82,27 @@ def _make_function() -> Any:
             # dtype when it is lower): a fresh 50 MB tensor per chunk cost more in page faults than the
             # arithmetic on it (74 -> 37 ms per 256 x 49,152 chunk in bf16 on the AMX Xeon, with logsumexp
             # and argmax replaced as below).
-            x = _workspace((n, weight.shape[0]), torch.float32, hidden.device)
-            low = None if head.dtype == x.dtype else _workspace(x.shape, head.dtype, hidden.device)
-            torch.mm(h, head.t(), out=x if low is None else low)
-            if low is not None:
-                x.copy_(low)
-            peak, best = x.max(-1, keepdim=True)  # one pass for both (argmax alone is slower than max)
-            target = x.gather(1, t[:, None])
-            total = x.sub_(peak).exp_().sum(-1, keepdim=True)  # x = exp(logits - peak)
-            loss += (peak + total.log() - target).sum()  # logsumexp - target logit
-            correct += (best.squeeze(1) == t).sum()  # max's index is the first maximal one, as argmax's
-            if not (need_hidden or need_weight):
-                continue
-            # softmax - onehot = (x - total * onehot) / total: the one-hot part subtracted before the cast, so
-            # a confident right answer keeps its small gradient -(1 - p) to the products' precision.
-            x[rows[:n], t] -= total.squeeze(1)
-            e = x if low is None else low.copy_(x)
-            if need_hidden:
-                grad_hidden[start : start + n] = (e @ head).float().div_(total)
-            if need_weight:
-                grad_weight += (e.t() @ (h.float() / total).to(head.dtype)).to(weight.dtype)
+            with _lock:
+                x = _workspace((n, weight.shape[0]), torch.float32, hidden.device)
+                low = None if head.dtype == x.dtype else _workspace(x.shape, head.dtype, hidden.device)
+                torch.mm(h, head.t(), out=x if low is None else low)
+                if low is not None:
+                    x.copy_(low)
+                peak, best = x.max(-1, keepdim=True)  # one pass for both (argmax alone is slower than max)
+                target = x.gather(1, t[:, None])
+                total = x.sub_(peak).exp_().sum(-1, keepdim=True)  # x = exp(logits - peak)
+                loss += (peak + total.log() - target).sum()  # logsumexp - target logit
+                correct += (best.squeeze(1) == t).sum()  # max's index is the first maximal one, as argmax's
+                if not (need_hidden or need_weight):
+                    continue
+                # softmax - onehot = (x - total * onehot) / total: the one-hot part subtracted before the cast, so
+                # a confident right answer keeps its small gradient -(1 - p) to the products' precision.
+                x[rows[:n], t] -= total.squeeze(1)
+                e = x if low is None else low.copy_(x)
+                if need_hidden:
+                    grad_hidden[start : start + n] = (e @ head).float().div_(total)
+                if need_weight:
+                    grad_weight += (e.t() @ (h.float() / total).to(head.dtype)).to(weight.dtype)
         return loss, correct, grad_hidden, grad_weight
 
     class LinearCrossEntropy(torch.autograd.Function):
