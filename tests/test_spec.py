@@ -144,3 +144,16 @@ def test_micro_batch_tokens_reach_the_training_config(tmp_path: Path):
     with pytest.raises(ConfigError) as info:
         parse_spec(MINIMAL + "hyperparameters:\n  micro_batch_tokens: 8\n")
     assert any(p.startswith("line 8: hyperparameters.micro_batch_tokens") for p in info.value.problems)
+
+
+def test_micro_batch_workers_reach_the_training_config(tmp_path: Path):
+    from tunewise.train.cli import config_from_spec
+
+    assert parse_spec(MINIMAL).hyperparameters.micro_batch_workers == "auto"
+    spec = tmp_path / "tunewise.yaml"
+    spec.write_text(MINIMAL + "hyperparameters: {micro_batch_workers: 1}\n")
+    values, _ = config_from_spec(spec)
+    assert values["micro_batch_workers"] == 1
+    with pytest.raises(ConfigError) as info:
+        parse_spec(MINIMAL + "hyperparameters:\n  micro_batch_workers: 0\n")
+    assert any(p.startswith("line 8: hyperparameters.micro_batch_workers") for p in info.value.problems)

@@ -50,6 +50,7 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
         "lora_dropout": hp.lora_dropout,
         "max_length": hp.max_length,
         "micro_batch_tokens": hp.micro_batch_tokens,
+        "micro_batch_workers": hp.micro_batch_workers,
         "seed": spec.data.seed,
     }
     # Until the data stage produces normalized dataset versions, files already in chat JSONL are used directly.
@@ -97,6 +98,11 @@ def train(
         "--micro-batch-tokens",
         help="Tokens per packed micro-batch (bounds activation memory), or auto.",
     ),
+    micro_batch_workers: str | None = typer.Option(
+        None,
+        "--micro-batch-workers",
+        help="Micro-batches computed at once, one thread each (LoRA on CPU), or auto.",
+    ),
     seed: int | None = typer.Option(None, "--seed", help="Seed for initialization and data order."),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
     early_stopping: int | None = typer.Option(
@@ -142,6 +148,7 @@ def train(
         "lora_dropout": dropout,
         "max_length": _number(max_length, int, "--max-length"),
         "micro_batch_tokens": _number(micro_batch_tokens, int, "--micro-batch-tokens"),
+        "micro_batch_workers": _number(micro_batch_workers, int, "--micro-batch-workers"),
         "seed": seed,
         "eval_every": eval_every,
         "early_stopping_patience": early_stopping,

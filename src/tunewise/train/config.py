@@ -39,6 +39,10 @@ class TrainConfig:
     # auto: 768 for LoRA with a bf16 base, else 256 (`micro_batch_tokens`). An example longer than this
     # gets a micro-batch of its own.
     micro_batch_tokens: int | str = AUTO
+    # Micro-batches computed at once, each by its own thread with threads // workers cores (train/workers.py).
+    # auto: 2 for LoRA on a CPU with at least two threads and no dropout, else 1. Each one in flight holds
+    # its activations: 2 holds twice micro_batch_tokens' worth.
+    micro_batch_workers: int | str = AUTO
     schedule: Schedule = "cosine"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -93,6 +97,16 @@ class TrainConfig:
         if tokens != AUTO and (not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 16):
             problems.append(
                 f"micro_batch_tokens must be 'auto' or an integer of at least 16 (got {tokens!r})"
+            )
+        workers = self.micro_batch_workers
+        if workers != AUTO and (
+            not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64
+        ):
+            problems.append(f"micro_batch_workers must be 'auto' or an integer in [1, 64] (got {workers!r})")
+        elif workers != AUTO and workers > 1 and self.method == "full":
+            problems.append(
+                "micro_batch_workers above 1 is for LoRA: full fine-tuning's gradient per micro-batch is the size "
+                "of the model (set micro_batch_workers: 1 or auto)"
             )
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             problems.append("early_stopping_patience must be at least 1")

@@ -17,7 +17,9 @@ checkpointing, full-vocabulary logits over padded batches) cost 2-3x. Here compu
 - where bf16 is measured faster, a LoRA run stores the frozen base in bf16 and keeps the adapters in fp32
   (train/mixed.py): bf16 activations, no cast repeated per product; full fine-tuning uses autocast instead;
 - the loss of a step is summed over its trained tokens and divided by their count for the whole step, so
-  gradient accumulation over micro-batches (and over processes under torchrun) equals one big batch.
+  gradient accumulation over micro-batches (and over processes under torchrun) equals one big batch;
+- on a CPU, LoRA computes two micro-batches at once, one thread each, and sums their gradients in micro-batch
+  order: the small operations that dominate a short micro-batch do not share two cores well (train/workers.py).
 
 Distributed: under `torchrun --nproc_per_node N`, each process takes every N-th micro-batch of a step and
 the gradients are summed with one all-reduce (gloo on CPU, NCCL on GPU); only rank 0 writes files.
@@ -64,6 +66,7 @@ from tunewise.train.fused import use_fused_lora
 from tunewise.train.layers import use_fused_layers
 from tunewise.train.loss import linear_cross_entropy, release_workspace
 from tunewise.train.swiglu import use_fused_swiglu
+from tunewise.train.workers import MicroBatchWorkers, draws_random_numbers, workers_for
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +265,15 @@ def batch_loss(
     return (torch.stack(sums) if per_example else sums[0]), correct, int(targets.numel())
 
 
+def _loss_of(model: Any, examples: list[Example], autocast_dtype: Any) -> Callable[[list[int]], Any]:
+    """The summed loss of the micro-batch of `examples` at the given indices (what a step differentiates)."""
+    return lambda group: batch_loss(model, [examples[i] for i in group], autocast_dtype)[0]
+
+
+def _params(model: Any) -> list[Any]:
+    return [p for _, p in _trainable(model)]
+
+
 def _head_loss(head: Any, hidden: Any, targets: Any) -> tuple[Any, Any]:
     """(summed cross-entropy, correct-argmax count) of the vocabulary projection of `hidden` (T, H)."""
     import torch
@@ -284,24 +296,28 @@ def evaluate(
 
 
 def evaluate_examples(
-    model: Any, data: TokenizedData, micro_tokens: int, autocast_dtype: Any, rank: int = 0, world: int = 1
-) -> tuple[dict[str, float], list[float]]:
-    """`evaluate`'s scores, and each example's summed loss over its assistant tokens (in `data`'s order)."""
+    model: Any, data: TokenizedData, micro_tokens: int, autocast_dtype: Any, rank: int = 0, world: int = 1,
+    workers: MicroBatchWorkers | None = None,
+) -> tuple[dict[str, float], list[float]]:  # fmt: skip
+    """`evaluate`'s scores, and each example's summed loss over its assistant tokens (in `data`'s order);
+    `workers` compute several micro-batches at once."""
     import torch
 
     lengths = [len(e) for e in data.examples]
-    groups = micro_batches(lengths, range(len(lengths)), micro_tokens)
+    groups = micro_batches(lengths, range(len(lengths)), micro_tokens)[rank::world]
     totals = torch.zeros(3, dtype=torch.float64)
     per_example = torch.zeros(len(lengths), dtype=torch.float64)
     was_training = model.training
     model.eval()
-    with torch.no_grad():
-        for group in groups[rank::world]:
-            sums, correct, n = batch_loss(
-                model, [data.examples[i] for i in group], autocast_dtype, per_example=True
-            )
-            per_example[group] = sums.to(torch.float64).cpu()
-            totals += torch.tensor([float(per_example[group].sum()), correct.item(), n], dtype=torch.float64)
+
+    def score(group: list[int]) -> tuple[Any, Any, int]:
+        with torch.no_grad():  # per thread: a worker's grad mode is its own
+            return batch_loss(model, [data.examples[i] for i in group], autocast_dtype, per_example=True)
+
+    results = (workers or MicroBatchWorkers()).map(score, groups)
+    for group, (sums, correct, n) in zip(groups, results, strict=True):
+        per_example[group] = sums.to(torch.float64).cpu()
+        totals += torch.tensor([float(per_example[group].sum()), correct.item(), n], dtype=torch.float64)
     if world > 1:
         import torch.distributed as dist
 
@@ -429,6 +445,7 @@ class Plan:
     resolved: dict[str, Any]
     precision: dict[str, Any]
     micro_batch_tokens: int  # the chosen precision's (config.micro_batch_tokens), no default to go stale
+    micro_batch_workers: int  # computed at once (train/workers.py)
     measured_step_s: float | None = None
     measured_tokens_per_s: float | None = None
     estimated_time_s: float | None = None
@@ -452,7 +469,8 @@ class Plan:
                 if k != "sources" and r[k] is not None
             ),
             f"  precision: {self.precision['dtype']} ({self.precision['reason']}); "
-            f"micro-batches of up to {self.micro_batch_tokens} tokens",
+            f"micro-batches of up to {self.micro_batch_tokens} tokens"
+            + (f", {self.micro_batch_workers} at a time" if self.micro_batch_workers > 1 else ""),
         ]
         if self.measured_step_s is not None:
             lines.append(
@@ -577,19 +595,22 @@ def run(
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    workers = MicroBatchWorkers()
     try:
         return _run(
             config, project, recorded, run_dir, resume, dry_run, say, on_step, prepared, rank, world, device,
-            run_id,
+            workers, run_id,
         )  # fmt: skip
     finally:
+        workers.close()
         torch.set_num_threads(threads_before)  # a library call must not leave the process's threads changed
 
 
 def _run(
     config: TrainConfig, project: Project, recorded: dict[str, Any] | None, run_dir: Path | None,
     resume: str | None, dry_run: bool, say: Narrate, on_step: Callable[[int, dict[str, Any]], None] | None,
-    prepared: Prepared | None, rank: int, world: int, device: str, new_run_id: str | None = None,
+    prepared: Prepared | None, rank: int, world: int, device: str, workers: MicroBatchWorkers,
+    new_run_id: str | None = None,
 ) -> TrainResult | Plan:  # fmt: skip
     import torch
 
@@ -617,6 +638,11 @@ def _run(
     )
     model.train()
     total_params, trainable_params = count_params(model)
+    threads = torch.get_num_threads()
+    randomness = draws_random_numbers(model)
+    workers.configure(
+        workers_for(config.micro_batch_workers, config.method, device, threads, randomness), threads
+    )
 
     steps_per_epoch = math.ceil(n_examples / resolved.batch_size)
     total_steps = steps_per_epoch * resolved.epochs
@@ -627,7 +653,7 @@ def _run(
     if run_dir is not None and (run_dir / "environment.json").is_file():  # resume in the recorded precision
         requested = records.read_json(run_dir / "environment.json")["precision"]["dtype"]
     timed = _timing_examples(prepared, resolved, config, steps_per_epoch)
-    timer = lambda dtype: _time_step(model, config, prepared, timed, dtype)  # noqa: E731
+    timer = lambda dtype: _time_step(model, config, prepared, timed, dtype, workers)  # noqa: E731
     precision = choose_precision(device, requested, step_timer=timer)
     if world > 1 and not dry_run:  # all processes compute in one precision: rank 0's measurement decides
         import torch.distributed as dist
@@ -654,16 +680,17 @@ def _run(
         resolved=resolved.to_dict(),
         precision=precision.to_dict(),
         micro_batch_tokens=micro_tokens,
+        micro_batch_workers=workers.workers,
     )
     if rank == 0 and not dry_run:  # a dry run returns the plan: the CLI prints it on stdout
         say(plan.describe())
 
-    params = [p for _, p in _trainable(model)]
+    params = _params(model)
     optimizer = torch.optim.AdamW(params, lr=resolved.learning_rate, weight_decay=config.weight_decay)
     if dry_run:
         return _measure_plan(
-            plan, model, prepared, resolved, micro_tokens, autocast_dtype, steps_per_epoch, total_steps
-        )
+            plan, model, prepared, resolved, micro_tokens, autocast_dtype, steps_per_epoch, total_steps, workers
+        )  # fmt: skip
 
     # 3. The run directory and registry row (rank 0 only writes).
     run_id = run_dir.name if run_dir is not None else new_run_id or records.new_run_id()
@@ -686,6 +713,7 @@ def _run(
         "eval_every": eval_every,
         "checkpoint_every": ckpt_every,
         "micro_batch_tokens": micro_tokens,
+        "micro_batch_workers": workers.workers,
     }
     metrics = records.MetricsLog(run_dir / "metrics.jsonl")
     if writer:
@@ -707,7 +735,7 @@ def _run(
             result, model, optimizer, prepared, resolved, config, plan, metrics, run_dir,
             autocast_dtype=autocast_dtype, micro_tokens=micro_tokens, warmup=warmup, eval_every=eval_every,
             ckpt_every=ckpt_every, resume=resume is not None, writer=writer, rank=rank, world=world,
-            say=say, on_step=on_step,
+            say=say, on_step=on_step, workers=workers,
         )  # fmt: skip
         result.status = "succeeded"
     except KeyboardInterrupt:
@@ -743,13 +771,19 @@ def _timing_examples(
     return _step_groups(prepared, resolved, 0, steps_per_epoch, largest)[1][0]
 
 
-def _time_step(model: Any, config: TrainConfig, prepared: Prepared, indices: list[int], dtype: str) -> float:
+def _time_step(
+    model: Any, config: TrainConfig, prepared: Prepared, indices: list[int], dtype: str, workers: MicroBatchWorkers
+) -> float:  # fmt: skip
     """Seconds for forward+backward of the examples `indices` in `dtype`, packed and computed the way a run in
     `dtype` would (its micro-batch size, train/mixed.py); gradients are discarded.
 
     A slice of a step, not the whole step: the precision decision times eight of these, and the ratio between
     dtypes is what it needs. Both dtypes see the same examples, so the ratio is that of their step times, and it
-    includes what bf16's larger micro-batches gain (on the AMX Xeon, most of bf16's lead)."""
+    includes what bf16's larger micro-batches gain (on the AMX Xeon, most of bf16's lead). It leaves out one
+    thing, in fp32's favour: the slice is one bf16 micro-batch, so bf16 runs it alone, while fp32's several
+    micro-batches run two at a time (train/workers.py), which in whole steps gains fp32 1.17x and bf16 1.10x.
+    Timing two bf16 micro-batches would double the measurement's cost, and this error only ever favours fp32,
+    the more exact precision."""
     import torch
 
     lengths = [len(e) for e in prepared.train.examples]
@@ -759,12 +793,12 @@ def _time_step(model: Any, config: TrainConfig, prepared: Prepared, indices: lis
         if mixed.frozen_base_in_bf16(config.method, dtype)
         else contextlib.nullcontext()
     )
+    autocast_dtype = mixed.autocast_dtype(config.method, dtype)
     with frozen:
         started = time.perf_counter()
-        for group in groups:
-            examples = [prepared.train.examples[i] for i in group]
-            loss_sum, _, _ = batch_loss(model, examples, mixed.autocast_dtype(config.method, dtype))
-            loss_sum.backward()
+        workers.gradient(
+            _loss_of(model, prepared.train.examples, autocast_dtype), groups, _params(model), 1.0
+        )
         elapsed = time.perf_counter() - started
     model.zero_grad(set_to_none=True)
     return elapsed
@@ -785,20 +819,18 @@ def param_count_hint(config: TrainConfig) -> int:
 
 def _measure_plan(
     plan: Plan, model: Any, prepared: Prepared, resolved: Resolved, micro_tokens: int, autocast_dtype: Any,
-    steps_per_epoch: int, total_steps: int,
+    steps_per_epoch: int, total_steps: int, workers: MicroBatchWorkers,
 ) -> Plan:  # fmt: skip
     """Time one real forward+backward step (after a warm-up one) and extrapolate; no weight is updated."""
     _, groups = _step_groups(prepared, resolved, 0, steps_per_epoch, micro_tokens)
     examples = prepared.train.examples
 
+    loss_of, params = _loss_of(model, examples, autocast_dtype), _params(model)
+    tokens = sum(len(examples[i]) for group in groups for i in group)
+
     def one_step() -> tuple[float, int]:
         t0 = time.perf_counter()
-        tokens = 0
-        for group in groups:
-            batch = [examples[i] for i in group]
-            loss_sum, _, _ = batch_loss(model, batch, autocast_dtype)
-            loss_sum.backward()
-            tokens += sum(len(e) for e in batch)
+        workers.gradient(loss_of, groups, params, 1.0)
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - t0, tokens
 
@@ -817,13 +849,14 @@ def _train(
     result: TrainResult, model: Any, optimizer: Any, prepared: Prepared, resolved: Resolved, config: TrainConfig,
     plan: Plan, metrics: records.MetricsLog, run_dir: Path, *, autocast_dtype: Any, micro_tokens: int,
     warmup: int, eval_every: int, ckpt_every: int, resume: bool, writer: bool, rank: int, world: int,
-    say: Narrate, on_step: Callable[[int, dict[str, Any]], None] | None,
+    say: Narrate, on_step: Callable[[int, dict[str, Any]], None] | None, workers: MicroBatchWorkers,
 ) -> None:  # fmt: skip
     import torch
     from tqdm import tqdm
 
-    params = [p for _, p in _trainable(model)]
+    params = _params(model)
     examples = prepared.train.examples
+    loss_of = _loss_of(model, examples, autocast_dtype)
     total_steps = plan.steps
     state: dict[str, Any] = {
         "best_eval_loss": None, "best_step": None, "bad_evals": 0, "eval_before": None, "first_loss": None,
@@ -850,7 +883,7 @@ def _train(
         if prepared.eval is None:
             return None
         scores, example_losses[:] = evaluate_examples(
-            model, prepared.eval, micro_tokens, autocast_dtype, rank, world
+            model, prepared.eval, micro_tokens, autocast_dtype, rank, world, workers
         )
         release_free_heap()
         if writer and record:
@@ -885,11 +918,7 @@ def _train(
         lr = lr_at(step, total_steps, resolved.learning_rate, warmup, config.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_total = torch.zeros((), dtype=torch.float64)
-        for group in groups:
-            loss_sum, _, _ = batch_loss(model, [examples[i] for i in group], autocast_dtype)
-            (loss_sum / n_trained).backward()
-            loss_total += loss_sum.detach().double()
+        loss_total = workers.gradient(loss_of, groups, params, n_trained)
         if world > 1:
             _all_reduce_grads(params, loss_total)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
