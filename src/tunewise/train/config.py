@@ -146,6 +146,12 @@ def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
       768 (1.55 and 1.76 GB). The training bench's 256 examples peaked at 2.01 GB at 768 and 2.19 GB at 1,024;
       with ideep's kernel cache capped too (tunewise/__init__.py), at 1.84 and 1.83 GB in two runs at 768, and
       768 and 1,024 tokens then ran 128 examples at the same speed (78.0 and 79.4 s; 1.50 and 1.65 GB).
+
+    With two micro-batch workers (train/workers.py) two micro-batches of this size are in flight at once; the
+    sizes stayed: the bench's 256 examples then peaked at 1.99 GB in fp32 and 1.91 GB in bf16. Re-timed the
+    same day one micro-batch at a time, fp32 at 256, 512 and 768 tokens ran at the same speed (347, 342 and
+    353 tokens/s, alternating in one process); with the workers, bf16 steps split into four balanced
+    micro-batches instead of three of 768 tokens gained nothing in the bench (161.8 against 159.6 s).
     """
     if config.micro_batch_tokens != AUTO:
         return int(config.micro_batch_tokens)
