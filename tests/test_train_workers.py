@@ -112,14 +112,17 @@ def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_threads(tiny_l
     assert torch.get_num_threads() == before
 
 
-def test_auto_uses_two_workers_only_for_exact_lora_on_a_multi_core_cpu():
-    assert workers_for("auto", "lora", "cpu", threads=2, randomness=False) == 2
-    assert workers_for("auto", "lora", "cpu", threads=16, randomness=False) == 2
-    assert workers_for("auto", "lora", "cpu", threads=1, randomness=False) == 1
-    assert workers_for("auto", "lora", "cuda", threads=8, randomness=False) == 1
-    assert workers_for("auto", "full", "cpu", threads=8, randomness=False) == 1  # model-sized gradients
-    assert workers_for("auto", "lora", "cpu", threads=8, randomness=True) == 1  # dropout's draws would race
-    assert workers_for(3, "lora", "cpu", threads=2, randomness=True) == 3  # the user's choice stands
+def test_auto_uses_two_workers_only_for_exact_fp32_lora_on_a_multi_core_cpu():
+    def auto(method="lora", device="cpu", threads=2, randomness=False, dtype="float32"):
+        return workers_for("auto", method, device, threads, randomness, dtype)
+
+    assert auto() == 2 and auto(threads=16) == 2
+    assert auto(threads=1) == 1
+    assert auto(device="cuda", threads=8) == 1
+    assert auto(method="full") == 1  # model-sized gradients
+    assert auto(randomness=True) == 1  # dropout's draws would race
+    assert auto(dtype="bfloat16") == 1  # measured no faster on a bf16 base
+    assert workers_for(3, "lora", "cpu", 2, True, "bfloat16") == 3  # the user's choice stands
 
 
 def test_dropout_counts_as_randomness(tmp_path):
@@ -202,3 +205,16 @@ def test_held_out_scores_from_two_workers_equal_one_threads(tiny_lora):
     assert together == alone
     assert len(recorded) > 4 and not any(sums.requires_grad for sums in recorded)
     assert model.training  # restored
+
+
+def test_the_plan_uses_two_workers_in_fp32_and_one_on_a_bf16_base(tmp_path):
+    from tunewise.train import run
+
+    data = write_chat(tmp_path / "train.jsonl", 16)
+    for precision, expected in (("float32", 2), ("bfloat16", 1)):
+        cfg = config((data, data), eval_data=[], threads=2, precision=precision)
+        plan = run(cfg, Project(tmp_path / precision), dry_run=True)
+        assert plan.micro_batch_workers == expected, precision
+        assert ("2 at a time" in plan.describe()) is (expected == 2)
+    single = config((data, data), eval_data=[], threads=1, precision="float32")
+    assert run(single, Project(tmp_path / "single"), dry_run=True).micro_batch_workers == 1

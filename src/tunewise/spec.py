@@ -164,8 +164,8 @@ class Hyperparameters(_Strict):
     # Tokens per packed micro-batch, the bound on activation memory; auto: 768 for LoRA on a bf16 base, else
     # 256 (train/config.py's `micro_batch_tokens` says why).
     micro_batch_tokens: Auto | Annotated[int, Field(ge=16)] = "auto"
-    # Micro-batches computed at once, one thread each; auto: 2 for LoRA on a CPU with two or more threads and
-    # no dropout, else 1 (train/workers.py says why). Each one in flight holds its activations.
+    # Micro-batches computed at once, one thread each; auto: 2 for fp32 LoRA on a CPU with two or more threads
+    # and no dropout, else 1 (train/workers.py says why). Each one in flight holds its activations.
     micro_batch_workers: Auto | Annotated[int, Field(ge=1, le=64)] = "auto"
     # `tunewise run` holds this share of the training split out of training (at most 200 examples, none when
     # it would be fewer than 10) as the validation set: its loss is the training curve's held-out loss, and

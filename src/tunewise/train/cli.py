@@ -101,7 +101,7 @@ def train(
     micro_batch_workers: str | None = typer.Option(
         None,
         "--micro-batch-workers",
-        help="Micro-batches computed at once, one thread each (LoRA on CPU), or auto.",
+        help="Micro-batches computed at once, one thread each (fp32 LoRA on CPU), or auto.",
     ),
     seed: int | None = typer.Option(None, "--seed", help="Seed for initialization and data order."),
     eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),

@@ -40,8 +40,8 @@ class TrainConfig:
     # gets a micro-batch of its own.
     micro_batch_tokens: int | str = AUTO
     # Micro-batches computed at once, each by its own thread with threads // workers cores (train/workers.py).
-    # auto: 2 for LoRA on a CPU with at least two threads and no dropout, else 1. Each one in flight holds
-    # its activations: 2 holds twice micro_batch_tokens' worth.
+    # auto: 2 for fp32 LoRA on a CPU with at least two threads and no dropout, else 1. Each one in flight
+    # holds its activations: 2 holds twice micro_batch_tokens' worth.
     micro_batch_workers: int | str = AUTO
     schedule: Schedule = "cosine"
     warmup_ratio: float = 0.1
@@ -147,11 +147,12 @@ def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
       with ideep's kernel cache capped too (tunewise/__init__.py), at 1.84 and 1.83 GB in two runs at 768, and
       768 and 1,024 tokens then ran 128 examples at the same speed (78.0 and 79.4 s; 1.50 and 1.65 GB).
 
-    With two micro-batch workers (train/workers.py) two micro-batches of this size are in flight at once; the
-    sizes stayed: the bench's 256 examples then peaked at 1.99 GB in fp32 and 1.91 GB in bf16. Re-timed the
-    same day one micro-batch at a time, fp32 at 256, 512 and 768 tokens ran at the same speed (347, 342 and
-    353 tokens/s, alternating in one process); with the workers, bf16 steps split into four balanced
-    micro-batches instead of three of 768 tokens gained nothing in the bench (161.8 against 159.6 s).
+    With two micro-batch workers (train/workers.py; fp32 by default) two micro-batches of this size are in
+    flight at once; the sizes stayed: the bench's 256 examples then peaked at 1.99 GB in fp32 (and 1.91 GB in
+    bf16 with two workers). Re-timed the same day one micro-batch at a time, fp32 at 256, 512 and 768 tokens ran
+    at the same speed (347, 342 and 353 tokens/s, alternating in one process); with two bf16 workers, steps
+    split into four balanced micro-batches instead of three of 768 tokens gained nothing in the bench (161.8
+    against 159.6 s).
     """
     if config.micro_batch_tokens != AUTO:
         return int(config.micro_batch_tokens)

@@ -18,8 +18,9 @@ checkpointing, full-vocabulary logits over padded batches) cost 2-3x. Here compu
   (train/mixed.py): bf16 activations, no cast repeated per product; full fine-tuning uses autocast instead;
 - the loss of a step is summed over its trained tokens and divided by their count for the whole step, so
   gradient accumulation over micro-batches (and over processes under torchrun) equals one big batch;
-- on a CPU, LoRA computes two micro-batches at once, one thread each, and sums their gradients in micro-batch
-  order: the small operations that dominate a short micro-batch do not share two cores well (train/workers.py).
+- on a CPU, fp32 LoRA computes two micro-batches at once, one thread each, and sums their gradients in
+  micro-batch order: the small operations that dominate a short micro-batch do not share two cores well
+  (train/workers.py).
 
 Distributed: under `torchrun --nproc_per_node N`, each process takes every N-th micro-batch of a step and
 the gradients are summed with one all-reduce (gloo on CPU, NCCL on GPU); only rank 0 writes files.
@@ -640,9 +641,9 @@ def _run(
     total_params, trainable_params = count_params(model)
     threads = torch.get_num_threads()
     randomness = draws_random_numbers(model)
-    workers.configure(
-        workers_for(config.micro_batch_workers, config.method, device, threads, randomness), threads
-    )
+
+    def workers_in(dtype: str) -> int:
+        return workers_for(config.micro_batch_workers, config.method, device, threads, randomness, dtype)
 
     steps_per_epoch = math.ceil(n_examples / resolved.batch_size)
     total_steps = steps_per_epoch * resolved.epochs
@@ -653,7 +654,11 @@ def _run(
     if run_dir is not None and (run_dir / "environment.json").is_file():  # resume in the recorded precision
         requested = records.read_json(run_dir / "environment.json")["precision"]["dtype"]
     timed = _timing_examples(prepared, resolved, config, steps_per_epoch)
-    timer = lambda dtype: _time_step(model, config, prepared, timed, dtype, workers)  # noqa: E731
+
+    def timer(dtype: str) -> float:  # each precision timed with the workers it would train with
+        workers.configure(workers_in(dtype), threads)
+        return _time_step(model, config, prepared, timed, dtype, workers)
+
     precision = choose_precision(device, requested, step_timer=timer)
     if world > 1 and not dry_run:  # all processes compute in one precision: rank 0's measurement decides
         import torch.distributed as dist
@@ -665,6 +670,7 @@ def _run(
         mixed.store_frozen(model, torch.bfloat16)
     release_free_heap()  # what the precision measurement's steps (and the fp32 weights, if let go) left free
     autocast_dtype = mixed.autocast_dtype(config.method, precision.dtype)
+    workers.configure(workers_in(precision.dtype), threads)
     # Each precision has its own micro-batch size; not raised to max_length: it bounds activation memory.
     micro_tokens = micro_batch_tokens(config, precision.dtype)
     plan = Plan(
@@ -779,11 +785,8 @@ def _time_step(
 
     A slice of a step, not the whole step: the precision decision times eight of these, and the ratio between
     dtypes is what it needs. Both dtypes see the same examples, so the ratio is that of their step times, and it
-    includes what bf16's larger micro-batches gain (on the AMX Xeon, most of bf16's lead). It leaves out one
-    thing, in fp32's favour: the slice is one bf16 micro-batch, so bf16 runs it alone, while fp32's several
-    micro-batches run two at a time (train/workers.py), which in whole steps gains fp32 1.17x and bf16 1.10x.
-    Timing two bf16 micro-batches would double the measurement's cost, and this error only ever favours fp32,
-    the more exact precision."""
+    includes what bf16's larger micro-batches gain (on the AMX Xeon, most of bf16's lead), and `workers` are
+    set to what a run in `dtype` would use (train/workers.py: fp32 two micro-batches at once, bf16 one)."""
     import torch
 
     lengths = [len(e) for e in prepared.train.examples]

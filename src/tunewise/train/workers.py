@@ -6,7 +6,8 @@ that gain little from a second core and pay for the hand-over every time. Two mi
 each on one core, keep both cores busy with their own work. Measured on the 2-core AMX Xeon, forward+backward
 over the same 32 bitext_reply examples, the two ways alternating in one process: fp32 327 -> 382 tokens/s
 (1.17x), LoRA with a bf16 base 555 -> 610 tokens/s (1.10x). In bench/train_throughput.py's whole runs (256
-examples), fp32 243 -> 195 s, bf16 163 -> 160 s.
+examples), fp32 243 -> 195 s, bf16 163 -> 160 s; on the demo's short examples fp32 1.12x, bf16 0.95x. So
+`auto` runs two at a time in fp32 only (`workers_for`).
 
 The gradient is the same sum as one thread's: each micro-batch's gradient is computed on its own
 (`torch.autograd.grad`, not accumulated by `backward()` from two threads at once, whose order would vary),
@@ -28,14 +29,23 @@ Batch = TypeVar("Batch")
 Result = TypeVar("Result")
 
 
-def workers_for(requested: int | str, method: str, device: str, threads: int, randomness: bool) -> int:
+def workers_for(
+    requested: int | str, method: str, device: str, threads: int, randomness: bool, dtype: str
+) -> int:
     """How many micro-batches run at once: `requested`, or for "auto" 2 where it pays and is exact.
 
-    auto is 1 on a GPU, for full fine-tuning, with fewer than two CPU threads, and when the forward pass draws
-    random numbers (dropout): two threads drawing from one generator would draw in a varying order."""
+    auto is 2 only for LoRA computing in fp32 on a CPU with two or more threads and no dropout, else 1:
+    - on a GPU one micro-batch fills the device;
+    - full fine-tuning's gradient per micro-batch would be the size of the model;
+    - dropout: two threads drawing from one random generator would draw in a varying order;
+    - a bf16 base: its AMX products are large enough to share two cores, and two at once measured 1.10x on
+      bitext_reply's ~260-token examples (three per 768-token micro-batch), 1.02x in the training bench's
+      whole run, and 0.95x on the demo's ~130-token examples (alternating in one process), against fp32's
+      1.17x, 1.25x and 1.12x.
+    """
     if requested != "auto":
         return int(requested)
-    if device != "cpu" or method != "lora" or threads < 2 or randomness:
+    if device != "cpu" or method != "lora" or threads < 2 or randomness or dtype != "float32":
         return 1
     return 2
 
@@ -62,6 +72,8 @@ class MicroBatchWorkers:
         self._pool: ThreadPoolExecutor | None = None
 
     def configure(self, workers: int, threads: int) -> None:
+        if (workers, max(1, threads // workers)) == (self.workers, self.per_worker):
+            return
         self.close()
         self.workers = workers
         self.per_worker = max(1, threads // workers)
