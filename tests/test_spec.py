@@ -133,27 +133,17 @@ def test_arms_name_their_variants_and_must_fit_the_contract():
         parse_spec(MINIMAL + "evaluation: {label_scoring: median}\n")
 
 
-def test_micro_batch_tokens_reach_the_training_config(tmp_path: Path):
+@pytest.mark.parametrize(
+    ("key", "good", "bad"), [("micro_batch_tokens", 512, 8), ("micro_batch_workers", 1, 0)]
+)
+def test_micro_batch_settings_reach_the_training_config(tmp_path: Path, key: str, good: int, bad: int):
     from tunewise.train.cli import config_from_spec
 
-    assert parse_spec(MINIMAL).hyperparameters.micro_batch_tokens == "auto"
+    assert getattr(parse_spec(MINIMAL).hyperparameters, key) == "auto"
     spec = tmp_path / "tunewise.yaml"
-    spec.write_text(MINIMAL + "hyperparameters: {micro_batch_tokens: 512}\n")
+    spec.write_text(MINIMAL + f"hyperparameters: {{{key}: {good}}}\n")
     values, _ = config_from_spec(spec)
-    assert values["micro_batch_tokens"] == 512
+    assert values[key] == good
     with pytest.raises(ConfigError) as info:
-        parse_spec(MINIMAL + "hyperparameters:\n  micro_batch_tokens: 8\n")
-    assert any(p.startswith("line 8: hyperparameters.micro_batch_tokens") for p in info.value.problems)
-
-
-def test_micro_batch_workers_reach_the_training_config(tmp_path: Path):
-    from tunewise.train.cli import config_from_spec
-
-    assert parse_spec(MINIMAL).hyperparameters.micro_batch_workers == "auto"
-    spec = tmp_path / "tunewise.yaml"
-    spec.write_text(MINIMAL + "hyperparameters: {micro_batch_workers: 1}\n")
-    values, _ = config_from_spec(spec)
-    assert values["micro_batch_workers"] == 1
-    with pytest.raises(ConfigError) as info:
-        parse_spec(MINIMAL + "hyperparameters:\n  micro_batch_workers: 0\n")
-    assert any(p.startswith("line 8: hyperparameters.micro_batch_workers") for p in info.value.problems)
+        parse_spec(MINIMAL + f"hyperparameters:\n  {key}: {bad}\n")
+    assert any(p.startswith(f"line 8: hyperparameters.{key}") for p in info.value.problems)
