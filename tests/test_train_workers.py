@@ -54,6 +54,7 @@ def _gradient(model, examples, groups, workers: int, threads: int):
     torch.set_num_threads(threads)
     try:
         total = pool.gradient(loop._loss_of(model, examples, None), groups, params, 37.0)
+        assert torch.get_num_threads() == threads  # the workers' one thread each is undone after the step
     finally:
         pool.close()
         torch.set_num_threads(before)
@@ -70,12 +71,10 @@ def test_two_workers_give_one_threads_gradient_summed_in_micro_batch_order(tiny_
     two_total, two = _gradient(model, examples, groups, workers=2, threads=2)
     again_total, again = _gradient(model, examples, groups, workers=2, threads=2)
 
-    assert any(g.abs().sum() > 0 for g in one) and all(g.abs().sum() > 0 for g in one)
+    assert all(g.abs().sum() > 0 for g in one)  # every factor has a gradient to compare
     assert torch.equal(one_total, two_total) and torch.equal(two_total, again_total)
     for a, b, c in zip(one, two, again, strict=True):
         assert torch.equal(a, b) and torch.equal(b, c)
-    # The threads are back to what they were, and the pool ended.
-    assert torch.get_num_threads() >= 1
 
 
 def test_the_loss_is_the_sum_over_micro_batches_divided_once(tiny_lora):
