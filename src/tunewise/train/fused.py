@@ -100,11 +100,14 @@ def _make_functions() -> dict[str, Any]:
         @staticmethod
         def backward(ctx: Any, grad: Any) -> tuple[Any, ...]:
             gate_up, down, weight, a, b = ctx.saved_tensors
-            grad_h, grad_a, grad_b = project_grads(ctx, grad, lambda: gated(gate_up), down, weight, a, b)
+            gate, up = gate_up.chunk(2, dim=-1)
+            # silu(gate) once, for the recomputed input of the product and for up's gradient
+            silu_gate = F.silu(gate)
+            grad_h, grad_a, grad_b = project_grads(ctx, grad, lambda: silu_gate * up, down, weight, a, b)
             grad_gate_up = None
             if grad_h is not None:
                 grad_gate_up = torch.empty_like(gate_up)
-                silu_mul_grads(*gate_up.chunk(2, dim=-1), grad_h, *grad_gate_up.chunk(2, dim=-1))
+                silu_mul_grads(gate, up, grad_h, *grad_gate_up.chunk(2, dim=-1), silu_gate=silu_gate)
             return grad_gate_up, None, grad_a, grad_b
 
     return {"linear": LoraLinear, "gated": GatedLoraLinear}

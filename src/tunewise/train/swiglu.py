@@ -4,11 +4,11 @@ Llama-style MLPs (Llama, SmolLM2, Qwen2, Mistral) compute `down(silu(gate(x)) * 
 `silu` keeps `gate` and the product keeps both of its operands, `silu(gate)` and `up`: three intermediate-size
 tensors per token per layer, the largest share of what a training step holds for its backward pass (for
 SmolLM2-135M, 3 x 1,536 of the ~10,700 floats per token per layer counted with saved-tensor hooks). Here the
-product keeps `gate` and `up` and recomputes the sigmoid in its backward pass, cheap element-wise work:
+product keeps `gate` and `up` and recomputes `silu(gate)` in its backward pass, cheap element-wise work:
 
-    y = g * sigmoid(g) * u
-    dy/du = g * sigmoid(g)
-    dy/dg = u * sigmoid(g) * (1 + g * (1 - sigmoid(g)))
+    y = silu(g) * u
+    dy/du = silu(g)
+    dy/dg = u * silu'(g),  silu'(g) = sigmoid(g) * (1 + g * (1 - sigmoid(g)))
 
 tests/test_train_swiglu.py checks outputs and gradients against the unfused module. Modules whose activation is
 not SiLU, or whose layout differs, keep their own forward.
@@ -30,17 +30,25 @@ def silu_mul(gate: Any, up: Any) -> Any:
     return _functions["separate"].apply(gate, up)
 
 
-def silu_mul_grads(gate: Any, up: Any, grad: Any, grad_gate: Any, grad_up: Any) -> None:
-    """Write the two gradients of `silu(gate) * up` into `grad_gate` and `grad_up` (either may be None)."""
-    import torch
+def silu_mul_grads(
+    gate: Any, up: Any, grad: Any, grad_gate: Any, grad_up: Any, silu_gate: Any = None
+) -> None:
+    """Write the two gradients of `silu(gate) * up` into `grad_gate` and `grad_up` (either may be None);
+    `silu_gate` is `silu(gate)` when the caller has it already.
 
-    sig = torch.sigmoid(gate)
+    Two element-wise passes per gradient: `grad * silu(gate)`, and torch's fused SiLU derivative applied to
+    `grad * up` in place. Written out in single operations (sigmoid, 1 - s, and five products) the same
+    gradients took eleven passes over (tokens, width) tensors, 3.2x the time on a CPU (670 against 2,150 us
+    for 260 x 1,536 fp32 on one core), and were rounded after each step in bf16 instead of once.
+    """
+    import torch
+    import torch.nn.functional as F
+
     if grad_up is not None:
-        torch.mul(grad, gate, out=grad_up).mul_(sig)
+        torch.mul(grad, F.silu(gate) if silu_gate is None else silu_gate, out=grad_up)
     if grad_gate is not None:
-        # sig * (1 + gate * (1 - sig)), built in place on one temporary
-        dsilu = (1 - sig).mul_(gate).add_(1).mul_(sig)
-        torch.mul(dsilu, up, out=grad_gate).mul_(grad)
+        torch.mul(grad, up, out=grad_gate)
+        torch.ops.aten.silu_backward.grad_input(grad_gate, gate, grad_input=grad_gate)
 
 
 def _make_functions() -> dict[str, Any]:
