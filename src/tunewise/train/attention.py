@@ -84,12 +84,13 @@ def _flash_per_example(query: Any, key: Any, value: Any, bounds: list[tuple[int,
     bf16 rows: the forward pass runs torch's bf16 kernel, the backward pass its fp32 kernel on the kept bf16
     tensors cast to fp32. On the AMX Xeon, at 275 tokens (9 query heads, 3 key/value heads), the bf16 forward
     took 373 us against 736 us for fp32 with the casts, but the bf16 backward 3.0 ms against 2.1 ms. Against
-    fp32 throughout, the bf16 forward measured 1.032x per LoRA step (16 bitext_reply examples, alternating in
-    one process), and the step's adapter gradients stayed as close to an all-fp32 step's (3.74% relative error
-    in both). Its output is within one bf16 rounding of fp32 attention's (tests/test_train_data.py). Cast
-    outside autograd, SDPA would keep fp32 copies of q, k, v and its output for the backward pass: 2.4x the bytes
-    of the bf16 tensors, 6.1 of the ~18 KB a SmolLM2 layer keeps per token. The output's rounding to bf16 also
-    enters the backward pass's sum(dO * O), as in GPU flash attention.
+    fp32 throughout, the bf16 forward measured 1.032x and 1.021x per LoRA step (16 and 24 bitext_reply
+    examples, alternating in one process; the training bench's whole bf16 run took 139.9 s both ways, within
+    its noise), and the step's adapter gradients stayed as close to an all-fp32 step's (3.74% relative error in
+    both). Its output is fp32 attention's to bf16 rounding (tests/test_train_data.py). Cast outside autograd,
+    SDPA would keep fp32 copies of q, k, v and its output for the backward pass: 2.4x the bytes of the bf16
+    tensors, 6.1 of the ~18 KB a SmolLM2 layer keeps per token. The output's rounding to bf16 also enters the
+    backward pass's sum(dO * O), as in GPU flash attention.
     """
     global _function
     if _function is None:
