@@ -167,6 +167,16 @@ def test_held_out_loss_per_example_equals_each_example_scored_alone(tokenizer):
     assert scores["eval_loss"] == pytest.approx(sum(alone) / tokens, rel=1e-6)
 
 
+def assert_bf16_attention_close(out, expected, values) -> None:
+    """bf16 attention output `out` against fp32's `expected`: torch's bf16 kernel rounds its probabilities before
+    the product with the values, so an output that is a small sum of large terms carries an error of the
+    values' size times bf16's epsilon."""
+    import torch
+
+    eps = torch.finfo(torch.bfloat16).eps
+    torch.testing.assert_close(out.float(), expected, rtol=eps, atol=eps * values.float().abs().max().item())
+
+
 def test_packed_attention_on_bf16_rows_answers_in_bf16_within_one_rounding_of_fp32():
     import torch
     import torch.nn.functional as F
@@ -178,10 +188,8 @@ def test_packed_attention_on_bf16_rows_answers_in_bf16_within_one_rounding_of_fp
     positions = torch.tensor([[0, 1, 2, 3, 0, 1, 2, 3, 4, 5]])  # two packed examples: 4 and 6 tokens
     out, _ = _packed_sdpa(None, q, k, v, None, position_ids=positions)
     assert out.dtype == torch.bfloat16 and out.shape == (1, 10, 3, 8)
-    # What fp32 attention gives on the same (bf16-valued) inputs, example by example, within bf16 rounding: torch's
-    # bf16 kernel rounds its probabilities before the product with v, so an output that is a small sum of large
-    # terms carries an error of the values' size times bf16's epsilon. A token attending across the example
-    # boundary, or a missing causal mask, would be off by far more.
+    # What fp32 attention gives on the same (bf16-valued) inputs, example by example, to bf16 rounding. A token
+    # attending across the example boundary, or a missing causal mask, would be off by far more.
     expected = torch.cat(
         [
             F.scaled_dot_product_attention(
@@ -191,10 +199,7 @@ def test_packed_attention_on_bf16_rows_answers_in_bf16_within_one_rounding_of_fp
         ],
         dim=2,
     )
-    eps = torch.finfo(torch.bfloat16).eps
-    torch.testing.assert_close(
-        out.float(), expected.transpose(1, 2), rtol=eps, atol=eps * v.float().abs().max().item()
-    )
+    assert_bf16_attention_close(out, expected.transpose(1, 2), v)
 
 
 def test_data_order_and_micro_batches_cover_every_example_once():
@@ -253,9 +258,7 @@ def test_cpu_rows_keep_their_dtype_and_get_fp32_gradients_per_example(dtype: str
     expected = torch.cat(pieces, dim=2).transpose(1, 2)
     expected.backward(grad.float())
     if low == torch.bfloat16:
-        # torch's bf16 kernel rounds its probabilities too: errors of the values' size times bf16's epsilon
-        eps = torch.finfo(torch.bfloat16).eps
-        torch.testing.assert_close(out.float(), expected, rtol=eps, atol=eps * v.float().abs().max().item())
+        assert_bf16_attention_close(out, expected, v)
     else:
         torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
     tolerance = 2e-2 if low == torch.bfloat16 else 1e-5
