@@ -47,14 +47,18 @@ def supervised(**hyperparameters) -> dict:
     return {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
+def wait_for(
+    predicate, timeout: float, interval: float = 0.5, what: str = "condition", log: Path | None = None
+):
+    """Poll `predicate` until it is truthy; on a timeout, the failure shows the end of `log` (a job's)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    tail = f"\n--- end of {log} ---\n{log.read_text()[-4000:]}" if log is not None and log.is_file() else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{tail}")
 
 
 def wait_status(client, job_id: str, statuses: tuple[str, ...], timeout: float = 180.0):
@@ -285,7 +289,7 @@ def test_job_trains_the_tiny_model_to_a_chat_model(client, project):
 
 
 def test_list_pagination_and_cancel(client, project):
-    from tunewise.serve.worker import owner_alive
+    from tunewise.serve.worker import log_path, owner_alive
 
     train = upload(client, chat_lines(8))
     long = supervised(n_epochs=500, batch_size=2)  # 2,000 steps: still running when cancelled
@@ -322,10 +326,11 @@ def test_list_pagination_and_cancel(client, project):
 
         return read_registry(project, lambda conn: get_job(conn, jobs[0].id))["owner"]
 
-    wait_for(lambda: not owner_alive(owner()), 10, what="the cancelled job's process to end")
+    log = log_path(project, jobs[0].id)
+    wait_for(lambda: not owner_alive(owner()), 10, what="the cancelled job's process to end", log=log)
     wait_for(
         lambda: "Training stopped: the job was cancelled" in [e.message for e in all_events(client, jobs[0].id)],
-        10, what="the runner to record the cancellation",
+        10, what="the runner to record the cancellation", log=log,
     )  # fmt: skip
     for queued in jobs[1:]:
         assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"

@@ -33,11 +33,15 @@ class Registry:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
+            # Inside the `try`: a KeyboardInterrupt (Ctrl-C, or a job runner's SIGTERM) raised just after BEGIN
+            # returns would otherwise leave the write lock held by this connection, and the next writer (the
+            # run recording where it stopped) would wait out the busy timeout.
+            self.conn.execute("BEGIN IMMEDIATE")
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")
