@@ -327,7 +327,7 @@ def test_list_pagination_and_cancel(client, project):
         return read_registry(project, lambda conn: get_job(conn, jobs[0].id))["owner"]
 
     log = log_path(project, jobs[0].id)
-    wait_for(lambda: not owner_alive(owner()), 10, what="the cancelled job's process to end", log=log)
+    wait_for(lambda: not owner_alive(owner()), 30, what="the cancelled job's process to end", log=log)
     wait_for(
         lambda: "Training stopped: the job was cancelled" in [e.message for e in all_events(client, jobs[0].id)],
         10, what="the runner to record the cancellation", log=log,
