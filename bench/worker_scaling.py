@@ -101,7 +101,7 @@ def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | 
 def run_arm(name: str, data: Path, repeats: int, scratch: Path) -> dict:
     processes, workers, trim = ARMS[name]
     barrier = scratch / f"barrier-{workers}-{processes}-{time.monotonic_ns()}" if processes > 1 else None
-    cmd = [sys.executable, __file__, "--child", str(data), "--workers", str(workers), "--repeats", str(repeats)]
+    cmd = [sys.executable, __file__, "--child", str(data), "--workers", str(workers), "--repeats", str(repeats)]  # fmt: skip
     cmd += [] if trim else ["--keep-heap"]
     cmd += ["--barrier", str(barrier)] if barrier else []
     children = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
