@@ -506,6 +506,25 @@ def test_cli_refuses_no_auth_off_loopback(run_cli, tmp_path):
     assert len([line for line in err.splitlines() if line.strip()]) == 1
 
 
+def test_cli_rejects_a_port_out_of_range_and_names_the_option(run_cli, tmp_path):
+    code, _, err = run_cli("serve", "--port", "99999", cwd=tmp_path)
+    assert code == 2 and "--port" in err and "65535" in err and "Traceback" not in err
+
+
+def test_cli_says_whether_the_host_or_the_port_is_wrong(run_cli, tmp_path):
+    import socket
+
+    code, _, err = run_cli("serve", "--host", "nosuch.invalid", "--port", "0", cwd=tmp_path)
+    assert code == 1 and "cannot listen on nosuch.invalid:0" in err and "check --host" in err
+    with socket.socket() as taken:  # a port in use, without SO_REUSEADDR on our side to share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        code, _, err = run_cli("serve", "--port", str(port), cwd=tmp_path)
+    assert code == 1 and f"cannot listen on 127.0.0.1:{port}" in err and "pick another --port" in err
+    assert "Traceback" not in err
+
+
 def test_cli_keys_create_list_revoke(run_cli, tmp_path, small):
     code, out, _ = run_cli("keys", "create", "--name", "ci", cwd=tmp_path)
     assert code == 0

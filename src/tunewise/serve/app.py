@@ -123,8 +123,15 @@ def is_loopback(host: str) -> bool:
 
 def bind(host: str, port: int) -> Any:
     """A listening socket on host:port (port 0: a free one), so the real port is known before serving."""
+    import errno
     import socket
 
+    from tunewise.errors import TunewiseError
+
+    if not 0 <= port <= 65535:
+        raise TunewiseError(
+            f"port {port} is out of range", hint="pick a --port from 0 (any free port) to 65535"
+        )
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -132,11 +139,16 @@ def bind(host: str, port: int) -> Any:
         sock.bind((host.strip("[]"), port))
     except OSError as exc:
         sock.close()
-        from tunewise.errors import TunewiseError
-
-        raise TunewiseError(
-            f"cannot listen on {host}:{port}: {exc.strerror}", hint="pick another --port"
-        ) from None
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            # A name that does not resolve, or an address this machine does not have: the host is wrong.
+            hint = (
+                "check --host: an address of this machine, such as 127.0.0.1 (this machine only) or 0.0.0.0"
+            )
+        elif exc.errno == errno.EACCES:
+            hint = "pick another --port (ports below 1024 need root)"
+        else:
+            hint = "pick another --port"
+        raise TunewiseError(f"cannot listen on {host}:{port}: {exc.strerror}", hint=hint) from None
     sock.listen(2048)
     return sock
 

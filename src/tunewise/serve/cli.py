@@ -54,7 +54,7 @@ Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).chat.completions.
 @app.command(help=SERVE_HELP)
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0: every interface)."),
-    port: int = typer.Option(8000, "--port", help="Port (0: any free port)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port)."),
     no_auth: bool = typer.Option(False, "--no-auth", help="Accept requests without a key (loopback only)."),
     base: str | None = typer.Option(
         None, "--base", help="Base model (default: model.base of tunewise.yaml)."
