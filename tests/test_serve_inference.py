@@ -514,9 +514,10 @@ def test_cli_rejects_a_port_out_of_range_and_names_the_option(run_cli, tmp_path)
 def test_cli_says_whether_the_host_or_the_port_is_wrong(run_cli, tmp_path):
     import socket
 
-    code, _, err = run_cli("serve", "--host", "nosuch.invalid", "--port", "0", cwd=tmp_path)
-    assert code == 1 and "cannot listen on nosuch.invalid:0" in err and "check --host" in err
-    with socket.socket() as taken:  # a port in use, without SO_REUSEADDR on our side to share it
+    # 192.0.2.1 is reserved for documentation (RFC 5737): no machine has it, and no DNS lookup is involved.
+    code, _, err = run_cli("serve", "--host", "192.0.2.1", "--port", "0", cwd=tmp_path)
+    assert code == 1 and "cannot listen on 192.0.2.1:0" in err and "check --host" in err
+    with socket.socket() as taken:  # a port another socket listens on: SO_REUSEADDR does not let us share it
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
