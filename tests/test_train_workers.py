@@ -111,6 +111,31 @@ def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_threads(tiny_l
     assert torch.get_num_threads() == before
 
 
+def test_closing_without_waiting_leaves_a_micro_batch_in_flight_and_drops_the_queued_ones():
+    import threading
+
+    pool = MicroBatchWorkers()
+    pool.configure(2, 2)
+    release, started, ran = threading.Event(), threading.Semaphore(0), []
+
+    def slow(batch: int) -> int:
+        started.release()
+        release.wait(60)
+        ran.append(batch)
+        return batch
+
+    futures = [pool._started().submit(slow, i) for i in range(6)]
+    for _ in range(2):  # both workers busy, four micro-batches queued
+        assert started.acquire(timeout=60)
+    closer = threading.Thread(target=pool.close, kwargs={"wait": False})
+    closer.start()
+    closer.join(30)  # a close that waited would still be waiting: the two in flight wait for `release`
+    assert not closer.is_alive() and ran == []
+    assert sum(f.cancelled() for f in futures) == 4
+    release.set()
+    assert sorted(f.result(timeout=60) for f in futures[:2]) == [0, 1] and sorted(ran) == [0, 1]
+
+
 def test_auto_uses_two_workers_only_for_exact_fp32_lora_on_a_multi_core_cpu():
     def auto(method="lora", device="cpu", threads=2, randomness=False, dtype="float32"):
         return workers_for("auto", method, device, threads, randomness, dtype)

@@ -598,12 +598,17 @@ def run(
         torch.set_num_threads(config.threads)
     workers = MicroBatchWorkers()
     try:
-        return _run(
+        result = _run(
             config, project, recorded, run_dir, resume, dry_run, say, on_step, prepared, rank, world, device,
             workers, run_id,
         )  # fmt: skip
-    finally:
+    except BaseException:
+        workers.close(wait=False)  # stopping: the caller records the outcome without waiting for the workers
+        raise
+    else:
         workers.close()
+        return result
+    finally:
         torch.set_num_threads(threads_before)  # a library call must not leave the process's threads changed
 
 

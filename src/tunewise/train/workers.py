@@ -78,9 +78,13 @@ class MicroBatchWorkers:
         self.workers = workers
         self.per_worker = max(1, threads // workers)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """End the threads. `wait=False` (a run stopping on an error or an interrupt) drops the micro-batches not
+        started and returns without waiting for those in flight: their results are not needed, and on a large
+        model one can take longer than a job runner's grace period after SIGTERM, which must be spent recording
+        where the run stopped. Python joins the threads at exit."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait, cancel_futures=not wait)
             self._pool = None
 
     def _started(self) -> ThreadPoolExecutor:
