@@ -32,7 +32,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "bitext_reply"
 ARMS = {
     # name: (processes, workers per process, trim the heap between passes)
     "one worker alone": (1, 1, True),
@@ -142,15 +141,14 @@ def main() -> None:
         barrier = Path(args.barrier) if args.barrier else None
         print(json.dumps(measure(Path(args.child), args.workers, not args.keep_heap, args.repeats, barrier)))
         return
-    if not DATASET.is_dir():
-        sys.exit(f"{DATASET} is absent: the public datasets live in ../shared beside the repository")
     if (os.cpu_count() or 1) < 2:
         sys.exit("this comparison needs two cores")
+    from train_throughput import write_data  # bench/ is this script's folder, first on sys.path
+
     results = {}
     with tempfile.TemporaryDirectory(prefix="tunewise-scaling-") as tmp:
         scratch = Path(tmp)
-        data = scratch / "train.jsonl"
-        data.write_text("\n".join((DATASET / "train.jsonl").read_text().splitlines()[: args.examples]) + "\n")
+        data, _ = write_data(scratch, args.examples, 0)  # the training bench's data, no held-out slice
         print(f"{args.examples} bitext_reply examples, fp32 LoRA rank 8, best of {args.repeats} passes")
         print(
             f"{'arm':28} {'cores':>5} {'tokens/s':>9} {'per core':>9} {'peak GF/s':>10} {'of bound':>9} {'faults':>8} {'sys s':>6}"
