@@ -44,8 +44,8 @@ ARMS = {
 def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | None) -> dict:
     """Time the gradient of every example in `data`, in this process, with `workers` threads."""
     import torch
+    from train_throughput import matmul_peak  # bench/ is this script's folder, first on sys.path
 
-    from tunewise.models.loading import measure_matmul_gflops
     from tunewise.train import loop
     from tunewise.train.config import TrainConfig, auto_hyperparameters
     from tunewise.train.data import micro_batches
@@ -89,7 +89,7 @@ def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | 
     faults = (after.ru_minflt - usage.ru_minflt) / repeats
     system_s = (after.ru_stime - usage.ru_stime) / repeats
     pool.close()
-    peak = measure_matmul_gflops(torch.float32, n=512, k=576, m=1536, seconds=2.0)
+    peak = matmul_peak(torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "tokens": sum(lengths), "seconds": best, "peak_gflops": peak, "params": n_params,
