@@ -21,7 +21,8 @@ real (non-padding) tokens per second, peak RSS, and the held-out loss on assista
 measured by the same function (tunewise.train.loop.evaluate) for all. Then the ratios, and tunewise's
 fraction of the compute bound: 4 x parameters FLOPs per token for LoRA (forward 2N, backward through the
 activations 2N; no weight gradients for frozen weights) against the matrix-multiply peak of the precision the arm
-computed in, measured in the arm's process just before and just after its training call (the higher counts).
+computed in, measured in the arm's process at two shapes (`PEAK_SHAPES`) just before and just after its training
+call (the highest reading counts).
 
 Targets (issue 3), printed as met or MISSED (exit status 1 when one is missed): >= 2.5x faster than trl-a and
 >= 2x faster than trl-b with held-out loss no worse; >= 60% of the compute bound; peak RSS under 2 GB.
