@@ -10,12 +10,13 @@ micro-batch (256-token micro-batches), as a training step computes it (`MicroBat
 - one worker alone: one process, one thread, the other core idle; against the one-thread peak;
 - two workers, one process: what `tunewise train` does in fp32 (two threads, one micro-batch each);
 - two processes at once, one thread each: the same two cores busy, but nothing shared inside a process;
-- two workers, heap kept: as the second, without the heap trim that a training step ends with.
+- two workers, heap trimmed: as the second, with the heap handed back to the OS before a pass, as every training
+  step's end did until training trimmed only when resident memory grows (train/heap.py). Passes after a trim
+  alternate with passes after none in the same process, and the trim's cost is their difference.
 
-Each arm runs in fresh subprocesses, best of `--repeats` passes; the heap is trimmed between passes as at the end
-of a training step, except in the last arm. Each prints tokens per second, and its fraction of the compute bound
-(4 x parameters FLOPs per token, as in train_throughput.py) against the peak measured in the same process for
-its thread count.
+Each arm runs in fresh subprocesses, best of `--repeats` passes (of each kind). Each prints tokens per second,
+and its fraction of the compute bound (4 x parameters FLOPs per token, as in train_throughput.py) against the
+peak measured in the same process for its thread count.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 ARMS = {
     # name: (processes, workers per process, trim the heap between passes)
-    "one worker alone": (1, 1, True),
-    "two workers, one process": (1, 2, True),
-    "two processes": (2, 1, True),
-    "two workers, heap kept": (1, 2, False),
+    "one worker alone": (1, 1, False),
+    "two workers, one process": (1, 2, False),
+    "two processes": (2, 1, False),
+    "two workers, heap trimmed": (1, 2, True),
 }
 
 
@@ -49,6 +50,7 @@ def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | 
     from tunewise.train import loop
     from tunewise.train.config import TrainConfig, auto_hyperparameters
     from tunewise.train.data import micro_batches
+    from tunewise.train.heap import release_free_heap
     from tunewise.train.workers import MicroBatchWorkers
 
     torch.set_num_threads(workers)
@@ -77,31 +79,40 @@ def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | 
         (barrier / str(os.getpid())).touch()
         while len(list(barrier.iterdir())) < 2:
             time.sleep(0.01)
-    best = float("inf")
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(repeats):
-        if trim:
-            loop.release_free_heap()
+    # With `trim`, passes after a trim and passes after none alternate (trim, keep, keep, trim, ...), so that the
+    # machine's drift over the passes falls on both alike; the record is the trimmed passes', with the others'
+    # under "kept".
+    order = [True, False, False, True] if trim else [False]
+    passes: dict[bool, list[tuple[float, int, float]]] = {True: [], False: []}
+    for i in range(repeats * len(order)):
+        trimmed = order[i % len(order)]
+        if trimmed:
+            release_free_heap()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         pool.gradient(loss_of, groups, params, 1.0)
-        best = min(best, time.perf_counter() - started)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    faults = (after.ru_minflt - usage.ru_minflt) / repeats
-    system_s = (after.ru_stime - usage.ru_stime) / repeats
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        passes[trimmed].append((seconds, after.ru_minflt - usage.ru_minflt, after.ru_stime - usage.ru_stime))
     pool.close()
     peak = matmul_peak(torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
-    return {
-        "tokens": sum(lengths), "seconds": best, "peak_gflops": peak, "params": n_params,
-        "page_faults": faults, "system_s": system_s,
-    }  # fmt: skip
+
+    def summary(runs: list[tuple[float, int, float]]) -> dict:
+        return {"seconds": min(r[0] for r in runs), "page_faults": sum(r[1] for r in runs) / len(runs),
+                "system_s": sum(r[2] for r in runs) / len(runs)}  # fmt: skip
+
+    record = {"tokens": sum(lengths), "peak_gflops": peak, "params": n_params, **summary(passes[trim])}
+    if trim:
+        record["kept"] = summary(passes[False])
+    return record
 
 
 def run_arm(name: str, data: Path, repeats: int, scratch: Path) -> dict:
     processes, workers, trim = ARMS[name]
     barrier = scratch / f"barrier-{workers}-{processes}-{time.monotonic_ns()}" if processes > 1 else None
     cmd = [sys.executable, __file__, "--child", str(data), "--workers", str(workers), "--repeats", str(repeats)]  # fmt: skip
-    cmd += [] if trim else ["--keep-heap"]
+    cmd += ["--trim-heap"] if trim else []
     cmd += ["--barrier", str(barrier)] if barrier else []
     children = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     records = []
@@ -117,8 +128,9 @@ def run_arm(name: str, data: Path, repeats: int, scratch: Path) -> dict:
     peak = max(r["peak_gflops"] for r in records) * processes
     tokens_per_s = tokens / seconds
     bound = peak * 1e9 / (4 * records[0]["params"])
+    extra = {"kept_tokens_per_s": tokens / records[0]["kept"]["seconds"]} if trim else {}
     return {
-        "cores": processes * workers, "tokens_per_s": tokens_per_s, "per_core": tokens_per_s / (processes * workers),
+        **extra, "cores": processes * workers, "tokens_per_s": tokens_per_s, "per_core": tokens_per_s / (processes * workers),
         "peak_gflops": peak, "fraction_of_bound": tokens_per_s / bound,
         # Per pass, all processes together: the kernel's share of the time (page faults, returned memory).
         "page_faults": sum(r["page_faults"] for r in records), "system_s": sum(r["system_s"] for r in records),
@@ -134,12 +146,12 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
-    parser.add_argument("--keep-heap", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trim-heap", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--barrier", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         barrier = Path(args.barrier) if args.barrier else None
-        print(json.dumps(measure(Path(args.child), args.workers, not args.keep_heap, args.repeats, barrier)))
+        print(json.dumps(measure(Path(args.child), args.workers, args.trim_heap, args.repeats, barrier)))
         return
     if (os.cpu_count() or 1) < 2:
         sys.exit("this comparison needs two cores")
@@ -162,8 +174,10 @@ def main() -> None:
     alone = results["one worker alone"]["per_core"]
     for name in ("two workers, one process", "two processes"):
         print(f"{name}: {results[name]['per_core'] / alone:.3f} of one worker alone, per core")
-    kept, trimmed = results["two workers, heap kept"], results["two workers, one process"]
-    print(f"the heap trim between passes costs {1 - trimmed['tokens_per_s'] / kept['tokens_per_s']:.1%}")
+    trimmed = results["two workers, heap trimmed"]
+    print(f"a heap trim before a pass costs {1 - trimmed['tokens_per_s'] / trimmed['kept_tokens_per_s']:.1%} of it "
+          f"({trimmed['tokens_per_s']:.1f} against {trimmed['kept_tokens_per_s']:.1f} tokens/s, passes alternating "
+          "in one process)")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

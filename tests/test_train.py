@@ -162,7 +162,10 @@ def test_run_directory_and_registry_row(tmp_path, data):
     steps = [x["step"] for x in lines if "loss" in x]
     assert steps == list(range(1, 5))  # 32 examples / batch 8
     assert all(x["trained_tokens"] > 0 and x["tokens_per_s"] > 0 for x in lines if "loss" in x)
+    if sys.platform == "linux":  # resident memory after each step, from /proc
+        assert all(0 < x["rss_gb"] < 64 for x in lines if "loss" in x)
     assert {x["step"] for x in lines if "eval_loss" in x} >= {0, 4}
+    assert result.extra["heap_trims"] >= 2  # each evaluation before and during training trims the heap
     registry = project.registry()
     row = registry.conn.execute("SELECT * FROM runs WHERE id = ?", (result.run_id,)).fetchone()
     registry.close()

@@ -29,7 +29,6 @@ the gradients are summed with one all-reduce (gloo on CPU, NCCL on GPU); only ra
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -64,6 +63,7 @@ from tunewise.train.data import (
     truncate,
 )
 from tunewise.train.fused import use_fused_lora
+from tunewise.train.heap import HeapTrim, release_free_heap
 from tunewise.train.layers import use_fused_layers
 from tunewise.train.loss import linear_cross_entropy, release_workspace
 from tunewise.train.swiglu import use_fused_swiglu
@@ -865,6 +865,7 @@ def _train(
     params = _params(model)
     examples = prepared.train.examples
     loss_of = _loss_of(model, examples, autocast_dtype)
+    heap = HeapTrim()  # hands free heap pages back to the OS when resident memory grows (train/heap.py)
     total_steps = plan.steps
     state: dict[str, Any] = {
         "best_eval_loss": None, "best_step": None, "bad_evals": 0, "eval_before": None, "first_loss": None,
@@ -893,7 +894,7 @@ def _train(
         scores, example_losses[:] = evaluate_examples(
             model, prepared.eval, micro_tokens, autocast_dtype, rank, world, workers
         )
-        release_free_heap()
+        heap.now()
         if writer and record:
             metrics.append({"step": step, **scores})
         return scores
@@ -932,7 +933,7 @@ def _train(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
-        release_free_heap()
+        resident = heap.after_step()
         loss = loss_total.item() / n_trained
         if state["first_loss"] is None:
             state["first_loss"] = loss
@@ -952,6 +953,8 @@ def _train(
             "step_s": round(seconds, 4),
             "tokens_per_s": round(n_tokens / seconds, 1),
         }
+        if resident is not None:
+            record["rss_gb"] = round(resident / 1e9, 3)
         if writer:
             metrics.append(record)
         bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tokens_seen / (time.perf_counter() - t_start):.0f}")
@@ -980,6 +983,7 @@ def _train(
     result.tokens_per_s = tokens_seen / elapsed if elapsed > 0 else 0.0
     result.trained_tokens_per_s = trained_seen / elapsed if elapsed > 0 else 0.0
     result.extra["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    result.extra["heap_trims"] = heap.trims
 
     final = run_eval(result.steps) if prepared.eval is not None else None
     if final is not None and _keeps_best(config):
@@ -1008,31 +1012,6 @@ def _train(
                 f"{result.eval_before['eval_accuracy']:.3f} -> {final['eval_accuracy']:.3f}")  # fmt: skip
         say(f"train loss {result.train_loss_first:.4f} -> {result.train_loss_last:.4f}; "
             f"{result.tokens_per_s:.0f} tokens/s ({result.trained_tokens_per_s:.0f} trained tokens/s)")  # fmt: skip
-
-
-def release_free_heap() -> None:
-    """Hand the heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere nothing).
-
-    A step frees all its activations, but glibc keeps the freed pages, scattered among live blocks, and the next
-    step's differently sized tensors do not fit them all: resident memory crept up step after step (1.1 to
-    1.9 GB over 8 steps of 64 examples). Trimming once per step held it at 1.3 GB for about 4% of the speed;
-    trimming per micro-batch cost 15%.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.cache
-def _malloc_trim() -> Any:
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim with
-        return None
 
 
 def _all_reduce_grads(params: list[Any], loss_total: Any) -> None:
