@@ -2,21 +2,20 @@
 
 A training step frees all its activations, but glibc keeps the freed pages, scattered among live blocks, for
 the next allocations. When the next step's differently sized tensors do not fit them, the heap grows and
-resident memory with it. Before the heap was shared by all threads and oneDNN's kernel caches were capped
-(README, "Peak memory"), that crept up step after step (1.1 to 1.9 GB over 8 steps of 64 examples), and a trim
-after every step held it down.
+resident memory with it. Early versions measured resident memory rising step after step (1.1 to 1.9 GB over 8
+steps of 64 examples) and trimmed after every step; since then the heap is shared by all threads and oneDNN's
+kernel caches are capped (README, "Peak memory").
 
 The trim has a price: the pages it hands back are faulted in again, zeroed, by the next step (16 examples'
 gradient in fp32: about 170,000 page faults after a trim, 2,000-11,000 without). In `bench/worker_scaling.py`
 that cost 1.4-1.7% of a pass on the 2-core Xeon and 9.9% on the 2-core AMD EPYC VM, whose page faults cost
 more; with the passes after a trim and after none alternating in one process, on the EPYC, 8.7% (best of two
 of each), and 3.4% and -0.2% (median of six of each, in two other runs): its speed drifts by about 5% from pass
-to pass. It bought nothing once the creep was gone: 64
-fp32 steps of the training bench's data without any trim ended at 1.87-1.99 GB, with no upward trend, and
-peaked at 1.99 GB, against 2.01 GB with a trim after every step. So `HeapTrim` trims only when resident memory
-at the end of a step has grown past a margin over what the first step after the last trim ended with: it costs
-nothing while memory holds steady, and cuts any creep (a new model, a new data shape, a library's cache) back
-once it passes the margin.
+to pass. And it no longer buys anything: 64 fp32 steps of the training bench's data (2 epochs of 256 examples)
+without any trim ended at 1.87-1.99 GB, with no upward trend, and peaked at 1.99 GB, against 2.01 GB with a
+trim after every step. So `HeapTrim` trims only when resident memory at the end of a step has grown past a
+margin over what the first step after the last trim ended with: it costs nothing while memory holds steady,
+and cuts any growth (a new data shape, a library's cache) back once it passes the margin.
 """
 
 from __future__ import annotations
