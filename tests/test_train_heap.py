@@ -52,7 +52,8 @@ def test_a_forced_trim_resets_the_reference(scripted):
 def test_creep_is_cut_back_to_the_margin(scripted):
     """A heap whose fragmentation grows 3% of the working set per step, and a trim that removes it: resident
     memory never passes the reference by more than the margin plus one step's growth, and a trim comes once
-    every 4 steps (the 4th step's +12% is the first past 10%), not every step."""
+    every 5 steps (the reference step, then 4 of growth: the 4th's +12% is the first past 10%), not every
+    step."""
     readings, trims = scripted
     trim = heap.HeapTrim(margin=0.10)
     working_set, creep, since_trim, peak = 1000, 30, 0, 0
