@@ -66,7 +66,7 @@ class HeapTrim:
         self.trims = 0
 
     def now(self) -> None:
-        """Trim unconditionally (after a precision measurement or an evaluation: one-off shapes)."""
+        """Trim unconditionally (after an evaluation, whose shapes a training step does not reuse)."""
         release_free_heap()
         self.trims += 1
         self.reference = None
