@@ -142,7 +142,7 @@ def test_micro_batch_settings_reach_the_training_config(tmp_path: Path, key: str
     assert getattr(parse_spec(MINIMAL).hyperparameters, key) == "auto"
     spec = tmp_path / "tunewise.yaml"
     spec.write_text(MINIMAL + f"hyperparameters: {{{key}: {good}}}\n")
-    values, _ = config_from_spec(spec)
+    values, _, _ = config_from_spec(spec)
     assert values[key] == good
     with pytest.raises(ConfigError) as info:
         parse_spec(MINIMAL + f"hyperparameters:\n  {key}: {bad}\n")

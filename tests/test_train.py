@@ -521,6 +521,54 @@ def test_cli_reads_the_spec_and_flags_override(tmp_path, run_cli):
     assert plan["steps"] == 12 and plan["n_examples"] == 24
 
 
+def test_dry_run_prices_the_run_on_each_chosen_platform(tmp_path, run_cli):
+    (tmp_path / "data").mkdir()
+    write_chat(tmp_path / "data" / "train.jsonl", 24)
+    (tmp_path / "prices.yaml").write_text("entries: [{id: self-hosted/gpu, training_per_hour: 3.0}]\n")
+    (tmp_path / "tunewise.yaml").write_text(
+        "task: {name: sentiment, target: Label the sentiment of a movie review sentence}\n"
+        "data: {train: data/train.jsonl}\n"
+        "model: {base: 'tiny:random'}\n"
+        "hyperparameters: {epochs: 2, batch_size: 6, lora_rank: 4}\n"
+        "economics: {platforms: [azure-openai, together/lora-up-to-16b, self-hosted, vertex]}\n"
+    )
+    code, out, err = run_cli("train", "--dry-run", "--precision", "float32", "--json", cwd=tmp_path)
+    assert code == 0, err
+    plan = json.loads(out)
+    costs = {c["platform"]: c for c in plan["training_costs"]}
+    assert list(costs) == [
+        "azure-openai/gpt-4o-mini",
+        "together/lora-up-to-16b",
+        "self-hosted/gpu",
+        "vertex/gemini",
+    ]
+    # Every token of the file x epochs x the catalog's price per million: $25 (Azure), $0.48 (Together).
+    billed = plan["tokens_per_epoch"] * 2
+    assert costs["azure-openai/gpt-4o-mini"]["dollars"] == pytest.approx(billed * 25.0 / 1e6)
+    assert costs["together/lora-up-to-16b"]["dollars"] == pytest.approx(billed * 0.48 / 1e6)
+    assert costs["self-hosted/gpu"]["dollars"] is None  # no GPU rate in the built-in catalog
+    assert "no training_per_hour in the catalog" in costs["self-hosted/gpu"]["basis"]
+    assert costs["vertex/gemini"]["dollars"] is None  # the guide gives Vertex no rate: unknown, not zero
+    assert "no training_per_million_tokens in the catalog" in costs["vertex/gemini"]["basis"]
+
+    # A pricing override with an hourly rate prices the time estimated from the measured step.
+    code, out, err = run_cli(
+        "train", "--dry-run", "--precision", "float32", "--json", "--platform", "self-hosted",
+        "--pricing", "prices.yaml", cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    plan = json.loads(out)
+    [cost] = plan["training_costs"]
+    assert cost["dollars"] == pytest.approx(plan["estimated_time_s"] / 3600 * 3.0)
+
+    # The text plan shows them; an unknown platform fails clearly before anything is measured.
+    code, out, err = run_cli("train", "--dry-run", "--precision", "float32", cwd=tmp_path)
+    assert code == 0 and "estimated training cost" in out and "azure-openai/gpt-4o-mini" in out, err
+    code, out, err = run_cli("train", "--dry-run", "--platform", "togther", cwd=tmp_path)
+    assert code == 1 and "no pricing entry or platform named 'togther'" in err and "together" in err
+    assert "Traceback" not in err and "measured" not in err + out
+
+
 def test_cli_keeps_the_last_weights_when_its_held_out_files_are_the_specs_test_set(tmp_path, run_cli):
     (tmp_path / "data").mkdir()
     write_chat(tmp_path / "data" / "train.jsonl", 16)

@@ -234,6 +234,61 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
     return options, list(dict.fromkeys(skipped)), notes
 
 
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """One platform's price for a planned training run, or why it has none."""
+
+    platform: str  # the catalog entry id
+    dollars: float | None
+    basis: str  # how the figure was reached, or why it is unknown
+
+
+def training_estimates(
+    tokens_per_epoch: int,
+    epochs: int,
+    platforms: list[str],
+    catalog: Catalog,
+    hours: float | None = None,
+) -> list[TrainingEstimate]:
+    """What one training run of the planned size costs on each platform.
+
+    Per-token platforms bill every token of the training file (prompts too) x epochs, which is how the
+    managed services price fine-tuning; hourly ones bill `hours`, the time estimated on this machine from a
+    measured step. Each platform counts tokens with its own tokenizer, so the figure is an estimate.
+
+    >>> from tunewise.economics.pricing import load_builtin
+    >>> catalog = load_builtin()
+    >>> [e.dollars for e in training_estimates(100_000, 3, ["azure-openai"], catalog)]  # 0.3M x $25/M
+    [7.5]
+    >>> training_estimates(100_000, 3, ["self-hosted"], catalog)[0].dollars is None  # no GPU rate given
+    True
+    """
+    estimates = []
+    for name in platforms:
+        entry = catalog.get(name)
+        if entry.training_per_million_tokens.known:
+            rate = entry.require("training_per_million_tokens")
+            dollars = training_cost(tokens_per_epoch, epochs, rate)
+            basis = f"{tokens_per_epoch:,} tokens x {epochs} epochs at ${rate:,.2f} per million"
+        elif entry.training_per_hour.known and hours is not None:
+            rate = entry.require("training_per_hour")
+            dollars = round(hours * rate, 10)
+            basis = f"{hours:.2f} h (the estimate on this machine) at ${rate:,.2f} per hour"
+        elif entry.training_per_hour.known:
+            dollars = None
+            basis = "billed per hour: needs the run's time, which a plan without a measured step lacks"
+        else:
+            dollars = None
+            # A GPU paid by the hour (self-hosted) lacks an hourly rate; a managed service, a per-token price.
+            field_name = (
+                "training_per_hour" if entry.hosting_applies_to == "all" else "training_per_million_tokens"
+            )
+            note = getattr(entry, field_name).note
+            basis = f"no {field_name} in the catalog ({note}); set it with --pricing FILE"
+        estimates.append(TrainingEstimate(entry.id, dollars, basis))
+    return estimates
+
+
 def cost_report(request: CostRequest, catalog: Catalog) -> CostReport:
     """Monthly bills at the stated volume, break-even for every pair of options, and the cheapest option."""
     options, skipped, notes = build_options(request, catalog)
@@ -258,4 +313,13 @@ def cost_report(request: CostRequest, catalog: Catalog) -> CostReport:
     )
 
 
-__all__ = ["ArmTokens", "CostReport", "CostRequest", "build_options", "cost_report", "gpu_capacity"]
+__all__ = [
+    "ArmTokens",
+    "CostReport",
+    "CostRequest",
+    "TrainingEstimate",
+    "build_options",
+    "cost_report",
+    "gpu_capacity",
+    "training_estimates",
+]

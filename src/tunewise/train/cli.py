@@ -22,8 +22,8 @@ def _number(value: str | None, kind: type, flag: str) -> Any:
         raise TunewiseError(f"{flag} must be 'auto' or {noun} (got {value!r})") from None
 
 
-def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
-    """Training settings from tunewise.yaml (when there is one) and the project that holds it."""
+def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any, Any]:
+    """Training settings from tunewise.yaml, the project that holds it and the spec (None when there is none)."""
     from tunewise.project import Project, find_project
     from tunewise.spec import load_spec
 
@@ -34,7 +34,7 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
         try:
             project = find_project()
         except TunewiseError:
-            return {}, Project(Path.cwd())  # no spec: flags only, state recorded under ./.tunewise
+            return {}, Project(Path.cwd()), None  # no spec: flags only, state recorded under ./.tunewise
         spec_path = project.spec_path
     spec = load_spec(spec_path)
     hp = spec.hyperparameters
@@ -62,7 +62,35 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
             # The spec's eval files are the test set the arms are judged on: training reports its loss but must
             # not choose weights by it (`tunewise run` carves a validation set from the training split).
             values["keep_best"] = False
-    return values, project
+    return values, project, spec
+
+
+def dry_run_pricing(
+    spec: Any, root: Path, platform: str | None, pricing: Path | None
+) -> tuple[Any, list[str]]:
+    """The pricing catalog and the platforms a dry run is priced on: --platform, else the spec's
+    economics.platforms, else the defaults. Names are checked here, before the measured step, not after it."""
+    from tunewise.economics.cli import _platforms
+    from tunewise.economics.pricing import load_catalog
+    from tunewise.spec import EconomicsSpec
+
+    econ = spec.economics if spec is not None else EconomicsSpec()
+    catalog = load_catalog(root / econ.pricing_file if econ.pricing_file else None, pricing)
+    platforms = _platforms(platform) or list(econ.platforms)
+    for name in platforms:
+        catalog.get(name)  # raises with the nearest known name
+    return catalog, platforms
+
+
+def price_plan(plan: Any, catalog: Any, platforms: list[str]) -> None:
+    """Attach one training run's estimated cost on each platform to a dry run's plan."""
+    from dataclasses import asdict
+
+    from tunewise.economics.plan import training_estimates
+
+    hours = plan.estimated_time_s / 3600 if plan.estimated_time_s is not None else None
+    estimates = training_estimates(plan.tokens_per_epoch, plan.epochs, platforms, catalog, hours=hours)
+    plan.training_costs = [asdict(e) for e in estimates]
 
 
 @app.command(
@@ -74,39 +102,57 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any]:
 )
 def train(
     spec: Path | None = typer.Option(
-        None, "--spec", help="The task spec (default: tunewise.yaml found upward)."
+        None, "--spec", metavar="FILE", help="The task spec (default: tunewise.yaml found upward)."
     ),
     data: list[Path] | None = typer.Option(
-        None, "--data", help="Training data: chat JSONL ({'messages': [...]})."
+        None,
+        "--data",
+        metavar="FILE",
+        help="Training data: chat JSONL ({'messages': [...]}); repeat for more files.",
     ),
     eval_data: list[Path] | None = typer.Option(
-        None, "--eval", help="Validation chat JSONL: held-out loss and accuracy, best-weights choice."
+        None,
+        "--eval",
+        metavar="FILE",
+        help="Validation chat JSONL (repeatable): held-out loss and accuracy, best-weights choice.",
     ),
     base: str | None = typer.Option(
-        None, "--base", help="embedded:smollm2-135m-instruct, a folder or a Hub id."
+        None, "--base", metavar="MODEL", help="embedded:smollm2-135m-instruct, a folder or a Hub id."
     ),
-    method: str | None = typer.Option(None, "--method", help="lora or full."),
-    epochs: str | None = typer.Option(None, "--epochs", help="Number of epochs, or auto."),
-    lr: str | None = typer.Option(None, "--lr", help="Peak learning rate, or auto."),
-    batch_size: str | None = typer.Option(None, "--batch-size", help="Examples per optimizer step, or auto."),
-    rank: str | None = typer.Option(None, "--rank", help="LoRA rank, or auto."),
-    alpha: str | None = typer.Option(None, "--alpha", help="LoRA alpha, or auto (2 x rank)."),
-    dropout: float | None = typer.Option(None, "--dropout", help="LoRA dropout."),
-    max_length: str | None = typer.Option(None, "--max-length", help="Tokens per example, or auto."),
+    method: str | None = typer.Option(None, "--method", metavar="lora|full", help="lora or full."),
+    epochs: str | None = typer.Option(None, "--epochs", metavar="N|auto", help="Number of epochs, or auto."),
+    lr: str | None = typer.Option(None, "--lr", metavar="RATE|auto", help="Peak learning rate, or auto."),
+    batch_size: str | None = typer.Option(
+        None, "--batch-size", metavar="N|auto", help="Examples per optimizer step, or auto."
+    ),
+    rank: str | None = typer.Option(None, "--rank", metavar="N|auto", help="LoRA rank, or auto."),
+    alpha: str | None = typer.Option(
+        None, "--alpha", metavar="A|auto", help="LoRA alpha, or auto (2 x rank)."
+    ),
+    dropout: float | None = typer.Option(None, "--dropout", metavar="P", help="LoRA dropout."),
+    max_length: str | None = typer.Option(
+        None, "--max-length", metavar="N|auto", help="Tokens per example, or auto."
+    ),
     micro_batch_tokens: str | None = typer.Option(
         None,
         "--micro-batch-tokens",
+        metavar="N|auto",
         help="Tokens per packed micro-batch (bounds activation memory), or auto.",
     ),
     micro_batch_workers: str | None = typer.Option(
         None,
         "--micro-batch-workers",
+        metavar="N|auto",
         help="Micro-batches computed at once, one thread each (fp32 LoRA on CPU), or auto.",
     ),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for initialization and data order."),
-    eval_every: int | None = typer.Option(None, "--eval-every", help="Steps between held-out evaluations."),
+    seed: int | None = typer.Option(
+        None, "--seed", metavar="N", help="Seed for initialization and data order."
+    ),
+    eval_every: int | None = typer.Option(
+        None, "--eval-every", metavar="STEPS", help="Steps between held-out evaluations."
+    ),
     early_stopping: int | None = typer.Option(
-        None, "--early-stopping", help="Stop after N evaluations without held-out improvement."
+        None, "--early-stopping", metavar="N", help="Stop after N evaluations without held-out improvement."
     ),
     keep_best: bool | None = typer.Option(
         None,
@@ -115,20 +161,39 @@ def train(
         "lower than the last step's beyond the noise, or always the last.",
     ),
     checkpoint_every: int | None = typer.Option(
-        None, "--checkpoint-every", help="Steps between checkpoints."
+        None, "--checkpoint-every", metavar="STEPS", help="Steps between checkpoints."
     ),
-    precision: str | None = typer.Option(None, "--precision", help="auto (measured), float32 or bfloat16."),
-    threads: int | None = typer.Option(None, "--threads", help="torch threads (default: torch's choice)."),
+    precision: str | None = typer.Option(
+        None, "--precision", metavar="auto|float32|bfloat16", help="auto (measured), float32 or bfloat16."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", metavar="N", help="torch threads (default: torch's choice)."
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan with a measured step; do not train."
     ),
-    resume: str | None = typer.Option(None, "--resume", help="Continue run RUN from its last checkpoint."),
+    platform: str | None = typer.Option(
+        None,
+        "--platform",
+        metavar="NAMES",
+        help="With --dry-run: comma-separated platforms or catalog entries to price the run on "
+        "(default: the spec's economics.platforms).",
+    ),
+    pricing: Path | None = typer.Option(
+        None,
+        "--pricing",
+        metavar="FILE",
+        help="With --dry-run: a pricing override YAML (as for tunewise cost).",
+    ),
+    resume: str | None = typer.Option(
+        None, "--resume", metavar="RUN", help="Continue run RUN from its last checkpoint."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result (or plan) as JSON on stdout."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
     from tunewise.train import TrainConfig, run
 
-    values, project = config_from_spec(spec)
+    values, project, spec_model = config_from_spec(spec)
     if resume is not None:
         result = run(
             None, project, resume=resume, narrate=lambda m: err.print(m, highlight=False, markup=False)
@@ -162,9 +227,13 @@ def train(
     values.update({k: v for k, v in flags.items() if v is not None})
     values["progress"] = not no_progress
     config = TrainConfig.from_dict(values)
+    if dry_run:
+        catalog, platforms = dry_run_pricing(spec_model, project.root, platform, pricing)
     result = run(
         config, project, dry_run=dry_run, narrate=lambda m: err.print(m, highlight=False, markup=False)
     )
+    if dry_run:
+        price_plan(result, catalog, platforms)
     _render(result, json_out)
 
 

@@ -451,6 +451,9 @@ class Plan:
     measured_tokens_per_s: float | None = None
     estimated_time_s: float | None = None
     peak_memory_gb: float | None = None
+    # One training run's price per chosen platform (economics.plan.training_estimates), set by `tunewise train
+    # --dry-run`: {"platform", "dollars" (None when unknown), "basis"}.
+    training_costs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -480,6 +483,14 @@ class Plan:
             )
         if self.peak_memory_gb is not None:
             lines.append(f"  peak memory estimate: {self.peak_memory_gb:.2f} GB")
+        if self.training_costs:
+            lines.append(
+                "  estimated training cost (this model's tokenizer counts the tokens; check current prices):"
+            )
+            width = max(len(c["platform"]) for c in self.training_costs)
+            for c in self.training_costs:
+                price = f"${c['dollars']:,.2f}" if c["dollars"] is not None else "unknown"
+                lines.append(f"    {c['platform']:<{width}}  {price:>10}  {c['basis']}")
         return "\n".join(lines)
 
 
