@@ -67,6 +67,43 @@ def test_offline_hub_id_says_how_to_provide_the_model(monkeypatch):
         assert "--local-dir" in message and "model.base" in message
 
 
+def test_unreachable_hub_fails_at_once_with_the_reason(monkeypatch):
+    """No route to the Hub: the error comes from one connection attempt, not huggingface_hub's five retries."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from tunewise.models import loading
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused
+    port = closed.getsockname()[1]
+    for name in (
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    try:
+        assert (
+            loading.hub_unreachable(timeout=2.0) == f"127.0.0.1:{port} cannot be reached (Connection refused)"
+        )
+        with pytest.raises(TunewiseError) as info:
+            loading.load_tokenizer("some-org/not-cached-model-xyz")
+    finally:
+        closed.close()
+    message = str(info.value)
+    assert f"the Hub is out of reach: 127.0.0.1:{port} cannot be reached" in message
+    assert "--local-dir" in message
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    assert loading.hub_unreachable() is None  # behind a proxy, the proxy decides
+
+
 def test_precision_rule():
     from tunewise.models.loading import decide_precision
 

@@ -6,7 +6,8 @@ Sources, in the order `resolve_base()` tries them:
   (`models.embedded.model_dir()`).
 - a local Hugging Face folder (config.json + *.safetensors).
 - a Hub id (`org/name`): from the local Hugging Face cache first, then the network where allowed. Offline,
-  the error says how to provide the model as a local folder instead; it never hangs or prints a traceback.
+  or with no route to the Hub (`hub_unreachable`: one connection attempt), the error says how to provide the
+  model as a local folder instead; it never hangs or prints a traceback.
 
 Weights load from safetensors only (never pickle), and `trust_remote_code` stays off unless the spec turns it on.
 """
@@ -78,12 +79,39 @@ def resolve_base(base: str) -> str:
     return base  # a Hub id
 
 
+class HubUnreachable(OSError):
+    """No connection to the Hugging Face Hub could be opened."""
+
+
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Hub cannot be reached (found within `timeout` seconds), or None when a connection opens.
+
+    huggingface_hub retries a failed connection five times with back-off, about 45 s of warnings, before it
+    gives up; a machine with no route to the Hub should hear so at once. Behind a proxy the proxy decides
+    what is reachable, so no check is made there."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)  # honours HF_ENDPOINT
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{host}:{port} cannot be reached ({exc.strerror or exc})"
+    return None
+
+
 def _hub_error(base: str, exc: Exception) -> TunewiseError:
-    why = (
-        "the network is off (HF_HUB_OFFLINE=1)"
-        if _offline()
-        else f"it could not be fetched ({type(exc).__name__})"
-    )
+    if _offline():
+        why = "the network is off (HF_HUB_OFFLINE=1)"
+    elif isinstance(exc, HubUnreachable):
+        why = f"the Hub is out of reach: {exc}"
+    else:
+        why = f"it could not be fetched ({type(exc).__name__})"
     return TunewiseError(
         f"cannot load model '{base}': it is not in the local Hugging Face cache and {why}",
         hint="on a machine with network access run `huggingface-cli download "
@@ -127,6 +155,9 @@ def _from_pretrained(cls: Any, source: str, **kwargs: Any) -> Any:
     try:
         return cls.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError:
+        why = hub_unreachable()
+        if why is not None:
+            raise HubUnreachable(why) from None
         return cls.from_pretrained(source, **kwargs)
 
 
