@@ -560,6 +560,15 @@ def test_dry_run_prices_the_run_on_each_chosen_platform(tmp_path, run_cli):
     plan = json.loads(out)
     [cost] = plan["training_costs"]
     assert cost["dollars"] == pytest.approx(plan["estimated_time_s"] / 3600 * 3.0)
+    spec = (tmp_path / "tunewise.yaml").read_text()  # the same override named by the spec
+    (tmp_path / "tunewise.yaml").write_text(
+        spec.replace("economics: {", "economics: {pricing_file: prices.yaml, ")
+    )
+    code, out, err = run_cli("train", "--dry-run", "--precision", "float32", "--json", cwd=tmp_path)
+    assert code == 0, err
+    costs = {c["platform"]: c for c in json.loads(out)["training_costs"]}
+    assert costs["self-hosted/gpu"]["dollars"] is not None and "per hour" in costs["self-hosted/gpu"]["basis"]
+    (tmp_path / "tunewise.yaml").write_text(spec)
 
     # The text plan shows them; an unknown platform fails clearly before anything is measured.
     code, out, err = run_cli("train", "--dry-run", "--precision", "float32", cwd=tmp_path)

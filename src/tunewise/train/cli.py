@@ -193,7 +193,7 @@ def train(
 ) -> None:
     from tunewise.train import TrainConfig, run
 
-    values, project, spec_model = config_from_spec(spec)
+    values, project, loaded_spec = config_from_spec(spec)
     if resume is not None:
         result = run(
             None, project, resume=resume, narrate=lambda m: err.print(m, highlight=False, markup=False)
@@ -228,7 +228,7 @@ def train(
     values["progress"] = not no_progress
     config = TrainConfig.from_dict(values)
     if dry_run:
-        catalog, platforms = dry_run_pricing(spec_model, project.root, platform, pricing)
+        catalog, platforms = dry_run_pricing(loaded_spec, project.root, platform, pricing)
     result = run(
         config, project, dry_run=dry_run, narrate=lambda m: err.print(m, highlight=False, markup=False)
     )
