@@ -97,6 +97,7 @@ def price_plan(plan: Any, catalog: Any, platforms: list[str]) -> None:
     help="Fine-tune the base model (LoRA or full) on chat JSONL data; flags override tunewise.yaml.\n\n"
     "Examples:\n\n"
     "  tunewise train --data data/train.jsonl --eval data/eval.jsonl --dry-run\n\n"
+    "  tunewise train --dry-run --platform together,self-hosted --pricing my-prices.yaml\n\n"
     "  tunewise train --method lora --epochs 3 --lr 2e-4 --rank 8\n\n"
     "  tunewise train --resume train-20250101-120000-ab12"
 )
