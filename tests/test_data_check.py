@@ -290,10 +290,14 @@ def test_fuzz_never_crashes(tmp_path_factory, lines):
 
 
 def test_every_shared_dataset_passes(shared_datasets: Path, tokenizer):
-    for train in sorted(shared_datasets.glob("*/train.jsonl")):
+    trains = sorted(shared_datasets.glob("*/train.jsonl"))
+    assert trains
+    for train in trains:
         report = check_files([train], None, options_from_spec(None, tokenizer=tokenizer), tokenizer)
         assert report.errors == 0, (train, [g.to_json() for g in report.problems.sorted()][:3])
-        assert report.files[0]["examples"] > 500
+        # One example per non-blank line: none lost (the sets range from a few hundred to 10k examples).
+        lines = sum(1 for line in train.read_text(encoding="utf-8").splitlines() if line.strip())
+        assert report.files[0]["examples"] == lines > 200, train
 
 
 def test_structure_only_reports_the_structural_problems(tmp_path: Path, run_cli):
