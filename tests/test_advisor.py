@@ -134,7 +134,10 @@ def test_cli_advise_fine_tuning(run_cli):
     assert code == 0
     assert out.startswith("recommendation: fine-tuning")
     assert "+ prompt_consistency = 0.8: documented ceiling: 80% < 95%" in out
-    assert "guide: Use fine-tuning when you have 200+ validated training examples." in out
+    assert (
+        "from the practitioner's guide (docs/guide.md): Use fine-tuning when you have 200+ validated training examples."
+        in out
+    )
 
 
 def test_cli_advise_flag_flips_and_json(run_cli):

@@ -233,7 +233,9 @@ def full_state() -> dict:
                     "b": "fine-tuned @ azure-openai",
                     "volume": 680.0,
                     "formula": "q = (1,224.00 - 0.00) / (30 x (0.08 - 0.02)) = 680.0 queries/day",
-                    "notes": ["the guide says azure-openai breaks even at roughly 800 queries/day"],
+                    "notes": [
+                        "the practitioner's guide (docs/guide.md) says azure-openai breaks even at roughly 800 queries/day"
+                    ],
                 },
                 {
                     "a": "fine-tuned @ together",
@@ -439,7 +441,7 @@ def test_arms_table_numbers_and_bars(built):
     assert "reference" in few and "reference" not in zero
     assert 'title="$0.000120 &lt; $0.00121 of few-shot"' in tuned
     assert "Macro-F1" in section(html, "arms") and "Field-F1" not in section(html, "arms")
-    assert 'id="bars-legend"' in html and "meets the guide" in html
+    assert 'id="bars-legend"' in html and "meets the bar (docs/guide.md)" in html
 
 
 def test_paired_comparisons_once_per_pair(built):
@@ -464,7 +466,7 @@ def test_plots_are_inline_images_with_content(built):
     assert 'id="plot-quality"' in p and 'id="plot-cost"' in p
     assert "$1,200.00" in p and "$450.00" in p and "cheapest" in p
     assert "680.0 queries/day" in p and "never (the lines do not cross)" in p
-    assert "the guide says azure-openai" in p
+    assert "guide (docs/guide.md) says azure-openai" in p
 
 
 def test_untrusted_text_is_escaped(built):

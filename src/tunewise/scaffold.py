@@ -8,7 +8,7 @@ from tunewise.errors import TunewiseError
 from tunewise.project import Project, atomic_write_text
 
 TEMPLATE = """\
-# tunewise task spec. Reference: README.md, section "The task spec".
+# tunewise task spec. Reference: docs/spec.md.
 task:
   name: {name}
   # One sentence: the input, the output and its form. Vague targets give noisy data and no verdict.
@@ -32,7 +32,7 @@ model:
   base: embedded:smollm2-135m-instruct   # or a local Hugging Face folder
 
 method: lora          # lora or full
-hyperparameters:      # every value defaults to auto (rule in the README)
+hyperparameters:      # every value defaults to auto (rules in docs/training.md)
   epochs: auto
   learning_rate: auto
 

@@ -429,10 +429,10 @@ def _demo_spec_yaml() -> str:
         },
     }
     header = (
-        "# tunewise demo project: support-ticket triage, the guide's worked example.\n"
+        "# tunewise demo project: support-ticket triage, after the worked example in docs/guide.md.\n"
         "# Written by `tunewise.data.demo.write_demo_project`; edit freely.\n"
         "# economics.value_per_accuracy_point (dollars per accuracy point per month) is a demo assumption;\n"
-        "# prices.yaml holds the per-token prices the guide does not give, with their sources.\n"
+        "# prices.yaml holds the per-token prices the practitioner's guide does not give, with their sources.\n"
     )
     return header + yaml.dump(spec, Dumper=_SpecDumper, sort_keys=False, allow_unicode=True, width=110)
 
@@ -443,7 +443,7 @@ DEMO_SPEC_YAML = _demo_spec_yaml()
 # Together at the rate a third-party summary reports for Llama 3.1 8B, which is labelled as such: the point
 # of the demo is the arithmetic, and every figure in the report shows where it came from.
 DEMO_PRICES_YAML = """\
-# Demo price assumptions (the guide gives no per-token inference prices). Verify with the vendor.
+# Demo price assumptions (the practitioner's guide, docs/guide.md, gives no per-token inference prices). Verify with the vendor.
 entries:
   - id: together/lora-up-to-16b
     inference_input_per_million_tokens:

@@ -244,7 +244,7 @@ def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -
                 "(file)",
                 where,
                 0,
-                f"{n} training examples: results below {UNRELIABLE_BELOW} are unreliable (the guide recommends 200-500)",
+                f"{n} training examples: results below {UNRELIABLE_BELOW} are unreliable (the practitioner's guide recommends 200-500; docs/guide.md)",
             )
         elif n < RECOMMENDED[0]:
             problems.add(
@@ -253,7 +253,7 @@ def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -
                 "(file)",
                 where,
                 0,
-                f"{n} training examples: the guide recommends {RECOMMENDED[0]}-{RECOMMENDED[1]} validated examples",
+                f"{n} training examples: the practitioner's guide (docs/guide.md) recommends {RECOMMENDED[0]}-{RECOMMENDED[1]} validated examples",
             )
     if opts.provider:
         minimum, why = PROVIDER_MIN[opts.provider]
@@ -273,7 +273,7 @@ def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -
                     "(labels)",
                     where,
                     0,
-                    f"{len(small)} of {k} classes have fewer than {PER_CLASS[0]} examples (the guide: {PER_CLASS[0]}-{PER_CLASS[1]} per class with {MANY_CLASSES}+ classes): {shown}",
+                    f"{len(small)} of {k} classes have fewer than {PER_CLASS[0]} examples (the practitioner's guide, docs/guide.md: {PER_CLASS[0]}-{PER_CLASS[1]} per class with {MANY_CLASSES}+ classes): {shown}",
                 )
         most, least = max(counts.values()), min(counts.values())
         if least and most / least >= IMBALANCE_RATIO:

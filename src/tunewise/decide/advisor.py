@@ -258,7 +258,7 @@ def advise(answers: Answers) -> Advice:
         add(
             "queries_per_day",
             f"{q:g} queries/day: between 100 and 1,000, it depends on the platform's hosting "
-            "(the guide's example breaks even at 680/day on Azure, 83/day on Together)",
+            "(the worked example in docs/guide.md breaks even at 680/day on Azure, 83/day on Together)",
             True,
         )
         measure.append(
@@ -272,7 +272,7 @@ def advise(answers: Answers) -> Advice:
     if n is None:
         add("validated_examples", "unanswered", None)
         measure.append(
-            "Count the validated examples you have (200-500 high-quality examples is the guide's range)"
+            "Count the validated examples you have (200-500 high-quality examples is the range of the practitioner's guide, docs/guide.md)"
         )
         unknown = True
     elif n < MIN_VALIDATED_EXAMPLES:

@@ -10,8 +10,8 @@ import typer
 from tunewise.cli import app, err, out, print_json
 from tunewise.errors import TunewiseError
 
-ADVISE_HELP = """Prompt engineering, RAG, fine-tuning, RAG + fine-tuning, or not yet: the guide's rules applied to a
-short questionnaire, each reason tied to its rule, plus what to measure next. Unanswered questions are asked
+ADVISE_HELP = """Prompt engineering, RAG, fine-tuning, RAG + fine-tuning, or not yet: the rules of the practitioner's guide
+(docs/guide.md) applied to a short questionnaire, each reason tied to its rule, plus what to measure next. Unanswered questions are asked
 when stdin is a terminal (unless --no-input); --spec supplies the volume and counts the training examples.
 
 Example: tunewise advise --problem behaviour --prompt-tested --prompt-consistency 0.8 --queries-per-day 2000 --validated-examples 400 --can-judge-quality --facts-stable"""
@@ -151,7 +151,7 @@ def advise(
     for r in advice.reasons:
         mark = {True: "+", False: "-", None: "?"}[r.favours_fine_tuning]
         out.print(f"  {mark} {r.rule} = {r.answer}: {r.effect}", highlight=False)
-        out.print(f"      guide: {r.guide}", highlight=False)
+        out.print(f"      from the practitioner's guide (docs/guide.md): {r.guide}", highlight=False)
     out.print("measure next:", highlight=False)
     for m in advice.measure_next:
         out.print(f"  - {m}", highlight=False)
@@ -236,7 +236,7 @@ def decide(
     for r in verdict.rules:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]
         out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False)
-        out.print(f"         guide: {r.guide}", highlight=False)
+        out.print(f"         from the practitioner's guide (docs/guide.md): {r.guide}", highlight=False)
     if verdict.cheapest_platform:
         out.print(f"cheapest fine-tuned option: {verdict.cheapest_platform}", highlight=False)
     if verdict.break_even:

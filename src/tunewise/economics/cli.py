@@ -16,7 +16,7 @@ COST_HELP = """Monthly cost per option at a volume, and the break-even volume be
 monthly = cost_per_query x queries_per_day x 30 + hosting_per_month + training x 30 / retrain_every_days;
 break-even q = (fixed_B - fixed_A) / (30 x (per_query_A - per_query_B)).
 
-Example (the guide's worked example): tunewise cost --prompted-cost 0.08 --tuned-cost 0.02 --platform azure-openai,together --queries-per-day 500
+Example (the worked example of the practitioner's guide, docs/guide.md): tunewise cost --prompted-cost 0.08 --tuned-cost 0.02 --platform azure-openai,together --queries-per-day 500
 
 Also: tunewise cost --prompted-cost 0.08 --tuned-cost 0.02 --hosting-per-hour 1.70 --queries-per-day 500
       tunewise cost --spec tunewise.yaml --eval reports/eval_summary.json --plot reports/cost"""

@@ -265,7 +265,7 @@ def guide_notes(a: CostOption, b: CostOption, be: BreakEven) -> list[str]:
         tuned = a if a.per_query == g["tuned_per_query"] else b
         if math.isclose(tuned.hosting_per_month, hosting) and tuned.training_per_month == 0:
             notes.append(
-                f"the guide says {platform} breaks even at {g['guide_says'][platform]} queries/day; its own figures "
+                f"the practitioner's guide (docs/guide.md) says {platform} breaks even at {g['guide_says'][platform]} queries/day; its own figures "
                 f"give {_money(hosting)} / (30 x (0.08 - 0.02)) = {be.volume:,.1f} queries/day"
             )
     return notes
