@@ -218,12 +218,13 @@ def run_evaluation(
         "seed": seed,
     }
     store = RunStore(project)
-    run = store.create("eval", config, name=spec.task.name, dataset_versions=[dataset_version])
-    run_id, run_dir = run.id, run.path
     records: list[dict[str, Any]] = []
     arm_info: dict[str, dict[str, Any]] = {}
     calls: list[ModelCall] = []
-    try:
+    # Finished as failed (or cancelled, on Ctrl-C) with the error when anything below raises.
+    with store.recording("eval", config, name=spec.task.name, dataset_versions=[dataset_version]) as record:
+        run = record.run
+        run_id, run_dir = run.id, run.path
         base_engine = tuned_engine = tuned_run = None
         for name in arms:
             # `few-shot+scored` is the few-shot prompt, answered by label scoring (see the module docstring).
@@ -339,13 +340,9 @@ def run_evaluation(
         summary["arm_info"] = arm_info
         summary["max_new_tokens"] = max_new
         store.write_jsonl(run, "records.jsonl", records)
-        summary_path = store.write_json(run, "summary.json", summary)
+        record.result["summary"] = str(store.write_json(run, "summary.json", summary))
+        record.figures = eval_figures(summary)
         store.log_calls(run, calls)
-    except BaseException as exc:
-        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        store.finish(run, status, {"error": str(exc) or type(exc).__name__})
-        raise
-    store.finish(run, "succeeded", {"summary": str(summary_path)}, figures=eval_figures(summary))
     return EvalResult(run_id, run_dir, summary, records)
 
 

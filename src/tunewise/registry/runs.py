@@ -96,6 +96,16 @@ class ModelCall:
     latency_ms: float | None
 
 
+@dataclass
+class Recording:
+    """A run being recorded by `RunStore.recording`: the body sets what `finish` records when it ends."""
+
+    run: Run
+    result: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    dataset_versions: list[str | None] | None = None  # None: keep those given when the run was created
+
+
 class RunStore:
     """Runs of one project. Each method opens the registry, does its work in one transaction, closes it."""
 
@@ -133,6 +143,43 @@ class RunStore:
         return self.register(
             kind, config, run_id=run_id, path=path, name=name, dataset_versions=dataset_versions
         )
+
+    @contextmanager
+    def recording(
+        self,
+        kind: str,
+        config: Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+        name: str | None = None,
+        dataset_versions: Iterable[str | None] = (),
+    ) -> Iterator[Recording]:
+        """Create a run, run the `with` body, finish it: 'succeeded' with the result and figures the body set,
+        'cancelled' on Ctrl-C (KeyboardInterrupt), 'failed' with the error on any other exception (re-raised).
+
+        >>> import tempfile
+        >>> store = RunStore(Project(Path(tempfile.mkdtemp())))
+        >>> with store.recording("eval", {"arms": ["zero-shot"]}) as rec:
+        ...     rec.figures = {"accuracy": {"zero-shot": 0.5}}
+        >>> store.get(rec.run.id).status, store.get(rec.run.id).figures
+        ('succeeded', {'accuracy': {'zero-shot': 0.5}})
+        """
+        run = self.create(kind, config, run_id=run_id, name=name, dataset_versions=dataset_versions)
+        rec = Recording(run)
+        try:
+            yield rec
+        except BaseException as exc:
+            status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+            error = {"error": str(exc) or type(exc).__name__}
+            self.finish(
+                run,
+                status,
+                {**rec.result, **error},
+                figures=rec.figures,
+                dataset_versions=rec.dataset_versions,
+            )
+            raise
+        self.finish(run, "succeeded", rec.result, figures=rec.figures, dataset_versions=rec.dataset_versions)
 
     def register(
         self,
