@@ -301,3 +301,39 @@ def test_unknown_run_ids_and_filters_are_clear_errors(tmp_path, run_cli):
     assert code == 1 and "unknown --kind 'trian' (did you mean 'train'?)" in stderr
     code, stdout, stderr = run_cli("runs", cwd=project.root)
     assert code == 0 and stdout == "" and "no runs yet" in stderr
+
+
+def test_a_pipeline_run_is_recorded_with_its_verdict_and_stages(tmp_path, monkeypatch, run_cli):
+    """`tunewise run` interrupted, then run again: two pipeline runs (cancelled, succeeded) beside the training
+    and evaluation runs its stages made."""
+    from tests.test_pipeline import project as make_project
+    from tunewise.pipeline.run import STAGES, Pipeline
+    from tunewise.spec import load_spec
+
+    project = make_project.__wrapped__(tmp_path)
+
+    def interrupted(self, recorded):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pipeline, "_run_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(project, load_spec(project.spec_path)).run()
+    monkeypatch.undo()
+    result = Pipeline(project, load_spec(project.spec_path)).run()
+
+    store = RunStore(project)
+    done, stopped = store.list(kind="pipeline")
+    assert (stopped.status, stopped.error, stopped.figures) == ("cancelled", "KeyboardInterrupt", {})
+    stages = {o.stage: o.status for o in result.outcomes}
+    assert stages == {s: "skipped" if STAGES.index(s) < STAGES.index("evaluate") else "ran" for s in STAGES}
+    verdict = result.output("verdict")["recommendation"]
+    assert done.status == "succeeded" and done.figures == {"verdict": verdict, "stages": stages}
+    split = result.output("split")
+    assert done.dataset_versions == [split["train"]["version"], split["eval"]["version"]]
+    assert done.name == load_spec(project.spec_path).task.name
+    # The stages' own runs: one training run, the baseline's evaluation and the fine-tuned arm's.
+    assert [r.kind for r in store.list(kind="train")] == ["train"]
+    assert len(store.list(kind="eval", status="succeeded")) == 2
+
+    code, stdout, _ = run_cli("runs", "--kind", "pipeline", cwd=project.root)
+    assert code == 0 and f"verdict: {verdict}" in stdout and "cancelled" in stdout
