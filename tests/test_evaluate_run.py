@@ -100,9 +100,7 @@ def test_run_evaluation_records_every_arm_and_call(project: Project):
         status = registry.conn.execute(
             "SELECT status, kind FROM runs WHERE id=?", (result.run_id,)
         ).fetchone()
-        figures = registry.conn.execute(
-            "SELECT figures FROM runs WHERE id=?", (result.run_id,)
-        ).fetchone()
+        figures = registry.conn.execute("SELECT figures FROM runs WHERE id=?", (result.run_id,)).fetchone()
     finally:
         registry.close()
     # free arms: 3 arms x 3 examples x (1 greedy + 2 samples); scored arms: one scoring call per example (their

@@ -208,6 +208,7 @@ def test_recording_finishes_a_run_by_how_its_body_ended(store):
 def test_bad_kinds_and_statuses_are_bugs(store):
     with pytest.raises(ValueError, match="unknown run kind 'training'"):
         store.create("training", {})
+    assert not store.project.runs_dir.exists()  # refused before anything was written
     run = store.create("train", {})
     with pytest.raises(ValueError, match="not 'running'"):
         store.finish(run, "running")

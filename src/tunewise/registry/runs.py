@@ -136,6 +136,7 @@ class RunStore:
     ) -> Run:
         """A new run: its id (`new_run_id(kind)` unless given), its folder with `config.json`, its row
         (status 'running')."""
+        _check_kind(kind)
         run_id = run_id or new_run_id(kind)
         path = self.folder(run_id)
         path.mkdir(parents=True, exist_ok=True)
@@ -158,11 +159,13 @@ class RunStore:
         'cancelled' on Ctrl-C (KeyboardInterrupt), 'failed' with the error on any other exception (re-raised).
 
         >>> import tempfile
-        >>> store = RunStore(Project(Path(tempfile.mkdtemp())))
-        >>> with store.recording("eval", {"arms": ["zero-shot"]}) as rec:
-        ...     rec.figures = {"accuracy": {"zero-shot": 0.5}}
-        >>> store.get(rec.run.id).status, store.get(rec.run.id).figures
-        ('succeeded', {'accuracy': {'zero-shot': 0.5}})
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     store = RunStore(Project(Path(folder)))
+        ...     with store.recording("eval", {"arms": ["zero-shot"]}) as rec:
+        ...         rec.figures = {"accuracy": {"zero-shot": 0.5}}
+        ...     run = store.get(rec.run.id)
+        >>> run.kind, run.status, run.figures
+        ('eval', 'succeeded', {'accuracy': {'zero-shot': 0.5}})
         """
         run = self.create(kind, config, run_id=run_id, name=name, dataset_versions=dataset_versions)
         rec = Recording(run)
@@ -195,8 +198,7 @@ class RunStore:
 
         Registering an id that exists again (a resumed run) sets it back to 'running' with the new config; its
         kind, start time and name stay, so a job's run stays a 'job' when training registers it as 'train'."""
-        if kind not in KINDS:
-            raise ValueError(f"unknown run kind {kind!r}; kinds: {', '.join(KINDS)}")
+        _check_kind(kind)
         versions = [v for v in dict.fromkeys(dataset_versions) if v]
         path = Path(path) if path is not None else self.folder(run_id)
         with self._registry() as registry, registry.transaction() as conn:
@@ -246,8 +248,8 @@ class RunStore:
         figures: Mapping[str, Any] | None = None,
         dataset_versions: Iterable[str | None] | None = None,
     ) -> Run:
-        """End a run: write `result.json` ({**result, status, finished_at}) and set the row's status, result,
-        key figures and finish time (and its dataset versions, when they are known only now)."""
+        """End a run: write `result.json` ({**result, status, finished_at}) and set the row's status, result
+        and finish time, and its key figures and dataset versions when given (None keeps those recorded)."""
         if status not in FINISHED:
             raise ValueError(f"a run finishes as {', '.join(FINISHED)}, not {status!r}")
         record = {**(result or {}), "status": status}
@@ -260,13 +262,13 @@ class RunStore:
             versions = None if dataset_versions is None else [v for v in dataset_versions if v]
             with registry.transaction() as conn:
                 conn.execute(
-                    "UPDATE runs SET status=?, finished_at=?, result=?, figures=?,"
+                    "UPDATE runs SET status=?, finished_at=?, result=?, figures=coalesce(?, figures),"
                     " dataset_versions=coalesce(?, dataset_versions) WHERE id=?",
                     (
                         status,
                         record["finished_at"],
                         _dumps(record),
-                        _dumps(figures or {}),
+                        None if figures is None else _dumps(figures),
                         None if versions is None else json.dumps(list(dict.fromkeys(versions))),
                         _id(run),
                     ),
@@ -429,6 +431,11 @@ def describe_figures(kind: str, figures: Mapping[str, Any]) -> str:
 
 
 # --- rows --------------------------------------------------------------------------------------------------
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; kinds: {', '.join(KINDS)}")
 
 
 def _id(run: Run | str) -> str:
