@@ -100,9 +100,7 @@ def test_run_evaluation_records_every_arm_and_call(project: Project):
         status = registry.conn.execute(
             "SELECT status, kind FROM runs WHERE id=?", (result.run_id,)
         ).fetchone()
-        stored = registry.conn.execute(
-            "SELECT summary FROM evaluations WHERE run_id=?", (result.run_id,)
-        ).fetchone()
+        figures = registry.conn.execute("SELECT figures FROM runs WHERE id=?", (result.run_id,)).fetchone()
     finally:
         registry.close()
     # free arms: 3 arms x 3 examples x (1 greedy + 2 samples); scored arms: one scoring call per example (their
@@ -110,7 +108,8 @@ def test_run_evaluation_records_every_arm_and_call(project: Project):
     assert calls[0] == 3 * 3 * (1 + 2) + 3 * 3
     assert calls[1] > 0
     assert tuple(status) == ("succeeded", "eval")
-    assert json.loads(stored[0])["n_examples"] == 3
+    accuracy = {a["name"]: a["accuracy"]["value"] for a in summary["arms"]}
+    assert json.loads(figures[0]) == {"examples": 3, "accuracy": accuracy}
 
 
 def test_unknown_arm_and_missing_run_are_clear_errors(project: Project):

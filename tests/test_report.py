@@ -523,7 +523,7 @@ def test_writes_are_atomic(tmp_path, monkeypatch):
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(report_build.os, "replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)  # every atomic write renames with it
     state = full_state()
     state["project"] = "changed"
     with pytest.raises(OSError, match="disk full"):

@@ -277,6 +277,11 @@ def test_job_trains_the_tiny_model_to_a_chat_model(client, project):
     run_dir = Path(model["run_dir"])
     assert (run_dir / "adapter" / "adapter_config.json").is_file() and run_dir.name == job.id
     assert json.loads((run_dir / "result.json").read_text())["status"] == "succeeded"
+    from tunewise.registry.runs import RunStore
+
+    (run,) = RunStore(project).list(kind="job")  # the job's training run, under the job's id
+    assert (run.id, run.status, run.name, run.path) == (job.id, "succeeded", done.fine_tuned_model, run_dir)
+    assert run.figures["steps"] == 12 and run.figures["tokens"] == done.trained_tokens
 
     listed = [m.id for m in client.models.list()]
     assert done.fine_tuned_model in listed
@@ -332,6 +337,9 @@ def test_list_pagination_and_cancel(client, project):
         lambda: "Training stopped: the job was cancelled" in [e.message for e in all_events(client, jobs[0].id)],
         10, what="the runner to record the cancellation", log=log,
     )  # fmt: skip
+    from tunewise.registry.runs import RunStore
+
+    assert RunStore(project).get(jobs[0].id).status == "cancelled"
     for queued in jobs[1:]:
         assert client.fine_tuning.jobs.cancel(queued.id).status == "cancelled"
     assert (
@@ -341,7 +349,7 @@ def test_list_pagination_and_cancel(client, project):
         client.fine_tuning.jobs.cancel("ftjob-missing")
 
 
-def test_failed_job_reports_its_error_and_the_server_goes_on(client, tmp_path):
+def test_failed_job_reports_its_error_and_the_server_goes_on(client, project, tmp_path):
     broken = tmp_path / "broken-model"  # passes the request's checks, fails when training loads it
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
@@ -354,6 +362,10 @@ def test_failed_job_reports_its_error_and_the_server_goes_on(client, tmp_path):
     last = client.fine_tuning.jobs.list_events(job.id, limit=1).data[0]
     assert last.level == "error" and last.message.startswith("Fine-tuning failed")
     assert client.files.retrieve(train.id).id == train.id  # the server still answers
+    from tunewise.registry.runs import RunStore
+
+    run = RunStore(project).get(job.id)  # failed before training began: the runner finished its run
+    assert (run.kind, run.status, run.error) == ("job", "failed", done.error.message)
 
 
 # --- restart ------------------------------------------------------------------------------------------

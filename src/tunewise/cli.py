@@ -64,6 +64,7 @@ COMMAND_MODULES = (
     "tunewise.decide.cli",  # advise, decide
     "tunewise.report.cli",  # report
     "tunewise.serve.cli",  # serve, keys
+    "tunewise.registry.cli",  # runs, runs show
 )
 
 

@@ -4,9 +4,9 @@ my-task/
   tunewise.yaml            the task spec (stage 1 of the guide)
   data/                    your training and held-out files
   .tunewise/
-    registry.sqlite3       dataset versions, runs, evaluations, model calls, reviews, jobs
+    registry.sqlite3       dataset versions, runs and their model calls, pipeline stages, API keys, jobs
     datasets/<version>/    normalized, content-addressed dataset versions
-    runs/<run-id>/         one self-describing directory per training or evaluation run
+    runs/<run-id>/         one self-describing directory per run (`tunewise runs` lists them)
   reports/                 HTML and JSON reports
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
+from tunewise.fileio import atomic_write_text  # re-exported: the project's writers import it from here
 
 SPEC_NAME = "tunewise.yaml"
 STATE_NAME = ".tunewise"
@@ -74,9 +75,4 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNEWISE_CACHE", Path.home() / ".cache" / "tunewise"))
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write then rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+__all__ = ["Project", "find_project", "cache_dir", "atomic_write_text", "SPEC_NAME", "STATE_NAME"]

@@ -36,12 +36,12 @@ Providers and their sources (checked 2026-11):
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError, nearest
+from tunewise.fileio import atomic_open
 
 PROVIDERS = ("openai", "together", "vertex", "bedrock", "bedrock-prompt-completion", "hf")
 ROLES = ("system", "user", "assistant")
@@ -373,20 +373,18 @@ def convert_file(src_examples: Iterable[dict[str, Any]], provider: str, out_path
     """
     _check_provider(provider)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     problems: list[str] = []
     count = 0
-    try:
-        with tmp.open("w", encoding="utf-8", newline="\n") as fh:
-            for i, example in enumerate(src_examples):
-                try:
-                    record = to_provider(example, provider, index=i)
-                except TunewiseError as exc:
-                    problems.append(str(exc))
-                    continue
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
+    with atomic_open(out_path, "w", newline="\n") as fh:
+        for i, example in enumerate(src_examples):
+            try:
+                record = to_provider(example, provider, index=i)
+            except TunewiseError as exc:
+                problems.append(str(exc))
+                continue
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+        # Raised inside the block: the temporary file is removed and `out_path` is left as it was.
         if problems:
             shown = "\n".join(f"  - {p}" for p in problems[:_MAX_LISTED_PROBLEMS])
             more = len(problems) - _MAX_LISTED_PROBLEMS
@@ -397,7 +395,4 @@ def convert_file(src_examples: Iterable[dict[str, Any]], provider: str, out_path
             )
         if count == 0:
             raise TunewiseError(f"no examples to convert; nothing was written to {out_path}")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return count

@@ -97,7 +97,8 @@ def eval_command(
             names.append(arm)
         elif item.startswith("fine-tuned"):
             raise TunewiseError(
-                f"the fine-tuned arm needs a run: {item}:RUN_ID", hint="list runs in .tunewise/runs"
+                f"the fine-tuned arm needs a run: {item}:RUN_ID",
+                hint="list the training runs with `tunewise runs --kind train`",
             )
         else:
             names.append(item)

@@ -12,18 +12,16 @@ JSON Schema or regex. `evaluation.constrained` (auto: the prompted arms; true: t
 none) adds them; an arm list may also name them (`few-shot+scored`). A scored arm's consistency samples are
 labels drawn from its label scores at `temperature` (see `constrain.label_samples`).
 
-Every model call is logged in the registry (tokens, latency); per-example records and the summary are written
-to the run directory and the registry, so the report, the review pages and the verdict read them later.
+The evaluation is a run of the run store (kind 'eval'): per-example records (`records.jsonl`) and the summary
+(`summary.json`) are written to its folder, every model call (tokens, latency) to the registry, and each arm's
+accuracy to the run's key figures (`tunewise runs`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import secrets
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +36,8 @@ from tunewise.evaluate.constrain import (
     split_arm,
     variant_for_contract,
 )
-from tunewise.project import Project, atomic_write_text
+from tunewise.project import Project
+from tunewise.registry.runs import ModelCall, RunStore, eval_figures
 from tunewise.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -103,14 +102,6 @@ def plan_arms(
         if arm not in endpoints and variant is None and allowed and wanted:
             planned.append(f"{base}+{allowed}")
     return list(dict.fromkeys(planned))
-
-
-def _new_run_id() -> str:
-    return f"eval-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def _utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load_fine_tuned(project: Project, run: str) -> tuple[Any, Any, dict[str, Any]]:
@@ -214,9 +205,6 @@ def run_evaluation(
     labels = list(contract.get("labels") or [])
     constraint = constraint_for_contract(spec.contract)
 
-    run_id = _new_run_id()
-    run_dir = project.runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
     config = {
         "arms": arms,
         "fine_tuned_run": fine_tuned_run,
@@ -229,18 +217,14 @@ def run_evaluation(
         "dataset_version": dataset_version,
         "seed": seed,
     }
-    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
-    registry = project.registry()
-    with registry.transaction() as conn:
-        conn.execute(
-            "INSERT INTO runs (id, kind, status, created_at, finished_at, dataset_version, config, result, path)"
-            " VALUES (?, 'eval', 'running', ?, NULL, NULL, ?, NULL, ?)",
-            (run_id, _utc_now(), json.dumps(config), str(run_dir)),
-        )
+    store = RunStore(project)
     records: list[dict[str, Any]] = []
     arm_info: dict[str, dict[str, Any]] = {}
-    calls: list[tuple] = []
-    try:
+    calls: list[ModelCall] = []
+    # Finished as failed (or cancelled, on Ctrl-C) with the error when anything below raises.
+    with store.recording("eval", config, name=spec.task.name, dataset_versions=[dataset_version]) as record:
+        run = record.run
+        run_id, run_dir = run.id, run.path
         base_engine = tuned_engine = tuned_run = None
         for name in arms:
             # `few-shot+scored` is the few-shot prompt, answered by label scoring (see the module docstring).
@@ -340,21 +324,13 @@ def run_evaluation(
                         **({"label_scores": answer.scores} if variant == SCORED else {}),
                     }
                 )
-                now = _utc_now()
                 calls.append(
-                    (
-                        run_id,
-                        name,
-                        str(i),
-                        0,
-                        answer.prompt_tokens,
-                        answer.completion_tokens,
-                        answer.latency_ms,
-                        now,
+                    ModelCall(
+                        name, str(i), 0, answer.prompt_tokens, answer.completion_tokens, answer.latency_ms
                     )
                 )
                 calls.extend(
-                    (run_id, name, str(i), j + 1, g.prompt_tokens, g.completion_tokens, g.latency_ms, now)
+                    ModelCall(name, str(i), j + 1, g.prompt_tokens, g.completion_tokens, g.latency_ms)
                     for j, g in enumerate(extra)
                     if variant != SCORED  # a scored arm's samples are drawn from its scores: no model call
                 )
@@ -363,38 +339,10 @@ def run_evaluation(
         # What each arm was, so the pipeline merges summaries without guessing.
         summary["arm_info"] = arm_info
         summary["max_new_tokens"] = max_new
-        atomic_write_text(
-            run_dir / "records.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        )
-        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-        result = {"status": "succeeded", "summary": str(run_dir / "summary.json")}
-        with registry.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO model_calls (run_id, arm, example_id, sample, prompt_tokens, completion_tokens, latency_ms, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                calls,
-            )
-            conn.execute(
-                "INSERT INTO evaluations VALUES (?, ?, ?, ?)",
-                (run_id, dataset_version, json.dumps(list(arm_info)), json.dumps(summary)),
-            )
-            conn.execute(
-                "UPDATE runs SET status='succeeded', finished_at=?, result=? WHERE id=?",
-                (_utc_now(), json.dumps(result), run_id),
-            )
-    except BaseException as exc:
-        status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
-        result = {"status": status, "error": str(exc) or type(exc).__name__}
-        atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
-        with registry.transaction() as conn:
-            conn.execute(
-                "UPDATE runs SET status=?, finished_at=?, result=? WHERE id=?",
-                (status, _utc_now(), json.dumps(result), run_id),
-            )
-        registry.close()
-        raise
-    atomic_write_text(run_dir / "result.json", json.dumps(result, indent=2) + "\n")
-    registry.close()
+        store.write_jsonl(run, "records.jsonl", records)
+        record.result["summary"] = str(store.write_json(run, "summary.json", summary))
+        record.figures = eval_figures(summary)
+        store.log_calls(run, calls)
     return EvalResult(run_id, run_dir, summary, records)
 
 

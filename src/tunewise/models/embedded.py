@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
+from tunewise.fileio import publish, temp_path
 from tunewise.project import cache_dir
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,10 @@ def gguf_path() -> Path:
 
 
 def _publish(tmp: Path, final: Path) -> None:
-    """Move a fully written folder into place; a concurrent writer that won the race is fine."""
+    """Move a fully written folder into place (synced, then renamed); a concurrent writer that won the race is
+    fine."""
     try:
-        os.replace(tmp, final)
+        publish(tmp, final)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         if not final.is_dir():
@@ -61,7 +62,7 @@ def tokenizer_dir() -> Path:
     gguf = gguf_path()
     log.info("extracting the embedded tokenizer from %s (once)", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = temp_path(final)
     tokenizer.save_pretrained(tmp)
     _publish(tmp, final)
     return final
@@ -84,7 +85,7 @@ def model_dir() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.name_or_path = NAME
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = temp_path(final)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     _publish(tmp, final)

@@ -136,9 +136,22 @@ class Pipeline:
     # --- running ----------------------------------------------------------------------------------------
 
     def run(self, from_stage: str | None = None, only: str | None = None) -> PipelineResult:
+        """Run the stages, recorded as one run of kind 'pipeline' (its figures: the verdict, each stage's status)."""
+        from tunewise.registry.runs import RunStore, pipeline_figures
+
         for name in (from_stage, only):
             if name is not None and name not in STAGES:
                 raise TunewiseError(f"unknown stage '{name}'", hint=f"stages: {', '.join(STAGES)}")
+        config = {"from": from_stage, "only": only, "spec": self.spec.model_dump(mode="json", by_alias=True)}
+        with RunStore(self.project).recording("pipeline", config, name=self.spec.task.name) as record:
+            result = self._run_stages(from_stage, only)
+            stages = record.result["stages"] = {o.stage: o.status for o in result.outcomes}
+            record.figures = pipeline_figures(self.outputs.get("verdict", {}).get("recommendation"), stages)
+            split = self.outputs.get("split", {})
+            record.dataset_versions = [split.get(part, {}).get("version") for part in ("train", "eval")]
+        return result
+
+    def _run_stages(self, from_stage: str | None, only: str | None) -> PipelineResult:
         result = PipelineResult()
         forced = False
         for index, stage in enumerate(STAGES, 1):

@@ -1,5 +1,6 @@
-"""The project's SQLite registry: dataset versions, runs, evaluations, model calls, reviews and jobs."""
+"""The project's SQLite registry: dataset versions, runs and their model calls, pipeline stages, API keys and
+fine-tuning jobs. Runs are created, finished and found through the run store (registry/runs.py)."""
 
-from tunewise.registry.db import Registry, open_registry
+from tunewise.registry.db import Registry, open_registry, utc_now
 
-__all__ = ["Registry", "open_registry"]
+__all__ = ["Registry", "open_registry", "utc_now"]

@@ -14,6 +14,7 @@ from tunewise.registry.migrations import MIGRATIONS
 
 
 def utc_now() -> str:
+    """The time every registry row and run record is stamped with: UTC, ISO 8601, to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 

@@ -162,3 +162,72 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# The run store (registry/runs.py) records every kind of run in `runs`: several dataset versions per run (a
+# pipeline reads a training and a held-out version), a display name and the key figures `tunewise runs` shows.
+# `evaluations` held a copy of each evaluation's summary.json that nothing read; its per-arm accuracies become
+# the eval runs' figures before it is dropped. SQLite cannot drop a column that is a foreign key, so `runs` is
+# rebuilt; `model_calls` refers to it and is rebuilt around it (copied aside, then back).
+MIGRATIONS.append(
+    (
+        "007_run_store",
+        """
+        CREATE TABLE runs_new (
+            id TEXT PRIMARY KEY,            -- <kind>-<utc time>-<hex>, or the fine-tuning job's id
+            kind TEXT NOT NULL,             -- 'train', 'eval', 'pipeline', 'job'
+            name TEXT,                      -- a label: the task's name, the job's model name
+            status TEXT NOT NULL,           -- 'running', 'succeeded', 'failed', 'cancelled'
+            created_at TEXT NOT NULL,
+            finished_at TEXT,
+            dataset_versions TEXT NOT NULL DEFAULT '[]',  -- JSON list of dataset version ids it read
+            config TEXT NOT NULL,           -- JSON: the resolved config
+            result TEXT,                    -- JSON: the run's result.json
+            figures TEXT NOT NULL DEFAULT '{}',  -- JSON: key figures (losses, accuracies, the verdict)
+            path TEXT NOT NULL              -- the run directory
+        );
+        INSERT INTO runs_new
+            SELECT id, kind, NULL, status, created_at, finished_at,
+                   CASE WHEN dataset_version IS NULL THEN '[]' ELSE json_array(dataset_version) END,
+                   config, result,
+                   CASE
+                       WHEN kind = 'train' AND result IS NOT NULL THEN json_object(
+                           'steps', json_extract(result, '$.steps'),
+                           'train_loss', json_extract(result, '$.train_loss_last'),
+                           'validation_loss', json_extract(result, '$.eval_after.eval_loss'),
+                           'seconds', json_extract(result, '$.wall_s'))
+                       WHEN kind = 'eval' THEN coalesce(
+                           (SELECT json_object('accuracy', json_group_object(
+                                       json_extract(arm.value, '$.name'),
+                                       json_extract(arm.value, '$.accuracy.value')))
+                            FROM evaluations AS e, json_each(e.summary, '$.arms') AS arm
+                            WHERE e.run_id = runs.id
+                            HAVING count(*) > 0),
+                           '{}')
+                       ELSE '{}'
+                   END,
+                   path
+            FROM runs;
+        CREATE TABLE model_calls_kept AS SELECT * FROM model_calls;
+        DROP TABLE model_calls;
+        DROP TABLE evaluations;
+        DROP TABLE runs;
+        ALTER TABLE runs_new RENAME TO runs;
+        CREATE INDEX runs_kind ON runs(kind, created_at);
+        CREATE INDEX runs_status ON runs(status, created_at);
+        CREATE TABLE model_calls (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(id),
+            arm TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            sample INTEGER NOT NULL,        -- 0: the scored answer; 1..n: consistency samples
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms REAL,
+            created_at TEXT NOT NULL
+        );
+        INSERT INTO model_calls SELECT * FROM model_calls_kept;
+        DROP TABLE model_calls_kept;
+        CREATE INDEX model_calls_run ON model_calls(run_id, arm);
+        """,
+    )
+)

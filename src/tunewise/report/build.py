@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -802,21 +800,9 @@ def render_html(state: Mapping[str, Any]) -> str:
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write beside the target, then rename over it: a reader never sees half a report, a crash leaves the old one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file readable by its owner only; a report is meant to be shared and served, so
-        # give it the mode a plain open() would have (0666 less the umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from tunewise.fileio import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def build_report(state: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

@@ -12,7 +12,6 @@ Warnings (too few examples, duplicates) do not block an upload; `tunewise data c
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from tunewise.fileio import publish, temp_path
 from tunewise.project import Project
 from tunewise.serve.auth import require_key
 from tunewise.serve.errors import APIError
@@ -173,8 +173,6 @@ async def _receive(upload: UploadFile, tmp: Path) -> int:
                     code="file_too_large",
                 )
             f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
     return size
 
 
@@ -192,7 +190,7 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
     folder.mkdir(parents=True, exist_ok=True)
     file_id = new_file_id()
     final = folder / file_id
-    tmp = folder / f".{file_id}.tmp-{os.getpid()}"
+    tmp = temp_path(final)
     try:
         size = await _receive(file, tmp)
         if size == 0:
@@ -201,7 +199,7 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
         problems = await run_in_threadpool(check_fine_tune_file, tmp, filename)
         if problems:
             raise APIError(400, problems_message(filename, problems), param="file", code="invalid_file")
-        os.replace(tmp, final)
+        publish(tmp, final)  # synced and renamed: a stored file is whole, or absent
     finally:
         tmp.unlink(missing_ok=True)
     row = await run_in_threadpool(add_file, project, final, filename, purpose, file_id)

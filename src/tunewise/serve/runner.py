@@ -29,6 +29,7 @@ from typing import Any
 
 from tunewise.errors import TunewiseError
 from tunewise.project import Project
+from tunewise.registry.runs import RunStore
 from tunewise.serve.jobs import (
     EXTRA,
     add_event,
@@ -95,6 +96,7 @@ class JobRun:
             self._train()
         except KeyboardInterrupt:
             if self._read()["status"] == "cancelled":
+                self._close_run("cancelled", "the job was cancelled")
                 self.event("Training stopped: the job was cancelled")
             else:
                 self.event(
@@ -148,6 +150,8 @@ class JobRun:
             values["learning_rate"] = multiplier * self.base_lr
         config = TrainConfig.from_dict(values)
         self.event("Fine-tuning job started")
+        # A run of kind 'job' under the job's id: training registers the same id and keeps that kind.
+        RunStore(self.project).register("job", values, run_id=run_id, name=self.job["model_name"])
         loop.run(config, self.project, narrate=self.narrate, on_step=self.on_step, run_id=run_id)
 
     def _load_base_lr(self) -> None:
@@ -302,7 +306,19 @@ class JobRun:
         add_file(self.project, path, "step_metrics.csv", "fine-tune-results", file_id)
         return file_id
 
+    def _close_run(self, status: str, error: str) -> None:
+        """Finish the job's run when training stopped before recording its own outcome (it does, once started)."""
+        store = RunStore(self.project)
+        try:
+            run = store.get(self.job["run_id"])
+        except TunewiseError:
+            return  # stopped before the run was registered
+        if run.status == "running":
+            store.finish(run, status, {"error": error})
+
     def _fail(self, code: str, message: str) -> None:
+        self._close_run("failed", message)
+
         def fail(conn: Any) -> None:
             if update_job(
                 conn, self.job_id, ("running",), status="failed", finished_at=int(time.time()),

@@ -1,4 +1,5 @@
-"""The run directory and its registry row: one self-describing folder per training run.
+"""A training run's folder and its record in the run store (registry/runs.py): one self-describing folder
+per run.
 
 runs/<run-id>/
   config.json          the resolved config (what was asked, what `auto` became, data hashes)
@@ -16,21 +17,23 @@ import hashlib
 import json
 import os
 import platform
-import secrets
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tunewise.project import Project, atomic_write_text
+from tunewise.fileio import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
+from tunewise.fileio import atomic_write_text as atomic_write_text  # the training loop writes with these two
+from tunewise.project import Project
+from tunewise.registry.db import utc_now as utc_now
+from tunewise.registry.runs import RunStore, train_figures
+from tunewise.registry.runs import new_run_id as _new_run_id
+
+# Runs that hold a training run's folder: `tunewise train` makes 'train' runs, the jobs API 'job' runs.
+TRAINING_KINDS = ("train", "job")
 
 
 def new_run_id() -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"train-{stamp}-{secrets.token_hex(2)}"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """A new training run's id: `train-<UTC time>-<4 hex>`."""
+    return _new_run_id("train")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -42,7 +45,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    atomic_write_json(path, payload)
 
 
 def read_json(path: Path) -> Any:
@@ -82,64 +85,42 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         if not self.path.is_file():
             return
-        kept = [
-            line
-            for line in self.path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step
-        ]
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        atomic_write_jsonl(self.path, [r for r in self.read() if r.get("step", 0) <= step])
 
     def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(self.path, record)
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(x) for x in self.path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        return read_jsonl(self.path)
 
 
 def record_start(
     project: Project, run_id: str, run_dir: Path, config: dict[str, Any], dataset_version: str | None
 ) -> None:
-    """Insert (or, on resume, reset to running) the run's registry row."""
-    registry = project.registry()
-    try:
-        with registry.transaction() as conn:
-            conn.execute(
-                "INSERT INTO runs (id, kind, status, created_at, finished_at, dataset_version, config, result, path)"
-                " VALUES (?, 'train', 'running', ?, NULL, ?, ?, NULL, ?)"
-                " ON CONFLICT(id) DO UPDATE SET status='running', finished_at=NULL, config=excluded.config",
-                (run_id, utc_now(), dataset_version, json.dumps(config, default=str), str(run_dir)),
-            )
-    finally:
-        registry.close()
+    """Register the run (or, on resume, set it back to running); config.json is already in `run_dir`."""
+    RunStore(project).register(
+        "train", config, run_id=run_id, path=run_dir, dataset_versions=[dataset_version]
+    )
 
 
 def record_finish(project: Project, run_id: str, result: dict[str, Any]) -> None:
-    registry = project.registry()
-    try:
-        with registry.transaction() as conn:
-            conn.execute(
-                "UPDATE runs SET status=?, finished_at=?, result=? WHERE id=?",
-                (result["status"], utc_now(), json.dumps(result, default=str), run_id),
-            )
-    finally:
-        registry.close()
+    """Finish the run with `result` (TrainResult.to_dict() and more): result.json, status and key figures."""
+    store = RunStore(project)
+    metrics = MetricsLog(Path(result.get("run_dir") or store.folder(run_id)) / "metrics.jsonl").read()
+    store.finish(run_id, result["status"], result, figures=train_figures(result, metrics))
 
 
 def find_run_dir(project: Project, run: str) -> Path:
-    """The directory of run `run` (an id, a unique id prefix, or a path)."""
+    """The folder of training run `run`: its id, a unique prefix of it, or its folder's path."""
     from tunewise.errors import TunewiseError
 
     path = Path(run)
     if (path / "config.json").is_file():
         return path.resolve()
-    matches = sorted(p for p in project.runs_dir.glob(f"{run}*") if (p / "config.json").is_file())
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
+    found = RunStore(project).get(run, kinds=TRAINING_KINDS)
+    if not (found.path / "config.json").is_file():
         raise TunewiseError(
-            f"no run '{run}' in {project.runs_dir}", hint="list runs with `ls .tunewise/runs`"
+            f"run {found.id} is recorded but its folder {found.path} is missing or has no config.json",
+            hint="train again, or restore the folder",
         )
-    raise TunewiseError(f"'{run}' matches {len(matches)} runs", hint="type more of the run id")
+    return found.path
