@@ -312,7 +312,9 @@ class ModelPool:
             return
         from tunewise.evaluate.engine import LocalEngine
         from tunewise.models.loading import load_model
+        from tunewise.runtime import tune_process
 
+        tune_process()  # before any weight is loaded: oneDNN reads its cache sizes once
         if self.settings.threads is not None:
             import torch
 

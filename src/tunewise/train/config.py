@@ -144,7 +144,7 @@ def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
       example at 256 or 512 tokens, two or three at 768. 128 bitext_reply examples trained in 81.7 s at 768
       tokens, 75.2 s at 1,024 (1.84 and 1.99 GB peak RSS) and, on 64 examples, 47.8 s at 256 against 41.6 s at
       768 (1.55 and 1.76 GB). The training bench's 256 examples peaked at 2.01 GB at 768 and 2.19 GB at 1,024;
-      with ideep's kernel cache capped too (tunewise/__init__.py), at 1.84 and 1.83 GB in two runs at 768, and
+      with ideep's kernel cache capped too (tunewise/runtime.py), at 1.84 and 1.83 GB in two runs at 768, and
       768 and 1,024 tokens then ran 128 examples at the same speed (78.0 and 79.4 s; 1.50 and 1.65 GB).
 
     With two micro-batch workers (train/workers.py; fp32 by default) two micro-batches of this size are in

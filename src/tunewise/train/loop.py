@@ -577,6 +577,9 @@ def run(
     names it after the job."""
     import torch
 
+    from tunewise.runtime import tune_process
+
+    tune_process()  # before any weight is loaded: oneDNN reads its cache sizes once
     say = narrate or log.info
     rank, world = _dist_info()
     device = "cuda" if torch.cuda.is_available() else "cpu"
