@@ -57,6 +57,9 @@ class TrainConfig:
     keep_best: bool = True
     checkpoint_every: int | str = AUTO  # steps between checkpoints
     precision: str = AUTO  # auto | float32 | bfloat16
+    # auto: tunewise's CPU training kernels where they are tested (a CPU, the Llama family); off: plain
+    # transformers + PEFT (train/kernels.py).
+    kernels: str = AUTO
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     progress: bool = True
     dataset_version: str | None = None  # the registry id of the dataset version, when the data stage made it
@@ -110,6 +113,13 @@ class TrainConfig:
             )
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             problems.append("early_stopping_patience must be at least 1")
+        if self.kernels not in (AUTO, "off"):
+            problems.append(f"kernels must be auto or off (got {self.kernels!r})")
+        elif self.kernels == "off" and isinstance(workers, int) and workers > 1:
+            problems.append(
+                "micro_batch_workers above 1 runs tunewise's worker threads, which kernels: off turns off "
+                "(set micro_batch_workers: 1 or auto, or kernels: auto)"
+            )
         if self.precision not in (AUTO, "float32", "bfloat16", "fp32", "bf16"):
             problems.append(f"precision must be auto, float32 or bfloat16 (got {self.precision!r})")
         if problems:

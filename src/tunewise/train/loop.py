@@ -40,7 +40,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,13 @@ from tunewise.train.data import (
 )
 from tunewise.train.fused import use_fused_lora
 from tunewise.train.heap import HeapTrim, release_free_heap
+from tunewise.train.kernels import (
+    attention_for,
+    choose_kernels,
+    flash_attention_available,
+    model_kernels,
+    set_attention,
+)
 from tunewise.train.layers import use_fused_layers
 from tunewise.train.loss import linear_cross_entropy, release_workspace
 from tunewise.train.swiglu import use_fused_swiglu
@@ -154,8 +161,12 @@ def prepare(config: TrainConfig) -> Prepared:
 # --- model --------------------------------------------------------------------------------------------
 
 
-def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any) -> Any:
-    """The base model, wrapped with LoRA adapters for method lora; every parameter trainable for full."""
+def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any, device: str = "cpu") -> Any:
+    """The base model, wrapped with LoRA adapters for method lora; every parameter trainable for full.
+
+    With tunewise's kernels (`config.kernels`, train/kernels.py) its modules get the fused forwards; without,
+    it is the model transformers and PEFT build, on transformers' attention. The choice is kept on the model
+    (`kernels.model_kernels`)."""
     import torch
 
     from tunewise.models.loading import load_model
@@ -166,11 +177,14 @@ def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any)
         config.base, "float32", config.trust_remote_code, tokenizer=tokenizer, seed=config.seed
     )
     model.config.use_cache = False  # no KV cache in training: it only costs memory
-    _private_weights(model)
-    use_packed_attention(model)  # per-example attention inside packed rows (see train/attention.py)
-    use_fused_swiglu(model)  # the MLP keeps two tensors for backward, not three (see train/swiglu.py)
+    choice = choose_kernels(config.kernels, device, getattr(model.config, "model_type", None))
+    set_attention(model, choice.attention)
+    if choice.enabled:
+        _private_weights(model)
+        use_fused_swiglu(model)  # the MLP keeps two tensors for backward, not three (see train/swiglu.py)
     if config.method == "full":
         model.requires_grad_(True)
+        model.tunewise_kernels = choice
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -187,8 +201,10 @@ def _build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any)
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; harmless, noisy
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         model = get_peft_model(model, lora)
-    use_fused_lora(model)
-    use_fused_layers(model)  # after the LoRA wrap: the fused layers take over LoRA projections
+    if choice.enabled:
+        use_fused_lora(model)
+        use_fused_layers(model)  # after the LoRA wrap: the fused layers take over LoRA projections
+    model.tunewise_kernels = choice
     return model
 
 
@@ -247,22 +263,34 @@ def batch_loss(
     With `per_example`, the loss comes back as one sum per example (a 1-D tensor), for held-out comparisons
     that need to know how much of a difference is noise."""
     import torch
+    import torch.nn.functional as F
 
-    _, head = _parts(model)
     device = next(model.parameters()).device
     batch = pack(examples, device)
     targets = batch["targets"]
     # Examples are packed in order, so the trained positions of each one are one contiguous slice.
     counts = [sum(ex.mask[1:]) for ex in examples] if per_example else [int(targets.numel())]
     sums, correct = [], torch.zeros((), dtype=torch.long, device=device)
+    choice = model_kernels(model)
     with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        hidden = packed_hidden(model, batch)
-        # (1, L, H) -> (T, H): only positions whose next token is trained reach the vocabulary projection.
-        selected = hidden[0, batch["select"]]
-        for h, t in zip(selected.split(counts), targets.split(counts), strict=True):
-            loss_sum, right = _head_loss(head, h, t)
-            sums.append(loss_sum)
-            correct = correct + right
+        if choice is None or choice.enabled:
+            _, head = _parts(model)
+            hidden = packed_hidden(model, batch)
+            # (1, L, H) -> (T, H): only positions whose next token is trained reach the vocabulary projection.
+            selected = hidden[0, batch["select"]]
+            for h, t in zip(selected.split(counts), targets.split(counts), strict=True):
+                loss_sum, right = _head_loss(head, h, t)
+                sums.append(loss_sum)
+                correct = correct + right
+        else:
+            # The model's own forward; transformers projects only the trained positions (`logits_to_keep`).
+            logits = model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None,
+                use_cache=False, logits_to_keep=batch["select"],
+            ).logits[0].float()  # fmt: skip
+            for z, t in zip(logits.split(counts), targets.split(counts), strict=True):
+                sums.append(F.cross_entropy(z, t, reduction="sum"))
+                correct = correct + (z.detach().argmax(-1) == t).sum()
     return (torch.stack(sums) if per_example else sums[0]), correct, int(targets.numel())
 
 
@@ -653,16 +681,19 @@ def _run(
         check_trainable(prepared.train)
         if prepared.eval is not None:
             prepared.eval = truncate(prepared.eval, resolved.max_length)
-    model = _build_model(config, resolved, prepared.tokenizer).to(
+    model = _build_model(config, resolved, prepared.tokenizer, device).to(
         torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
     )
     model.train()
+    kernels = model.tunewise_kernels
     total_params, trainable_params = count_params(model)
     threads = torch.get_num_threads()
     randomness = draws_random_numbers(model)
+    # Without the kernels, one micro-batch at a time unless the config asks for more.
+    requested_workers = config.micro_batch_workers if kernels.enabled else 1
 
     def workers_in(dtype: str) -> int:
-        return workers_for(config.micro_batch_workers, config.method, device, threads, randomness, dtype)
+        return workers_for(requested_workers, config.method, device, threads, randomness, dtype)
 
     steps_per_epoch = math.ceil(n_examples / resolved.batch_size)
     total_steps = steps_per_epoch * resolved.epochs
@@ -685,10 +716,16 @@ def _run(
         shared = [precision]
         dist.broadcast_object_list(shared, src=0)
         precision = shared[0]
-    if mixed.frozen_base_in_bf16(config.method, precision.dtype):
+    if device == "cuda":  # flash-attention takes 16-bit inputs only: chosen once the precision is known
+        flash = attention_for(device, kernels.enabled, precision.dtype, flash_attention_available())
+        kernels = replace(kernels, attention=flash)
+        set_attention(model, kernels.attention)
+        model.tunewise_kernels = kernels
+    if mixed.frozen_base_in_bf16(config.method, precision.dtype, kernels.enabled):
         mixed.store_frozen(model, torch.bfloat16)
-    release_free_heap()  # what the precision measurement's steps (and the fp32 weights, if let go) left free
-    autocast_dtype = mixed.autocast_dtype(config.method, precision.dtype)
+    if kernels.enabled:
+        release_free_heap()  # what the precision measurement's steps (and the fp32 weights, if let go) left free
+    autocast_dtype = mixed.autocast_dtype(config.method, precision.dtype, kernels.enabled)
     workers.configure(workers_in(precision.dtype), threads)
     # Each precision has its own micro-batch size; not raised to max_length: it bounds activation memory.
     micro_tokens = micro_batch_tokens(config, precision.dtype)
@@ -739,6 +776,7 @@ def _run(
         "checkpoint_every": ckpt_every,
         "micro_batch_tokens": micro_tokens,
         "micro_batch_workers": workers.workers,
+        "kernels": kernels.to_dict(),
     }
     metrics = records.MetricsLog(run_dir / "metrics.jsonl")
     if writer:
@@ -750,7 +788,11 @@ def _run(
             if recorded is None
             else time.strftime("environment-resume-%Y%m%d-%H%M%S.json", time.gmtime())
         )
-        records.write_json(run_dir / env_name, records.environment(precision.to_dict(), device, world))
+        environment = {
+            **records.environment(precision.to_dict(), device, world),
+            "kernels": kernels.to_dict(),
+        }
+        records.write_json(run_dir / env_name, environment)
         records.record_start(project, run_id, run_dir, config_record, config.dataset_version)
         say(f"run {run_id}: {run_dir}")
     result = TrainResult(run_id, run_dir, "running")
@@ -810,12 +852,14 @@ def _time_step(
 
     lengths = [len(e) for e in prepared.train.examples]
     groups = micro_batches(lengths, indices, micro_batch_tokens(config, dtype))
+    kernels = model_kernels(model)
+    enabled = kernels is None or kernels.enabled
     frozen = (
         mixed.frozen_temporarily(model, torch.bfloat16)
-        if mixed.frozen_base_in_bf16(config.method, dtype)
+        if mixed.frozen_base_in_bf16(config.method, dtype, enabled)
         else contextlib.nullcontext()
     )
-    autocast_dtype = mixed.autocast_dtype(config.method, dtype)
+    autocast_dtype = mixed.autocast_dtype(config.method, dtype, enabled)
     with frozen:
         started = time.perf_counter()
         workers.gradient(
@@ -879,7 +923,9 @@ def _train(
     params = _params(model)
     examples = prepared.train.examples
     loss_of = _loss_of(model, examples, autocast_dtype)
-    heap = HeapTrim()  # hands free heap pages back to the OS when resident memory grows (train/heap.py)
+    # Hands free heap pages back to the OS when resident memory grows (train/heap.py), with the kernels.
+    kernels = model_kernels(model)
+    heap = HeapTrim(enabled=kernels is None or kernels.enabled)
     total_steps = plan.steps
     state: dict[str, Any] = {
         "best_eval_loss": None, "best_step": None, "bad_evals": 0, "eval_before": None, "first_loss": None,
