@@ -68,12 +68,13 @@ def _patched_modules(model) -> list[str]:
 def _model(tmp_path: Path, device: str = "cpu", **overrides):
     from tunewise.train import loop
     from tunewise.train.config import auto_hyperparameters
+    from tunewise.train.model import build_model
 
     data = write_chat(tmp_path / "k.jsonl", 8)
     cfg = config((data, data), eval_data=[], **overrides)
     prepared = loop.prepare(cfg)
     resolved = auto_hyperparameters(cfg, 8, 3_400_000, 512, prepared.context_length)
-    return loop._build_model(cfg, resolved, prepared.tokenizer, device)
+    return build_model(cfg, resolved, prepared.tokenizer, device)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
