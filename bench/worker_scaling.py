@@ -51,6 +51,7 @@ def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | 
     from tunewise.train.config import TrainConfig, auto_hyperparameters
     from tunewise.train.data import micro_batches
     from tunewise.train.heap import release_free_heap
+    from tunewise.train.model import build_model, loss_of, trainable_params
     from tunewise.train.workers import MicroBatchWorkers
 
     torch.set_num_threads(workers)
@@ -63,17 +64,17 @@ def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | 
     resolved = auto_hyperparameters(
         config, len(examples), loop.param_count_hint(config), 1000, prepared.context_length
     )
-    model = loop._build_model(config, resolved, prepared.tokenizer)
+    model = build_model(config, resolved, prepared.tokenizer)
     model.train()
-    params = loop._params(model)
+    params = trainable_params(model)
     for p in params:
         p.grad = torch.zeros_like(p)
     lengths = [len(e) for e in examples]
     groups = micro_batches(lengths, list(range(len(examples))), 256)
-    loss_of = loop._loss_of(model, examples, None)
+    step_loss = loss_of(model, examples, None)
     pool = MicroBatchWorkers()
     pool.configure(workers, workers)
-    pool.gradient(loss_of, groups[:2], params, 1.0)  # warm up: kernels, heap
+    pool.gradient(step_loss, groups[:2], params, 1.0)  # warm up: kernels, heap
     if barrier is not None:  # the two processes start timing together
         barrier.mkdir(exist_ok=True)
         (barrier / str(os.getpid())).touch()
@@ -90,7 +91,7 @@ def measure(data: Path, workers: int, trim: bool, repeats: int, barrier: Path | 
             release_free_heap()
         usage = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
-        pool.gradient(loss_of, groups, params, 1.0)
+        pool.gradient(step_loss, groups, params, 1.0)
         seconds = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_SELF)
         passes[trimmed].append((seconds, after.ru_minflt - usage.ru_minflt, after.ru_stime - usage.ru_stime))

@@ -320,9 +320,9 @@ def test_the_precision_measurement_packs_the_same_examples_at_each_precisions_si
     """bf16 trains on larger micro-batches than fp32, and gains most of its lead from them: timing both at
     fp32's size chose fp32 in the demo. Each precision must time the same examples at its own size."""
     from tunewise.models import loading
-    from tunewise.train import loop, run
+    from tunewise.train import model, run
 
-    real_loss = loop.batch_loss
+    real_loss = model.batch_loss
     packed: dict[str, list[list[int]]] = {}
 
     def recording_choose_precision(device, requested, step_timer):
@@ -333,10 +333,10 @@ def test_the_precision_measurement_packs_the_same_examples_at_each_precisions_si
                 calls.append([len(e) for e in examples])
                 return real_loss(model, examples, autocast)
 
-            monkeypatch.setattr(loop, "batch_loss", recording_loss)
+            monkeypatch.setattr(model, "batch_loss", recording_loss)
             assert step_timer(dtype) > 0
             packed[dtype] = calls
-        monkeypatch.setattr(loop, "batch_loss", real_loss)
+        monkeypatch.setattr(model, "batch_loss", real_loss)
         return loading.decide_precision(device, True, requested="float32")
 
     monkeypatch.setattr(loading, "choose_precision", recording_choose_precision)

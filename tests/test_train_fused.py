@@ -197,10 +197,13 @@ def test_only_lora_keeps_a_bf16_base_full_fine_tuning_uses_autocast():
     assert autocast_dtype("lora", "float32") is None and autocast_dtype("full", "float32") is None
 
 
-def test_importing_tunewise_caps_the_kernel_caches_unless_the_environment_sets_them():
-    """Both oneDNN kernel caches default to 1,024 shapes, which grew training's memory step after step; tunewise
-    caps them before torch is imported, and a value the user already set wins."""
-    show = "import os, tunewise; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"
+def test_tuning_the_process_caps_the_kernel_caches_unless_the_environment_sets_them():
+    """Both oneDNN kernel caches default to 1,024 shapes, which grew training's memory step after step; training
+    and serving cap them when they start (tunewise.runtime), and a value the user already set wins."""
+    show = (
+        "import os; from tunewise.runtime import tune_process; tune_process(); "
+        "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], os.environ['LRU_CACHE_CAPACITY'])"
+    )
     env = {
         k: v
         for k, v in os.environ.items()
@@ -218,7 +221,8 @@ def test_importing_tunewise_caps_the_kernel_caches_unless_the_environment_sets_t
 ARENAS = """
 import ctypes, sys, threading
 if sys.argv[1] == "tunewise":
-    import tunewise
+    from tunewise.runtime import tune_process
+    tune_process()
 libc = ctypes.CDLL(None)
 held = []
 
@@ -236,7 +240,7 @@ libc.malloc_stats()  # one "Arena N:" section per heap, on stderr
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's per-thread heaps are Linux's")
-def test_importing_tunewise_serves_every_thread_from_one_heap():
+def test_tuning_the_process_serves_every_thread_from_one_heap():
     """Memory one thread frees must serve the next micro-batch in another thread: with a heap per thread, two
     micro-batch workers raised training's peak by 0.7 GB. The environment's MALLOC_ARENA_MAX still wins."""
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}

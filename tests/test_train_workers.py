@@ -22,13 +22,14 @@ def tiny_lora(tmp_path: Path):
     from tunewise.train import loop
     from tunewise.train.config import auto_hyperparameters
     from tunewise.train.data import micro_batches
+    from tunewise.train.model import build_model
 
     data = write_chat(tmp_path / "train.jsonl", 24)
     cfg = config((data, data), eval_data=[], lora_rank=4)
     prepared = loop.prepare(cfg)
     examples = prepared.train.examples
     resolved = auto_hyperparameters(cfg, len(examples), 3_400_000, 512, prepared.context_length)
-    model = loop._build_model(cfg, resolved, prepared.tokenizer)
+    model = build_model(cfg, resolved, prepared.tokenizer)
     model.train()
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -43,9 +44,9 @@ def tiny_lora(tmp_path: Path):
 def _gradient(model, examples, groups, workers: int, threads: int):
     import torch
 
-    from tunewise.train import loop
+    from tunewise.train.model import loss_of, trainable_params
 
-    params = loop._params(model)
+    params = trainable_params(model)
     for p in params:
         p.grad = None
     pool = MicroBatchWorkers()
@@ -53,7 +54,7 @@ def _gradient(model, examples, groups, workers: int, threads: int):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        total = pool.gradient(loop._loss_of(model, examples, None), groups, params, 37.0)
+        total = pool.gradient(loss_of(model, examples, None), groups, params, 37.0)
         assert torch.get_num_threads() == threads  # the workers' one thread each is undone after the step
     finally:
         pool.close()
@@ -81,19 +82,19 @@ def test_the_loss_is_the_sum_over_micro_batches_divided_once(tiny_lora):
     """The returned loss is the undivided sum of the micro-batches' losses (what the step logs)."""
     import torch
 
-    from tunewise.train import loop
+    from tunewise.train.model import loss_of
 
     model, examples, groups = tiny_lora
     total, _ = _gradient(model, examples, groups, workers=2, threads=2)
     with torch.no_grad():
-        expected = sum(loop._loss_of(model, examples, None)(g).double() for g in groups)
+        expected = sum(loss_of(model, examples, None)(g).double() for g in groups)
     torch.testing.assert_close(total, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_threads(tiny_lora):
     import torch
 
-    from tunewise.train import loop
+    from tunewise.train.model import loss_of, trainable_params
 
     model, examples, groups = tiny_lora
     pool = MicroBatchWorkers()
@@ -103,10 +104,10 @@ def test_an_error_in_a_worker_reaches_the_caller_and_restores_the_threads(tiny_l
     def failing(group):
         if group is groups[3]:
             raise ValueError("micro-batch 3 failed")
-        return loop._loss_of(model, examples, None)(group)
+        return loss_of(model, examples, None)(group)
 
     with pytest.raises(ValueError, match="micro-batch 3 failed"):
-        pool.gradient(failing, groups, loop._params(model), 1.0)
+        pool.gradient(failing, groups, trainable_params(model), 1.0)
     pool.close()
     assert torch.get_num_threads() == before
 
@@ -152,13 +153,14 @@ def test_auto_uses_two_workers_only_for_exact_fp32_lora_on_a_multi_core_cpu():
 def test_dropout_counts_as_randomness(tmp_path):
     from tunewise.train import loop
     from tunewise.train.config import auto_hyperparameters
+    from tunewise.train.model import build_model
 
     data = write_chat(tmp_path / "train.jsonl", 8)
     for dropout, expected in ((0.0, False), (0.1, True)):
         cfg = config((data, data), eval_data=[], lora_dropout=dropout)
         prepared = loop.prepare(cfg)
         resolved = auto_hyperparameters(cfg, 8, 3_400_000, 512, prepared.context_length)
-        assert draws_random_numbers(loop._build_model(cfg, resolved, prepared.tokenizer)) is expected
+        assert draws_random_numbers(build_model(cfg, resolved, prepared.tokenizer)) is expected
 
 
 def test_worker_settings_are_checked():

@@ -167,6 +167,9 @@ class Hyperparameters(_Strict):
     # Micro-batches computed at once, one thread each; auto: 2 for fp32 LoRA on a CPU with two or more threads
     # and no dropout, else 1 (train/workers.py says why). Each one in flight holds its activations.
     micro_batch_workers: Auto | Annotated[int, Field(ge=1, le=64)] = "auto"
+    # auto: tunewise's CPU training kernels where they are tested (a CPU, the Llama family); off: plain
+    # transformers + PEFT (train/kernels.py says what each runs).
+    kernels: Literal["auto", "off"] = "auto"
     # `tunewise run` holds this share of the training split out of training (at most 200 examples, none when
     # it would be fewer than 10) as the validation set: its loss is the training curve's held-out loss, and
     # an earlier step's adapter is kept when its loss is lower than the last step's beyond the noise. The

@@ -17,6 +17,8 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from tunewise.data.formats import completion
 from tunewise.spec import JsonContract, LabelContract, RegexContract, Spec
@@ -163,3 +165,58 @@ def build_prompters(
         "fine-tuned": ArmPrompter("fine-tuned", None, []),
     }
     return prompters
+
+
+# --- the fine-tuned arm's model --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FineTuned:
+    """Where a fine-tuned model comes from: a tunewise training run, or a PEFT adapter folder trained anywhere.
+
+    `kind` "adapter": LoRA weights in `folder` over `base`; "full": a whole model in `folder`, fine-tuned from
+    `base` (whose tokenizer it keeps)."""
+
+    name: str  # the run id, or the adapter folder's path
+    kind: str
+    folder: Path
+    base: str | None
+    run_dir: Path | None = None
+    trust_remote_code: bool = False
+    seed: int = 0  # tiny:random draws its weights from the seed the run used
+
+
+def find_fine_tuned(project: Any, ref: str, base: str | None = None) -> FineTuned:
+    """The fine-tuned model `ref` names: a PEFT adapter folder (adapter_config.json + adapter_model.safetensors,
+    its base from its own config or else `base`, the spec's model.base or `--base`), or a finished training
+    run (an id, an id prefix or a run folder, on the base it was trained on)."""
+    from tunewise.errors import TunewiseError
+    from tunewise.models.loading import adapter_base, is_adapter_folder
+    from tunewise.train.records import find_run_dir, read_json
+
+    path = Path(ref).expanduser()
+    if is_adapter_folder(path):
+        return FineTuned(str(path.resolve()), "adapter", path.resolve(), adapter_base(path, base))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise TunewiseError(
+            f"{path} is neither a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) nor a "
+            "training run",
+            hint="give a folder written by PEFT's save_pretrained, or a training run's id",
+        )
+    run_dir = find_run_dir(project, ref)
+    config = read_json(run_dir / "config.json")
+    result = read_json(run_dir / "result.json") if (run_dir / "result.json").is_file() else {}
+    if result.get("status") not in (None, "succeeded"):
+        raise TunewiseError(
+            f"training run {run_dir.name} did not succeed ({result.get('status')})",
+            hint="resume it with `tunewise train --resume RUN` or train again",
+        )
+    asked = config.get("config", config)
+    remote, seed = bool(asked.get("trust_remote_code", False)), int(asked.get("seed", 0))
+    if (run_dir / "adapter").is_dir():
+        return FineTuned(
+            run_dir.name, "adapter", run_dir / "adapter", asked.get("base"), run_dir, remote, seed
+        )
+    if (run_dir / "model").is_dir():
+        return FineTuned(run_dir.name, "full", run_dir / "model", asked.get("base"), run_dir, remote, seed)
+    raise TunewiseError(f"training run {run_dir.name} has no adapter/ or model/ folder", hint="train again")

@@ -104,42 +104,27 @@ def plan_arms(
     return list(dict.fromkeys(planned))
 
 
-def load_fine_tuned(project: Project, run: str) -> tuple[Any, Any, dict[str, Any]]:
-    """(model, tokenizer, run config) of a finished training run: LoRA adapters are merged into the base, so
-    the fine-tuned arm decodes as fast as the base model."""
-    from tunewise.models.loading import load_model, load_tokenizer
-    from tunewise.train.records import find_run_dir, read_json
+def load_fine_tuned(project: Project, run: str, base: str | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(model, tokenizer, its source) of a finished training run or of a PEFT adapter folder trained anywhere
+    (its base from its adapter_config.json, else `base`: `evaluate.arms.find_fine_tuned`). LoRA adapters are
+    merged into the base, so the fine-tuned arm decodes as fast as the base model."""
+    from tunewise.evaluate.arms import find_fine_tuned
+    from tunewise.models.loading import load_adapter_model, load_model, load_tokenizer
 
-    run_dir = find_run_dir(project, run)
-    config = read_json(run_dir / "config.json")
-    result_path = run_dir / "result.json"
-    result = read_json(result_path) if result_path.is_file() else {}
-    if result.get("status") not in (None, "succeeded"):
-        raise TunewiseError(
-            f"training run {run_dir.name} did not succeed ({result.get('status')})",
-            hint="resume it with `tunewise train --resume RUN` or train again",
-        )
-    asked = config.get("config", config)
-    base = asked.get("base")
-    tokenizer = load_tokenizer(base, asked.get("trust_remote_code", False))
-    if (run_dir / "adapter").is_dir():
-        from peft import PeftModel
-
-        model = load_model(
-            base,
-            tokenizer=tokenizer,
-            seed=asked.get("seed", 0),
-            trust_remote_code=asked.get("trust_remote_code", False),
-        )
-        model = PeftModel.from_pretrained(model, str(run_dir / "adapter")).merge_and_unload()
-    elif (run_dir / "model").is_dir():
-        model = load_model(str(run_dir / "model"))
+    tuned = find_fine_tuned(project, run, base)
+    assert tuned.base is not None
+    tokenizer = load_tokenizer(tuned.base, tuned.trust_remote_code)
+    if tuned.kind == "adapter":
+        model = load_adapter_model(tuned.folder, tuned.base, tokenizer, tuned.trust_remote_code, tuned.seed)
     else:
-        raise TunewiseError(
-            f"training run {run_dir.name} has no adapter/ or model/ folder", hint="train again"
-        )
+        model = load_model(str(tuned.folder))
     model.eval()
-    return model, tokenizer, {"run_id": run_dir.name, "run_dir": str(run_dir), "base": base}
+    run_dir = str(tuned.run_dir) if tuned.run_dir is not None else None
+    return (
+        model,
+        tokenizer,
+        {"run_id": tuned.name, "run_dir": run_dir, "base": tuned.base, "folder": str(tuned.folder)},
+    )
 
 
 def _endpoint_engine(endpoint: Any) -> Any:
@@ -231,7 +216,7 @@ def run_evaluation(
             arm, variant = (name, None) if name in endpoints else split_arm(name)
             if arm == "fine-tuned":
                 if tuned_engine is None:
-                    model, tok, info = load_fine_tuned(project, fine_tuned_run)
+                    model, tok, info = load_fine_tuned(project, fine_tuned_run, base)
                     tuned_engine, tuned_run = LocalEngine(model, tok), info["run_id"]
                 engine = tuned_engine
                 arm_info[name] = {"kind": "fine-tuned", "constrained": False, "run": tuned_run}

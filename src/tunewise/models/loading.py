@@ -227,6 +227,90 @@ def tiny_model(
     return model.to(torch.float32)
 
 
+# --- PEFT adapters -------------------------------------------------------------------------------------
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def is_adapter_folder(path: str | Path) -> bool:
+    """Whether `path` is a PEFT adapter folder (adapter_config.json beside adapter_model.safetensors), wherever
+    it was trained: tunewise writes one as a training run's `adapter/`, PEFT's `save_pretrained` anywhere."""
+    folder = Path(path).expanduser()
+    return (folder / ADAPTER_CONFIG).is_file() and (folder / ADAPTER_WEIGHTS).is_file()
+
+
+def same_base(a: str, b: str) -> bool:
+    """Whether two model references name the same base: equal, or the same folder or Hub id once resolved
+    (`embedded:smollm2-135m-instruct` and the folder it unpacks to are one model).
+
+    >>> same_base("HuggingFaceTB/SmolLM2-135M-Instruct", "huggingfacetb/smollm2-135m-instruct")
+    True
+    >>> same_base("tiny:random", "Qwen/Qwen3-0.6B")
+    False
+    """
+    if a == b:
+        return True
+
+    def canonical(ref: str) -> str:
+        try:
+            resolved = resolve_base(ref)
+        except TunewiseError:
+            return ref
+        return resolved if Path(resolved).is_absolute() else resolved.lower()  # Hub ids are case-insensitive
+
+    return canonical(a) == canonical(b)
+
+
+def adapter_base(folder: str | Path, base: str | None = None) -> str:
+    """The base model of the PEFT adapter in `folder`: its adapter_config.json's `base_model_name_or_path`,
+    else `base` (the spec's model.base or `--base`). Both known and different is an error: an adapter's
+    low-rank updates mean nothing on weights other than those they were trained on."""
+    import json
+
+    folder = Path(folder).expanduser()
+    if not is_adapter_folder(folder):
+        raise TunewiseError(
+            f"{folder} is not a PEFT adapter folder (no {ADAPTER_CONFIG} with {ADAPTER_WEIGHTS})",
+            hint="give a folder written by PEFT's save_pretrained, or a training run's id",
+        )
+    try:
+        named = json.loads((folder / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or None
+    except (OSError, ValueError, AttributeError) as exc:
+        raise TunewiseError(f"cannot read {folder / ADAPTER_CONFIG}: {exc}") from None
+    if named is None and base is None:
+        raise TunewiseError(
+            f"the adapter in {folder} does not name its base model (no base_model_name_or_path in {ADAPTER_CONFIG})",
+            hint="say which model it was trained on: model.base in tunewise.yaml, or --base",
+        )
+    if named is not None and base is not None and not same_base(named, base):
+        raise TunewiseError(
+            f"the adapter in {folder} was trained on '{named}', not on '{base}'",
+            hint=f"use the base it was trained on: model.base: {named} in tunewise.yaml, or --base {named}",
+        )
+    return base if base is not None else str(named)
+
+
+def load_adapter_model(
+    folder: str | Path,
+    base: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """`base` with the PEFT adapter in `folder` merged into its weights: it then decodes as fast as the base."""
+    from peft import PeftModel
+
+    model = load_model(base, tokenizer=tokenizer, seed=seed, trust_remote_code=trust_remote_code)
+    try:
+        return PeftModel.from_pretrained(model, str(Path(folder).expanduser())).merge_and_unload()
+    except (ValueError, KeyError, RuntimeError) as exc:  # the adapter's shapes or module names do not fit
+        raise TunewiseError(
+            f"the adapter in {folder} does not fit {base}: {str(exc).splitlines()[0]}",
+            hint="use the base model it was trained on",
+        ) from None
+
+
 # --- precision -----------------------------------------------------------------------------------------
 
 

@@ -30,7 +30,8 @@ def _adapters(values: list[str] | None) -> dict[str, str]:
         name, sep, run = value.partition("=")
         if not sep or not name.strip() or not run.strip():
             raise TunewiseError(
-                f"--adapter {value!r} is not NAME=RUN", hint="e.g. --adapter support=train-2025"
+                f"--adapter {value!r} is not NAME=RUN",
+                hint="e.g. --adapter support=train-2025 or support=./my-adapter",
             )
         if name.strip() in adapters:
             raise TunewiseError(f"--adapter name '{name.strip()}' is given twice")
@@ -48,6 +49,8 @@ Examples:
 
   tunewise serve --host 0.0.0.0 --port 8000 --adapter support=train-20250101-120000-ab12
 
+  tunewise serve --no-auth --adapter mine=./my-lora   (a PEFT adapter folder trained anywhere)
+
 Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).chat.completions.create(model=..., messages=[...])"""
 
 
@@ -60,7 +63,10 @@ def serve(
         None, "--base", help="Base model (default: model.base of tunewise.yaml)."
     ),
     adapter: list[str] | None = typer.Option(
-        None, "--adapter", help="NAME=RUN: serve a training run (id or folder) as model NAME; repeatable."
+        None,
+        "--adapter",
+        help="NAME=RUN: serve a training run (id or folder), or a PEFT adapter folder (adapter_config.json + "
+        "adapter_model.safetensors) on the base it names, as model NAME; repeatable.",
     ),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Requests decoded together."),
     queue_size: int = typer.Option(64, "--queue-size", help="Waiting requests before 429."),

@@ -4,8 +4,8 @@
   each adapter's low-rank matrices sit beside the shared base weights, and a batch switches the active adapter,
   LoRAX-style; the base runs with adapters disabled). A full fine-tune (a run with `model/`) is a separate model.
   Models are named: the base by its spec name (`embedded:smollm2-135m-instruct`), a fine-tuning job's model
-  `ft:<base>:<suffix>:<id>` (`serve.jobs.fine_tuned_models`), an explicit run by the name given to
-  `tunewise serve --adapter NAME=RUN`.
+  `ft:<base>:<suffix>:<id>` (`serve.jobs.fine_tuned_models`), an explicit run or PEFT adapter folder (trained
+  anywhere) by the name given to `tunewise serve --adapter NAME=RUN_OR_FOLDER`.
 - `InferenceService` turns a chat request into a `batcher.Job` (validated, tokenized: every 400 comes before
   queueing), runs batches for the batcher (in its worker thread, the only thread that touches the models),
   and builds the OpenAI response objects (`chat.completion`, `chat.completion.chunk`).
@@ -38,7 +38,8 @@ class ServeSettings:
     """How the server runs: the model, the batcher and the limits (flags of `tunewise serve`)."""
 
     base: str | None = None  # None: the project's model.base, else the embedded model
-    adapters: dict[str, str] = field(default_factory=dict)  # model name -> training run id or directory
+    # model name -> training run (id or folder) or PEFT adapter folder
+    adapters: dict[str, str] = field(default_factory=dict)
     max_batch_size: int = 16  # requests decoded together
     batch_wait_ms: float = 5.0  # how long the worker waits for companions to a lone request
     queue_size: int = 64  # waiting requests beyond which the server answers 429
@@ -197,17 +198,18 @@ class Served:
     run_dir: Path | None = None
     created: int = 0
     owned_by: str = "tunewise"
+    folder: Path | None = None  # the adapter or model folder, when not the run's adapter/ or model/
+
+    @property
+    def weights(self) -> Path:
+        """The folder to load: the adapter (kind adapter) or the model (kind full)."""
+        if self.folder is not None:
+            return self.folder
+        assert self.run_dir is not None
+        return self.run_dir / ("adapter" if self.kind == "adapter" else "model")
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "object": "model", "created": self.created, "owned_by": self.owned_by}
-
-
-def _run_kind(run_dir: Path) -> Literal["adapter", "full"]:
-    if (run_dir / "adapter").is_dir():
-        return "adapter"
-    if (run_dir / "model").is_dir():
-        return "full"
-    raise TunewiseError(f"training run {run_dir.name} has no adapter/ or model/ folder", hint="train again")
 
 
 class ModelPool:
@@ -227,33 +229,33 @@ class ModelPool:
         self.model: Any = None  # the base model; LoRA layers are injected into it in place
         self.engine: Any = None  # LocalEngine over `model`
         self._peft: Any = None  # the PeftModel wrapping `model`, once an adapter is loaded
-        self._adapters: dict[Path, str] = {}  # run dir -> PEFT adapter name
-        self._full: dict[Path, Any] = {}  # run dir -> LocalEngine of a fully fine-tuned model
+        self._adapters: dict[Path, str] = {}  # adapter folder -> PEFT adapter name
+        self._full: dict[Path, Any] = {}  # model folder -> LocalEngine of a fully fine-tuned model
         self._resolved: dict[str, Served] = {}
         self.explicit = {name: self._check_run(name, run) for name, run in settings.adapters.items()}
 
     def _check_run(self, name: str, run: str) -> Served:
-        """An explicit `--adapter NAME=RUN`, checked at startup: the run exists, succeeded, fits this base."""
-        from tunewise.train.records import find_run_dir, read_json
+        """An explicit `--adapter NAME=RUN_OR_FOLDER`, checked at startup: a training run that succeeded, or a
+        PEFT adapter folder trained anywhere; either on this server's base."""
+        from tunewise.evaluate.arms import find_fine_tuned
 
         if not name or name == self.base or name.startswith("ft:"):
             raise TunewiseError(
                 f"--adapter name '{name}' is empty, the base model's name or starts with 'ft:'",
                 hint="pick another name, e.g. --adapter support=RUN",
             )
-        run_dir = find_run_dir(self.project, run)
-        config = read_json(run_dir / "config.json")
-        asked = config.get("config", config)
-        result = read_json(run_dir / "result.json") if (run_dir / "result.json").is_file() else {}
-        if result.get("status") not in (None, "succeeded"):
-            raise TunewiseError(f"training run {run_dir.name} did not succeed ({result.get('status')})")
-        kind = _run_kind(run_dir)
-        if asked.get("base") != self.base:
+        try:
+            tuned = find_fine_tuned(self.project, run, self.base)
+        except TunewiseError as exc:
+            raise TunewiseError(f"--adapter {name}={run}: {exc.message}", hint=exc.hint) from None
+        if tuned.run_dir is None:  # an adapter folder: its base was checked against this server's
+            return Served(name, "adapter", None, int(tuned.folder.stat().st_mtime), folder=tuned.folder)
+        if tuned.base != self.base:
             raise TunewiseError(
-                f"--adapter {name}={run}: the run was trained on '{asked.get('base')}', the server serves '{self.base}'",
-                hint=f"start the server with --base {asked.get('base')}",
+                f"--adapter {name}={run}: the run was trained on '{tuned.base}', the server serves '{self.base}'",
+                hint=f"start the server with --base {tuned.base}",
             )
-        return Served(name, kind, run_dir, int(run_dir.stat().st_mtime))
+        return Served(name, tuned.kind, tuned.run_dir, int(tuned.run_dir.stat().st_mtime))  # type: ignore[arg-type]
 
     # --- names (event loop) -------------------------------------------------------------------------------
 
@@ -312,7 +314,9 @@ class ModelPool:
             return
         from tunewise.evaluate.engine import LocalEngine
         from tunewise.models.loading import load_model
+        from tunewise.runtime import tune_process
 
+        tune_process()  # before any weight is loaded: oneDNN reads its cache sizes once
         if self.settings.threads is not None:
             import torch
 
@@ -329,28 +333,28 @@ class ModelPool:
         if served.kind == "base":
             return self.engine, self._peft.disable_adapter() if self._peft is not None else nullcontext()
         if served.kind == "full":
-            if served.run_dir not in self._full:
+            if served.weights not in self._full:
                 from tunewise.evaluate.engine import LocalEngine
                 from tunewise.models.loading import load_model
 
-                model = load_model(str(served.run_dir / "model"))
+                model = load_model(str(served.weights))
                 model.eval()
-                self._full[served.run_dir] = LocalEngine(
+                self._full[served.weights] = LocalEngine(
                     model, self.tokenizer, max_batch_size=self.settings.max_batch_size
                 )
-            return self._full[served.run_dir], nullcontext()
-        name = self._adapters.get(served.run_dir)
+            return self._full[served.weights], nullcontext()
+        name = self._adapters.get(served.weights)
         if name is None:
             from peft import PeftModel
 
             name = f"adapter{len(self._adapters)}"  # PEFT adapter names may not hold '.' or ':'
-            path = str(served.run_dir / "adapter")
+            path = str(served.weights)
             if self._peft is None:
                 self._peft = PeftModel.from_pretrained(self.model, path, adapter_name=name)
             else:
                 self._peft.load_adapter(path, adapter_name=name)
             self.model.eval()
-            self._adapters[served.run_dir] = name
+            self._adapters[served.weights] = name
             log.info("loaded adapter %s from %s", served.id, path)
         self._peft.set_adapter(name)
         return self.engine, nullcontext()

@@ -51,6 +51,7 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any, Any]:
         "max_length": hp.max_length,
         "micro_batch_tokens": hp.micro_batch_tokens,
         "micro_batch_workers": hp.micro_batch_workers,
+        "kernels": hp.kernels,
         "seed": spec.data.seed,
     }
     # Until the data stage produces normalized dataset versions, files already in chat JSONL are used directly.

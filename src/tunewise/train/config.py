@@ -57,6 +57,9 @@ class TrainConfig:
     keep_best: bool = True
     checkpoint_every: int | str = AUTO  # steps between checkpoints
     precision: str = AUTO  # auto | float32 | bfloat16
+    # auto: tunewise's CPU training kernels where they are tested (a CPU, the Llama family); off: plain
+    # transformers + PEFT (train/kernels.py).
+    kernels: str = AUTO
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     progress: bool = True
     dataset_version: str | None = None  # the registry id of the dataset version, when the data stage made it
@@ -110,6 +113,13 @@ class TrainConfig:
             )
         if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
             problems.append("early_stopping_patience must be at least 1")
+        if self.kernels not in (AUTO, "off"):
+            problems.append(f"kernels must be auto or off (got {self.kernels!r})")
+        elif self.kernels == "off" and isinstance(workers, int) and workers > 1:
+            problems.append(
+                "micro_batch_workers above 1 runs tunewise's worker threads, which kernels: off turns off "
+                "(set micro_batch_workers: 1 or auto, or kernels: auto)"
+            )
         if self.precision not in (AUTO, "float32", "bfloat16", "fp32", "bf16"):
             problems.append(f"precision must be auto, float32 or bfloat16 (got {self.precision!r})")
         if problems:
@@ -144,7 +154,7 @@ def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
       example at 256 or 512 tokens, two or three at 768. 128 bitext_reply examples trained in 81.7 s at 768
       tokens, 75.2 s at 1,024 (1.84 and 1.99 GB peak RSS) and, on 64 examples, 47.8 s at 256 against 41.6 s at
       768 (1.55 and 1.76 GB). The training bench's 256 examples peaked at 2.01 GB at 768 and 2.19 GB at 1,024;
-      with ideep's kernel cache capped too (tunewise/__init__.py), at 1.84 and 1.83 GB in two runs at 768, and
+      with ideep's kernel cache capped too (tunewise/runtime.py), at 1.84 and 1.83 GB in two runs at 768, and
       768 and 1,024 tokens then ran 128 examples at the same speed (78.0 and 79.4 s; 1.50 and 1.65 GB).
 
     With two micro-batch workers (train/workers.py; fp32 by default) two micro-batches of this size are in

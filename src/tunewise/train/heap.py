@@ -60,13 +60,16 @@ class HeapTrim:
     whenever it passes the margin, and a genuinely larger working set (a batch of longer examples) costs one
     trim and becomes the new reference. Where resident memory cannot be read, every step trims, as before."""
 
-    def __init__(self, margin: float = 0.10) -> None:
+    def __init__(self, margin: float = 0.10, enabled: bool = True) -> None:
         self.margin = margin
+        self.enabled = enabled  # False: never trims (a run without tunewise's kernels, train/kernels.py)
         self.reference: int | None = None
         self.trims = 0
 
     def now(self) -> None:
         """Trim unconditionally (after an evaluation, whose shapes a training step does not reuse)."""
+        if not self.enabled:
+            return
         release_free_heap()
         self.trims += 1
         self.reference = None

@@ -20,16 +20,17 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def frozen_base_in_bf16(method: str, dtype: str) -> bool:
-    """Whether a run with `method` in precision `dtype` stores its frozen base weights in bf16."""
-    return method == "lora" and dtype == "bfloat16"
+def frozen_base_in_bf16(method: str, dtype: str, kernels: bool = True) -> bool:
+    """Whether a run with `method` in precision `dtype` stores its frozen base weights in bf16 (a run without
+    tunewise's kernels, train/kernels.py, uses autocast instead)."""
+    return kernels and method == "lora" and dtype == "bfloat16"
 
 
-def autocast_dtype(method: str, dtype: str) -> Any:
+def autocast_dtype(method: str, dtype: str, kernels: bool = True) -> Any:
     """The dtype `torch.autocast` runs in for this run, or None where no autocast is needed."""
     import torch
 
-    if dtype != "bfloat16" or frozen_base_in_bf16(method, dtype):
+    if dtype != "bfloat16" or frozen_base_in_bf16(method, dtype, kernels):
         return None
     return torch.bfloat16
 

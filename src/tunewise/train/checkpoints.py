@@ -1,0 +1,89 @@
+"""Checkpoints: the trainable weights, the optimizer's moments, the random generators and the loop's state of one
+step, written so that a run killed at any moment resumes from the last complete one (`tunewise train --resume`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunewise.errors import TunewiseError
+from tunewise.train import records
+from tunewise.train.model import trainable
+
+
+def save_checkpoint(
+    run_dir: Path, step: int, model: Any, optimizer: Any, state: dict[str, Any], keep: int = 2
+) -> Path:
+    """Write checkpoint `step` to a temporary folder, then rename it into place and point `latest` at it.
+
+    A SIGKILL at any moment leaves either the previous checkpoint or the new one, never half of one.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    folder = run_dir / "checkpoints"
+    final = folder / f"step-{step:06d}"
+    tmp = folder / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {n: p.detach().contiguous().clone() for n, p in trainable(model)}
+    save_file(weights, str(tmp / "trainable.safetensors"))
+    torch.save(
+        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+        tmp / "optimizer.pt",
+    )
+    py_state = random.getstate()
+    records.write_json(
+        tmp / "state.json",
+        {**state, "step": step, "python_rng": [py_state[0], list(py_state[1]), py_state[2]]},
+    )
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    records.atomic_write_text(folder / "latest", final.name + "\n")
+    for old in sorted(folder.glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    folder = run_dir / "checkpoints" / pointer.read_text().strip()
+    return folder if (folder / "state.json").is_file() else None
+
+
+def load_checkpoint(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+    """Restore trainable weights, optimizer moments and RNG states; returns the loop state (step, ...)."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = dict(trainable(model))
+    missing = set(params) - set(weights)
+    if missing:
+        raise TunewiseError(
+            f"checkpoint {folder} does not match the model ({len(missing)} parameters missing)"
+        )
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+    blob = torch.load(folder / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    torch.set_rng_state(blob["torch_rng"])
+    state = records.read_json(folder / "state.json")
+    version, internal, gauss = state.pop("python_rng")
+    random.setstate((version, tuple(internal), gauss))
+    return state

@@ -1,0 +1,266 @@
+"""The model a run trains, and what it computes: the packed forward pass, the loss over trained tokens, held-out
+scores, and the saved output.
+
+`build_model` loads the base, wraps it with LoRA for method lora, and, with tunewise's kernels
+(train/kernels.py), gives its modules the fused forwards; `batch_loss` is the summed cross-entropy of one packed
+micro-batch, through the kernels' chunked vocabulary loss or, without them, the model's own forward.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tunewise.train.attention import use_packed_attention
+from tunewise.train.config import Resolved, TrainConfig
+from tunewise.train.data import Example, TokenizedData, micro_batches, pack
+from tunewise.train.fused import use_fused_lora
+from tunewise.train.kernels import choose_kernels, model_kernels, set_attention
+from tunewise.train.layers import use_fused_layers
+from tunewise.train.loss import linear_cross_entropy
+from tunewise.train.swiglu import use_fused_swiglu
+from tunewise.train.workers import MicroBatchWorkers
+
+
+def build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any, device: str = "cpu") -> Any:
+    """The base model, wrapped with LoRA adapters for method lora; every parameter trainable for full.
+
+    With tunewise's kernels (`config.kernels`, train/kernels.py) its modules get the fused forwards; without,
+    it is the model transformers and PEFT build, on transformers' attention. The choice is kept on the model
+    (`kernels.model_kernels`)."""
+    import torch
+
+    from tunewise.models.loading import load_model
+
+    # The same seed before loading and wrapping, so LoRA's random A matrices are identical run to run.
+    torch.manual_seed(config.seed)
+    model = load_model(
+        config.base, "float32", config.trust_remote_code, tokenizer=tokenizer, seed=config.seed
+    )
+    model.config.use_cache = False  # no KV cache in training: it only costs memory
+    choice = choose_kernels(config.kernels, device, getattr(model.config, "model_type", None))
+    set_attention(model, choice.attention)
+    if choice.enabled:
+        private_weights(model)
+        use_fused_swiglu(model)  # the MLP keeps two tensors for backward, not three (see train/swiglu.py)
+    if config.method == "full":
+        model.requires_grad_(True)
+        model.tunewise_kernels = choice
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    assert resolved is not None and resolved.lora_rank is not None and resolved.lora_alpha is not None
+    lora = LoraConfig(
+        r=resolved.lora_rank,
+        lora_alpha=resolved.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=config.lora_targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    torch.manual_seed(config.seed)
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; harmless, noisy
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(model, lora)
+    if choice.enabled:
+        use_fused_lora(model)
+        use_fused_layers(model)  # after the LoRA wrap: the fused layers take over LoRA projections
+    model.tunewise_kernels = choice
+    return model
+
+
+def private_weights(model: Any) -> None:
+    """Copy every weight into the process's own memory, so that no tensor maps the safetensors file any more.
+
+    transformers maps the file, and a mapped page once read stays resident (counted in RSS) as long as any
+    tensor maps the file: a weight replaced later (the stacked projections of train/layers.py, a bf16 base)
+    would otherwise be held twice, 0.27 GB for SmolLM2-135M. Copying costs about what reading the weights
+    once costs; the mapping goes when the last tensor that used it is replaced.
+    """
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
+
+
+def parts(model: Any) -> tuple[Any, Any]:
+    """(backbone returning hidden states, output head): called separately to slice before the head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def trainable(model: Any) -> list[tuple[str, Any]]:
+    """(name, parameter) of every parameter that training updates."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    """(all parameters, trainable parameters), tied weights counted once."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def packed_hidden(model: Any, batch: dict[str, Any]) -> Any:
+    """Final hidden states (1, L, H) of a packed row.
+
+    With `attention_mask=None`, the restarting `position_ids` separate the examples: tunewise's packed
+    attention splits on them; plain sdpa gets a block-diagonal mask from transformers. `use_cache=False`
+    matters for the latter: with a KV cache present transformers skips that detection and attends across
+    examples (tests/test_train_data.py checks both against each example run alone).
+    """
+    backbone, _ = parts(model)
+    out = backbone(
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None, use_cache=False
+    )
+    return out.last_hidden_state
+
+
+def batch_loss(
+    model: Any, examples: list[Example], autocast_dtype: Any, per_example: bool = False
+) -> tuple[Any, Any, int]:
+    """Summed cross-entropy and correct-argmax count over the trained tokens of one packed micro-batch.
+
+    With `per_example`, the loss comes back as one sum per example (a 1-D tensor), for held-out comparisons
+    that need to know how much of a difference is noise."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    batch = pack(examples, device)
+    targets = batch["targets"]
+    # Examples are packed in order, so the trained positions of each one are one contiguous slice.
+    counts = [sum(ex.mask[1:]) for ex in examples] if per_example else [int(targets.numel())]
+    sums, correct = [], torch.zeros((), dtype=torch.long, device=device)
+    choice = model_kernels(model)
+    with torch.autocast(device_type=device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        if choice is None or choice.enabled:
+            _, head = parts(model)
+            hidden = packed_hidden(model, batch)
+            # (1, L, H) -> (T, H): only positions whose next token is trained reach the vocabulary projection.
+            selected = hidden[0, batch["select"]]
+            for h, t in zip(selected.split(counts), targets.split(counts), strict=True):
+                loss_sum, right = head_loss(head, h, t)
+                sums.append(loss_sum)
+                correct = correct + right
+        else:
+            # The model's own forward; transformers projects only the trained positions (`logits_to_keep`).
+            logits = model(
+                input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=None,
+                use_cache=False, logits_to_keep=batch["select"],
+            ).logits[0].float()  # fmt: skip
+            for z, t in zip(logits.split(counts), targets.split(counts), strict=True):
+                sums.append(F.cross_entropy(z, t, reduction="sum"))
+                correct = correct + (z.detach().argmax(-1) == t).sum()
+    return (torch.stack(sums) if per_example else sums[0]), correct, int(targets.numel())
+
+
+def loss_of(model: Any, examples: list[Example], autocast_dtype: Any) -> Callable[[list[int]], Any]:
+    """The summed loss of the micro-batch of `examples` at the given indices (what a step differentiates)."""
+    return lambda group: batch_loss(model, [examples[i] for i in group], autocast_dtype)[0]
+
+
+def trainable_params(model: Any) -> list[Any]:
+    """The parameters that training updates, in the model's order (the optimizer's and the gradients')."""
+    return [p for _, p in trainable(model)]
+
+
+def head_loss(head: Any, hidden: Any, targets: Any) -> tuple[Any, Any]:
+    """(summed cross-entropy, correct-argmax count) of the vocabulary projection of `hidden` (T, H)."""
+    import torch
+    import torch.nn.functional as F
+
+    if targets.numel() == 0:
+        return hidden.new_zeros((), dtype=torch.float32), targets.new_zeros(())
+    if isinstance(head, torch.nn.Linear) and head.bias is None:
+        return linear_cross_entropy(hidden, head.weight, targets)
+    # A head with a bias or an adapter of its own: the plain path, all logits at once.
+    logits = head(hidden).float()
+    return F.cross_entropy(logits, targets, reduction="sum"), (logits.detach().argmax(-1) == targets).sum()
+
+
+def evaluate(
+    model: Any, data: TokenizedData, micro_tokens: int, autocast_dtype: Any, rank: int = 0, world: int = 1
+) -> dict[str, float]:
+    """Held-out loss (mean over assistant tokens) and token accuracy (argmax equals the target)."""
+    return evaluate_examples(model, data, micro_tokens, autocast_dtype, rank, world)[0]
+
+
+def evaluate_examples(
+    model: Any, data: TokenizedData, micro_tokens: int, autocast_dtype: Any, rank: int = 0, world: int = 1,
+    workers: MicroBatchWorkers | None = None,
+) -> tuple[dict[str, float], list[float]]:  # fmt: skip
+    """`evaluate`'s scores, and each example's summed loss over its assistant tokens (in `data`'s order);
+    `workers` compute several micro-batches at once."""
+    import torch
+
+    lengths = [len(e) for e in data.examples]
+    groups = micro_batches(lengths, range(len(lengths)), micro_tokens)[rank::world]
+    totals = torch.zeros(3, dtype=torch.float64)
+    per_example = torch.zeros(len(lengths), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+
+    def score(group: list[int]) -> tuple[Any, Any, int]:
+        with torch.no_grad():  # per thread: a worker's grad mode is its own
+            return batch_loss(model, [data.examples[i] for i in group], autocast_dtype, per_example=True)
+
+    results = (workers or MicroBatchWorkers()).map(score, groups)
+    for group, (sums, correct, n) in zip(groups, results, strict=True):
+        per_example[group] = sums.to(torch.float64).cpu()
+        totals += torch.tensor([float(per_example[group].sum()), correct.item(), n], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+        dist.all_reduce(per_example)  # each process filled only its own examples
+    model.train(was_training)
+    loss_sum, correct, n = totals.tolist()
+    scores = {"eval_loss": loss_sum / max(1, n), "eval_accuracy": correct / max(1, n), "eval_tokens": int(n)}
+    return scores, per_example.tolist()
+
+
+def param_count_hint(config: TrainConfig) -> int:
+    """Parameter count for the auto rule, read from the model's config without loading weights."""
+    from tunewise.models.loading import TINY_MODEL, resolve_base
+
+    if config.base == TINY_MODEL:
+        return 3_400_000
+    folder = Path(resolve_base(config.base))
+    index = folder / "model.safetensors"
+    if index.is_file():
+        return index.stat().st_size // 4  # fp32 on disk: 4 bytes per parameter (an estimate is enough here)
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) // 2
+
+
+def load_trainable(model: Any, path: Path) -> None:
+    """Copy the trainable weights saved in `path` (safetensors) into `model`."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path))
+    params = dict(trainable(model))
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value)
+
+
+def save_output(model: Any, tokenizer: Any, config: TrainConfig, run_dir: Path) -> Path:
+    """The adapter in PEFT layout (lora) or a safetensors model folder (full), written then renamed."""
+    name = "adapter" if config.method == "lora" else "model"
+    final = run_dir / name
+    tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    use_packed_attention(model, False)  # the saved config must name a standard attention implementation
+    model.config.use_cache = True
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
