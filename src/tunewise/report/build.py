@@ -2,7 +2,7 @@
 
     build_report(state, out_dir) -> (report.html, report.json)
 
-The state is what earlier stages recorded (see `tunewise.report` for its shape); every section may be missing
+The state is what earlier stages recorded (`tunewise.outputs.ReportState` as JSON); every section may be missing
 or None, and the page then says plainly what has not run instead of failing. The HTML needs no network to be
 viewed: CSS is inline, plots are SVG images embedded as `data:` URIs, no fonts or scripts are fetched. All text
 goes through Jinja2 with autoescaping on, because model outputs, inputs and even arm names are untrusted text.
