@@ -216,9 +216,7 @@ def test_bad_records_are_user_errors():
     with pytest.raises(TunewiseError, match="lacks reference"):
         score_records([{"id": 1, "input": "q", "arm": "a", "output": "x"}], LABEL)
     with pytest.raises(TunewiseError, match="several records"):
-        summary_json(
-            [{"id": 1, "input": "q", "reference": "yes", "arm": "a", "output": "x"}] * 2, LABEL, "t"
-        )
+        summary_json([{"id": 1, "input": "q", "reference": "yes", "arm": "a", "output": "x"}] * 2, LABEL, "t")
     with pytest.raises(TunewiseError, match="no evaluation records"):
         summary_json([], LABEL, "t")
 
