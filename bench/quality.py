@@ -185,15 +185,16 @@ def run_one(name: str, folder: Path) -> dict:
     pipeline = Pipeline(project, spec, narrate=say, progress=progress)
     started = time.perf_counter()
     result = pipeline.run()
-    evaluate = pipeline.outputs.get("evaluate", {})
-    summary = json.loads(Path(evaluate["summary_path"]).read_text()) if evaluate.get("summary_path") else {}
+    evaluate = pipeline.outputs.get("evaluate")
+    summary = evaluate.summary() if evaluate is not None else None
+    verdict = pipeline.outputs.get("verdict")
     return {
         "dataset": name,
         "contract": spec.contract.type,
         "seconds": time.perf_counter() - started,
         "stages": {o.stage: {"status": o.status, "seconds": o.seconds} for o in result.outcomes},
-        "summary": summary,
-        "verdict": pipeline.outputs.get("verdict", {}).get("recommendation"),
+        "summary": summary.model_dump() if summary is not None else {},
+        "verdict": verdict.recommendation if verdict is not None else None,
     }
 
 

@@ -82,17 +82,17 @@ def test_pipeline_runs_skips_and_redoes_only_what_changed(project: Project):
     assert begins == list(STAGES)
     assert sum(e[0] == "end" for e in progress.events) == len(STAGES)
     steps = [e for e in progress.events if e[0] == "update" and e[3].startswith("step")]
-    total = first.output("train")["result"]["steps"]
+    total = first.output("train").result.steps
     assert [e[1] for e in steps] == list(range(1, total + 1)) and all(e[2] == total for e in steps)
     narration = [e[1] for e in progress.events if e[0] == "log"]
     assert "[1/8] data ..." in narration  # narration goes through the display
-    report = Path(first.output("report")["html_path"])
+    report = first.output("report").html_path
     assert report.is_file() and "zero-shot" in report.read_text()
-    summary = json.loads(Path(first.output("evaluate")["summary_path"]).read_text())
+    summary = json.loads(first.output("evaluate").summary_path.read_text())
     # evaluation.constrained is auto: the prompted arm's label-scored variant runs beside it
     assert [a["name"] for a in summary["arms"]] == ["zero-shot", "zero-shot+scored", "fine-tuned"]
     assert summary["n_examples"] == 12  # 20% of 60, stratified
-    assert first.output("verdict")["recommendation"] in ("fine-tune", "keep prompting")
+    assert first.output("verdict").recommendation in ("fine-tune", "keep prompting")
 
     second = Pipeline(project, load_spec(project.spec_path)).run()
     assert statuses(second) == {s: "skipped" for s in STAGES}
@@ -127,10 +127,10 @@ def test_pipeline_runs_skips_and_redoes_only_what_changed(project: Project):
         **{s: "ran" for s in ("evaluate", "economics", "verdict", "report")},
     }
     records = lambda path: [json.loads(x) for x in Path(path).read_text().splitlines()]  # noqa: E731
-    merged = [r for r in records(after.output("evaluate")["records_path"]) if r["kind"] == "prompted"]
+    merged = [r for r in records(after.output("evaluate").records_path) if r["kind"] == "prompted"]
     # Measured latencies tell the two baseline runs apart: the merged records are the new run's.
-    assert merged == records(baseline.output("baseline")["records_path"])
-    assert merged != records(third.output("baseline")["records_path"])
+    assert merged == records(baseline.output("baseline").records_path)
+    assert merged != records(third.output("baseline").records_path)
 
 
 def test_training_chooses_on_a_validation_set_carved_from_training_never_on_the_eval_set(project: Project):
@@ -142,27 +142,27 @@ def test_training_chooses_on_a_validation_set_carved_from_training_never_on_the_
     result = Pipeline(project, load_spec(project.spec_path)).run()
     split, train = result.output("split"), result.output("train")
     texts = lambda path: {json.dumps(e["messages"]) for e in load_examples(Path(path))}  # noqa: E731
-    fit, validation = texts(train["fit"]["path"]), texts(train["validation"]["path"])
+    fit, validation = texts(train.fit.path), texts(train.validation.path)
     assert len(validation) == round(0.25 * 48) and len(fit) == 48 - len(validation)
-    assert fit | validation == texts(split["train_path"]) and not fit & validation
-    assert not (fit | validation) & texts(split["eval_path"])
-    config = json.loads((Path(train["run_dir"]) / "config.json").read_text())["config"]
-    assert config["data"] == [train["fit"]["path"]] and config["eval_data"] == [train["validation"]["path"]]
+    assert fit | validation == texts(split.train_path) and not fit & validation
+    assert not (fit | validation) & texts(split.eval_path)
+    config = json.loads((train.run_dir / "config.json").read_text())["config"]
+    assert config["data"] == [str(train.fit.path)] and config["eval_data"] == [str(train.validation.path)]
     assert config["keep_best"] is True
-    html = Path(result.output("report")["html_path"]).read_text()
+    html = result.output("report").html_path.read_text()
     assert f"{len(fit)} trained on, {len(validation)} for validation" in html
 
 
 def test_a_small_training_split_keeps_all_its_examples_for_training(project: Project):
     result = Pipeline(project, load_spec(project.spec_path)).run()
     train = result.output("train")  # 10% of 48 is under 10 examples: no validation set
-    assert train["validation"] is None and train["fit"]["examples"] == 48
-    config = json.loads((Path(train["run_dir"]) / "config.json").read_text())["config"]
+    assert train.validation is None and train.fit.examples == 48
+    config = json.loads((train.run_dir / "config.json").read_text())["config"]
     assert config["eval_data"] == []
 
 
 def test_interrupted_run_continues_from_the_unfinished_stage(project: Project, monkeypatch):
-    def interrupted(self, recorded):
+    def interrupted(self):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Pipeline, "_run_evaluate", interrupted)
@@ -200,7 +200,7 @@ def test_unknown_stage_is_a_clear_error(project: Project):
 
 def test_an_interrupted_training_run_is_resumed_not_restarted(project: Project):
     first = Pipeline(project, load_spec(project.spec_path)).run()
-    run_id = first.output("train")["run_id"]
+    run_id = first.output("train").run_id
     run_dir = project.runs_dir / run_id
     assert any((run_dir / "checkpoints").glob("step-*")), "the run left no checkpoint to resume from"
     # Make it look like a run killed after its last checkpoint: no result, registry row still 'running'.
@@ -211,11 +211,11 @@ def test_an_interrupted_training_run_is_resumed_not_restarted(project: Project):
     registry.close()
     said: list[str] = []
     again = Pipeline(project, load_spec(project.spec_path), narrate=said.append).run(from_stage="train")
-    assert again.output("train")["run_id"] == run_id
+    assert again.output("train").run_id == run_id
     assert any(f"resuming the interrupted training run {run_id}" in line for line in said)
     # A changed hyperparameter is a new run, not a resume of the old one.
     project.spec_path.write_text(
         project.spec_path.read_text().replace("learning_rate: auto", "learning_rate: 0.001")
     )
     changed = Pipeline(project, load_spec(project.spec_path)).run()
-    assert changed.output("train")["run_id"] != run_id
+    assert changed.output("train").run_id != run_id

@@ -568,10 +568,11 @@ def test_state_from_the_real_stages(tmp_path):
     """The shapes the data, evaluation, economics and decide stages really produce render, numbers intact."""
     from tunewise.data.check import CheckOptions
     from tunewise.data.validate import check_files
-    from tunewise.decide.verdict import Economics, EvalSummary, decide
+    from tunewise.decide.verdict import Economics, decide
     from tunewise.economics.plan import CostRequest, cost_report
     from tunewise.economics.pricing import load_builtin
     from tunewise.evaluate.summary import build_summary
+    from tunewise.outputs import EvalSummary
 
     labels = ["billing", "bug"]
     train = tmp_path / "train.jsonl"
@@ -621,7 +622,13 @@ def test_state_from_the_real_stages(tmp_path):
         Economics(queries_per_day=500, prompted_cost=0.08, tuned_cost=0.02, platforms=["together"]),
         load_builtin(),
     ).to_dict()
-    state = {"project": "real", "data": data, "evaluation": summary, "economics": econ, "verdict": verdict}
+    state = {
+        "project": "real",
+        "data": data,
+        "evaluation": summary.model_dump(),
+        "economics": econ,
+        "verdict": verdict,
+    }
     state = json.loads(json.dumps(state))  # the pipeline stores JSON
     html = build_report(state, tmp_path / "r")[0].read_text(encoding="utf-8")
 

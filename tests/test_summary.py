@@ -15,6 +15,11 @@ from tunewise.evaluate.summary import build_summary, score_records
 LABEL = {"type": "label", "labels": ["yes", "no", "maybe"]}
 
 
+def summary_json(*args, **kwargs) -> dict:
+    """The summary as stored (`model_dump()`): its JSON shape is what decide, report and economics read."""
+    return build_summary(*args, **kwargs).model_dump()
+
+
 def test_doctests():
     result = doctest.testmod(summary)
     assert result.attempted > 0 and result.failed == 0
@@ -50,7 +55,7 @@ def _label_records():
 
 
 def test_label_summary_hand_computed():
-    s = build_summary(_label_records(), LABEL, task="triage")
+    s = summary_json(_label_records(), LABEL, task="triage")
     assert (s["task"], s["n_examples"], s["contract"]) == ("triage", 5, "label")
     few, ft = s["arms"]
     assert (few["name"], few["kind"], few["constrained"]) == ("few-shot", "prompted", False)
@@ -114,7 +119,7 @@ def test_json_summary_field_f1_and_unsupported():
         {"id": i, "input": inp, "reference": ref, "arm": "zero-shot", "output": out}
         for i, (inp, ref, out) in enumerate(rows)
     ]
-    s = build_summary(records, contract, task="orders")
+    s = summary_json(records, contract, task="orders")
     arm = s["arms"][0]
     assert arm["accuracy"]["value"] == 0.25
     assert arm["accuracy_lenient"]["value"] == 0.5
@@ -147,7 +152,7 @@ def test_json_text_fields_give_a_rouge_l_mean_per_arm_and_a_paired_difference():
         for arm, outs in outputs.items()
         for i, (ref, out) in enumerate(zip(refs, outs, strict=True))
     ]
-    s = build_summary(records, contract, task="replies")
+    s = summary_json(records, contract, task="replies")
     arms = {a["name"]: a for a in s["arms"]}
     assert arms["fine-tuned"]["accuracy"]["value"] == 1.0 and arms["few-shot"]["accuracy"]["value"] == 0.0
     assert arms["fine-tuned"]["text_similarity"]["value"] == pytest.approx((8 / 11 + 1.0) / 2, abs=1e-4)
@@ -158,7 +163,7 @@ def test_json_text_fields_give_a_rouge_l_mean_per_arm_and_a_paired_difference():
     assert pair["text_similarity_diff"]["value"] == pytest.approx((8 / 11 + 1.0) / 2, abs=1e-4)
     assert pair["text_similarity_diff"]["low"] <= pair["text_similarity_diff"]["value"]
     # Without text fields there is nothing to compare.
-    plain = build_summary(records, {"type": "json"}, task="replies")
+    plain = summary_json(records, {"type": "json"}, task="replies")
     assert plain["arms"][0]["text_similarity"] is None and plain["paired"][0]["text_similarity_diff"] is None
 
 
@@ -166,7 +171,7 @@ def test_text_contract_has_no_format_compliance_and_missing_usage_is_null():
     records = [
         {"id": 1, "input": "hi", "reference": "Hello!", "arm": "gpt", "output": "hello", "latency_ms": None},
     ]
-    arm = build_summary(records, "text", task="t")["arms"][0]
+    arm = summary_json(records, "text", task="t")["arms"][0]
     assert arm["format_compliance"] is None
     assert arm["kind"] == "endpoint"  # not a local arm name
     assert arm["latency_ms"] is None and arm["prompt_tokens"] is None
@@ -177,7 +182,7 @@ def test_arm_info_and_partial_overlap():
     records = [{"id": i, "input": "q", "reference": "yes", "arm": "a", "output": "yes"} for i in range(4)] + [
         {"id": i, "input": "q", "reference": "yes", "arm": "b", "output": "no"} for i in range(2, 6)
     ]
-    s = build_summary(records, LABEL, task="t", arm_info={"b": {"kind": "prompted", "constrained": True}})
+    s = summary_json(records, LABEL, task="t", arm_info={"b": {"kind": "prompted", "constrained": True}})
     assert s["n_examples"] == 6
     assert (s["arms"][1]["kind"], s["arms"][1]["constrained"]) == ("prompted", True)
     p = next(p for p in s["paired"] if p["a"] == "a")
@@ -196,7 +201,7 @@ def test_variant_arms_carry_their_variant_and_kind():
             ("fine-tuned+scored", "yes", {}),
         ]
     ]
-    s = build_summary(records, LABEL, task="t")
+    s = summary_json(records, LABEL, task="t")
     arms = {a["name"]: a for a in s["arms"]}
     assert [(a["kind"], a["variant"], a["constrained"]) for a in arms.values()] == [
         ("prompted", "free", False),
@@ -211,11 +216,9 @@ def test_bad_records_are_user_errors():
     with pytest.raises(TunewiseError, match="lacks reference"):
         score_records([{"id": 1, "input": "q", "arm": "a", "output": "x"}], LABEL)
     with pytest.raises(TunewiseError, match="several records"):
-        build_summary(
-            [{"id": 1, "input": "q", "reference": "yes", "arm": "a", "output": "x"}] * 2, LABEL, "t"
-        )
+        summary_json([{"id": 1, "input": "q", "reference": "yes", "arm": "a", "output": "x"}] * 2, LABEL, "t")
     with pytest.raises(TunewiseError, match="no evaluation records"):
-        build_summary([], LABEL, "t")
+        summary_json([], LABEL, "t")
 
 
 def test_banking77_small_reference_arm(shared_datasets):
@@ -228,7 +231,7 @@ def test_banking77_small_reference_arm(shared_datasets):
         user, ref = row["messages"][0]["content"], row["messages"][-1]["content"]
         records.append({"id": i, "input": user, "reference": ref, "arm": "oracle", "output": ref})
         records.append({"id": i, "input": user, "reference": ref, "arm": "constant", "output": labels[0]})
-    s = build_summary(records, {"type": "label", "labels": labels}, task="banking77")
+    s = summary_json(records, {"type": "label", "labels": labels}, task="banking77")
     oracle, constant = s["arms"]
     share = sum(1 for r in rows if r["messages"][-1]["content"] == labels[0]) / len(rows)
     assert oracle["accuracy"]["value"] == 1.0 and oracle["macro_f1"] == 1.0

@@ -309,8 +309,9 @@ def test_micro_batch_tokens_follow_the_precision_unless_set():
     assert micro_batch_tokens(TrainConfig(), "float32") == 256
     assert micro_batch_tokens(TrainConfig(method="full"), "bfloat16") == 256  # autocast keeps fp32 weights
     assert micro_batch_tokens(TrainConfig(micro_batch_tokens=384), "bfloat16") == 384
-    for bad in (8, "many", True):
-        with pytest.raises(TunewiseError, match="micro_batch_tokens must be 'auto' or an integer"):
+    # The spec's bound and wording (tunewise.spec.MicroBatchTokens): at least 16, a whole number, not a boolean.
+    for bad, why in ((8, "greater than or equal to 16"), ("many", "a valid integer"), (True, "a number")):
+        with pytest.raises(TunewiseError, match=f"micro_batch_tokens: Input should be {why}"):
             TrainConfig(micro_batch_tokens=bad)
 
 

@@ -167,7 +167,7 @@ def test_worker_settings_are_checked():
     from tunewise.train import TrainConfig
 
     for bad in (0, -1, 65, "two", 1.5, True):
-        with pytest.raises(TunewiseError, match="micro_batch_workers must be 'auto' or an integer"):
+        with pytest.raises(TunewiseError, match="micro_batch_workers: Input should be"):
             TrainConfig(micro_batch_workers=bad)
     with pytest.raises(TunewiseError, match="micro_batch_workers above 1 is for LoRA"):
         TrainConfig(method="full", micro_batch_workers=2)

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from tunewise.decide.verdict import Economics, EvalSummary, decide, load_summary
+from tunewise.decide.verdict import Economics, decide
 from tunewise.economics.pricing import load_builtin
 from tunewise.errors import TunewiseError
+from tunewise.outputs import EvalSummary, load_summary
 
 
 def summary_dict() -> dict:
@@ -343,7 +344,8 @@ def test_load_summary_keeps_extra_fields_from_the_evaluation_stage(tmp_path):
 
 
 def test_best_prompted_breaks_accuracy_ties_by_quality_not_order():
-    from tunewise.decide.verdict import EvalSummary, best_prompted
+    from tunewise.decide.verdict import best_prompted
+    from tunewise.outputs import EvalSummary
 
     def arm(name, fmt, f1):
         return {

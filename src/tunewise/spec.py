@@ -11,7 +11,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunewise.errors import ConfigError, nearest
 
@@ -153,20 +161,46 @@ class ModelSpec(_Strict):
     trust_remote_code: bool = False
 
 
+def _not_bool(value: Any) -> Any:
+    """YAML reads `yes` as true, and pydantic would take true for 1: a count must be written as a number."""
+    if isinstance(value, bool):
+        raise ValueError("Input should be a number")
+    return value
+
+
+def _count(low: int, high: int | None = None) -> Any:
+    return Annotated[int, BeforeValidator(_not_bool), Field(ge=low, le=high)]
+
+
+# The bounds of every training hyperparameter, defined once: the spec's `hyperparameters`, `tunewise train`'s
+# flags, the fine-tuning jobs API and `train.config.TrainConfig` all validate against these types, so the same
+# value gets the same error wherever it was typed.
+Epochs = _count(1, 1000)
+BatchSize = _count(1, 65536)  # examples per optimizer step
+LoraRank = _count(1, 4096)
+MaxLength = _count(16, 1 << 20)  # tokens per example
+MicroBatchTokens = _count(16)
+MicroBatchWorkers = _count(1, 64)
+Steps = _count(1)  # an interval in optimizer steps (evaluations, checkpoints)
+LearningRate = Annotated[float, BeforeValidator(_not_bool), Field(gt=0, lt=1)]
+LoraAlpha = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
+LoraDropout = Annotated[float, BeforeValidator(_not_bool), Field(ge=0, lt=1)]
+
+
 class Hyperparameters(_Strict):
-    epochs: Auto | Annotated[int, Field(ge=1, le=100)] = "auto"
-    learning_rate: Auto | Annotated[float, Field(gt=0, lt=1)] = "auto"
-    batch_size: Auto | Annotated[int, Field(ge=1, le=4096)] = "auto"
-    lora_rank: Auto | Annotated[int, Field(ge=1, le=1024)] = "auto"
-    lora_alpha: Auto | Annotated[float, Field(gt=0)] = "auto"
-    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    max_length: Auto | Annotated[int, Field(ge=16)] = "auto"
+    epochs: Auto | Epochs = "auto"
+    learning_rate: Auto | LearningRate = "auto"
+    batch_size: Auto | BatchSize = "auto"
+    lora_rank: Auto | LoraRank = "auto"
+    lora_alpha: Auto | LoraAlpha = "auto"
+    lora_dropout: LoraDropout = 0.0
+    max_length: Auto | MaxLength = "auto"
     # Tokens per packed micro-batch, the bound on activation memory; auto: 768 for LoRA on a bf16 base, else
     # 256 (train/config.py's `micro_batch_tokens` says why).
-    micro_batch_tokens: Auto | Annotated[int, Field(ge=16)] = "auto"
+    micro_batch_tokens: Auto | MicroBatchTokens = "auto"
     # Micro-batches computed at once, one thread each; auto: 2 for fp32 LoRA on a CPU with two or more threads
     # and no dropout, else 1 (train/workers.py says why). Each one in flight holds its activations.
-    micro_batch_workers: Auto | Annotated[int, Field(ge=1, le=64)] = "auto"
+    micro_batch_workers: Auto | MicroBatchWorkers = "auto"
     # auto: tunewise's CPU training kernels where they are tested (a CPU, the Llama family); off: plain
     # transformers + PEFT (train/kernels.py says what each runs).
     kernels: Literal["auto", "off"] = "auto"
@@ -364,9 +398,9 @@ def _line_index(text: str) -> dict[tuple, int]:
     return index
 
 
-def _fields_at(loc: tuple) -> list[str]:
-    """Valid field names of the model found at `loc` in the Spec tree (for 'did you mean')."""
-    model: Any = Spec
+def _fields_at(loc: tuple, root: type[BaseModel]) -> list[str]:
+    """Valid field names of the model found at `loc` in the `root` model's tree (for 'did you mean')."""
+    model: Any = root
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
@@ -390,7 +424,12 @@ def _fields_at(loc: tuple) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
 
-def _describe(errors: list[dict], lines: dict[tuple, int]) -> list[str]:
+def describe_errors(
+    errors: list[Any], root: type[BaseModel], lines: dict[tuple, int] | None = None
+) -> list[str]:
+    """pydantic's validation errors of a `root` model as one line each: `[line N: ]field.path: what (got X)`,
+    an unknown key with the nearest valid one. The spec, `TrainConfig` and the jobs API word errors alike."""
+    lines = lines or {}
     problems: list[tuple[int, str]] = []
     for err in errors:
         if any(isinstance(p, str) and p.startswith("literal[") for p in err["loc"]):
@@ -405,13 +444,9 @@ def _describe(errors: list[dict], lines: dict[tuple, int]) -> list[str]:
         dotted = ".".join(str(p) for p in loc) or "(top level)"
         line = lines.get(loc) or lines.get(loc[:-1]) or 0
         where = f"line {line}: " if line else ""
-        auto = (
-            " or 'auto'"
-            if loc and loc[0] in {"hyperparameters", "evaluation"} and loc[-1] in _AUTO_FIELDS
-            else ""
-        )
+        auto = " or 'auto'" if loc and loc[-1] in _AUTO_FIELDS else ""
         if err["type"] == "extra_forbidden":
-            valid = _fields_at(loc[:-1])
+            valid = _fields_at(loc[:-1], root)
             guess = nearest(str(loc[-1]), valid)
             tip = (
                 f" (did you mean '{guess}'?)"
@@ -429,7 +464,8 @@ def _describe(errors: list[dict], lines: dict[tuple, int]) -> list[str]:
             msg = err["msg"].removeprefix("Value error, ") + auto
             got = err.get("input")
             shown = f" (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else ""
-            problems.append((line, f"{where}{dotted}: {msg}{shown}"))
+            # A whole-model check's message names its own fields.
+            problems.append((line, f"{where}{dotted + ': ' if loc else ''}{msg}{shown}"))
     return [text for _, text in sorted(problems, key=lambda p: p[0])]
 
 
@@ -444,6 +480,8 @@ _AUTO_FIELDS = {
     "micro_batch_workers",
     "max_new_tokens",
     "constrained",
+    "eval_every",
+    "checkpoint_every",
 }
 
 
@@ -460,7 +498,7 @@ def parse_spec(text: str, source: str = "tunewise.yaml") -> Spec:
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, _describe(exc.errors(), _line_index(text))) from None
+        raise ConfigError(source, describe_errors(exc.errors(), Spec, _line_index(text))) from None
 
 
 def load_spec(path: str | Path) -> Spec:

@@ -195,35 +195,22 @@ def decide(
     pricing: Path | None = typer.Option(None, "--pricing", help="Pricing override YAML."),
     as_json: bool = typer.Option(False, "--json", help="Print the verdict as JSON."),
 ) -> None:
-    from tunewise.decide.verdict import Economics, load_summary
     from tunewise.decide.verdict import decide as run_verdict
-    from tunewise.economics.cli import _platforms, _spec_economics
-    from tunewise.economics.pricing import load_catalog
+    from tunewise.economics.settings import economics_settings, spec_economics
+    from tunewise.outputs import load_summary
 
-    econ_spec, spec_pricing = _spec_economics(spec)
-    qpd = (
-        queries_per_day if queries_per_day is not None else (econ_spec.queries_per_day if econ_spec else None)
-    )
-    if qpd is None:
-        raise TunewiseError("no volume given", hint="pass --queries-per-day N (or --spec tunewise.yaml)")
-    platforms = _platforms(platform)
-    explicit_hosting = hosting_per_hour is not None or hosting_per_month is not None
-    if platforms is None:
-        platforms = list(econ_spec.platforms) if econ_spec and not explicit_hosting else []
-    econ = Economics(
-        queries_per_day=qpd,
-        value_per_accuracy_point=value_per_point
-        if value_per_point is not None
-        else (econ_spec.value_per_accuracy_point if econ_spec else None),
-        platforms=platforms,
+    econ = economics_settings(
+        *spec_economics(spec),
+        queries_per_day=queries_per_day,
+        platforms=platform,
+        value_per_accuracy_point=value_per_point,
         prompted_cost=prompted_cost,
         tuned_cost=tuned_cost,
         hosting_per_hour=hosting_per_hour,
         hosting_per_month=hosting_per_month,
         training_cost=training_cost,
-        retrain_every_days=econ_spec.retrain_every_days if econ_spec else 91.0,
     )
-    verdict = run_verdict(load_summary(summary_path), econ, load_catalog(spec_pricing, pricing), fine_tuned)
+    verdict = run_verdict(load_summary(summary_path), econ, econ.catalog(pricing), fine_tuned)
     if as_json:
         print_json(verdict.to_dict())
         return

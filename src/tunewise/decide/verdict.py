@@ -23,239 +23,101 @@ problem, which needs no training; fine-tuning must then win on task accuracy.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from tunewise.economics.cost import RETRAIN_EVERY_DAYS, break_even, monthly_cost
-from tunewise.economics.plan import ArmTokens, CostRequest, build_options
+from tunewise.economics.cost import break_even, monthly_cost
+from tunewise.economics.plan import ArmTokens, build_options
 from tunewise.economics.pricing import Catalog
-from tunewise.errors import ConfigError, TunewiseError
+from tunewise.economics.settings import Economics
+from tunewise.errors import TunewiseError
+from tunewise.outputs import ArmResult, Bars, EvalSummary, Paired, RuleRecord, Verdict
 
-ACCURACY_BAR = 0.85  # the guide's "Task Accuracy ... Below 85% means data or task definition needs work"
-CONSISTENCY_BAR = 0.95  # the guide's "Consistency Rate ... Target 95%+"
-SMALL_EVAL_SET = 100  # the guide: a consistency gap "that persists across 100+ prompted generations"
+# The quality bars of "How to Measure Fine-Tuning Success", defined once: the verdict applies them, records them
+# in its output, and the report reads them from there.
+BARS = Bars(
+    accuracy=0.85,  # "Task Accuracy ... Below 85% means data or task definition needs work"
+    consistency=0.95,  # "Consistency Rate ... Target 95%+"
+    format=0.95,  # "95%+ format compliance": at or above it, format is not the problem
+)
+SMALL_EVAL_SET = 100  # a consistency gap "that persists across 100+ prompted generations"
 WIDE_INTERVAL = 0.10  # a 95% interval wider than 10 accuracy points cannot separate close arms
-
-# --- the evaluation summary ----------------------------------------------------------------------------
-
-
-class Interval(BaseModel):
-    # Extra keys are allowed: the evaluation stage may add fields (n, method) this stage does not need.
-    model_config = ConfigDict(extra="allow")
-
-    value: float
-    low: float | None = None
-    high: float | None = None
-
-    @property
-    def width(self) -> float | None:
-        return None if self.low is None or self.high is None else self.high - self.low
-
-
-class Latency(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    p50: float | None = None
-    p95: float | None = None
-
-
-class ArmResult(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    name: str
-    kind: Literal["prompted", "fine-tuned", "endpoint"]
-    constrained: bool = False
-    accuracy: Interval
-    format_compliance: Interval | None = None
-    consistency: Interval | None = None
-    unsupported_rate: Interval | None = None
-    latency_ms: Latency | None = None
-    prompt_tokens: float = Field(default=0.0, ge=0)
-    completion_tokens: float = Field(default=0.0, ge=0)
-
-
-class Paired(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    a: str
-    b: str
-    metric: str
-    diff: float
-    low: float
-    high: float
-    mcnemar_p: float | None = None
-
-    @property
-    def text_similarity(self) -> Interval | None:
-        """a - b in mean ROUGE-L of the contract's free-text fields (None without them)."""
-        raw = (self.model_extra or {}).get("text_similarity_diff")
-        return Interval.model_validate(raw) if isinstance(raw, dict) else None
-
-
-class EvalSummary(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    task: str = ""
-    n_examples: int = Field(ge=0)
-    contract: str = "text"
-    arms: list[ArmResult] = Field(min_length=1)
-    paired: list[Paired] = Field(default_factory=list)
-
-    def arm(self, name: str) -> ArmResult:
-        for a in self.arms:
-            if a.name == name:
-                return a
-        raise TunewiseError(
-            f"no arm named '{name}' in the evaluation summary",
-            hint=f"arms: {', '.join(a.name for a in self.arms)}",
-        )
-
-    def paired_diff(self, a: str, b: str, metric: str = "accuracy") -> Paired | None:
-        """The paired comparison a - b, flipping a stored b - a record."""
-        for p in self.paired:
-            if p.metric != metric:
-                continue
-            if (p.a, p.b) == (a, b):
-                return p
-            if (p.a, p.b) == (b, a):
-                text = p.text_similarity
-                return Paired(
-                    a=a, b=b, metric=metric, diff=-p.diff, low=-p.high, high=-p.low, mcnemar_p=p.mcnemar_p,
-                    text_similarity_diff=(
-                        None if text is None else {"value": -text.value, "low": -text.high, "high": -text.low}
-                    ),
-                )  # fmt: skip
-        return None
-
-
-def load_summary(path: str | Path) -> EvalSummary:
-    path = Path(path)
-    if not path.is_file():
-        raise TunewiseError(
-            f"no evaluation summary at {path}", hint="run the evaluation stage first, or check the path"
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(str(path), [f"line {exc.lineno}: not valid JSON: {exc.msg}"]) from None
-    try:
-        return EvalSummary.model_validate(raw)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise ConfigError(str(path), problems) from None
-
 
 # --- the rules ------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RuleRecord:
-    rule: str
-    guide: str  # the guide's rule behind it
-    numbers: dict[str, Any]
-    passed: bool | None  # None: not applicable (it neither blocks nor supports)
-    detail: str
-
-
-@dataclass
-class Verdict:
-    recommendation: Literal["fine-tune", "keep prompting"]
-    fine_tuned_arm: str | None
-    best_prompted_arm: str | None
-    rules: list[RuleRecord]
-    cheapest_platform: str | None = None
-    break_even: dict[str, Any] | None = None
-    weakest_point: str = ""
-    reasons: list[str] = field(default_factory=list)
-    diagnosis: list[str] = field(default_factory=list)  # which problem each option fixes (see `diagnose`)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Economics:
-    """What the cost rule needs: the stated volume, the value of a point of accuracy, and how to price arms."""
-
-    queries_per_day: float
-    value_per_accuracy_point: float | None = None
-    platforms: list[str] = field(default_factory=list)
-    prompted_cost: float | None = None
-    tuned_cost: float | None = None
-    hosting_per_hour: float | None = None
-    hosting_per_month: float | None = None
-    training_cost: float | None = None
-    retrain_every_days: float = RETRAIN_EVERY_DAYS
+def _rule(rule: str, guide: str, numbers: dict[str, Any], passed: bool | None, detail: str) -> RuleRecord:
+    return RuleRecord(rule=rule, guide=guide, numbers=numbers, passed=passed, detail=detail)
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def prompted_strength(arm: Mapping[str, Any]) -> tuple[float, ...]:
+    """How strong a prompted arm is, as a sort key: accuracy, then (to break ties, e.g. when every prompted arm
+    scores 0% exact) lenient accuracy, field/macro F1, format compliance and consistency; -1 where unmeasured.
+
+    >>> prompted_strength({"accuracy": {"value": 0.5}, "accuracy_lenient": {"value": 0.7}, "macro_f1": 0.6})
+    (0.5, 0.7, 0.6, -1.0, -1.0)
+    """
+
+    def value(key: str) -> float:
+        iv = arm.get(key)
+        v = iv.get("value") if isinstance(iv, Mapping) else None
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else -1.0
+
+    f1 = arm.get("field_f1") if arm.get("field_f1") is not None else arm.get("macro_f1")
+    return (
+        value("accuracy"),
+        value("accuracy_lenient"),
+        float(f1) if isinstance(f1, (int, float)) else -1.0,
+        value("format_compliance"),
+        value("consistency"),
+    )
+
+
+def best_prompted_arm(arms: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The strongest arm that is not fine-tuned (constrained variants and endpoints included), by
+    `prompted_strength`; None when every arm is fine-tuned. Comparing against a weaker arm than the best would
+    flatter fine-tuning.
+
+    >>> best_prompted_arm([{"name": "a", "kind": "prompted", "accuracy": {"value": 0.6}, "consistency": {"value": 1}},
+    ...                    {"name": "b", "kind": "prompted", "accuracy": {"value": 0.6}, "macro_f1": 0.5},
+    ...                    {"name": "ft", "kind": "fine-tuned", "accuracy": {"value": 0.9}}])["name"]
+    'b'
+    """
+    prompted = [a for a in arms if a.get("kind") != "fine-tuned"]
+    return max(prompted, key=prompted_strength) if prompted else None
+
+
 def best_prompted(summary: EvalSummary) -> ArmResult:
-    """The strongest arm that is not fine-tuned (constrained variants included): by accuracy, then (to break
-    ties, e.g. when every prompted arm scores 0% exact) lenient accuracy, field/macro F1, format compliance and
-    consistency. Comparing against a weaker arm than the best would flatter fine-tuning."""
-    prompted = [a for a in summary.arms if a.kind != "fine-tuned"]
-    if not prompted:
+    """The summary's best prompted arm (`best_prompted_arm`)."""
+    best = best_prompted_arm([a.model_dump() for a in summary.arms])
+    if best is None:
         raise TunewiseError(
             "the evaluation has no prompted arm",
             hint="evaluate at least one prompted arm: the verdict compares against it",
         )
-
-    def strength(arm: ArmResult) -> tuple[float, ...]:
-        extra = arm.model_extra or {}
-        lenient = (extra.get("accuracy_lenient") or {}).get("value")
-        f1 = extra.get("field_f1") if extra.get("field_f1") is not None else extra.get("macro_f1")
-        return (
-            arm.accuracy.value,
-            lenient if lenient is not None else -1.0,
-            f1 if f1 is not None else -1.0,
-            arm.format_compliance.value if arm.format_compliance else -1.0,
-            arm.consistency.value if arm.consistency else -1.0,
-        )
-
-    return max(prompted, key=strength)
+    return summary.arm(best["name"])
 
 
-def _cost_options(
-    summary: EvalSummary, tuned: ArmResult, prompted: ArmResult, econ: Economics, catalog: Catalog
-):
-    """(prompted options, fine-tuned options, skipped reasons) priced from flags or measured tokens."""
+def _cost_options(tuned: ArmResult, prompted: ArmResult, econ: Economics, catalog: Catalog):
+    """(prompted options, fine-tuned options, skipped reasons) priced from given costs or measured tokens."""
     if econ.prompted_cost is not None or econ.tuned_cost is not None:
         if econ.prompted_cost is None or econ.tuned_cost is None:
             raise TunewiseError(
                 "give both --prompted-cost and --tuned-cost, or neither (then measured tokens are priced)"
             )
-        request = CostRequest(
-            queries_per_day=econ.queries_per_day,
-            prompted_cost=econ.prompted_cost,
-            tuned_cost=econ.tuned_cost,
-            hosting_per_hour=econ.hosting_per_hour,
-            hosting_per_month=econ.hosting_per_month,
-            platforms=econ.platforms,
-            training_cost=econ.training_cost,
-            retrain_every_days=econ.retrain_every_days,
-        )
+        request = econ.cost_request()
     else:
-        request = CostRequest(
-            queries_per_day=econ.queries_per_day,
-            platforms=econ.platforms,
+        request = econ.cost_request(
             arms=[
                 ArmTokens(
-                    a.name,
-                    a.kind,
-                    a.prompt_tokens,
-                    a.completion_tokens,
-                    pricing=(a.model_extra or {}).get("pricing"),
+                    a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0, pricing=a.pricing
                 )
                 for a in (prompted, tuned)
-            ],
-            training_cost=econ.training_cost,
-            retrain_every_days=econ.retrain_every_days,
+            ]
         )
     options, skipped, _ = build_options(request, catalog)
     tuned_opts = [o for o in options if o.arm in ("fine-tuned", tuned.name)]
@@ -282,7 +144,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
     paired = summary.paired_diff(tuned.name, prompted.name, "accuracy")
     if paired is None:
         rules.append(
-            RuleRecord(
+            _rule(
                 "significant gain",
                 "quantify the improvement over the base model plus a good system prompt",
                 {"fine_tuned": tuned.name, "best_prompted": prompted.name},
@@ -296,26 +158,26 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
     # 2. The accuracy bar.
     acc = tuned.accuracy.value
     rules.append(
-        RuleRecord(
+        _rule(
             "accuracy bar",
             "task accuracy below 85% means data or task definition needs work",
-            {"accuracy": acc, "bar": ACCURACY_BAR},
-            acc >= ACCURACY_BAR,
-            f"{tuned.name} accuracy {_pct(acc)} {'>=' if acc >= ACCURACY_BAR else '<'} {_pct(ACCURACY_BAR)}",
+            {"accuracy": acc, "bar": BARS.accuracy},
+            acc >= BARS.accuracy,
+            f"{tuned.name} accuracy {_pct(acc)} {'>=' if acc >= BARS.accuracy else '<'} {_pct(BARS.accuracy)}",
         )
     )
 
     # 3. The consistency bar.
     cons = tuned.consistency.value if tuned.consistency else None
     rules.append(
-        RuleRecord(
+        _rule(
             "consistency bar",
             "consistency rate: target 95%+",
-            {"consistency": cons, "bar": CONSISTENCY_BAR},
-            cons is not None and cons >= CONSISTENCY_BAR,
+            {"consistency": cons, "bar": BARS.consistency},
+            cons is not None and cons >= BARS.consistency,
             "consistency was not measured"
             if cons is None
-            else f"{tuned.name} consistency {_pct(cons)} {'>=' if cons >= CONSISTENCY_BAR else '<'} {_pct(CONSISTENCY_BAR)}",
+            else f"{tuned.name} consistency {_pct(cons)} {'>=' if cons >= BARS.consistency else '<'} {_pct(BARS.consistency)}",
         )
     )
 
@@ -323,7 +185,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
     tu = tuned.unsupported_rate.value if tuned.unsupported_rate else None
     pu = prompted.unsupported_rate.value if prompted.unsupported_rate else None
     if tu is None and pu is None:
-        unsupported = RuleRecord(
+        unsupported = _rule(
             "unsupported-content rate",
             "hallucination rate should not increase vs. base model",
             {"fine_tuned": None, "best_prompted": None},
@@ -331,7 +193,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
             "not measured for either arm (not applicable to this contract)",
         )
     elif tu is None or pu is None:
-        unsupported = RuleRecord(
+        unsupported = _rule(
             "unsupported-content rate",
             "hallucination rate should not increase vs. base model",
             {"fine_tuned": tu, "best_prompted": pu},
@@ -339,7 +201,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
             "measured for one arm only: cannot show it did not increase",
         )
     else:
-        unsupported = RuleRecord(
+        unsupported = _rule(
             "unsupported-content rate",
             "hallucination rate should not increase vs. base model",
             {"fine_tuned": tu, "best_prompted": pu},
@@ -351,13 +213,13 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
     # 5. Cost at the stated volume, or the value of the gain covers the difference.
     verdict_extra: dict[str, Any] = {}
     try:
-        p_opts, t_opts, skipped = _cost_options(summary, tuned, prompted, econ, catalog)
+        p_opts, t_opts, skipped = _cost_options(tuned, prompted, econ, catalog)
     except TunewiseError as exc:
         p_opts, t_opts, skipped = [], [], [exc.message]
     q = econ.queries_per_day
     if not p_opts or not t_opts:
         rules.append(
-            RuleRecord(
+            _rule(
                 "cost at stated volume",
                 "always evaluate performance and economics together",
                 {"queries_per_day": q, "skipped": skipped},
@@ -402,7 +264,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
                 + ("covers it" if ok else "does not cover it")
             )
         rules.append(
-            RuleRecord(
+            _rule(
                 "cost at stated volume",
                 "always evaluate performance and economics together",
                 numbers,
@@ -421,21 +283,23 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
 
     failed = [r for r in rules if r.passed is False]
     diagnosis = diagnose(summary, tuned, prompted)
+    # Why: the failed rules when prompting stays, else the rules that carried the decision.
+    reasons = [f"{r.rule}: {r.detail}" for r in (failed or [r for r in rules if r.passed])]
+    lead = "Keep prompting" if failed else "Fine-tune"
     return Verdict(
         recommendation="keep prompting" if failed else "fine-tune",
+        headline=f"{lead}: {reasons[0]}" if reasons else f"{lead}.",
         fine_tuned_arm=tuned.name,
         best_prompted_arm=prompted.name,
+        bars=BARS,
         rules=rules,
         weakest_point=weakest_point(summary, tuned, paired),
-        # Why: the failed rules when prompting stays, else the rules that carried the decision.
-        reasons=[f"{r.rule}: {r.detail}" for r in (failed or [r for r in rules if r.passed])]
-        + [f"diagnosis: {line}" for line in diagnosis],
+        reasons=reasons + [f"diagnosis: {line}" for line in diagnosis],
         diagnosis=diagnosis,
         **verdict_extra,
     )
 
 
-FORMAT_FIXED = 0.95  # the guide's "95%+ format compliance": at or above it, format is not the problem
 _VARIANT_WORDS = {"scored": "label scoring", "constrained": "constrained decoding"}
 
 
@@ -454,7 +318,7 @@ def _gain_rule(paired: Paired, tuned: str, prompted: str) -> RuleRecord:
         f"{tuned} - {prompted} accuracy = {100 * paired.diff:+.1f} points, 95% interval "
         f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
     )
-    text = paired.text_similarity
+    text = paired.text_similarity_diff
     if text is None or text.low is None or text.high is None:
         ok = paired.low > 0
         detail += ": " + ("excludes zero" if ok else "includes zero or is negative")
@@ -473,7 +337,7 @@ def _gain_rule(paired: Paired, tuned: str, prompted: str) -> RuleRecord:
                 else "neither interval excludes zero"
             )
         )
-    return RuleRecord(
+    return _rule(
         "significant gain",
         "quantify the improvement over the base model plus a good system prompt",
         numbers,
@@ -561,7 +425,7 @@ def diagnose(summary: EvalSummary, tuned: ArmResult | None, prompted: ArmResult 
         line = (
             f"{tuned.name} vs {prompted.name} (best prompted): {_change(summary, tuned, prompted)}: {verdict}"
         )
-        if _fmt(prompted) is not None and _fmt(prompted) >= FORMAT_FIXED:
+        if _fmt(prompted) is not None and _fmt(prompted) >= BARS.format:
             line += (
                 f"; {prompted.name} already meets the format ({_pct(_fmt(prompted))}), so only task accuracy "
                 "can justify training"
@@ -575,6 +439,7 @@ def diagnose(summary: EvalSummary, tuned: ArmResult | None, prompted: ArmResult 
 def weakest_point(summary: EvalSummary, tuned: ArmResult, paired: Paired | None) -> str:
     """The weakest point of the evidence: a small held-out set, else the widest interval, else the closest call.
 
+    >>> from tunewise.outputs import Interval
     >>> s = EvalSummary(n_examples=40, arms=[ArmResult(name="a", kind="prompted", accuracy=Interval(value=0.5))])
     >>> weakest_point(s, s.arms[0], None)
     'small held-out set: 40 examples (under 100); intervals are wide and a few examples swing the verdict'
@@ -596,16 +461,12 @@ def weakest_point(summary: EvalSummary, tuned: ArmResult, paired: Paired | None)
 
 
 __all__ = [
-    "ArmResult",
-    "EvalSummary",
+    "BARS",
     "Economics",
-    "Interval",
-    "Paired",
-    "RuleRecord",
-    "Verdict",
     "best_prompted",
+    "best_prompted_arm",
     "decide",
     "diagnose",
-    "load_summary",
+    "prompted_strength",
     "weakest_point",
 ]

@@ -8,8 +8,7 @@ from pathlib import Path
 import typer
 
 from tunewise.cli import app, err, out, print_json
-from tunewise.economics.cost import RETRAIN_EVERY_DAYS
-from tunewise.errors import TunewiseError
+from tunewise.economics.settings import economics_settings, parse_platforms, spec_economics
 
 COST_HELP = """Monthly cost per option at a volume, and the break-even volume between every two options.
 
@@ -29,24 +28,6 @@ def _usd(x: float, places: int = 2) -> str:
 def _vol(q: float) -> str:
     """A volume as typed: 500 -> '500', 83.3 -> '83.3'."""
     return f"{q:,.1f}".removesuffix(".0")
-
-
-def _platforms(value: str | None) -> list[str] | None:
-    if value is None:
-        return None
-    return [p.strip() for p in value.split(",") if p.strip()]
-
-
-def _spec_economics(spec_path: Path | None):
-    """(economics section, pricing file resolved against the spec's folder) or (None, None)."""
-    if spec_path is None:
-        return None, None
-    from tunewise.spec import load_spec
-
-    spec = load_spec(spec_path)
-    econ = spec.economics
-    pricing = (spec_path.parent / econ.pricing_file) if econ.pricing_file else None
-    return econ, pricing
 
 
 def render_cost(report) -> None:
@@ -119,51 +100,36 @@ def cost(
     plot: Path | None = typer.Option(None, "--plot", help="Write the volume sweep to PATH.png and PATH.svg."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    from tunewise.economics.plan import ArmTokens, CostRequest, cost_report
-    from tunewise.economics.pricing import load_catalog
+    from tunewise.economics.plan import ArmTokens, cost_report
 
-    econ, spec_pricing = _spec_economics(spec)
-    qpd = queries_per_day if queries_per_day is not None else (econ.queries_per_day if econ else None)
-    if qpd is None:
-        raise TunewiseError("no volume given", hint="pass --queries-per-day N (or --spec tunewise.yaml)")
-    platforms = _platforms(platform)
-    if platforms is None:
-        # A spec's platforms price the fine-tuned arm unless hosting was given explicitly.
-        explicit = hosting_per_hour is not None or hosting_per_month is not None
-        platforms = list(econ.platforms) if econ and not explicit else []
+    econ = economics_settings(
+        *spec_economics(spec),
+        queries_per_day=queries_per_day,
+        platforms=platform,
+        retrain_every_days=retrain_every_days,
+        prompted_cost=prompted_cost,
+        tuned_cost=tuned_cost,
+        hosting_per_hour=hosting_per_hour,
+        hosting_per_month=hosting_per_month,
+        training_cost=training_cost,
+    )
     arms = []
     if eval_summary is not None:
-        from tunewise.decide.verdict import load_summary
+        from tunewise.outputs import load_summary
 
         summary = load_summary(eval_summary)
-        arms = [ArmTokens(a.name, a.kind, a.prompt_tokens, a.completion_tokens) for a in summary.arms]
-    cadence = (
-        retrain_every_days
-        if retrain_every_days is not None
-        else (econ.retrain_every_days if econ else RETRAIN_EVERY_DAYS)
-    )
-    catalog = load_catalog(spec_pricing, pricing)
+        arms = [
+            ArmTokens(a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0)
+            for a in summary.arms
+        ]
     report = cost_report(
-        CostRequest(
-            queries_per_day=qpd,
-            prompted_cost=prompted_cost,
-            tuned_cost=tuned_cost,
-            hosting_per_hour=hosting_per_hour,
-            hosting_per_month=hosting_per_month,
-            platforms=platforms,
-            arms=arms,
-            training_cost=training_cost,
-            training_tokens=training_tokens,
-            epochs=epochs,
-            retrain_every_days=cadence,
-        ),
-        catalog,
+        econ.cost_request(arms, training_tokens=training_tokens, epochs=epochs), econ.catalog(pricing)
     )
     payload = report.to_dict()
     if plot is not None:
         from tunewise.economics.plot import plot_sweep
 
-        files = plot_sweep(report.options, plot, queries_per_day=qpd)
+        files = plot_sweep(report.options, plot, queries_per_day=econ.queries_per_day)
         payload["plots"] = [str(f) for f in files]
     if as_json:
         print_json(payload)
@@ -191,9 +157,10 @@ def pricing(
 ) -> None:
     from tunewise.economics.pricing import FIGURE_FIELDS, load_catalog
 
-    _, spec_pricing = _spec_economics(spec)
+    econ, root = spec_economics(spec)
+    spec_pricing = root / econ.pricing_file if econ is not None and root and econ.pricing_file else None
     catalog = load_catalog(spec_pricing, pricing_file)
-    wanted = _platforms(platform)
+    wanted = parse_platforms(platform)
     entries = catalog.entries
     if wanted:
         chosen = {catalog.get(p).platform if "/" not in p else p for p in wanted}

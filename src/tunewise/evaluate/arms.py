@@ -24,6 +24,19 @@ from tunewise.data.formats import completion
 from tunewise.spec import JsonContract, LabelContract, RegexContract, Spec
 
 PROMPTED_ARMS = ("zero-shot", "few-shot", "retrieved")
+TUNED_ARM = "fine-tuned"
+
+
+def is_tuned_arm(name: str) -> bool:
+    """Whether an arm name means the fine-tuned model: `fine-tuned`, a variant of it (`fine-tuned+scored`),
+    either naming its training run (`fine-tuned:RUN`). An endpoint called `fine-tuned-gpt` is not one.
+
+    >>> [is_tuned_arm(a) for a in ("fine-tuned", "fine-tuned+scored", "fine-tuned+scored:train-1")]
+    [True, True, True]
+    >>> [is_tuned_arm(a) for a in ("few-shot", "few-shot+scored", "fine-tuned-gpt", "my-fine-tuned")]
+    [False, False, False, False]
+    """
+    return re.split(r"[+:]", name, maxsplit=1)[0] == TUNED_ARM
 
 
 def contract_instruction(spec: Spec) -> str:

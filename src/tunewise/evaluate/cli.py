@@ -75,6 +75,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     from tunewise.data.load import load_spec_split
+    from tunewise.evaluate.arms import is_tuned_arm
     from tunewise.evaluate.run import run_evaluation
     from tunewise.project import find_project
     from tunewise.spec import load_spec
@@ -87,15 +88,15 @@ def eval_command(
         spec.evaluation.consistency_samples = samples
     if arms is None:
         arms = ",".join(
-            [a for a in spec.evaluation.arms if a != "fine-tuned"]
+            [a for a in spec.evaluation.arms if not is_tuned_arm(a)]
             + [e.name for e in spec.evaluation.endpoints]
         )
     names, run = [], None
     for item in (a.strip() for a in arms.split(",") if a.strip()):
-        if item.startswith("fine-tuned") and ":" in item:  # fine-tuned:RUN, fine-tuned+scored:RUN
+        if is_tuned_arm(item) and ":" in item:  # fine-tuned:RUN, fine-tuned+scored:RUN
             arm, run = item.split(":", 1)
             names.append(arm)
-        elif item.startswith("fine-tuned"):
+        elif is_tuned_arm(item):
             raise TunewiseError(
                 f"the fine-tuned arm needs a run: {item}:RUN_ID",
                 hint="list the training runs with `tunewise runs --kind train`",

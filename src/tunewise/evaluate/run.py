@@ -319,7 +319,9 @@ def run_evaluation(
                     for j, g in enumerate(extra)
                     if variant != SCORED  # a scored arm's samples are drawn from its scores: no model call
                 )
-        summary = build_summary(records, contract, task=spec.task.name, arm_info=arm_info, seed=seed)
+        summary = build_summary(
+            records, contract, task=spec.task.name, arm_info=arm_info, seed=seed
+        ).model_dump()
         summary["run_id"] = run_id
         # What each arm was, so the pipeline merges summaries without guessing.
         summary["arm_info"] = arm_info

@@ -1,4 +1,5 @@
-"""Per-example records -> the evaluation summary JSON (read by `decide`, `report` and the economics stage).
+"""Per-example records -> the evaluation summary (`tunewise.outputs.EvalSummary`; read by `decide`, `report`
+and the economics stage).
 
 A per-example record is one arm's answer to one held-out example:
 
@@ -11,7 +12,7 @@ deterministic it would only dilute disagreement); latency and token fields
 may be None (an endpoint that reports no usage). Optional keys `kind` ("prompted" | "fine-tuned" |
 "endpoint") and `constrained` (bool) describe the arm; `arm_info` passed to `build_summary` wins over them.
 
-The summary's shape is fixed (see `build_summary`). Every rate carries a 95% interval: Wilson for proportions,
+The summary's shape is `EvalSummary` (see `build_summary`). Every rate carries a 95% interval: Wilson for proportions,
 percentile bootstrap for field F1 and for paired differences. `cost_per_query` is left null for the economics
 stage to fill.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from tunewise.errors import TunewiseError
+from tunewise.evaluate.arms import PROMPTED_ARMS, is_tuned_arm
 from tunewise.evaluate.scorers import as_contract, consistency, label_metrics, score
 from tunewise.evaluate.stats import (
     bootstrap_mean,
@@ -33,21 +35,18 @@ from tunewise.evaluate.stats import (
     wilson,
 )
 from tunewise.evaluate.unsupported import is_unsupported
+from tunewise.outputs import EvalSummary
 
 __all__ = ["build_summary", "score_records"]
 
-_PROMPTED = {"zero-shot", "few-shot", "retrieved"}
 _REQUIRED = ("id", "input", "reference", "arm", "output")
 
 
 def _kind(arm: str) -> str:
     """Guess an arm's kind from its name when nobody said: 'few-shot+scored' is prompted, 'fine-tuned:RUN' too."""
-    base = arm.split(":")[0].split("+")[0]
-    if base in _PROMPTED:
-        return "prompted"
-    if base == "fine-tuned":
+    if is_tuned_arm(arm):
         return "fine-tuned"
-    return "endpoint"
+    return "prompted" if arm.split(":")[0].split("+")[0] in PROMPTED_ARMS else "endpoint"
 
 
 def _variant(arm: str) -> str:
@@ -217,10 +216,10 @@ def build_summary(
     task: str,
     arm_info: Mapping[str, Mapping[str, Any]] | None = None,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Aggregate per-example records of every arm into the summary JSON.
+) -> EvalSummary:
+    """Aggregate per-example records of every arm into the evaluation summary.
 
-    Shape (extra keys allowed, these are fixed):
+    Its JSON (`model_dump()`; extra keys allowed, these are fixed):
 
         {"task", "n_examples", "contract",
          "arms": [{"name", "kind", "constrained", "accuracy": {"value", "low", "high"}, "accuracy_lenient",
@@ -242,9 +241,9 @@ def build_summary(
     ...         for arm, outs in [("few-shot", ["yes", "no"]), ("fine-tuned", ["yes", "yes"])]
     ...         for i, out in enumerate(outs)]
     >>> s = build_summary(recs, {"type": "label", "labels": ["yes", "no"]}, task="t")
-    >>> [(a["name"], a["accuracy"]["value"]) for a in s["arms"]]
+    >>> [(a.name, a.accuracy.value) for a in s.arms]
     [('few-shot', 0.5), ('fine-tuned', 1.0)]
-    >>> s["paired"][0]["a"], s["paired"][0]["b"], s["paired"][0]["diff"], s["paired"][0]["mcnemar_p"]
+    >>> s.paired[0].a, s.paired[0].b, s.paired[0].diff, s.paired[0].mcnemar_p
     ('few-shot', 'fine-tuned', -0.5, 1.0)
     """
     c = as_contract(contract)
@@ -305,10 +304,12 @@ def build_summary(
                 "text_similarity_diff": text_diff,
             }
         )
-    return {
-        "task": task,
-        "n_examples": len({r["id"] for r in scored}),
-        "contract": c.type,
-        "arms": arms,
-        "paired": paired,
-    }
+    return EvalSummary.model_validate(
+        {
+            "task": task,
+            "n_examples": len({r["id"] for r in scored}),
+            "contract": c.type,
+            "arms": arms,
+            "paired": paired,
+        }
+    )

@@ -32,21 +32,22 @@ def _run(spec_path: Path | None, from_stage: str | None, only: str | None, as_js
         sys.exit(130)
     finally:
         progress.close()
-    report = result.output("report") or pipeline.outputs.get("report", {})
-    verdict = pipeline.outputs.get("verdict", {})
+    report = result.output("report") or pipeline.outputs.get("report")
+    verdict = pipeline.outputs.get("verdict")
+    recommendation = verdict.recommendation if verdict is not None else None
     summary = {
         "stages": [
             {"stage": o.stage, "status": o.status, "seconds": round(o.seconds, 2)} for o in result.outcomes
         ],
-        "recommendation": verdict.get("recommendation"),
-        "report": report.get("html_path"),
+        "recommendation": recommendation,
+        "report": str(report.html_path) if report is not None else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
     if as_json:
         print_json(summary)
         return
-    if verdict.get("recommendation"):
-        out.print(f"verdict: {verdict['recommendation']}", highlight=False)
+    if recommendation:
+        out.print(f"verdict: {recommendation}", highlight=False)
     if summary["report"]:
         out.print(f"report: {summary['report']}", highlight=False)
 

@@ -10,6 +10,10 @@
     verdict   the decision rules over quality and cost together
     report    one self-contained HTML page plus JSON
 
+Each stage returns its typed output (`tunewise.outputs`); the stage record stores its `model_dump()` and a
+later run reloads it with validation. A recorded output that no longer validates (written by another version of
+tunewise, or naming a file that is gone or changed shape) is not reused: the stage runs again.
+
 A stage's key hashes what it reads: file contents, the parts of the spec it uses, the outputs of the stages
 before it, and the tunewise version. A stage whose key has a succeeded record (and whose files still exist) is
 skipped and its recorded output reused, so a second run after a crash or a config change redoes only what
@@ -30,8 +34,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from tunewise import __version__
+from tunewise.economics.settings import Economics, economics_settings
 from tunewise.errors import TunewiseError
+from tunewise.evaluate.arms import is_tuned_arm
+from tunewise.outputs import (
+    STAGE_OUTPUTS,
+    BaselineOutput,
+    DataOutput,
+    DatasetPart,
+    EconomicsOutput,
+    EvalSummary,
+    EvaluateOutput,
+    ReportOutput,
+    SplitOutput,
+    StageOutput,
+    TrainingRun,
+    TrainOutput,
+    VerdictOutput,
+)
 from tunewise.pipeline.progress import NullProgress
 from tunewise.project import Project, atomic_write_text
 from tunewise.spec import Spec
@@ -65,15 +88,16 @@ class StageOutcome:
     stage: str
     status: str  # 'ran', 'skipped' (inputs unchanged), 'not needed'
     seconds: float
-    output: dict[str, Any]
+    output: StageOutput
 
 
 @dataclass
 class PipelineResult:
     outcomes: list[StageOutcome] = field(default_factory=list)
 
-    def output(self, stage: str) -> dict[str, Any]:
-        return next((o.output for o in self.outcomes if o.stage == stage), {})
+    def output(self, stage: str) -> Any:
+        """The stage's output model (`tunewise.outputs.STAGE_OUTPUTS[stage]`), None when it did not run."""
+        return next((o.output for o in self.outcomes if o.stage == stage), None)
 
 
 class Pipeline:
@@ -90,7 +114,7 @@ class Pipeline:
         # above the live bars instead of tearing them.
         self.progress = progress or NullProgress()
         self.say = narrate or (self.progress.log if progress is not None else log.info)
-        self.outputs: dict[str, dict[str, Any]] = {}
+        self.outputs: dict[str, Any] = {}  # stage -> its output model
         self.keys: dict[str, str] = {}
         self._made_hashes: dict[str, str] = {}  # `_made`, once per stage and run: it reads the stage's files
         self.seconds: dict[str, float] = {}
@@ -108,6 +132,22 @@ class Pipeline:
         if row is None:
             return None
         return {"status": row[0], "output": json.loads(row[1]) if row[1] else {}, "seconds": row[2]}
+
+    def _reusable(self, stage: str, recorded: dict[str, Any] | None) -> StageOutput | None:
+        """The recorded output of a succeeded stage, validated, with its files present; None otherwise.
+
+        A record that fails validation was written by another version of the stage (or its files changed
+        shape): it is treated as not usable, so the stage runs again rather than crash a later one."""
+        if recorded is None or recorded["status"] != "succeeded":
+            return None
+        try:
+            output = STAGE_OUTPUTS[stage].model_validate(recorded["output"])
+            output.check()
+        except (ValidationError, TunewiseError, OSError) as exc:
+            log.info("stage %s: recorded output not reused: %s", stage, exc)
+            self.say(f"  {stage}: its recorded output is from another version or incomplete; not reused")
+            return None
+        return output
 
     def _record(
         self, stage: str, key: str, status: str, output: dict | None = None, seconds: float | None = None
@@ -161,34 +201,31 @@ class Pipeline:
             )
             self.keys[stage] = key
             recorded = self._recorded(stage, key)
-            usable = (
-                recorded is not None
-                and recorded["status"] == "succeeded"
-                and self._still_there(recorded["output"])
-            )
             if only is not None and STAGES.index(stage) > STAGES.index(only):
                 break  # later stages are left as they are; the next plain run redoes those that read this output
+            redo = stage == only or (forced and only is None)
+            reused = None if redo else self._reusable(stage, recorded)
             if only is not None and stage != only:
-                if not usable:
+                if reused is None:
                     raise TunewiseError(
                         f"--only {only} needs the output of stage '{stage}', which has not run with these inputs",
                         hint=f"run `tunewise run` (or `tunewise run --from {stage}`) first",
                     )
-                self.outputs[stage] = recorded["output"]
-                self.seconds[stage] = recorded["seconds"] or 0.0
+                self.outputs[stage] = reused
+                self.seconds[stage] = recorded["seconds"] or 0.0  # type: ignore[index]
                 continue
-            if usable and not forced and only is None:
-                self.outputs[stage] = recorded["output"]
-                self.seconds[stage] = recorded["seconds"] or 0.0
+            if reused is not None:
+                self.outputs[stage] = reused
+                self.seconds[stage] = recorded["seconds"] or 0.0  # type: ignore[index]
                 self.say(f"[{index}/{len(STAGES)}] {stage}: inputs unchanged, skipped")
-                result.outcomes.append(StageOutcome(stage, "skipped", 0.0, recorded["output"]))
+                result.outcomes.append(StageOutcome(stage, "skipped", 0.0, reused))
                 continue
             self.say(f"[{index}/{len(STAGES)}] {stage} ...")
             started = time.perf_counter()
             self._record(stage, key, "running")
             self.progress.begin(index, stage)
             try:
-                output = getattr(self, f"_run_{stage}")(recorded)
+                output: StageOutput = getattr(self, f"_run_{stage}")()
             except KeyboardInterrupt:
                 self._record(stage, key, "cancelled", seconds=time.perf_counter() - started)
                 raise
@@ -198,22 +235,16 @@ class Pipeline:
             finally:
                 self.progress.end()
             seconds = time.perf_counter() - started
-            self._record(stage, key, "succeeded", output, seconds)
+            self._record(stage, key, "succeeded", output.model_dump(mode="json"), seconds)
             self.outputs[stage] = output
             self.seconds[stage] = seconds
-            status = "not needed" if output.get("skipped") else "ran"
+            status = "not needed" if output.skipped else "ran"
             self.say(
                 f"[{index}/{len(STAGES)}] {stage}: done in {seconds:.1f} s"
-                + (f" ({output['skipped']})" if output.get("skipped") else "")
+                + (f" ({output.skipped})" if output.skipped else "")
             )
             result.outcomes.append(StageOutcome(stage, status, seconds, output))
         return result
-
-    @staticmethod
-    def _still_there(output: dict[str, Any]) -> bool:
-        """Recorded files must still exist for a skipped stage's output to be reused."""
-        paths = [v for k, v in output.items() if k.endswith("_path") and v]
-        return all(Path(p).exists() for p in paths)
 
     # --- stage inputs (what each stage's key hashes) ----------------------------------------------------
 
@@ -230,13 +261,10 @@ class Pipeline:
         arms' records, a plain run skipped evaluate, and the summary kept merging the old ones."""
         if stage in self._made_hashes:
             return self._made_hashes[stage]
-        output = self.outputs.get(stage) or {}
-        files = {
-            k: _file_hash(Path(v))
-            for k, v in output.items()
-            if k.endswith("_path") and isinstance(v, str) and Path(v).is_file()
-        }
-        made = self._made_hashes[stage] = _hash({"key": self.keys[stage], "output": output, "files": files})
+        output = self.outputs.get(stage)
+        dumped = output.model_dump(mode="json") if output is not None else {}
+        files = {str(p): _file_hash(p) for p in (output.files() if output else []) if p.is_file()}
+        made = self._made_hashes[stage] = _hash({"key": self.keys[stage], "output": dumped, "files": files})
         return made
 
     def _inputs_data(self) -> Any:
@@ -254,12 +282,12 @@ class Pipeline:
 
     def _arms(self) -> list[str]:
         """The baseline's arms: the prompted ones the spec names, then every endpoint."""
-        prompted = [a for a in self.spec.evaluation.arms if not a.startswith("fine-tuned")]
+        prompted = [a for a in self.spec.evaluation.arms if not is_tuned_arm(a)]
         return prompted + [e.name for e in self.spec.evaluation.endpoints]
 
     def _tuned_arms(self) -> list[str]:
         """The fine-tuned arm and any variant of it the spec names (`fine-tuned+scored`)."""
-        return [a for a in self.spec.evaluation.arms if a.startswith("fine-tuned")]
+        return [a for a in self.spec.evaluation.arms if is_tuned_arm(a)]
 
     def _inputs_baseline(self) -> Any:
         s = self.spec
@@ -307,7 +335,7 @@ class Pipeline:
     def _state_path(self, name: str) -> Path:
         return self.project.state_dir / "pipeline" / name
 
-    def _run_data(self, recorded: dict | None) -> dict[str, Any]:
+    def _run_data(self) -> DataOutput:
         from tunewise.data.validate import check_files, options_from_spec
         from tunewise.models.tokenizer import ChatTokenizer
 
@@ -329,41 +357,46 @@ class Pipeline:
                 hint="run `tunewise data check` for the full report, fix the data, then `tunewise run` again",
             )
         self.say(f"  {report.stats.get('examples', 0)} training examples, {report.warnings} warning(s)")
-        return {"report_path": str(path), "errors": report.errors, "warnings": report.warnings}
+        return DataOutput(report_path=path, errors=report.errors, warnings=report.warnings)
 
-    def _run_split(self, recorded: dict | None) -> dict[str, Any]:
+    def _run_split(self) -> SplitOutput:
         from tunewise.data.load import load_spec_split
         from tunewise.data.split import interval_half_width
         from tunewise.data.versions import save_version
 
         s = self.spec
         train, held, how = load_spec_split(self.project.root, s)
-        out: dict[str, Any] = {"how": how}
+        parts: dict[str, DatasetPart] = {}
         for name, part, sources in (
             ("train", train, s.data.train),
             ("eval", held, s.data.eval or s.data.train),
         ):
             vid, path, _ = save_version(self.project, name, part, list(sources), {"examples": len(part)})
-            out[name] = {"version": vid, "examples": len(part)}
-            out[f"{name}_path"] = str(path)
+            parts[name] = DatasetPart(version=vid, examples=len(part), path=path)
         hw = interval_half_width(len(held), 0.8)
         self.say(
             f"  {len(train)} train / {len(held)} held out ({how}); accuracy near 80% is measured to ±{hw:.1%}"
         )
-        return out
+        return SplitOutput(
+            how=how,
+            train=parts["train"].model_copy(update={"path": None}),
+            eval=parts["eval"].model_copy(update={"path": None}),
+            train_path=parts["train"].path,
+            eval_path=parts["eval"].path,
+        )
 
     def _load_split(self) -> tuple[list[dict], list[dict]]:
         from tunewise.data.load import load_examples
 
-        split = self.outputs["split"]
-        return load_examples(Path(split["train_path"])), load_examples(Path(split["eval_path"]))
+        split: SplitOutput = self.outputs["split"]
+        return load_examples(split.train_path), load_examples(split.eval_path)
 
-    def _run_baseline(self, recorded: dict | None) -> dict[str, Any]:
+    def _run_baseline(self) -> BaselineOutput:
         from tunewise.evaluate.run import run_evaluation
 
         arms = self._arms()
         if not arms:
-            return {"skipped": "no prompted arm in evaluation.arms and no endpoint"}
+            return BaselineOutput(skipped="no prompted arm in evaluation.arms and no endpoint")
         train, held = self._load_split()
         result = run_evaluation(
             self.spec,
@@ -371,35 +404,29 @@ class Pipeline:
             train,
             held,
             arms,
-            dataset_version=self.outputs["split"]["eval"]["version"],
+            dataset_version=self.outputs["split"].eval.version,
             narrate=self.say,
             seed=self.spec.data.seed,
         )
-        return {
-            "run_id": result.run_id,
-            "records_path": str(result.run_dir / "records.jsonl"),
-            "arm_info": result.summary.get("arm_info", {}),
-        }
+        return BaselineOutput(
+            run_id=result.run_id,
+            records_path=result.run_dir / "records.jsonl",
+            arm_info=EvalSummary.model_validate(result.summary).arm_info,
+        )
 
-    def _run_train(self, recorded: dict | None) -> dict[str, Any]:
+    def _run_train(self) -> TrainOutput:
         from tunewise.train.config import TrainConfig
         from tunewise.train.loop import run as train_run
 
-        s = self.spec
         if not self._tuned_arms():
-            return {"skipped": "fine-tuned is not in evaluation.arms"}
-        hp = s.hyperparameters.model_dump()
-        fit, validation = self._carve_validation(hp.pop("validation_fraction"))
-        config = TrainConfig(
-            data=[fit["path"]],
-            eval_data=[validation["path"]] if validation else [],
-            base=s.model.base,
-            trust_remote_code=s.model.trust_remote_code,
-            method=s.method,
-            seed=s.data.seed,
-            dataset_version=fit["version"],
+            return TrainOutput(skipped="fine-tuned is not in evaluation.arms")
+        fit, validation = self._carve_validation(self.spec.hyperparameters.validation_fraction)
+        config = TrainConfig.from_spec(
+            self.spec,
+            data=[str(fit.path)],
+            eval_data=[str(validation.path)] if validation else [],
+            dataset_version=fit.version,
             progress=False,  # the pipeline's own display shows the steps (on_step below)
-            **hp,
         )
         resume = self._interrupted_training(config.to_dict())
         if resume:
@@ -417,16 +444,16 @@ class Pipeline:
                 f"training run {result.run_id} {result.status}: {result.error}",
                 hint=f"see {result.run_dir}/result.json",
             )
-        return {
-            "run_id": result.run_id,
-            "run_dir": str(result.run_dir),
-            "output_path": result.output,
-            "fit": fit,
-            "validation": validation,
-            "result": result.to_dict(),
-        }
+        return TrainOutput(
+            run_id=result.run_id,
+            run_dir=result.run_dir,
+            output_path=result.output,
+            fit=fit,
+            validation=validation,
+            result=TrainingRun.model_validate(result.to_dict()),
+        )
 
-    def _carve_validation(self, fraction: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    def _carve_validation(self, fraction: float) -> tuple[DatasetPart, DatasetPart | None]:
         """Hold `fraction` of the training split out of training as the validation set (at most
         MAX_VALIDATION examples; none when it would be fewer than MIN_VALIDATION).
 
@@ -437,9 +464,9 @@ class Pipeline:
         from tunewise.data.split import split_examples
         from tunewise.data.versions import save_version
 
-        split = self.outputs["split"]
-        whole = {"path": split["train_path"], **split["train"]}
-        train = load_examples(Path(split["train_path"]))
+        split: SplitOutput = self.outputs["split"]
+        whole = split.train.model_copy(update={"path": split.train_path})
+        train = load_examples(split.train_path)
         n_validation = min(MAX_VALIDATION, round(fraction * len(train)))
         if n_validation < MIN_VALIDATION:
             self.say(
@@ -449,12 +476,12 @@ class Pipeline:
             return whole, None
         # Another seed than the split's, so the validation set is not the next slice of the split's order.
         fit, validation = split_examples(train, n_validation / len(train), seed=self.spec.data.seed + 1)
-        parts: dict[str, dict[str, Any]] = {}
+        parts: dict[str, DatasetPart] = {}
         for name, part in (("fit", fit), ("validation", validation)):
             vid, path, _ = save_version(
-                self.project, name, part, [split["train_path"]], {"examples": len(part)}
+                self.project, name, part, [str(split.train_path)], {"examples": len(part)}
             )
-            parts[name] = {"version": vid, "examples": len(part), "path": str(path)}
+            parts[name] = DatasetPart(version=vid, examples=len(part), path=path)
         self.say(f"  training on {len(fit)} examples; {len(validation)} held out of training for validation")
         return parts["fit"], parts["validation"]
 
@@ -479,21 +506,19 @@ class Pipeline:
                 return run_id
         return None
 
-    def _run_evaluate(self, recorded: dict | None) -> dict[str, Any]:
+    def _run_evaluate(self) -> EvaluateOutput:
         from tunewise.evaluate.run import run_evaluation
         from tunewise.evaluate.summary import build_summary
 
         records: list[dict] = []
         info: dict[str, dict] = {}
-        baseline = self.outputs["baseline"]
-        if baseline.get("records_path"):
-            records += [
-                json.loads(line) for line in Path(baseline["records_path"]).read_text().splitlines() if line
-            ]
-            info.update(baseline.get("arm_info") or {a: {"kind": "prompted"} for a in self._arms()})
-        train = self.outputs["train"]
+        baseline: BaselineOutput = self.outputs["baseline"]
+        if baseline.records_path is not None:
+            records += [json.loads(line) for line in baseline.records_path.read_text().splitlines() if line]
+            info.update(baseline.arm_info or {a: {"kind": "prompted"} for a in self._arms()})
+        train: TrainOutput = self.outputs["train"]
         tuned_run = None
-        if train.get("run_id"):
+        if train.run_id:
             train_ex, held = self._load_split()
             tuned = run_evaluation(
                 self.spec,
@@ -501,16 +526,16 @@ class Pipeline:
                 train_ex,
                 held,
                 self._tuned_arms(),
-                fine_tuned_run=train["run_id"],
-                dataset_version=self.outputs["split"]["eval"]["version"],
+                fine_tuned_run=train.run_id,
+                dataset_version=self.outputs["split"].eval.version,
                 narrate=self.say,
                 seed=self.spec.data.seed,
             )
             records += tuned.records
-            info.update(tuned.summary.get("arm_info", {}))
+            info.update(EvalSummary.model_validate(tuned.summary).arm_info)
             tuned_run = tuned.run_id
         if not records:
-            return {"skipped": "no arm to evaluate"}
+            return EvaluateOutput(skipped="no arm to evaluate")
         summary = build_summary(
             records,
             self.spec.contract.model_dump(by_alias=True),
@@ -519,108 +544,75 @@ class Pipeline:
             seed=self.spec.data.seed,
         )
         path = self._state_path("summary.json")
-        atomic_write_text(path, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        atomic_write_text(path, json.dumps(summary.model_dump(), indent=2, ensure_ascii=False) + "\n")
         records_path = self._state_path("records.jsonl")
         atomic_write_text(records_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        for arm in summary["arms"]:
-            self.say(
-                f"  {arm['name']:<12} accuracy {arm['accuracy']['value']:.1%} "
-                f"[{arm['accuracy']['low']:.1%}, {arm['accuracy']['high']:.1%}]"
-            )
-        return {"summary_path": str(path), "records_path": str(records_path), "fine_tuned_eval": tuned_run}
+        for arm in summary.arms:
+            acc = arm.accuracy
+            self.say(f"  {arm.name:<12} accuracy {acc.value:.1%} [{acc.low:.1%}, {acc.high:.1%}]")
+        return EvaluateOutput(summary_path=path, records_path=records_path, fine_tuned_eval=tuned_run)
 
-    def _economics_request(self, summary: dict[str, Any]):
-        from tunewise.economics.plan import ArmTokens, CostRequest
+    def _economics(self) -> Economics:
+        """The economics settings of the spec (`economics.settings`, the shape every command uses)."""
+        return economics_settings(self.spec.economics, self.project.root)
 
-        e = self.spec.economics
-        arms = [
-            ArmTokens(
-                a["name"],
-                a["kind"],
-                a["prompt_tokens"] or 0.0,
-                a["completion_tokens"] or 0.0,
-                pricing=a.get("pricing"),
-            )
-            for a in summary["arms"]
-        ]
-        data = json.loads(Path(self.outputs["data"]["report_path"]).read_text())
-        tokens = (data.get("stats") or {}).get("tokens") or {}
-        epochs = (
-            ((self.outputs["train"].get("result") or {}).get("extra") or {})
-            .get("resolved", {})
-            .get("epochs", 3)
-        )
-        return CostRequest(
-            queries_per_day=e.queries_per_day,
-            platforms=list(e.platforms),
-            arms=arms,
-            training_tokens=tokens.get("estimated_training_tokens"),
-            epochs=epochs,
-            retrain_every_days=e.retrain_every_days,
-        )
-
-    def _catalog(self):
-        from tunewise.economics.pricing import load_catalog
-
-        e = self.spec.economics
-        return load_catalog(self.project.root / e.pricing_file if e.pricing_file else None)
-
-    def _run_economics(self, recorded: dict | None) -> dict[str, Any]:
-        from tunewise.economics.plan import cost_report
+    def _run_economics(self) -> EconomicsOutput:
+        from tunewise.economics.plan import ArmTokens, cost_report
         from tunewise.economics.plot import plot_sweep
 
-        evaluate = self.outputs["evaluate"]
-        if not evaluate.get("summary_path"):
-            return {"skipped": "nothing was evaluated"}
-        summary = json.loads(Path(evaluate["summary_path"]).read_text())
+        summary = self.outputs["evaluate"].summary()
+        if summary is None:
+            return EconomicsOutput(skipped="nothing was evaluated")
+        arms = [
+            ArmTokens(a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0, pricing=a.pricing)
+            for a in summary.arms
+        ]
+        data = json.loads(self.outputs["data"].report_path.read_text())
+        tokens = (data.get("stats") or {}).get("tokens") or {}
+        run = self.outputs["train"].result
+        econ = self._economics()
         try:
-            report = cost_report(self._economics_request(summary), self._catalog())
+            report = cost_report(
+                econ.cost_request(
+                    arms,
+                    training_tokens=tokens.get("estimated_training_tokens"),
+                    epochs=(run.epochs if run else None) or 3,
+                ),
+                econ.catalog(),
+            )
         except TunewiseError as exc:
             # Not fatal: the verdict says the cost rule could not be checked, and why.
             self.say(f"  costs could not be computed: {exc.message}")
-            return {"error": exc.message, "hint": exc.hint}
+            return EconomicsOutput(error=exc.message, hint=exc.hint)
         payload = report.to_dict()
         path = self._state_path("economics.json")
         atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
-        plots = plot_sweep(
-            report.options, self.project.reports_dir / "cost-sweep", self.spec.economics.queries_per_day
-        )
+        plots = plot_sweep(report.options, self.project.reports_dir / "cost-sweep", econ.queries_per_day)
         cheapest = payload["cheapest"]
-        self.say(
-            f"  cheapest at {self.spec.economics.queries_per_day:,.0f} queries/day: {cheapest.get('option', cheapest)}"
-        )
-        return {"economics_path": str(path), "sweep_png_path": str(plots[0])}
+        self.say(f"  cheapest at {econ.queries_per_day:,.0f} queries/day: {cheapest.get('option', cheapest)}")
+        return EconomicsOutput(economics_path=path, sweep_png_path=plots[0])
 
-    def _run_verdict(self, recorded: dict | None) -> dict[str, Any]:
-        from tunewise.decide.verdict import Economics, EvalSummary, decide
+    def _run_verdict(self) -> VerdictOutput:
+        from tunewise.decide.verdict import decide
 
-        evaluate = self.outputs["evaluate"]
-        if not evaluate.get("summary_path"):
-            return {"skipped": "nothing was evaluated"}
-        raw = json.loads(Path(evaluate["summary_path"]).read_text())
-        summary = EvalSummary.model_validate(raw)
+        summary = self.outputs["evaluate"].summary()
+        if summary is None:
+            return VerdictOutput(skipped="nothing was evaluated")
         if not any(a.kind == "fine-tuned" for a in summary.arms):
-            return {"skipped": "no fine-tuned arm to decide on"}
+            return VerdictOutput(skipped="no fine-tuned arm to decide on")
         if all(a.kind == "fine-tuned" for a in summary.arms):
-            return {"skipped": "no prompted arm or endpoint to compare the fine-tuned arm with"}
-        e = self.spec.economics
-        econ = Economics(
-            queries_per_day=e.queries_per_day,
-            value_per_accuracy_point=e.value_per_accuracy_point,
-            platforms=list(e.platforms),
-            retrain_every_days=e.retrain_every_days,
-        )
-        verdict = decide(summary, econ, self._catalog())
-        payload = verdict.to_dict()
+            return VerdictOutput(skipped="no prompted arm or endpoint to compare the fine-tuned arm with")
+        econ = self._economics()
+        verdict = decide(summary, econ, econ.catalog())
         path = self._state_path("verdict.json")
-        atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+        atomic_write_text(path, json.dumps(verdict.to_dict(), indent=2) + "\n")
         self.say(f"  verdict: {verdict.recommendation}")
-        return {"verdict_path": str(path), "recommendation": verdict.recommendation}
+        return VerdictOutput(verdict_path=path, recommendation=verdict.recommendation)
 
-    def _run_report(self, recorded: dict | None) -> dict[str, Any]:
+    def _run_report(self) -> ReportOutput:
         from tunewise.pipeline.state import assemble_state
         from tunewise.report.build import build_report
 
         state = assemble_state(self)
-        html, js = build_report(state, self.project.reports_dir)
-        return {"html_path": str(html), "json_path": str(js)}
+        html, js = build_report(state.model_dump(mode="json"), self.project.reports_dir)
+        return ReportOutput(html_path=html, json_path=js)

@@ -1,4 +1,4 @@
-"""Assemble the report's input (one JSON-serializable dict) from what the stages recorded."""
+"""Assemble the report's input (`tunewise.outputs.ReportState`) from the stages' outputs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tunewise import __version__
+from tunewise.outputs import ReportState, TrainOutput, Verdict
 from tunewise.spec import JsonContract, LabelContract, RegexContract
 
 
-def _read(path: str | None) -> Any:
+def _read(path: str | Path | None) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8")) if path and Path(path).is_file() else None
 
 
@@ -35,84 +36,77 @@ def _task(pipeline) -> dict[str, Any]:
 
 
 def _training(pipeline) -> dict[str, Any] | None:
-    train = pipeline.outputs.get("train") or {}
-    if not train.get("run_dir"):
+    train: TrainOutput | None = pipeline.outputs.get("train")
+    if train is None or train.run_dir is None:
         return None
-    run_dir = Path(train["run_dir"])
+    run_dir = train.run_dir
     metrics = []
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.is_file():
         metrics = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    config = _read(str(run_dir / "config.json")) or {}
-    result = train.get("result") or {}
+    config = _read(run_dir / "config.json") or {}
+    result = train.result
     return {
-        "run_id": train["run_id"],
+        "run_id": train.run_id,
         "method": pipeline.spec.method,
         "resolved": config.get("resolved", {}),
         "metrics": metrics,
-        "wall_s": result.get("wall_s"),
-        "tokens_per_s": result.get("tokens_per_s"),
-        "eval_before": result.get("eval_before"),
-        "eval_after": result.get("eval_after"),
-        "kept_step": (result.get("extra") or {}).get("kept_step"),
-        "best_check": (result.get("extra") or {}).get("best_check"),
-        "steps_run": result.get("steps"),
-        "fit_examples": (train.get("fit") or {}).get("examples"),
-        "validation_examples": (train.get("validation") or {}).get("examples"),
+        "wall_s": result.wall_s if result else None,
+        "tokens_per_s": result.tokens_per_s if result else None,
+        "eval_before": result.eval_before if result else None,
+        "eval_after": result.eval_after if result else None,
+        "kept_step": result.extra.get("kept_step") if result else None,
+        "best_check": result.extra.get("best_check") if result else None,
+        "steps_run": result.steps if result else None,
+        "fit_examples": train.fit.examples if train.fit else None,
+        "validation_examples": train.validation.examples if train.validation else None,
     }
 
 
 def _economics(pipeline) -> dict[str, Any] | None:
-    out = pipeline.outputs.get("economics") or {}
-    if out.get("error"):
-        return {"error": out["error"], "hint": out.get("hint")}
-    payload = _read(out.get("economics_path"))
-    if payload is None:
+    out = pipeline.outputs.get("economics")
+    if out is None:
         return None
-    monthly = {m["option"]: m for m in payload["monthly"]}
+    if out.error:
+        return {"error": out.error, "hint": out.hint}
+    costs = out.costs()
+    if costs is None:
+        return None
+    monthly = {m.option: m for m in costs.monthly}
     options = [
         {
-            "name": o["name"],
-            "per_query": o["per_query"],
-            "hosting_per_month": monthly[o["name"]]["hosting"],
-            "training_per_month": monthly[o["name"]]["training"],
-            "total_per_month": monthly[o["name"]]["total"],
+            "name": o.name,
+            "per_query": o.per_query,
+            "hosting_per_month": monthly[o.name].hosting,
+            "training_per_month": monthly[o.name].training,
+            "total_per_month": monthly[o.name].total,
         }
-        for o in payload["options"]
+        for o in costs.options
     ]
     breaks = [
-        {
-            "a": b["a"],
-            "b": b["b"],
-            "volume": b["volume"],
-            "formula": b["formula"],
-            "notes": b.get("notes", []),
-        }
-        for b in payload["break_even"]
+        {"a": b.a, "b": b.b, "volume": b.volume, "formula": b.formula, "notes": b.notes}
+        for b in costs.break_even
     ]
     return {
-        "queries_per_day": payload["queries_per_day"],
+        "queries_per_day": costs.queries_per_day,
         "options": options,
         "break_even": breaks,
-        "sweep_png": out.get("sweep_png_path"),
-        "notes": payload.get("notes", []),
-        "skipped": payload.get("skipped", []),
+        "sweep_png": str(out.sweep_png_path) if out.sweep_png_path else None,
+        "notes": costs.notes,
+        "skipped": costs.skipped,
     }
 
 
-def _verdict(pipeline) -> dict[str, Any] | None:
-    # The report reads the verdict as `decide` writes it: rules with their numbers and the guide's words.
-    verdict = _read((pipeline.outputs.get("verdict") or {}).get("verdict_path"))
-    if verdict is not None:
-        lead = "Fine-tune" if verdict["recommendation"] == "fine-tune" else "Keep prompting"
-        reasons = verdict.get("reasons") or []
-        verdict["headline"] = f"{lead}: {reasons[0]}" if reasons else f"{lead}."
-    return verdict
+def _verdict(pipeline) -> Verdict | None:
+    # The report reads the verdict as `decide` made it: rules with their numbers, its bars, its best prompted arm.
+    out = pipeline.outputs.get("verdict")
+    return out.verdict() if out is not None else None
 
 
 def _disagreements(pipeline, limit: int = 12) -> list[dict[str, Any]]:
-    path = (pipeline.outputs.get("evaluate") or {}).get("records_path")
-    if not path or not Path(path).is_file():
+    out = pipeline.outputs.get("evaluate")
+    path = out.records_path if out is not None else None
+    if path is None or not path.is_file():
         return []
     from tunewise.evaluate.summary import score_records
 
@@ -136,18 +130,20 @@ def _disagreements(pipeline, limit: int = 12) -> list[dict[str, Any]]:
     return split[:limit]
 
 
-def assemble_state(pipeline) -> dict[str, Any]:
-    return {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "tunewise_version": __version__,
-        "project": pipeline.spec.task.name,  # the page's title
-        "project_path": str(pipeline.project.root),
-        "task": _task(pipeline),
-        "data": _read((pipeline.outputs.get("data") or {}).get("report_path")),
-        "training": _training(pipeline),
-        "evaluation": _read((pipeline.outputs.get("evaluate") or {}).get("summary_path")),
-        "economics": _economics(pipeline),
-        "verdict": _verdict(pipeline),
-        "disagreements": _disagreements(pipeline),
-        "stage_times": {k: round(v, 2) for k, v in pipeline.seconds.items()},
-    }
+def assemble_state(pipeline) -> ReportState:
+    data = pipeline.outputs.get("data")
+    evaluate = pipeline.outputs.get("evaluate")
+    return ReportState(
+        generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        tunewise_version=__version__,
+        project=pipeline.spec.task.name,  # the page's title
+        project_path=str(pipeline.project.root),
+        task=_task(pipeline),
+        data=_read(data.report_path) if data is not None else None,
+        training=_training(pipeline),
+        evaluation=evaluate.summary() if evaluate is not None else None,
+        economics=_economics(pipeline),
+        verdict=_verdict(pipeline),
+        disagreements=_disagreements(pipeline),
+        stage_times={k: round(v, 2) for k, v in pipeline.seconds.items()},
+    )

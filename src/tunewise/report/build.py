@@ -2,7 +2,7 @@
 
     build_report(state, out_dir) -> (report.html, report.json)
 
-The state is what earlier stages recorded (see `tunewise.report` for its shape); every section may be missing
+The state is what earlier stages recorded (`tunewise.outputs.ReportState` as JSON); every section may be missing
 or None, and the page then says plainly what has not run instead of failing. The HTML needs no network to be
 viewed: CSS is inline, plots are SVG images embedded as `data:` URIs, no fonts or scripts are fetched. All text
 goes through Jinja2 with autoescaping on, because model outputs, inputs and even arm names are untrusted text.
@@ -25,10 +25,6 @@ from tunewise.errors import TunewiseError
 
 log = logging.getLogger(__name__)
 
-# The guide's bars ("How to Measure Fine-Tuning Success"). The verdict applies the same numbers.
-ACCURACY_BAR = 0.85  # "Below 85% means data or task definition needs work"
-CONSISTENCY_BAR = 0.95  # "Target 95%+"
-FORMAT_BAR = 0.95  # the guide's fine-tuned example reaches 96% format compliance: 95%+ is the bar
 MAX_DISAGREEMENTS = 50  # shown on the page; report.json keeps them all
 TEMPLATE = "report_template.html"
 
@@ -213,26 +209,36 @@ def _plain_cell(text: str, mark: str | None = None, title: str = "") -> dict[str
 
 
 def reference_arm(arms: Sequence[Mapping[str, Any]], named: str | None = None) -> Mapping[str, Any] | None:
-    """The prompted arm the fine-tuned arms are held against: the verdict's, else the best by accuracy then
-    consistency (the rule `tunewise.decide.verdict.best_prompted` applies).
+    """The prompted arm the fine-tuned arms are held against: the one the verdict named, else (no verdict yet)
+    the best by the verdict's own rule, `tunewise.decide.verdict.best_prompted_arm`.
 
     >>> reference_arm([{"name": "a", "kind": "prompted", "accuracy": {"value": 0.4}},
     ...                {"name": "b", "kind": "prompted", "accuracy": {"value": 0.6}},
     ...                {"name": "ft", "kind": "fine-tuned", "accuracy": {"value": 0.9}}])["name"]
     'b'
     """
+    from tunewise.decide.verdict import best_prompted_arm
+
     prompted = [a for a in arms if a.get("kind") != "fine-tuned"]
     for a in prompted:
         if named is not None and a.get("name") == named:
             return a
-    if not prompted:
-        return None
+    return best_prompted_arm(prompted)
 
-    def key(a: Mapping[str, Any]) -> tuple[float, float]:
-        acc, cons = _interval(a.get("accuracy"))[0], _interval(a.get("consistency"))[0]
-        return (acc if acc is not None else -1.0, cons if cons is not None else -1.0)
 
-    return max(prompted, key=key)
+def bars(verdict: Mapping[str, Any] | None) -> dict[str, float]:
+    """The quality bars the arms are judged by: those the verdict recorded, else the verdict's defaults.
+
+    >>> bars({"bars": {"accuracy": 0.9, "consistency": 0.95, "format": 0.99}})["accuracy"], bars(None)["accuracy"]
+    (0.9, 0.85)
+    """
+    from tunewise.decide.verdict import BARS
+
+    recorded = verdict.get("bars") if isinstance(verdict, Mapping) else None
+    chosen = BARS.model_dump()
+    if isinstance(recorded, Mapping):
+        chosen.update({k: float(v) for k, v in recorded.items() if k in chosen and _num(v) is not None})
+    return chosen
 
 
 def priced_arms(arms: Sequence[Any], options: Sequence[Any]) -> list[Any]:
@@ -267,7 +273,9 @@ def priced_arms(arms: Sequence[Any], options: Sequence[Any]) -> list[Any]:
     return out
 
 
-def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dict[str, Any]:
+def _arms_view(
+    evaluation: Mapping[str, Any], reference_name: str | None, bar: Mapping[str, float]
+) -> dict[str, Any]:
     arms = [a for a in evaluation.get("arms") or [] if isinstance(a, Mapping)]
     ref = reference_arm(arms, reference_name)
     ref_unsupported = _interval(ref.get("unsupported_rate"))[0] if ref else None
@@ -304,10 +312,10 @@ def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dic
             )
         latency = arm.get("latency_ms") if isinstance(arm.get("latency_ms"), Mapping) else {}
         cells = {
-            "accuracy": _rate_cell(arm.get("accuracy"), ACCURACY_BAR),
+            "accuracy": _rate_cell(arm.get("accuracy"), bar["accuracy"]),
             "accuracy_lenient": _rate_cell(arm.get("accuracy_lenient")),
-            "format_compliance": _rate_cell(arm.get("format_compliance"), FORMAT_BAR),
-            "consistency": _rate_cell(arm.get("consistency"), CONSISTENCY_BAR),
+            "format_compliance": _rate_cell(arm.get("format_compliance"), bar["format"]),
+            "consistency": _rate_cell(arm.get("consistency"), bar["consistency"]),
             "unsupported_rate": unsupported,
             "macro_f1": _plain_cell(pct(arm.get("macro_f1"))),
             "field_f1": _plain_cell(pct(arm.get("field_f1"))),
@@ -328,13 +336,13 @@ def _arms_view(evaluation: Mapping[str, Any], reference_name: str | None) -> dic
             }
         )
     columns = [
-        ("accuracy", "Accuracy", f"strict; bar {pct(ACCURACY_BAR, 0)}"),
+        ("accuracy", "Accuracy", f"strict; bar {pct(bar['accuracy'], 0)}"),
         ("accuracy_lenient", "Accuracy (lenient)", "answer found in the output"),
-        ("format_compliance", "Format", f"contract compliance; bar {pct(FORMAT_BAR, 0)}"),
+        ("format_compliance", "Format", f"contract compliance; bar {pct(bar['format'], 0)}"),
         (
             "consistency",
             "Consistency",
-            f"same structure and answer across samples; bar {pct(CONSISTENCY_BAR, 0)}",
+            f"same structure and answer across samples; bar {pct(bar['consistency'], 0)}",
         ),
         (
             "unsupported_rate",
@@ -708,6 +716,7 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
     verdict = _section(state, "verdict", Mapping)
     disagreements = _section(state, "disagreements", list)
     stage_times = _section(state, "stage_times", Mapping)
+    bar = bars(verdict)
 
     ctx: dict[str, Any] = {
         "project": state.get("project") or "(unnamed project)",
@@ -715,9 +724,9 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
         "version": state.get("tunewise_version") or "",
         "missing": MISSING,
         "bars": {
-            "accuracy": pct(ACCURACY_BAR, 0),
-            "consistency": pct(CONSISTENCY_BAR, 0),
-            "format": pct(FORMAT_BAR, 0),
+            "accuracy": pct(bar["accuracy"], 0),
+            "consistency": pct(bar["consistency"], 0),
+            "format": pct(bar["format"], 0),
         },
         "verdict": _verdict_view(verdict) if verdict else None,
         "task": dict(task, contract_view=_contract_view(task.get("contract"))) if task else None,
@@ -740,14 +749,14 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
         evaluation = dict(evaluation, arms=priced)
         ctx["costs_from_economics"] = any(a.get("cost_source") for a in priced if isinstance(a, Mapping))
         reference_name = verdict.get("best_prompted_arm") if verdict else None
-        arms = _arms_view(evaluation, reference_name)
+        arms = _arms_view(evaluation, reference_name, bar)
         kinds = {str(a.get("name")): str(a.get("kind")) for a in evaluation["arms"] if isinstance(a, Mapping)}
         ctx["evaluation"] = dict(
             arms, n_examples=evaluation.get("n_examples"), contract=evaluation.get("contract")
         )
         ctx["paired"] = _paired_view(evaluation, kinds)
         try:
-            ctx["quality_plot"] = plots.quality_vs_cost(evaluation["arms"], ACCURACY_BAR)
+            ctx["quality_plot"] = plots.quality_vs_cost(evaluation["arms"], bar["accuracy"])
         except TunewiseError as exc:
             plot_notes.append(f"quality against cost plot: {exc.message}")
     ctx["plot_notes"] = plot_notes
@@ -840,4 +849,4 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-__all__ = ["build_report", "load_state", "priced_arms", "reference_arm", "render_html", "view"]
+__all__ = ["bars", "build_report", "load_state", "priced_arms", "reference_arm", "render_html", "view"]

@@ -318,21 +318,22 @@ def parse_hyperparameters(body: JobRequest) -> dict[str, Any]:
             problems.append(
                 f"unknown hyperparameter '{key}'" + (f" (did you mean '{guess}'?)" if guess else "")
             )
-    out: dict[str, Any] = {}
-    for key, kind, low, high in (
-        ("n_epochs", int, 1, 1000),
-        ("batch_size", int, 1, 65536),
-        ("learning_rate_multiplier", float, 1e-6, 1e3),
+    out: dict[str, Any] = {
+        key: "auto" if hp.get(key) is None else hp[key] for key in ("n_epochs", "batch_size")
+    }
+    multiplier = hp.get("learning_rate_multiplier", "auto")
+    if multiplier is None or multiplier == "auto":
+        out["learning_rate_multiplier"] = "auto"
+    elif (
+        isinstance(multiplier, bool)
+        or not isinstance(multiplier, (int, float))
+        or not 1e-6 <= multiplier <= 1e3
     ):
-        value = hp.get(key, "auto")
-        if value is None or value == "auto":
-            out[key] = "auto"
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            problems.append(f"{key} must be 'auto' or a number in [{low:g}, {high:g}] (got {value!r})")
-        elif kind is int and value != int(value):
-            problems.append(f"{key} must be a whole number (got {value!r})")
-        else:
-            out[key] = kind(value)
+        problems.append(
+            f"learning_rate_multiplier must be 'auto' or a number in [1e-06, 1000] (got {multiplier!r})"
+        )
+    else:
+        out["learning_rate_multiplier"] = float(multiplier)
     extra = hp.get(EXTRA) or {}
     if not isinstance(extra, dict):
         problems.append(f"{EXTRA} must be an object with any of {', '.join(EXTRA_KEYS)}")
@@ -344,19 +345,31 @@ def parse_hyperparameters(body: JobRequest) -> dict[str, Any]:
                 f"unknown {EXTRA} setting '{key}'" + (f" (did you mean '{guess}'?)" if guess else "")
             )
     checked = {k: v for k, v in extra.items() if k in EXTRA_KEYS}
-    if checked.get("method", "lora") not in ("lora", "full"):
-        problems.append(f"{EXTRA}.method must be lora or full (got {checked['method']!r})")
+    config, found = _checked_config(out["n_epochs"], out["batch_size"], checked)
+    problems.extend(found)
+    if config is not None:  # 3.0 epochs in JSON is 3
+        out["n_epochs"], out["batch_size"] = config.epochs, config.batch_size
     if checked:
-        try:  # TrainConfig's own checks, so the API accepts exactly what `tunewise train` accepts
-            from tunewise.train.config import TrainConfig
-
-            TrainConfig(**checked)
-        except Exception as exc:  # ConfigError lists every problem
-            problems.extend(getattr(exc, "problems", [str(exc)]))
         out[EXTRA] = checked
     if problems:
         raise APIError(400, f"{param}: " + "; ".join(dict.fromkeys(problems)), param=param)
     return out
+
+
+def _checked_config(n_epochs: Any, batch_size: Any, extra: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The request's values checked by `TrainConfig` itself, so the API accepts exactly what the spec and
+    `tunewise train` accept, with the same words; OpenAI's names replace tunewise's in the problems."""
+    from tunewise.errors import ConfigError
+    from tunewise.train.config import TrainConfig
+
+    try:
+        return TrainConfig(epochs=n_epochs, batch_size=batch_size, **extra), []
+    except ConfigError as exc:
+        renamed = {"epochs": "n_epochs", **{k: f"{EXTRA}.{k}" for k in EXTRA_KEYS}}
+        return None, [
+            next((renamed[k] + p[len(k) :] for k in renamed if p.startswith(f"{k}:")), p)
+            for p in exc.problems
+        ]
 
 
 def count_examples(path: str | Path) -> int:
@@ -385,16 +398,14 @@ def train_values(job: dict[str, Any], data: str, eval_data: str | None, n_exampl
         "data": [data],
         "eval_data": [eval_data] if eval_data else [],
         "base": job["model"],
-        "method": extra.get("method", "lora"),
+        "method": "lora",
         "epochs": hp["n_epochs"],
         "batch_size": hp["batch_size"],
         "seed": job["seed"],
         "checkpoint_every": max(1, steps // CHECKPOINTS_PER_JOB),
         "progress": False,
     }
-    for key in ("lora_rank", "lora_alpha", "max_length", "checkpoint_every"):
-        if key in extra:
-            values[key] = extra[key]
+    values.update(extra)  # tunewise's own settings carry TrainConfig's names (EXTRA_KEYS)
     return values
 
 

@@ -23,7 +23,8 @@ def _number(value: str | None, kind: type, flag: str) -> Any:
 
 
 def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any, Any]:
-    """Training settings from tunewise.yaml, the project that holds it and the spec (None when there is none)."""
+    """Training settings from tunewise.yaml (`train.config.spec_values`, the mapping `TrainConfig.from_spec`
+    uses), the project that holds it and the spec (None when there is none)."""
     from tunewise.project import Project, find_project
     from tunewise.spec import load_spec
 
@@ -36,24 +37,10 @@ def config_from_spec(spec_path: Path | None) -> tuple[dict[str, Any], Any, Any]:
         except TunewiseError:
             return {}, Project(Path.cwd()), None  # no spec: flags only, state recorded under ./.tunewise
         spec_path = project.spec_path
+    from tunewise.train.config import spec_values
+
     spec = load_spec(spec_path)
-    hp = spec.hyperparameters
-    values: dict[str, Any] = {
-        "base": spec.model.base,
-        "trust_remote_code": spec.model.trust_remote_code,
-        "method": spec.method,
-        "epochs": hp.epochs,
-        "learning_rate": hp.learning_rate,
-        "batch_size": hp.batch_size,
-        "lora_rank": hp.lora_rank,
-        "lora_alpha": hp.lora_alpha,
-        "lora_dropout": hp.lora_dropout,
-        "max_length": hp.max_length,
-        "micro_batch_tokens": hp.micro_batch_tokens,
-        "micro_batch_workers": hp.micro_batch_workers,
-        "kernels": hp.kernels,
-        "seed": spec.data.seed,
-    }
+    values = spec_values(spec)
     # Until the data stage produces normalized dataset versions, files already in chat JSONL are used directly.
     train = [str((project.root / p).resolve()) for p in spec.data.train]
     if all(p.endswith(".jsonl") for p in train):
@@ -71,16 +58,16 @@ def dry_run_pricing(
 ) -> tuple[Any, list[str]]:
     """The pricing catalog and the platforms a dry run is priced on: --platform, else the spec's
     economics.platforms, else the defaults. Names are checked here, before the measured step, not after it."""
-    from tunewise.economics.cli import _platforms
-    from tunewise.economics.pricing import load_catalog
+    from tunewise.economics.settings import economics_settings
     from tunewise.spec import EconomicsSpec
 
-    econ = spec.economics if spec is not None else EconomicsSpec()
-    catalog = load_catalog(root / econ.pricing_file if econ.pricing_file else None, pricing)
-    platforms = _platforms(platform) or list(econ.platforms)
-    for name in platforms:
+    econ = economics_settings(
+        spec.economics if spec is not None else EconomicsSpec(), root, platforms=platform
+    )
+    catalog = econ.catalog(pricing)
+    for name in econ.platforms:
         catalog.get(name)  # raises with the nearest known name
-    return catalog, platforms
+    return catalog, econ.platforms
 
 
 def price_plan(plan: Any, catalog: Any, platforms: list[str]) -> None:
@@ -224,8 +211,9 @@ def train(
         "precision": precision,
         "threads": threads,
     }
-    if eval_data and keep_best is None:
-        values.pop("keep_best", None)  # --eval names a validation set, not the spec's test set: the default
+    if eval_data and keep_best is None and loaded_spec is not None:
+        # --eval names a validation set, not the spec's test set: the spec's choice holds again.
+        values["keep_best"] = loaded_spec.hyperparameters.keep_best
     values.update({k: v for k, v in flags.items() if v is not None})
     values["progress"] = not no_progress
     config = TrainConfig.from_dict(values)

@@ -1,16 +1,37 @@
 """Training configuration: what the user asked for (`TrainConfig`) and the rule that fills in `auto` values.
 
-Precedence: tunewise.yaml < CLI flags. Every `auto` is resolved by `auto_hyperparameters()` before training,
+Precedence: tunewise.yaml < CLI flags (`TrainConfig.from_spec`). Every `auto` is resolved by `auto_hyperparameters()` before training,
 and the resolved values (with where each came from) are printed and written to the run's config.json.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-from tunewise.errors import ConfigError, nearest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunewise.errors import ConfigError
+from tunewise.spec import (
+    EMBEDDED_MODEL,
+    Auto,
+    BatchSize,
+    Epochs,
+    LearningRate,
+    LoraAlpha,
+    LoraDropout,
+    LoraRank,
+    MaxLength,
+    MicroBatchTokens,
+    MicroBatchWorkers,
+    Steps,
+    describe_errors,
+)
+
+if TYPE_CHECKING:
+    from tunewise.spec import Spec
 
 AUTO = "auto"
 
@@ -18,128 +39,115 @@ Method = Literal["lora", "full"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
-@dataclass
-class TrainConfig:
-    """Everything one training run needs. `"auto"` means: let `auto_hyperparameters()` decide."""
+class TrainConfig(BaseModel):
+    """Everything one training run needs. `"auto"` means: let `auto_hyperparameters()` decide.
 
-    data: list[str] = field(default_factory=list)  # normalized chat JSONL files
-    eval_data: list[str] = field(default_factory=list)  # held-out chat JSONL files (optional)
-    base: str = "embedded:smollm2-135m-instruct"
+    The hyperparameters' bounds are the spec's (`tunewise.spec.Epochs`, ...); a bad value raises a ConfigError
+    listing every problem, worded as the spec words it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[str] = Field(default_factory=list)  # normalized chat JSONL files
+    eval_data: list[str] = Field(default_factory=list)  # held-out chat JSONL files (optional)
+    base: str = EMBEDDED_MODEL
     trust_remote_code: bool = False
     method: Method = "lora"
-    epochs: int | str = AUTO
-    learning_rate: float | str = AUTO
-    batch_size: int | str = AUTO  # examples per optimizer step (global, across processes)
-    lora_rank: int | str = AUTO
-    lora_alpha: float | str = AUTO
-    lora_dropout: float = 0.0
+    epochs: Auto | Epochs = AUTO
+    learning_rate: Auto | LearningRate = AUTO
+    batch_size: Auto | BatchSize = AUTO  # examples per optimizer step (global, across processes)
+    lora_rank: Auto | LoraRank = AUTO
+    lora_alpha: Auto | LoraAlpha = AUTO
+    lora_dropout: LoraDropout = 0.0
     lora_targets: str | list[str] = "all-linear"  # peft: every linear layer except the output head
-    max_length: int | str = AUTO  # tokens per example; longer ones are truncated (and counted)
+    max_length: Auto | MaxLength = AUTO  # tokens per example; longer ones are truncated (and counted)
     # Tokens per packed micro-batch; steps larger than this accumulate gradients. It bounds activation memory.
     # auto: 768 for LoRA with a bf16 base, else 256 (`micro_batch_tokens`). An example longer than this
     # gets a micro-batch of its own.
-    micro_batch_tokens: int | str = AUTO
+    micro_batch_tokens: Auto | MicroBatchTokens = AUTO
     # Micro-batches computed at once, each by its own thread with threads // workers cores (train/workers.py).
     # auto: 2 for fp32 LoRA on a CPU with at least two threads and no dropout, else 1. Each one in flight
     # holds its activations: 2 holds twice micro_batch_tokens' worth.
-    micro_batch_workers: int | str = AUTO
+    micro_batch_workers: Auto | MicroBatchWorkers = AUTO
+    # auto: tunewise's CPU training kernels where they are known to help; off: plain transformers + PEFT.
+    kernels: Literal["auto", "off"] = AUTO
     schedule: Schedule = "cosine"
-    warmup_ratio: float = 0.1
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 0
-    eval_every: int | str = AUTO  # steps between held-out evaluations
-    early_stopping_patience: int | None = None  # stop after this many evaluations without improvement
+    eval_every: Auto | Steps = AUTO  # steps between held-out evaluations
+    early_stopping_patience: Steps | None = None  # stop after this many evaluations without improvement
     # With held-out data, the run's output is the last step's weights unless the evaluation with the lowest
     # held-out loss beat them beyond the noise (`loop.compare_with_best`). The held-out data is then a validation
     # set, chosen on: it must not be the test set the model is judged on (`tunewise run` carves it from the
     # training split).
     keep_best: bool = True
-    checkpoint_every: int | str = AUTO  # steps between checkpoints
-    precision: str = AUTO  # auto | float32 | bfloat16
-    # auto: tunewise's CPU training kernels where they are tested (a CPU, the Llama family); off: plain
-    # transformers + PEFT (train/kernels.py).
-    kernels: str = AUTO
+    checkpoint_every: Auto | Steps = AUTO  # steps between checkpoints
+    precision: Literal["auto", "float32", "bfloat16", "fp32", "bf16"] = AUTO
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     progress: bool = True
     dataset_version: str | None = None  # the registry id of the dataset version, when the data stage made it
 
-    def __post_init__(self) -> None:
-        problems: list[str] = []
-        if isinstance(self.data, str):
-            self.data = [self.data]
-        if isinstance(self.eval_data, str):
-            self.eval_data = [self.eval_data]
-        if self.method not in ("lora", "full"):
-            problems.append(f"method must be lora or full (got {self.method!r})")
-        if self.schedule not in ("cosine", "linear", "constant"):
-            problems.append(f"schedule must be cosine, linear or constant (got {self.schedule!r})")
-        checks = {
-            "epochs": (int, 1, 1000),
-            "batch_size": (int, 1, 65536),
-            "lora_rank": (int, 1, 4096),
-            "max_length": (int, 8, 1 << 20),
-            "eval_every": (int, 1, 1 << 30),
-            "checkpoint_every": (int, 1, 1 << 30),
-        }
-        for name, (kind, low, high) in checks.items():
-            value = getattr(self, name)
-            if value == AUTO:
-                continue
-            if not isinstance(value, kind) or isinstance(value, bool) or not low <= value <= high:
-                problems.append(f"{name} must be 'auto' or an integer in [{low}, {high}] (got {value!r})")
-        for name in ("learning_rate", "lora_alpha"):
-            value = getattr(self, name)
-            if value != AUTO and (not isinstance(value, (int, float)) or value <= 0):
-                problems.append(f"{name} must be 'auto' or a positive number (got {value!r})")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
-        if not 0 <= self.warmup_ratio < 1:
-            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
-        tokens = self.micro_batch_tokens
-        if tokens != AUTO and (not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 16):
-            problems.append(
-                f"micro_batch_tokens must be 'auto' or an integer of at least 16 (got {tokens!r})"
-            )
-        workers = self.micro_batch_workers
-        if workers != AUTO and (
-            not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64
-        ):
-            problems.append(f"micro_batch_workers must be 'auto' or an integer in [1, 64] (got {workers!r})")
-        elif workers != AUTO and workers > 1 and self.method == "full":
-            problems.append(
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError("training config", describe_errors(exc.errors(), TrainConfig)) from None
+
+    @field_validator("data", "eval_data", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if isinstance(value, (str, Path)):
+            value = [value]
+        return [str(p) if isinstance(p, Path) else p for p in value] if isinstance(value, list) else value
+
+    @model_validator(mode="after")
+    def _workers_are_for_lora(self) -> TrainConfig:
+        if self.micro_batch_workers != AUTO and self.micro_batch_workers > 1 and self.method == "full":
+            raise ValueError(
                 "micro_batch_workers above 1 is for LoRA: full fine-tuning's gradient per micro-batch is the size "
                 "of the model (set micro_batch_workers: 1 or auto)"
             )
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            problems.append("early_stopping_patience must be at least 1")
-        if self.kernels not in (AUTO, "off"):
-            problems.append(f"kernels must be auto or off (got {self.kernels!r})")
-        elif self.kernels == "off" and isinstance(workers, int) and workers > 1:
-            problems.append(
+        if self.kernels == "off" and self.micro_batch_workers != AUTO and self.micro_batch_workers > 1:
+            raise ValueError(
                 "micro_batch_workers above 1 runs tunewise's worker threads, which kernels: off turns off "
                 "(set micro_batch_workers: 1 or auto, or kernels: auto)"
             )
-        if self.precision not in (AUTO, "float32", "bfloat16", "fp32", "bf16"):
-            problems.append(f"precision must be auto, float32 or bfloat16 (got {self.precision!r})")
-        if problems:
-            raise ConfigError("training config", problems)
+        return self
+
+    @classmethod
+    def from_spec(cls, spec: Spec, **overrides: Any) -> TrainConfig:
+        """The training config of a spec (`spec_values`), with `overrides` (command-line flags, the data the
+        pipeline made, a job's values) over it: the one way from a spec to a training run.
+
+        >>> from tunewise.spec import parse_spec
+        >>> s = parse_spec("task: {name: t, target: Label the review.}\\ndata: {train: x}\\nhyperparameters: {epochs: 2}")
+        >>> c = TrainConfig.from_spec(s, lora_rank=4)
+        >>> c.epochs, c.lora_rank, c.batch_size, c.keep_best
+        (2, 4, 'auto', True)
+        """
+        return cls(**{**spec_values(spec), **overrides})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a mapping; an unknown key is an error naming the nearest valid one."""
-        valid = [f.name for f in fields(cls)]
-        unknown = [k for k in values if k not in valid]
-        if unknown:
-            problems = []
-            for key in unknown:
-                guess = nearest(key, valid)
-                problems.append(f"unknown key '{key}'" + (f" (did you mean '{guess}'?)" if guess else ""))
-            raise ConfigError("training config", problems)
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
+
+
+def spec_values(spec: Spec) -> dict[str, Any]:
+    """The training settings a spec states: its model, method, seed and every hyperparameter but the
+    pipeline's validation share. The one mapping from the spec to `TrainConfig`."""
+    hp = spec.hyperparameters.model_dump(exclude={"validation_fraction"})
+    return {
+        "base": spec.model.base,
+        "trust_remote_code": spec.model.trust_remote_code,
+        "method": spec.method,
+        "seed": spec.data.seed,
+        **hp,
+    }
 
 
 def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
