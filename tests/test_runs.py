@@ -313,7 +313,7 @@ def test_a_pipeline_run_is_recorded_with_its_verdict_and_stages(tmp_path, monkey
 
     project = make_project.__wrapped__(tmp_path)
 
-    def interrupted(self, recorded):
+    def interrupted(self):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Pipeline, "_run_evaluate", interrupted)
@@ -327,10 +327,10 @@ def test_a_pipeline_run_is_recorded_with_its_verdict_and_stages(tmp_path, monkey
     assert (stopped.status, stopped.error, stopped.figures) == ("cancelled", "KeyboardInterrupt", {})
     stages = {o.stage: o.status for o in result.outcomes}
     assert stages == {s: "skipped" if STAGES.index(s) < STAGES.index("evaluate") else "ran" for s in STAGES}
-    verdict = result.output("verdict")["recommendation"]
+    verdict = result.output("verdict").recommendation
     assert done.status == "succeeded" and done.figures == {"verdict": verdict, "stages": stages}
     split = result.output("split")
-    assert done.dataset_versions == [split["train"]["version"], split["eval"]["version"]]
+    assert done.dataset_versions == [split.train.version, split.eval.version]
     assert done.name == load_spec(project.spec_path).task.name
     # The stages' own runs: one training run, the baseline's evaluation and the fine-tuned arm's.
     assert [r.kind for r in store.list(kind="train")] == ["train"]

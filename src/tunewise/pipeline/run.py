@@ -30,7 +30,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from tunewise.outputs import (
 )
 from tunewise.pipeline.progress import NullProgress
 from tunewise.project import Project, atomic_write_text
+from tunewise.registry.db import utc_now
 from tunewise.spec import Spec
 
 log = logging.getLogger(__name__)
@@ -65,10 +65,6 @@ log = logging.getLogger(__name__)
 MIN_VALIDATION, MAX_VALIDATION = 10, 200
 
 STAGES = ("data", "split", "baseline", "train", "evaluate", "economics", "verdict", "report")
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _hash(payload: Any) -> str:
@@ -164,8 +160,8 @@ class Pipeline:
                         stage,
                         key,
                         status,
-                        _now(),
-                        None if status == "running" else _now(),
+                        utc_now(),
+                        None if status == "running" else utc_now(),
                         seconds,
                         json.dumps(output, default=str) if output is not None else None,
                     ),
@@ -186,9 +182,11 @@ class Pipeline:
         with RunStore(self.project).recording("pipeline", config, name=self.spec.task.name) as record:
             result = self._run_stages(from_stage, only)
             stages = record.result["stages"] = {o.stage: o.status for o in result.outcomes}
-            record.figures = pipeline_figures(self.outputs.get("verdict", {}).get("recommendation"), stages)
-            split = self.outputs.get("split", {})
-            record.dataset_versions = [split.get(part, {}).get("version") for part in ("train", "eval")]
+            verdict = self.outputs.get("verdict")
+            record.figures = pipeline_figures(verdict.recommendation if verdict else None, stages)
+            split = self.outputs.get("split")
+            if split is not None:
+                record.dataset_versions = [split.train.version, split.eval.version]
         return result
 
     def _run_stages(self, from_stage: str | None, only: str | None) -> PipelineResult:
@@ -488,22 +486,17 @@ class Pipeline:
     def _interrupted_training(self, wanted: dict[str, Any]) -> str | None:
         """A cancelled or crashed training run with exactly this config and a checkpoint: resume it rather than
         start again. Any other difference (a changed hyperparameter, other data) means a new run."""
-        registry = self.project.registry()
-        try:
-            rows = registry.conn.execute(
-                "SELECT id, config FROM runs WHERE kind='train' AND status IN ('running', 'cancelled', 'failed')"
-                " ORDER BY created_at DESC"
-            ).fetchall()
-        finally:
-            registry.close()
+        from tunewise.registry.runs import RunStore
+
+        runs = RunStore(self.project).list(kind="train")  # newest first
+        unfinished = [run for run in runs if run.status in ("running", "cancelled", "failed")]
         # The registry holds JSON: compare like with like.
         wanted = json.loads(json.dumps(wanted, default=str))
-        for run_id, config in rows:
-            asked = json.loads(config or "{}")
-            if asked.get("config", asked) != wanted:
+        for run in unfinished:
+            if run.config.get("config", run.config) != wanted:
                 continue
-            if any((self.project.runs_dir / run_id / "checkpoints").glob("step-*")):
-                return run_id
+            if any((run.path / "checkpoints").glob("step-*")):
+                return run.id
         return None
 
     def _run_evaluate(self) -> EvaluateOutput:

@@ -306,9 +306,9 @@ class RunStore:
     def list(
         self, *, kind: str | None = None, status: str | None = None, limit: int | None = None
     ) -> list[Run]:
-        """Runs, newest first, of one kind and status when given."""
+        """Runs, newest first (in the same second: the later recorded first), of one kind and status if given."""
         where, args = _filters(kind=kind, status=status)
-        sql = f"SELECT * FROM runs {where} ORDER BY created_at DESC, id DESC"
+        sql = f"SELECT * FROM runs {where} ORDER BY created_at DESC, rowid DESC"
         if limit is not None:
             sql, args = sql + " LIMIT ?", [*args, limit]
         with self._registry() as registry:
@@ -328,7 +328,7 @@ class RunStore:
             rows = (
                 registry.conn.execute(
                     f"SELECT * FROM runs {where}{' AND' if where else ' WHERE'} substr(id, 1, ?)=?"
-                    " ORDER BY created_at DESC, id DESC",
+                    " ORDER BY created_at DESC, rowid DESC",
                     [*args, len(ref), ref],
                 ).fetchall()
                 if ref
