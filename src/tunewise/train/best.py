@@ -8,10 +8,10 @@ it is saved with every checkpoint, so a resumed run keeps choosing among all its
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tunewise.fileio import publish, temp_path
 from tunewise.train.config import TrainConfig
 from tunewise.train.model import load_trainable, trainable
 
@@ -41,9 +41,9 @@ def track_best(
             from safetensors.torch import save_file
 
             assert ctx.run_dir is not None
-            tmp = ctx.run_dir / ".best.safetensors.tmp"
+            tmp = temp_path(ctx.run_dir / BEST)
             save_file({n: p.detach().contiguous().clone() for n, p in trainable(ctx.model)}, str(tmp))
-            os.replace(tmp, ctx.run_dir / BEST)
+            publish(tmp, ctx.run_dir / BEST)
         return False
     state["bad_evals"] += 1
     return config.early_stopping_patience is not None and state["bad_evals"] >= config.early_stopping_patience

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
+from tunewise.fileio import publish
 from tunewise.train import records
 from tunewise.train.model import trainable
 
@@ -41,20 +42,13 @@ def save_checkpoint(
         tmp / "state.json",
         {**state, "step": step, "python_rng": [py_state[0], list(py_state[1]), py_state[2]]},
     )
-    _fsync_dir(tmp)
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    publish(tmp, final)
     records.atomic_write_text(folder / "latest", final.name + "\n")
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    for path in folder.iterdir():
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

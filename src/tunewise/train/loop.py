@@ -441,8 +441,8 @@ def _record_and_train(
         release_workspace()
         result.wall_s = time.perf_counter() - started
         if ctx.writer:
-            payload = {**result.to_dict(), "plan": plan.to_dict(), "finished_at": records.utc_now()}
-            records.write_json(run_dir / "result.json", payload)
+            # record_finish writes result.json (through the run store) and the registry row together.
+            payload = {**result.to_dict(), "plan": plan.to_dict()}
             records.record_finish(project, run_id, payload)
         if ctx.world > 1:
             import torch.distributed as dist

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tunewise.fileio import publish
 from tunewise.train.attention import use_packed_attention
 from tunewise.train.config import Resolved, TrainConfig
 from tunewise.train.data import Example, TokenizedData, micro_batches, pack
@@ -262,5 +263,5 @@ def save_output(model: Any, tokenizer: Any, config: TrainConfig, run_dir: Path) 
     tokenizer.save_pretrained(tmp)
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    publish(tmp, final)
     return final
