@@ -124,9 +124,10 @@ def check_command(command: str, root: object) -> str | None:
         node = node.commands[tokens[0]]
         path.append(tokens.pop(0))
     if hasattr(node, "commands"):
-        if not tokens or tokens[0].startswith("-"):  # the group alone (`tunewise data`) or its own options
+        options = [t.strip("[]") for t in tokens]  # `[--kind K]`: an optional flag as the usage line writes it
+        if not tokens or options[0].startswith("-"):  # the group alone (`tunewise data`) or its own options
             names = {"--help", "-h", *(o for p in node.params for o in p.opts + p.secondary_opts)}
-            bad = [t for t in tokens if t.startswith("-") and t.split("=")[0] not in names]
+            bad = [t for t in options if t.startswith("-") and t.split("=")[0] not in names]
             return f"`{command}`: unknown option {bad[0]} for {' '.join(path)}" if bad else None
         return f"`{command}`: {' '.join(path)} has no command '{tokens[0]}' (commands: {', '.join(node.commands)})"
     names = {"--help", "-h"}
@@ -312,3 +313,56 @@ def test_the_readme_console_examples_run(tmp_path):
         "tunewise cost --prompted-cost",
         "tunewise advise --problem",
     } <= set(ran)
+
+
+def _bounds(metadata: list) -> str:
+    """The bounds column of docs/spec.md for a field's pydantic constraints."""
+    low = next((("ge", m.ge) for m in metadata if hasattr(m, "ge")), None) or next(
+        (("gt", m.gt) for m in metadata if hasattr(m, "gt")), None
+    )
+    high = next((("le", m.le) for m in metadata if hasattr(m, "le")), None) or next(
+        (("lt", m.lt) for m in metadata if hasattr(m, "lt")), None
+    )
+    if low and high and low[0] == "ge" and high[0] == "le":
+        return f"{low[1]}-{high[1]}"
+    if low and high:
+        return f"{low[1]} {'<=' if low[0] == 'ge' else '<'} x {'<=' if high[0] == 'le' else '<'} {high[1]}"
+    return f"{'>=' if low[0] == 'ge' else '>'} {low[1]}"
+
+
+def test_bounds_render_as_the_reference_writes_them():
+    from annotated_types import Ge, Gt, Le, Lt
+
+    assert _bounds([Ge(1), Le(1000)]) == "1-1000"
+    assert _bounds([Gt(0), Lt(1)]) == "0 < x < 1"
+    assert _bounds([Ge(0), Lt(0.5)]) == "0 <= x < 0.5"
+    assert (_bounds([Ge(16)]), _bounds([Gt(0)])) == (">= 16", "> 0")
+
+
+def test_the_spec_reference_states_the_bounds_the_code_enforces():
+    """docs/spec.md's hyperparameter bounds are the ones the spec, the CLI and the jobs API all check."""
+    import typing
+
+    from tunewise.spec import Hyperparameters
+
+    rows = {}
+    for line in (ROOT / "docs" / "spec.md").read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows.setdefault(cells[0].strip("`"), cells[2])
+    checked = 0
+    for name, info in Hyperparameters.model_fields.items():
+        metadata = list(info.metadata)
+        for arg in typing.get_args(info.annotation):  # `auto | Annotated[int, Field(ge=..)]`
+            for extra in getattr(arg, "__metadata__", ()):
+                metadata += getattr(extra, "metadata", [])
+        metadata = [
+            m
+            for m in metadata
+            if hasattr(m, "ge") or hasattr(m, "gt") or hasattr(m, "le") or hasattr(m, "lt")
+        ]
+        if not metadata:
+            continue
+        assert rows.get(name) == _bounds(metadata), f"docs/spec.md: `{name}` bounds {rows.get(name)!r}"
+        checked += 1
+    assert checked >= 8
