@@ -124,7 +124,9 @@ def check_command(command: str, root: object) -> str | None:
         node = node.commands[tokens[0]]
         path.append(tokens.pop(0))
     if hasattr(node, "commands"):
-        options = [t.strip("[]") for t in tokens]  # `[--kind K]`: an optional flag as the usage line writes it
+        options = [
+            t.strip("[]") for t in tokens
+        ]  # `[--kind K]`: an optional flag as the usage line writes it
         if not tokens or options[0].startswith("-"):  # the group alone (`tunewise data`) or its own options
             names = {"--help", "-h", *(o for p in node.params for o in p.opts + p.secondary_opts)}
             bad = [t for t in options if t.startswith("-") and t.split("=")[0] not in names]
