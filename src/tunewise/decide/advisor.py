@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from tunewise.decide.verdict import BARS
 from tunewise.errors import TunewiseError
 
 Problem = Literal["knowledge", "behaviour", "both"]
@@ -19,7 +20,6 @@ Recommendation = Literal["prompt engineering", "RAG", "fine-tuning", "RAG + fine
 MIN_QUERIES_PER_DAY = 100  # "Avoid fine-tuning when your query volume is under 100 per day"
 COMFORTABLE_QUERIES_PER_DAY = 1000  # "enough volume (1,000+ queries per day) to justify hosting costs"
 MIN_VALIDATED_EXAMPLES = 200  # "You have 200+ validated training examples"
-CONSISTENCY_TARGET = 0.95  # "you need 95%+ format compliance"; consistency "Target 95%+"
 
 GUIDE = {
     "problem": "If your problem is 'the model does not know our internal data,' use RAG. If your problem is 'the "
@@ -218,7 +218,7 @@ def advise(answers: Answers) -> Advice:
                 "Measure the prompt's consistency across 100+ generations: is there a gap below 95%?"
             )
             unknown = True
-        elif c >= CONSISTENCY_TARGET:
+        elif c >= BARS.consistency:
             reasons.append(
                 Reason(
                     "prompt_consistency",
