@@ -13,13 +13,18 @@ its held-out tickets, built by the same prompters evaluation uses, with `max_new
 - zero-shot:   system prompt + ticket, greedy, JSON loop guard on (the demo's contract is JSON);
 - few-shot:    system prompt + 3 worked examples (a long shared prefix) + ticket, greedy, guard on;
 - samples:     the zero-shot prompts, 3 seeded samples each at temperature 0.7 (the consistency samples), guard on;
-- constrained: the few-shot prompts decoded under the contract's JSON Schema (few-shot+constrained), greedy.
+- constrained: the few-shot prompts decoded under the contract's JSON Schema (few-shot+constrained), greedy;
+- short:       a one-sentence system prompt + ticket, greedy, no guard (little to share);
+- no-system:   the ticket alone, greedy, guard on: the fine-tuned arm's prompts (nothing to share).
+The last two are run only when named in --cases.
 
 Each case runs the two engines interleaved in one process, A B then B A (`--reps` rounds), so a machine shared
 with other work slows both alike. Prints per case each side's times, completion tokens/s (of its best time) and
 whether the greedy outputs are identical token for token (samples come from different random streams, so they
-are compared by speed only), each round's time ratio, and a verdict from the median ratio: "engine faster by
-X%" or "engine slower by X%" (X: how much longer the slower side took, relative to the faster one).
+are compared by speed only), each round's time ratio, and a verdict from the best times: "engine faster by X%"
+or "engine slower by X%" (X: how much longer the slower side took, relative to the faster one). On a machine
+shared with other work, `--threads 1` keeps the figures steady: two OpenMP threads per process spin-wait
+against the other work, and one run can then take many times as long as the next.
 Narration on stderr, results on stdout.
 """
 
@@ -29,21 +34,25 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-CASES = ("zero-shot", "few-shot", "samples", "constrained")
+SHORT_SYSTEM = (
+    "Triage the support ticket: reply with one line of JSON (category, priority, reference, reply)."
+)
+CASES = ("zero-shot", "few-shot", "samples", "constrained", "short", "no-system")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=16, help="held-out demo tickets per case")
     parser.add_argument("--reps", type=int, default=2, help="interleaved rounds (A B per round)")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
+    parser.add_argument(
+        "--cases", default=",".join(CASES[:4]), help=f"comma-separated, of {', '.join(CASES)}"
+    )
     parser.add_argument("--max-batch-size", type=int, default=32, help="rows per batch, both sides")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
@@ -89,11 +98,17 @@ def main() -> int:
         lambda xs: [len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in xs],
     )
     zero = [prompters["zero-shot"].messages(ex) for ex in held_out]
+    short = [[{"role": "system", "content": SHORT_SYSTEM}, *p[1:]] for p in zero]
+    bare = [p[1:] for p in zero]
     few = [prompters["few-shot"].messages(ex) for ex in held_out]
     constraint = constraint_for_contract(spec.contract)
     engines = {
-        "engine": LocalEngine(model, tokenizer, max_batch_size=args.max_batch_size),
-        "generate": GenerateEngine(model, tokenizer, max_batch_size=args.max_batch_size),
+        # Batches capped by rows only, on both sides: a token cap counts the whole prompt for generate but only
+        # the unshared part for the engine, and would cut generate's batches smaller.
+        "engine": LocalEngine(model, tokenizer, max_batch_size=args.max_batch_size, max_batch_tokens=1 << 30),
+        "generate": GenerateEngine(
+            model, tokenizer, max_batch_size=args.max_batch_size, max_batch_tokens=1 << 30
+        ),
     }
 
     def run_case(case: str, engine: LocalEngine) -> list:
@@ -101,6 +116,10 @@ def main() -> int:
             return engine.generate(zero, max_new_tokens=max_new, json_guard=True)
         if case == "few-shot":
             return engine.generate(few, max_new_tokens=max_new, json_guard=True)
+        if case == "short":
+            return engine.generate(short, max_new_tokens=max_new)
+        if case == "no-system":
+            return engine.generate(bare, max_new_tokens=max_new, json_guard=True)
         if case == "samples":
             rows = engine.sample(zero, 3, temperature=0.7, seed=0, max_new_tokens=max_new, json_guard=True)
             return [g for row in rows for g in row]
@@ -110,21 +129,25 @@ def main() -> int:
     for engine in engines.values():
         engine.generate(zero[:2], max_new_tokens=2, constraint=constraint)
 
-    lengths = {"zero-shot": [len(engines["engine"].encode(p)) for p in zero],
-               "few-shot": [len(engines["engine"].encode(p)) for p in few]}  # fmt: skip
+    shapes = {"zero-shot": zero, "few-shot": few, "short": short, "no-system": bare}
+    encoder = engines["engine"]
     print(
         f"# {len(held_out)} demo tickets per case, max_new_tokens {max_new} (the demo's auto), fp32, "
-        f"{torch.get_num_threads()} threads, batches of at most {args.max_batch_size} rows; "
+        f"{torch.get_num_threads()} threads, batches of at most {args.max_batch_size} rows (no token cap) on both sides; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     )
     print(
-        f"# prompt tokens: zero-shot mean {sum(lengths['zero-shot']) / len(zero):.0f}, few-shot mean "
-        f"{sum(lengths['few-shot']) / len(few):.0f}"
+        "# mean prompt tokens (shared prefix): "
+        + ", ".join(
+            f"{name} {sum(len(encoder.encode(p)) for p in ps) / len(ps):.0f} "
+            f"({len(os.path.commonprefix([encoder.encode(p) for p in ps]))})"
+            for name, ps in shapes.items()
+        )
     )
     print(
         f"# engines interleaved in one process, A B then B A ({args.reps} rounds): this machine may be shared "
         "with other work (load average at start: " + ", ".join(f"{x:.1f}" for x in os.getloadavg()) + "), "
-        "which then slows both sides alike; verdict from the median per-round time ratio"
+        "which then slows both sides alike; verdict from each side's best time"
     )
     results: dict[str, dict] = {}
     for case in cases:
@@ -159,9 +182,9 @@ def main() -> int:
                 "rewinds": sum(g.rewinds for g in outputs[name]),
                 "finish_length": sum(g.finish_reason == "length" for g in outputs[name]),
             }
-        # The verdict reads the median of the rounds' paired ratios (each round ran both sides back to back),
-        # which a burst of load on the shared machine skews less than comparing each side's best time.
-        ratio = statistics.median(a / b for a, b in zip(times["engine"], times["generate"], strict=True))
+        # The verdict compares each side's best time: load from other work only ever adds time, so the fastest
+        # run is the closest to the machine's own speed. Each round's ratio is printed too.
+        ratio = row["engine"]["best_s"] / row["generate"]["best_s"]
         row["engine_over_generate"] = ratio
         row["verdict"] = (
             f"engine faster by {100 * (1 / ratio - 1):.0f}%"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 
@@ -127,10 +128,11 @@ def test_bad_arguments_are_user_errors(tiny):
 # --- the loop guard on generate: a model whose next token follows a script --------------------------------
 
 
-def _scripted(model, tokenizer, loop_for: set[int]):
+def _scripted(model, tokenizer, loop_for: set[int], wrong_bracket: bool = False):
     """The tiny model with its next-token scores replaced by a script keyed on the last token fed: a list of
     one object repeated forever for prompts whose length is in `loop_for` (told apart by position modulo 5, an
-    object's length in tokens), `[{"a":1}]` for the others. The real forward still runs (cache, masks)."""
+    object's length in tokens), `[{"a":1}]` for the others; with `wrong_bracket`, the object's value is
+    followed by `]` first and `}` second. The real forward still runs (cache, masks)."""
     words = ["[", '{"', "a", '":', "1", "},", "}", "]"]
     tok = {w: tokenizer.encode(w, add_special_tokens=False) for w in words}
     assert all(len(v) == 1 for v in tok.values()), tok
@@ -148,7 +150,9 @@ def _scripted(model, tokenizer, loop_for: set[int]):
         for row in range(input_ids.shape[0]):
             last = int(input_ids[row, -1])
             pos = int(positions[row, -1]) if positions is not None else input_ids.shape[1] - 1
-            if last == tok["1"]:  # the k-th object's "1" is at position len(prompt) + 4 + 5k
+            if last == tok["1"] and wrong_bracket:
+                ranked = ["]", "}"]
+            elif last == tok["1"]:  # the k-th object's "1" is at position len(prompt) + 4 + 5k
                 ranked = ["},", "}"] if (pos - 4) % 5 in loops else ["}", "},"]
             elif last == tok['":']:
                 ranked = ["1"]
@@ -185,3 +189,32 @@ def test_a_looping_row_is_resumed_before_the_repetition_as_local_engine_takes_it
     short = [batched.generate([looping], max_new_tokens=n, json_guard=True)[0] for n in (8, 12)]
     assert _ids(short) == [local.generate([looping], max_new_tokens=n, json_guard=True)[0].token_ids
                            for n in (8, 12)]  # fmt: skip
+
+
+def test_a_wrong_closing_bracket_is_refused_for_the_models_next_choice(tiny, monkeypatch):
+    model, tokenizer = tiny
+    prompt = tokenizer.encode("one object in a list", add_special_tokens=False)
+    monkeypatch.setattr(model, "forward", _scripted(model, tokenizer, set(), wrong_bracket=True))
+    local = LocalEngine(model, tokenizer, min_shared_prefix=10_000)
+    batched = GenerateEngine(model, tokenizer)
+    assert batched.generate([prompt], max_new_tokens=20)[0].text == '[{"a":1]'
+    guarded = batched.generate([prompt], max_new_tokens=20, json_guard=True)[0]
+    assert (guarded.text, guarded.refusals, guarded.rewinds) == ('[{"a":1}]', 1, 0)
+    assert guarded.token_ids == local.generate([prompt], max_new_tokens=20, json_guard=True)[0].token_ids
+
+
+def test_engine_for_picks_the_engine_for_a_long_shared_prefix_and_generate_otherwise(tiny):
+    from tunewise.evaluate.batched import engine_for
+
+    model, tokenizer = tiny
+    local = LocalEngine(model, tokenizer, max_batch_size=5)
+    long_system = [[{"role": "system", "content": SYSTEM * 8}, {"role": "user", "content": u}] for u in USERS]
+    bare = [[{"role": "user", "content": u * 4}] for u in USERS]
+    ids = [local.encode(c) for c in bare]
+    assert 2 * len(os.path.commonprefix(ids)) < sum(map(len, ids)) / len(ids)
+    assert engine_for(local, long_system) is local
+    twin = engine_for(local, bare)
+    assert isinstance(twin, GenerateEngine) and engine_for(local, bare) is twin  # made once per engine
+    assert (twin.model, twin.tokenizer, twin.max_batch_size) == (model, tokenizer, 5)
+    assert twin.stop_token_ids == local.stop_token_ids
+    assert _ids(twin.generate(bare, max_new_tokens=6)) == _ids(local.generate(bare, max_new_tokens=6))

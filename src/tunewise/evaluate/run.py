@@ -178,6 +178,7 @@ def run_evaluation(
     narrate: Callable[[str], None] | None = None,
     seed: int = 0,
 ) -> EvalResult:
+    from tunewise.evaluate.batched import engine_for
     from tunewise.evaluate.engine import LocalEngine
     from tunewise.evaluate.summary import build_summary
     from tunewise.models.loading import load_model, load_tokenizer
@@ -300,7 +301,9 @@ def run_evaluation(
                 if guarded and arm not in endpoints:
                     limit_to["json_guard"] = True
                 arm_info[name]["json_guard"] = guarded and arm not in endpoints
-                answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
+                # Greedy answers through whichever local path measured faster for these prompts.
+                greedy = engine if arm in endpoints else engine_for(engine, prompts)
+                answers = greedy.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
                 samples = (
                     engine.sample(
                         prompts,
