@@ -1,14 +1,14 @@
 """The local engine vs transformers' own batched `model.generate`, on the demo's prompt shapes, embedded model.
 
-    .venv/bin/python bench/generation.py [--n 16] [--reps 2] [--cases zero-shot,few-shot,samples,constrained]
-                                         [--threads T] [--json out.json]
+    .venv/bin/python bench/generation.py [--n 16] [--reps 2] [--threads T] [--json out.json]
+                          [--cases zero-shot,few-shot,samples,constrained,short,no-system]
 
 Both sides answer the same prompts through the same interface: `LocalEngine.generate` (evaluate/engine.py:
 shared-prefix KV cache, in-place cache, its own decode loop) and `GenerateEngine.generate` (evaluate/batched.py:
 `model.generate` over left-padded batches of similar length, the grammar and the JSON loop guard as logits
 processors). Prompts come from the demo data generator (no dataset needed): the demo spec's system prompt and
 its held-out tickets, built by the same prompters evaluation uses, with `max_new_tokens` chosen as the demo's
-`auto` does. The cases are those a demo evaluation runs, all in fp32 on the CPU:
+`auto` does. The first four cases are those a demo evaluation runs; all run in fp32 on the CPU:
 
 - zero-shot:   system prompt + ticket, greedy, JSON loop guard on (the demo's contract is JSON);
 - few-shot:    system prompt + 3 worked examples (a long shared prefix) + ticket, greedy, guard on;
