@@ -1,8 +1,9 @@
-"""Process-wide settings for heavy CPU work, applied when training or serving starts, never on import.
+"""Process-wide settings for heavy CPU work, applied when evaluation, training or serving starts, never on import.
 
 `import tunewise` changes nothing in the process: a library imported by someone else's program must not
-retune its allocator or its math library. `tune_process()` does, once, at the start of `train.run` and of
-`tunewise serve`'s model pool, before any weight is loaded:
+retune its allocator or its math library. `tune_process()` does, once, at the start of an evaluation, of
+`train.run` and of `tunewise serve`'s model pool, before any weight is loaded (in `tunewise run` the prompted
+arms' evaluation comes first, and what it sets holds for the training after it):
 
 - oneDNN's and ideep's kernel caches capped at 32 entries each (`ONEDNN_PRIMITIVE_CACHE_CAPACITY`,
   `LRU_CACHE_CAPACITY`), unless the environment already sets them;

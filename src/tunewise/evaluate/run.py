@@ -157,6 +157,9 @@ def run_evaluation(
     from tunewise.evaluate.engine import LocalEngine
     from tunewise.evaluate.summary import build_summary
     from tunewise.models.loading import load_model, load_tokenizer
+    from tunewise.runtime import tune_process
+
+    tune_process()  # before any weight is loaded: oneDNN reads its cache sizes once
 
     say = narrate or log.info
     endpoints = {e.name: e for e in spec.evaluation.endpoints}
