@@ -60,9 +60,10 @@ def eval_command(
     arms: str = typer.Option(
         None,
         "--arms",
-        help="Comma-separated arms; fine-tuned:RUN names a training run; an endpoint by its name; "
-        "ARM+scored (label contracts) or ARM+constrained (json, regex) a variant that meets the contract by "
-        "construction (evaluation.constrained: auto runs each prompted arm's beside it). "
+        help="Comma-separated arms; fine-tuned:RUN names a training run, fine-tuned:PATH a PEFT adapter folder "
+        "trained anywhere; an endpoint by its name; ARM+scored (label contracts) or ARM+constrained (json, "
+        "regex) a variant that meets the contract by construction (evaluation.constrained: auto runs each "
+        "prompted arm's beside it). "
         "Default: the spec's prompted arms and endpoints.",
     ),
     spec_path: Path = typer.Option(
