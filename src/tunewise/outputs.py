@@ -166,13 +166,16 @@ class Verdict(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    recommendation: Literal["fine-tune", "keep prompting"]
-    headline: str
+    # fine-tune | keep prompting (the best prompted arm meets the bars) | not yet (no arm is ready)
+    recommendation: Literal["fine-tune", "keep prompting", "not yet"]
+    headline: str  # "<Recommendation>: <reason>", one sentence
+    reason: str = ""  # the headline's reason alone
     fine_tuned_arm: str | None
     best_prompted_arm: str | None
     bars: Bars
     rules: list[RuleRecord]
-    cheapest_platform: str | None = None
+    cheapest_platform: str | None = None  # the fine-tuned arm's, only when it meets the bars
+    cheapest: str = ""  # the cheapest option among the arms that meet the bars, or why none is named
     break_even: dict[str, Any] | None = None
     weakest_point: str = ""
     reasons: list[str] = Field(default_factory=list)

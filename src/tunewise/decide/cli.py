@@ -157,10 +157,14 @@ def advise(
         out.print(f"  - {m}", highlight=False)
 
 
-DECIDE_HELP = """The verdict after evaluation: fine-tune only when the gain over the best prompted arm is significant,
-accuracy >= 85%, consistency >= 95%, the unsupported-content rate did not rise, and the monthly cost at the stated
-volume is lower or the value of the gain covers it. Prints every rule with its numbers, the cheapest platform, the
-break-even volume and the weakest point of the evidence.
+DECIDE_HELP = """The verdict after evaluation: fine-tune, keep prompting, or not yet. Every arm faces the same bars
+(accuracy >= 85%, consistency >= 95%). Fine-tune when the fine-tuned arm meets them, is significantly better than the
+best prompted arm on accuracy, consistency or format compliance (or equal at lower cost and latency), does not raise
+unsupported content, and its monthly cost at the stated volume is lower or the value of the gain covers it (unknown
+prices leave the cost rule undecided, naming the figures to set). Keep prompting when the best prompted arm meets the
+bars; otherwise not yet, naming the closest option and what to fix first. Prints that sentence, then every rule with
+its numbers, the cheapest option among those that meet the bars, the break-even volume and the weakest point of the
+evidence.
 
 Example: tunewise decide reports/eval_summary.json --prompted-cost 0.03 --tuned-cost 0.02 --platform together --queries-per-day 500 --value-per-point 40"""
 
@@ -214,7 +218,8 @@ def decide(
     if as_json:
         print_json(verdict.to_dict())
         return
-    out.print(f"verdict: {verdict.recommendation}", highlight=False)
+    # One sentence and its reason first, then the rules behind it.
+    out.print(f"verdict: {verdict.recommendation}: {verdict.reason}", highlight=False)
     out.print(
         f"  fine-tuned arm: {verdict.fine_tuned_arm}; best prompted arm: {verdict.best_prompted_arm}",
         highlight=False,
@@ -224,8 +229,7 @@ def decide(
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]
         out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False)
         out.print(f"         from the practitioner's guide (docs/guide.md): {r.guide}", highlight=False)
-    if verdict.cheapest_platform:
-        out.print(f"cheapest fine-tuned option: {verdict.cheapest_platform}", highlight=False)
+    out.print(f"cheapest option meeting the bars: {verdict.cheapest}", highlight=False)
     if verdict.break_even:
         be = verdict.break_even
         vol = be["queries_per_day"]

@@ -1,28 +1,46 @@
-"""The verdict, after evaluation: does fine-tuning pay, and is that proven?
+"""The verdict, after evaluation: fine-tune, keep prompting, or not yet, and why.
 
 Reads an evaluation summary (the evaluation stage writes it) and applies the guide's rules, every one returned
-as a record with the numbers it used:
+as a record with the numbers it used. Every arm faces the same quality bars (`BARS`):
 
-1. significant gain   the fine-tuned arm beats the best prompted arm (constrained variants included) on
-                      accuracy, and the paired interval excludes zero ("if you cannot quantify the improvement
-                      over the base model plus a good system prompt, you cannot justify the cost"). A JSON
-                      contract with free-text fields has two measures, structured accuracy and the fields'
-                      ROUGE-L: a gain on either counts when neither is significantly worse.
-2. accuracy bar       task accuracy >= 85% ("below 85% means data or task definition needs work")
-3. consistency bar    consistency >= 95% ("target 95%+")
-4. unsupported rate   not above the best prompted arm's ("should not increase vs. base model")
-5. cost              the fine-tuned option's monthly cost at the stated volume is lower, or the stated value of
-                      the gain covers the difference ("a fine-tuned model that scores 92% accuracy but costs
-                      $0.45 per query is worse than a prompted model at 89% accuracy and $0.03 per query")
+    accuracy bar      task accuracy >= 85% ("below 85% means data or task definition needs work")
+    consistency bar   consistency >= 95% ("target 95%+"); unmeasured consistency does not meet it
 
-Fine-tuning is recommended only when every rule passes. The verdict also names the cheapest platform, the
-break-even volume and the weakest point of the evidence, and diagnoses which problem each option fixes
-(`diagnose`): a constrained or scored variant that lifts format compliance but not accuracy fixed a format
-problem, which needs no training; fine-tuning must then win on task accuracy.
+The rules, fine-tuned arm against the best prompted arm (an arm that meets the bars ranks above one that does
+not, then the strongest; constrained variants and endpoints included):
+
+1. gain                the fine-tuned arm is significantly better on accuracy, consistency or format compliance
+                       and significantly worse on none ("use fine-tuning when prompt engineering hits a ceiling
+                       on consistency"). Each measure uses the summary's paired comparison where it has one
+                       (accuracy: paired bootstrap interval, McNemar p; a JSON contract's free-text fields: paired
+                       ROUGE-L), else the two arms' 95% Wilson intervals not overlapping; the record names the
+                       test. Equal quality (no significant difference) at a lower monthly cost and latency counts
+                       as a gain too.
+2. accuracy bar        the fine-tuned arm's accuracy
+3. consistency bar     the fine-tuned arm's consistency
+4. best prompted arm   whether it meets the bars (informational: it neither blocks nor supports fine-tuning)
+5. unsupported rate    not above the best prompted arm's ("should not increase vs. base model")
+6. cost                compared only when both arms meet the bars: the fine-tuned option's monthly cost at the
+                       stated volume is lower, or the stated value of the gain covers the difference. When an
+                       option cannot be priced the rule is undecided (it neither blocks nor supports) and names
+                       the figures to set.
+
+The outcome (`Verdict.recommendation`), one of `RECOMMENDATIONS`:
+
+    fine-tune        the fine-tuned arm meets the bars, the gain rule passes, unsupported content did not rise
+                     and the cost rule did not fail (an undecided cost rule is said, not counted)
+    keep prompting   otherwise, when the best prompted arm meets the bars
+    not yet          otherwise: no arm is ready; the verdict names the closest option and what to fix first
+
+A prompted arm that misses a bar is never the recommendation. The verdict also names the cheapest option among
+the arms that meet the bars (never one that misses them), the break-even volume and the weakest point of the
+evidence, and diagnoses which problem each option fixes (`diagnose`): a constrained or scored variant that lifts
+format compliance but not accuracy fixed a format problem, which needs no training.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +58,8 @@ BARS = Bars(
     consistency=0.95,  # "Consistency Rate ... Target 95%+"
     format=0.95,  # "95%+ format compliance": at or above it, format is not the problem
 )
+# The outcomes, as `Verdict.recommendation` spells them.
+RECOMMENDATIONS = ("fine-tune", "keep prompting", "not yet")
 SMALL_EVAL_SET = 100  # a consistency gap "that persists across 100+ prompted generations"
 WIDE_INTERVAL = 0.10  # a 95% interval wider than 10 accuracy points cannot separate close arms
 
@@ -77,18 +97,50 @@ def prompted_strength(arm: Mapping[str, Any]) -> tuple[float, ...]:
     )
 
 
+def _value(arm: Mapping[str, Any], key: str) -> float | None:
+    iv = arm.get(key)
+    v = iv.get("value") if isinstance(iv, Mapping) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def missed_bars(arm: Mapping[str, Any]) -> list[tuple[str, float | None, float]]:
+    """The quality bars an arm (`ArmResult.model_dump()` shape) misses: (measure, its value or None when
+    unmeasured, the bar). Unmeasured consistency misses its bar: nothing shows it is met.
+
+    >>> missed_bars({"accuracy": {"value": 0.7}, "consistency": {"value": 0.42}})
+    [('accuracy', 0.7, 0.85), ('consistency', 0.42, 0.95)]
+    >>> missed_bars({"accuracy": {"value": 0.9}, "consistency": {"value": 0.97}})
+    []
+    """
+    missed = []
+    for measure, bar in (("accuracy", BARS.accuracy), ("consistency", BARS.consistency)):
+        v = _value(arm, measure)
+        if v is None or v < bar:
+            missed.append((measure, v, bar))
+    return missed
+
+
+def meets_bars(arm: Mapping[str, Any]) -> bool:
+    """Whether an arm meets every quality bar (`missed_bars` is empty)."""
+    return not missed_bars(arm)
+
+
 def best_prompted_arm(arms: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The strongest arm that is not fine-tuned (constrained variants and endpoints included), by
-    `prompted_strength`; None when every arm is fine-tuned. Comparing against a weaker arm than the best would
-    flatter fine-tuning.
+    """The best arm that is not fine-tuned (constrained variants and endpoints included): one that meets the
+    quality bars ranks above one that does not (a prompted arm that misses a bar is never the one to keep while
+    another meets them), then by `prompted_strength`; None when every arm is fine-tuned. Comparing against a
+    weaker arm than the best would flatter fine-tuning.
 
     >>> best_prompted_arm([{"name": "a", "kind": "prompted", "accuracy": {"value": 0.6}, "consistency": {"value": 1}},
     ...                    {"name": "b", "kind": "prompted", "accuracy": {"value": 0.6}, "macro_f1": 0.5},
     ...                    {"name": "ft", "kind": "fine-tuned", "accuracy": {"value": 0.9}}])["name"]
     'b'
+    >>> best_prompted_arm([{"name": "a", "kind": "prompted", "accuracy": {"value": 0.93}, "consistency": {"value": 0.36}},
+    ...                    {"name": "b", "kind": "prompted", "accuracy": {"value": 0.88}, "consistency": {"value": 0.97}}])["name"]
+    'b'
     """
     prompted = [a for a in arms if a.get("kind") != "fine-tuned"]
-    return max(prompted, key=prompted_strength) if prompted else None
+    return max(prompted, key=lambda a: (meets_bars(a), prompted_strength(a))) if prompted else None
 
 
 def best_prompted(summary: EvalSummary) -> ArmResult:
@@ -126,169 +178,107 @@ def _cost_options(tuned: ArmResult, prompted: ArmResult, econ: Economics, catalo
 
 
 def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None) -> Verdict:
-    """Apply the verdict rules; fine-tuning is recommended only when every applicable rule passes."""
+    """Apply the verdict rules: fine-tune, keep prompting or not yet (see the module docstring)."""
     tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
     if fine_tuned is not None:
         tuned = summary.arm(fine_tuned)
     elif tuned_arms:
-        tuned = max(tuned_arms, key=lambda a: a.accuracy.value)
+        tuned = max(tuned_arms, key=lambda a: (meets_bars(a.model_dump()), a.accuracy.value))
     else:
         raise TunewiseError(
             "the evaluation has no fine-tuned arm",
             hint="train and evaluate a fine-tuned arm, or keep prompting",
         )
     prompted = best_prompted(summary)
-    rules: list[RuleRecord] = []
-
-    # 1. A significant gain over the best prompted arm.
+    tuned_missed, prompted_missed = missed_bars(tuned.model_dump()), missed_bars(prompted.model_dump())
     paired = summary.paired_diff(tuned.name, prompted.name, "accuracy")
-    if paired is None:
+    costs = _costs(tuned, prompted, econ, catalog)
+
+    rules: list[RuleRecord] = [_gain_rule(summary, tuned, prompted, costs)]
+    for measure, guide in (
+        ("accuracy", "task accuracy below 85% means data or task definition needs work"),
+        ("consistency", "consistency rate: target 95%+"),
+    ):
+        v, bar = _value(tuned.model_dump(), measure), getattr(BARS, measure)
         rules.append(
             _rule(
-                "significant gain",
-                "quantify the improvement over the base model plus a good system prompt",
-                {"fine_tuned": tuned.name, "best_prompted": prompted.name},
-                False,
-                f"no paired accuracy comparison of {tuned.name} vs {prompted.name} in the summary: the gain is unproven",
+                f"{measure} bar",
+                guide,
+                {measure: v, "bar": bar},
+                v is not None and v >= bar,
+                f"{measure} was not measured"
+                if v is None
+                else f"{tuned.name} {measure} {_pct(v)} {'>=' if v >= bar else '<'} {_pct(bar)}",
             )
         )
-    else:
-        rules.append(_gain_rule(paired, tuned.name, prompted.name))
-
-    # 2. The accuracy bar.
-    acc = tuned.accuracy.value
     rules.append(
         _rule(
-            "accuracy bar",
-            "task accuracy below 85% means data or task definition needs work",
-            {"accuracy": acc, "bar": BARS.accuracy},
-            acc >= BARS.accuracy,
-            f"{tuned.name} accuracy {_pct(acc)} {'>=' if acc >= BARS.accuracy else '<'} {_pct(BARS.accuracy)}",
-        )
-    )
-
-    # 3. The consistency bar.
-    cons = tuned.consistency.value if tuned.consistency else None
-    rules.append(
-        _rule(
-            "consistency bar",
-            "consistency rate: target 95%+",
-            {"consistency": cons, "bar": BARS.consistency},
-            cons is not None and cons >= BARS.consistency,
-            "consistency was not measured"
-            if cons is None
-            else f"{tuned.name} consistency {_pct(cons)} {'>=' if cons >= BARS.consistency else '<'} {_pct(BARS.consistency)}",
-        )
-    )
-
-    # 4. Unsupported content must not increase over the best prompted arm.
-    tu = tuned.unsupported_rate.value if tuned.unsupported_rate else None
-    pu = prompted.unsupported_rate.value if prompted.unsupported_rate else None
-    if tu is None and pu is None:
-        unsupported = _rule(
-            "unsupported-content rate",
-            "hallucination rate should not increase vs. base model",
-            {"fine_tuned": None, "best_prompted": None},
+            "best prompted arm vs the bars",
+            "the prompted arm faces the same bars",
+            {"arm": prompted.name, "missed": [m for m, _, _ in prompted_missed]},
             None,
-            "not measured for either arm (not applicable to this contract)",
+            f"{prompted.name} meets the bars"
+            if not prompted_missed
+            else f"{prompted.name} misses them ({_missed_text(prompted_missed)}): it cannot be the recommendation",
         )
-    elif tu is None or pu is None:
-        unsupported = _rule(
-            "unsupported-content rate",
-            "hallucination rate should not increase vs. base model",
-            {"fine_tuned": tu, "best_prompted": pu},
-            False,
-            "measured for one arm only: cannot show it did not increase",
-        )
-    else:
-        unsupported = _rule(
-            "unsupported-content rate",
-            "hallucination rate should not increase vs. base model",
-            {"fine_tuned": tu, "best_prompted": pu},
-            tu <= pu,
-            f"{tuned.name} {_pct(tu)} {'<=' if tu <= pu else '>'} {prompted.name} {_pct(pu)}",
-        )
-    rules.append(unsupported)
+    )
+    rules.append(_unsupported_rule(tuned, prompted))
+    rules.append(_cost_rule(costs, econ, paired, tuned, prompted, tuned_missed, prompted_missed))
 
-    # 5. Cost at the stated volume, or the value of the gain covers the difference.
-    verdict_extra: dict[str, Any] = {}
-    try:
-        p_opts, t_opts, skipped = _cost_options(tuned, prompted, econ, catalog)
-    except TunewiseError as exc:
-        p_opts, t_opts, skipped = [], [], [exc.message]
-    q = econ.queries_per_day
-    if not p_opts or not t_opts:
-        rules.append(
-            _rule(
-                "cost at stated volume",
-                "always evaluate performance and economics together",
-                {"queries_per_day": q, "skipped": skipped},
-                False,
-                "cost unknown: "
-                + ("; ".join(skipped) if skipped else "no priced option")
-                + " (give --prompted-cost/--tuned-cost or a pricing override)",
-            )
-        )
-    else:
-        best_p = min(p_opts, key=lambda o: monthly_cost(o, q).total)
-        best_t = min(t_opts, key=lambda o: monthly_cost(o, q).total)
-        p_month, t_month = monthly_cost(best_p, q).total, monthly_cost(best_t, q).total
-        extra = t_month - p_month
-        # The gain valued is the paired interval's lower bound: the part of the gain the evidence vouches for.
-        gain_points = 100 * paired.low if paired is not None else 0.0
-        value = (econ.value_per_accuracy_point or 0.0) * max(gain_points, 0.0)
-        ok = extra <= 0 or (econ.value_per_accuracy_point is not None and value >= extra)
-        numbers = {
-            "queries_per_day": q,
-            "prompted_option": best_p.name,
-            "prompted_monthly": p_month,
-            "fine_tuned_option": best_t.name,
-            "fine_tuned_monthly": t_month,
-            "extra_monthly": extra,
-            "gain_points_lower_bound": gain_points,
-            "value_per_accuracy_point": econ.value_per_accuracy_point,
-            "value_of_gain_monthly": value,
-            "skipped": skipped,
-        }
-        if extra <= 0:
-            detail = f"{best_t.name} ${t_month:,.2f}/month <= {best_p.name} ${p_month:,.2f}/month at {q:,.0f} queries/day"
-        elif econ.value_per_accuracy_point is None:
-            detail = (
-                f"{best_t.name} costs ${extra:,.2f}/month more than {best_p.name} at {q:,.0f} queries/day and no "
-                "value per accuracy point was stated (economics.value_per_accuracy_point)"
-            )
+    by_rule = {r.rule: r for r in rules}
+    gain, unsupported, cost = by_rule["significant gain"], by_rule["unsupported-content rate"], rules[-1]
+    if not tuned_missed and gain.passed and unsupported.passed is not False and cost.passed is not False:
+        recommendation = "fine-tune"
+        reason = f"{tuned.name} meets the bars ({_met_text(tuned)}) and {gain.numbers['summary']}"
+        if prompted_missed:
+            reason += f", while {prompted.name} misses them ({_missed_text(prompted_missed)})"
+        if costs["tuned"] is None or (costs["prompted"] is None and not prompted_missed):
+            reason += f"; {_undecided(costs)}"
+    elif not prompted_missed:
+        recommendation = "keep prompting"
+        if tuned_missed:
+            why = f"{tuned.name} misses them ({_missed_text(tuned_missed)})"
+        elif not gain.passed:
+            why = f"{tuned.name} is not significantly better ({gain.detail})"
+        elif unsupported.passed is False:
+            why = f"{tuned.name} raises unsupported content ({unsupported.detail})"
         else:
-            detail = (
-                f"{best_t.name} costs ${extra:,.2f}/month more; the gain is worth {gain_points:.1f} points x "
-                f"${econ.value_per_accuracy_point:,.2f} = ${value:,.2f}/month: "
-                + ("covers it" if ok else "does not cover it")
-            )
-        rules.append(
-            _rule(
-                "cost at stated volume",
-                "always evaluate performance and economics together",
-                numbers,
-                ok,
-                detail,
-            )
-        )
-        be = break_even(best_p, best_t)
-        verdict_extra["cheapest_platform"] = best_t.platform or best_t.name
-        verdict_extra["break_even"] = {
-            "between": [best_p.name, best_t.name],
+            why = f"fine-tuning does not pay at the stated volume ({cost.detail})"
+        reason = f"{prompted.name} meets the bars ({_met_text(prompted)}) and {why}"
+    else:
+        recommendation = "not yet"
+        reason = _not_yet(summary, tuned, prompted, tuned_missed, prompted_missed, gain, unsupported)
+
+    failed = [r for r in rules if r.passed is False]
+    diagnosis = diagnose(summary, tuned, prompted)
+    # Why: the failed rules when fine-tuning is not recommended, else the rules that carried the decision.
+    carried = failed if recommendation != "fine-tune" else [r for r in rules if r.passed]
+    reasons = [f"{r.rule}: {r.detail}" for r in carried]
+    lead = {"fine-tune": "Fine-tune", "keep prompting": "Keep prompting", "not yet": "Not yet"}[
+        recommendation
+    ]
+    extra: dict[str, Any] = {
+        "cheapest": _cheapest_line(costs, econ, tuned, prompted, tuned_missed, prompted_missed)
+    }
+    if costs["tuned"] is not None and not tuned_missed:
+        extra["cheapest_platform"] = costs["tuned"].platform or costs["tuned"].name
+    if (
+        costs["tuned"] is not None
+        and costs["prompted"] is not None
+        and not tuned_missed
+        and not prompted_missed
+    ):
+        be = break_even(costs["prompted"], costs["tuned"])
+        extra["break_even"] = {
+            "between": [costs["prompted"].name, costs["tuned"].name],
             "queries_per_day": be.volume,
             "formula": be.formula,
             "summary": be.summary,
         }
-
-    failed = [r for r in rules if r.passed is False]
-    diagnosis = diagnose(summary, tuned, prompted)
-    # Why: the failed rules when prompting stays, else the rules that carried the decision.
-    reasons = [f"{r.rule}: {r.detail}" for r in (failed or [r for r in rules if r.passed])]
-    lead = "Keep prompting" if failed else "Fine-tune"
     return Verdict(
-        recommendation="keep prompting" if failed else "fine-tune",
-        headline=f"{lead}: {reasons[0]}" if reasons else f"{lead}.",
+        recommendation=recommendation,
+        headline=f"{lead}: {reason}",
+        reason=reason,
         fine_tuned_arm=tuned.name,
         best_prompted_arm=prompted.name,
         bars=BARS,
@@ -296,54 +286,415 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
         weakest_point=weakest_point(summary, tuned, paired),
         reasons=reasons + [f"diagnosis: {line}" for line in diagnosis],
         diagnosis=diagnosis,
-        **verdict_extra,
+        **extra,
     )
 
 
-_VARIANT_WORDS = {"scored": "label scoring", "constrained": "constrained decoding"}
+# --- the pieces of the verdict ---------------------------------------------------------------------------
 
 
-def _gain_rule(paired: Paired, tuned: str, prompted: str) -> RuleRecord:
-    """Rule 1 on accuracy, and on the free-text fields' ROUGE-L where the contract has them: a significant gain
-    on either measure passes unless the other is significantly worse."""
-    numbers: dict[str, Any] = {
-        "diff": paired.diff,
-        "low": paired.low,
-        "high": paired.high,
-        "mcnemar_p": paired.mcnemar_p,
-        "fine_tuned": tuned,
-        "best_prompted": prompted,
+def _bar_pct(bar: float) -> str:
+    return f"{100 * bar:.0f}%"
+
+
+def _missed_text(missed: Sequence[tuple[str, float | None, float]]) -> str:
+    """'accuracy 70.0% is under the 85% bar and consistency 42.0% under the 95% bar'.
+
+    >>> _missed_text([("accuracy", 0.7, 0.85), ("consistency", None, 0.95)])
+    'accuracy 70.0% is under the 85% bar and consistency is unmeasured'
+    """
+    parts = []
+    for i, (measure, v, bar) in enumerate(missed):
+        if v is None:
+            parts.append(f"{measure} is unmeasured")
+        else:
+            parts.append(f"{measure} {_pct(v)} {'is ' if i == 0 else ''}under the {_bar_pct(bar)} bar")
+    return " and ".join(parts)
+
+
+def _met_text(arm: ArmResult) -> str:
+    cons = arm.consistency.value if arm.consistency else None
+    return f"accuracy {_pct(arm.accuracy.value)}, consistency {_pct(cons)}"
+
+
+def _costs(tuned: ArmResult, prompted: ArmResult, econ: Economics, catalog: Catalog) -> dict[str, Any]:
+    """The cheapest option of each arm at the stated volume and its monthly cost (None where unpriced), and why
+    an option could not be priced."""
+    try:
+        p_opts, t_opts, skipped = _cost_options(tuned, prompted, econ, catalog)
+    except TunewiseError as exc:
+        p_opts, t_opts, skipped = [], [], [exc.message]
+    q = econ.queries_per_day
+    best_p = min(p_opts, key=lambda o: monthly_cost(o, q).total) if p_opts else None
+    best_t = min(t_opts, key=lambda o: monthly_cost(o, q).total) if t_opts else None
+    return {
+        "prompted": best_p,
+        "tuned": best_t,
+        "prompted_monthly": monthly_cost(best_p, q).total if best_p else None,
+        "tuned_monthly": monthly_cost(best_t, q).total if best_t else None,
+        "skipped": skipped,
     }
-    detail = (
-        f"{tuned} - {prompted} accuracy = {100 * paired.diff:+.1f} points, 95% interval "
-        f"[{100 * paired.low:+.1f}, {100 * paired.high:+.1f}]"
+
+
+def _figures_to_set(skipped: Sequence[str]) -> list[str]:
+    """The pricing figures the skipped reasons name, as 'key of entry' (a pricing override file's entry id).
+
+    >>> _figures_to_set(["p @ azure-openai: pricing entry 'azure-openai/gpt-4o-mini': "
+    ...                  "inference_input_per_million_tokens is unknown (...)"])
+    ['inference_input_per_million_tokens of azure-openai/gpt-4o-mini']
+    """
+    found = []
+    for text in skipped:
+        for entry, key in re.findall(r"pricing entry '([^']+)': (\w+) is unknown", text):
+            if f"{key} of {entry}" not in found:
+                found.append(f"{key} of {entry}")
+    return found
+
+
+def _what_to_set(costs: Mapping[str, Any]) -> str:
+    """The figures that would price every option, named as a pricing override file spells them."""
+    figures = _figures_to_set(costs["skipped"])
+    what = (
+        "set " + _and(figures) + " in the pricing file (economics.pricing_file, or --pricing FILE)"
+        if figures
+        else "; ".join(costs["skipped"]) or "no priced option"
     )
-    text = paired.text_similarity_diff
-    if text is None or text.low is None or text.high is None:
-        ok = paired.low > 0
-        detail += ": " + ("excludes zero" if ok else "includes zero or is negative")
-    else:
-        numbers["text_similarity_diff"] = text.model_dump()
-        better = paired.low > 0 or text.low > 0
-        worse = paired.high < 0 or text.high < 0
-        ok = better and not worse
-        detail += (
-            f"; text ROUGE-L = {100 * text.value:+.1f} points [{100 * text.low:+.1f}, {100 * text.high:+.1f}]: "
-            + (
-                "significantly better on one, worse on neither"
-                if ok
-                else "significantly worse on one"
-                if worse
-                else "neither interval excludes zero"
+    return f"{what}, or give --prompted-cost and --tuned-cost"
+
+
+def _undecided(costs: Mapping[str, Any]) -> str:
+    return f"the cost rule is undecided, an option has no price: {_what_to_set(costs)}"
+
+
+def _cost_rule(
+    costs: Mapping[str, Any],
+    econ: Economics,
+    paired: Paired | None,
+    tuned: ArmResult,
+    prompted: ArmResult,
+    tuned_missed: list,
+    prompted_missed: list,
+) -> RuleRecord:
+    """Cost at the stated volume, compared only between arms that meet the bars; undecided when unpriced."""
+    guide = "always evaluate performance and economics together"
+    q = econ.queries_per_day
+    failing = [a.name for a, m in ((tuned, tuned_missed), (prompted, prompted_missed)) if m]
+    if failing:
+        detail = (
+            f"not compared: {' and '.join(failing)} {'misses' if len(failing) == 1 else 'miss'} the quality bars, "
+            "and the cost of an option that does not do the job is no alternative"
+        )
+        if not tuned_missed:
+            detail += (
+                f"; {costs['tuned'].name} costs ${costs['tuned_monthly']:,.2f}/month at {q:,.0f} queries/day"
+                if costs["tuned"] is not None
+                else f"; {_undecided(costs)}"
             )
+        return _rule(
+            "cost at stated volume",
+            guide,
+            {"queries_per_day": q, "misses_bars": failing, "skipped": costs["skipped"],
+             "fine_tuned_monthly": costs["tuned_monthly"], "figures_to_set": _figures_to_set(costs["skipped"])},
+            None,
+            detail,
+        )  # fmt: skip
+    best_p, best_t = costs["prompted"], costs["tuned"]
+    if best_p is None or best_t is None:
+        return _rule(
+            "cost at stated volume",
+            guide,
+            {
+                "queries_per_day": q,
+                "skipped": costs["skipped"],
+                "figures_to_set": _figures_to_set(costs["skipped"]),
+            },
+            None,
+            _undecided(costs),
+        )
+    p_month, t_month = costs["prompted_monthly"], costs["tuned_monthly"]
+    extra = t_month - p_month
+    # The gain valued is the paired interval's lower bound: the part of the gain the evidence vouches for.
+    gain_points = 100 * paired.low if paired is not None else 0.0
+    value = (econ.value_per_accuracy_point or 0.0) * max(gain_points, 0.0)
+    ok = extra <= 0 or (econ.value_per_accuracy_point is not None and value >= extra)
+    numbers = {
+        "queries_per_day": q,
+        "prompted_option": best_p.name,
+        "prompted_monthly": p_month,
+        "fine_tuned_option": best_t.name,
+        "fine_tuned_monthly": t_month,
+        "extra_monthly": extra,
+        "gain_points_lower_bound": gain_points,
+        "value_per_accuracy_point": econ.value_per_accuracy_point,
+        "value_of_gain_monthly": value,
+        "skipped": costs["skipped"],
+    }
+    if extra <= 0:
+        detail = f"{best_t.name} ${t_month:,.2f}/month <= {best_p.name} ${p_month:,.2f}/month at {q:,.0f} queries/day"
+    elif econ.value_per_accuracy_point is None:
+        detail = (
+            f"{best_t.name} costs ${extra:,.2f}/month more than {best_p.name} at {q:,.0f} queries/day and no "
+            "value per accuracy point was stated (economics.value_per_accuracy_point)"
+        )
+    else:
+        detail = (
+            f"{best_t.name} costs ${extra:,.2f}/month more; the gain is worth {gain_points:.1f} points x "
+            f"${econ.value_per_accuracy_point:,.2f} = ${value:,.2f}/month: "
+            + ("covers it" if ok else "does not cover it")
+        )
+    return _rule("cost at stated volume", guide, numbers, ok, detail)
+
+
+def _cheapest_line(
+    costs: Mapping[str, Any],
+    econ: Economics,
+    tuned: ArmResult,
+    prompted: ArmResult,
+    tuned_missed: list,
+    prompted_missed: list,
+) -> str:
+    """The cheapest option at the stated volume among the arms that meet the bars; never one that misses them."""
+    q = econ.queries_per_day
+    passing = [
+        (costs[key], costs[f"{key}_monthly"], arm.name)
+        for key, arm, missed in (("prompted", prompted, prompted_missed), ("tuned", tuned, tuned_missed))
+        if not missed
+    ]
+    if not passing:
+        return "none named: no option meets the quality bars"
+    priced = [(opt, month) for opt, month, _ in passing if opt is not None]
+    if not priced:
+        names = " and ".join(name for _, _, name in passing)
+        return (
+            f"not priced: {names} {'meet' if len(passing) > 1 else 'meets'} the bars; {_what_to_set(costs)}"
+        )
+    opt, month = min(priced, key=lambda x: x[1])
+    return (
+        f"{opt.name} at ${month:,.2f}/month for {q:,.0f} queries/day (among the options that meet the bars)"
+    )
+
+
+def _unsupported_rule(tuned: ArmResult, prompted: ArmResult) -> RuleRecord:
+    """Unsupported content must not increase over the best prompted arm."""
+    guide = "hallucination rate should not increase vs. base model"
+    tu = tuned.unsupported_rate.value if tuned.unsupported_rate else None
+    pu = prompted.unsupported_rate.value if prompted.unsupported_rate else None
+    if tu is None and pu is None:
+        return _rule(
+            "unsupported-content rate",
+            guide,
+            {"fine_tuned": None, "best_prompted": None},
+            None,
+            "not measured for either arm (not applicable to this contract)",
+        )
+    if tu is None or pu is None:
+        return _rule(
+            "unsupported-content rate",
+            guide,
+            {"fine_tuned": tu, "best_prompted": pu},
+            False,
+            "measured for one arm only: cannot show it did not increase",
         )
     return _rule(
+        "unsupported-content rate",
+        guide,
+        {"fine_tuned": tu, "best_prompted": pu},
+        tu <= pu,
+        f"{tuned.name} {_pct(tu)} {'<=' if tu <= pu else '>'} {prompted.name} {_pct(pu)}",
+    )
+
+
+def _and(words: Sequence[str]) -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return " and ".join(words) if len(words) < 3 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+_MEASURES = {"accuracy": "accuracy", "consistency": "consistency", "format_compliance": "format compliance"}
+
+
+def _compare(
+    summary: EvalSummary, tuned: ArmResult, prompted: ArmResult, metric: str
+) -> dict[str, Any] | None:
+    """One measure of the gain rule: the paired comparison where the summary has one, else the two arms' 95%
+    Wilson intervals (significant only when they do not overlap); None when either arm lacks the measure."""
+    label = _MEASURES[metric]
+    p = summary.paired_diff(tuned.name, prompted.name, metric)
+    if p is not None:
+        text = (
+            f"{tuned.name} - {prompted.name} {label} = {100 * p.diff:+.1f} points, 95% interval "
+            f"[{100 * p.low:+.1f}, {100 * p.high:+.1f}]"
+        )
+        if p.mcnemar_p is not None:
+            text += f", McNemar p = {p.mcnemar_p:.2g}"
+        return {
+            "measure": metric, "test": "paired", "diff": p.diff, "low": p.low, "high": p.high,
+            "mcnemar_p": p.mcnemar_p, "better": p.low > 0, "worse": p.high < 0, "text": text,
+            "short": f"{label} {100 * p.diff:+.1f} points (paired interval [{100 * p.low:+.1f}, {100 * p.high:+.1f}])",
+        }  # fmt: skip
+    a, b = getattr(tuned, metric), getattr(prompted, metric)
+    if a is None or b is None or None in (a.low, a.high, b.low, b.high):
+        return None
+    better, worse = a.low > b.high, a.high < b.low
+    text = (
+        f"{label} {_pct(a.value)} [{_pct(a.low)}, {_pct(a.high)}] vs {_pct(b.value)} [{_pct(b.low)}, "
+        f"{_pct(b.high)}], Wilson intervals {'do not overlap' if better or worse else 'overlap'}"
+    )
+    return {
+        "measure": metric, "test": "Wilson intervals", "fine_tuned": [a.value, a.low, a.high],
+        "prompted": [b.value, b.low, b.high], "diff": a.value - b.value, "better": better, "worse": worse,
+        "text": text, "short": f"{label} {_pct(a.value)} vs {_pct(b.value)} (Wilson intervals)",
+    }  # fmt: skip
+
+
+def _gain_rule(
+    summary: EvalSummary, tuned: ArmResult, prompted: ArmResult, costs: Mapping[str, Any]
+) -> RuleRecord:
+    """Rule 1: significantly better on accuracy (or a JSON contract's free-text fields), consistency or format
+    compliance and significantly worse on none; or no significant difference at a lower cost and latency."""
+    comparisons = [c for m in _MEASURES if (c := _compare(summary, tuned, prompted, m)) is not None]
+    paired = summary.paired_diff(tuned.name, prompted.name, "accuracy")
+    text = paired.text_similarity_diff if paired is not None else None
+    if text is not None and text.low is not None and text.high is not None:
+        comparisons.insert(1, {
+            "measure": "text_similarity", "test": "paired", "diff": text.value, "low": text.low, "high": text.high,
+            "better": text.low > 0, "worse": text.high < 0,
+            "text": f"text ROUGE-L = {100 * text.value:+.1f} points [{100 * text.low:+.1f}, {100 * text.high:+.1f}]",
+            "short": f"text ROUGE-L {100 * text.value:+.1f} points (paired)",
+        })  # fmt: skip
+    better = [c for c in comparisons if c["better"]]
+    worse = [c for c in comparisons if c["worse"]]
+    numbers: dict[str, Any] = {"fine_tuned": tuned.name, "best_prompted": prompted.name}
+    if paired is not None:
+        numbers.update(diff=paired.diff, low=paired.low, high=paired.high, mcnemar_p=paired.mcnemar_p)
+        if text is not None and text.low is not None and text.high is not None:
+            numbers["text_similarity_diff"] = text.model_dump()
+    numbers["comparisons"] = [{k: v for k, v in c.items() if k not in ("text", "short")} for c in comparisons]
+    # Equal quality at a lower cost and latency: every known one of the two lower, at least one known.
+    lat_t = tuned.latency_ms.p50 if tuned.latency_ms else None
+    lat_p = prompted.latency_ms.p50 if prompted.latency_ms else None
+    cheaper = None
+    if costs["tuned_monthly"] is not None and costs["prompted_monthly"] is not None:
+        cheaper = costs["tuned_monthly"] < costs["prompted_monthly"]
+    faster = lat_t < lat_p if lat_t is not None and lat_p is not None else None
+    known = [x for x in (cheaper, faster) if x is not None]
+    equal_but_cheaper = bool(comparisons) and not better and not worse and bool(known) and all(known)
+    numbers.update(better=[c["measure"] for c in better], worse=[c["measure"] for c in worse])
+    numbers.update(cheaper=cheaper, faster=faster, p50_latency_ms=[lat_t, lat_p])
+    if not comparisons:
+        detail = f"no comparison of {tuned.name} vs {prompted.name} in the summary: the gain is unproven"
+        ok = False
+        summary_text = "the gain is unproven"
+    else:
+        ok = (bool(better) and not worse) or equal_but_cheaper
+        detail = "; ".join(c["text"] for c in comparisons) + ": "
+        if worse:
+            detail += "significantly worse on " + _and(
+                [_MEASURES.get(c["measure"], "text ROUGE-L") for c in worse]
+            )
+            summary_text = "is significantly worse on " + _and([c["short"] for c in worse])
+        elif better:
+            detail += (
+                "significantly better on "
+                + _and([_MEASURES.get(c["measure"], "text ROUGE-L") for c in better])
+                + ", worse on none"
+            )
+            summary_text = f"beats {prompted.name} significantly on " + _and([c["short"] for c in better])
+        else:
+            detail += "no significant difference"
+            if equal_but_cheaper:
+                ways = ["cheaper at the stated volume"] if cheaper else []
+                if faster:
+                    ways.append(f"faster (p50 latency {lat_t:,.0f} vs {lat_p:,.0f} ms)")
+                how = " and ".join(ways)
+                detail += f", and {tuned.name} is {how}"
+                summary_text = f"matches {prompted.name} on quality while {how}"
+            else:
+                summary_text = "is not significantly better"
+    numbers["summary"] = summary_text
+    return _rule(
         "significant gain",
-        "quantify the improvement over the base model plus a good system prompt",
+        "quantify the improvement over the base model plus a good system prompt; use fine-tuning when prompt "
+        "engineering hits a ceiling on consistency",
         numbers,
         ok,
         detail,
     )
+
+
+def _distance(arm: ArmResult) -> tuple[int, float]:
+    """How far an arm is from the bars: bars missed, then the total shortfall (a whole bar when unmeasured)."""
+    missed = missed_bars(arm.model_dump())
+    return len(missed), sum(bar - (v or 0.0) for _, v, bar in missed)
+
+
+def _fix_first(arm: ArmResult, missed: Sequence[tuple[str, float | None, float]], tuned: bool) -> str:
+    """What to fix first on the arm closest to the bars: format, then accuracy, then consistency."""
+    fmt = _fmt(arm)
+    measures = [m for m, _, _ in missed]
+    if fmt is not None and fmt < BARS.format:
+        return (
+            f"fix the format first ({_pct(fmt)} format compliance, under {_bar_pct(BARS.format)}): "
+            + ("more training examples in the exact format, or constrained decoding, and retrain" if tuned
+               else "constrained decoding (evaluation.constrained: auto) or clearer format instructions")
+        )  # fmt: skip
+    if "accuracy" in measures:
+        return (
+            "improve the training data or the task definition and retrain"
+            if tuned
+            else "improve the prompt or the task definition"
+        )
+    if any(m == "consistency" and v is None for m, v, _ in missed):
+        return "measure consistency (evaluation.consistency_samples: 3)"
+    return (
+        "make the training answers consistent (one answer for one kind of input) and retrain"
+        if tuned
+        else "improve the prompt's instructions and examples; prompting may have hit its ceiling on consistency"
+    )
+
+
+def _not_yet(
+    summary: EvalSummary,
+    tuned: ArmResult,
+    prompted: ArmResult,
+    tuned_missed: list,
+    prompted_missed: list,
+    gain: RuleRecord,
+    unsupported: RuleRecord,
+) -> str:
+    """The reason of a 'not yet': which option is closest to the bars and what to fix first."""
+    if not tuned_missed:
+        # The fine-tuned arm meets the bars, the prompted one does not, and something else stands in the way.
+        if not gain.passed:
+            return (
+                f"{tuned.name} meets the bars ({_met_text(tuned)}) but is not significantly better than "
+                f"{prompted.name} ({gain.detail}), which misses them ({_missed_text(prompted_missed)}): evaluate on "
+                f"more held-out examples ({summary.n_examples} now) to settle it"
+            )
+        return (
+            f"{tuned.name} meets the bars ({_met_text(tuned)}) but raises unsupported content "
+            f"({unsupported.detail}): check the training answers for content not in the input and retrain"
+        )
+    closest = min((prompted, tuned), key=_distance)  # a tie goes to prompting: no training to pay for
+    if closest is tuned:
+        acc = next((c for c in gain.numbers.get("comparisons", []) if c["measure"] == "accuracy"), None)
+        how = (
+            f"{100 * acc['diff']:+.1f} accuracy points over {prompted.name}"
+            if acc
+            else f"against {prompted.name}"
+        )
+        how += ", significant" if gain.passed else ", not significant"
+        way = "fine-tuning is the way" if gain.passed else "fine-tuning is the closest"
+        return (
+            f"no option meets the bars; {way} ({how}) but {_missed_text(tuned_missed)}: "
+            f"{_fix_first(tuned, tuned_missed, tuned=True)}"
+        )
+    return (
+        f"no option meets the bars; prompting is the closest ({prompted.name}: {_missed_text(prompted_missed)}; "
+        f"{tuned.name}: {_missed_text(tuned_missed)}): {_fix_first(prompted, prompted_missed, tuned=False)}"
+    )
+
+
+_VARIANT_WORDS = {"scored": "label scoring", "constrained": "constrained decoding"}
 
 
 def _variant(arm: ArmResult) -> str:
@@ -462,11 +813,14 @@ def weakest_point(summary: EvalSummary, tuned: ArmResult, paired: Paired | None)
 
 __all__ = [
     "BARS",
+    "RECOMMENDATIONS",
     "Economics",
     "best_prompted",
     "best_prompted_arm",
     "decide",
     "diagnose",
+    "meets_bars",
+    "missed_bars",
     "prompted_strength",
     "weakest_point",
 ]
