@@ -92,7 +92,7 @@ def test_pipeline_runs_skips_and_redoes_only_what_changed(project: Project):
     # evaluation.constrained is auto: the prompted arm's label-scored variant runs beside it
     assert [a["name"] for a in summary["arms"]] == ["zero-shot", "zero-shot+scored", "fine-tuned"]
     assert summary["n_examples"] == 12  # 20% of 60, stratified
-    assert first.output("verdict").recommendation in ("fine-tune", "keep prompting")
+    assert first.output("verdict").recommendation in ("fine-tune", "keep prompting", "not yet")
 
     second = Pipeline(project, load_spec(project.spec_path)).run()
     assert statuses(second) == {s: "skipped" for s in STAGES}
@@ -219,3 +219,40 @@ def test_an_interrupted_training_run_is_resumed_not_restarted(project: Project):
     )
     changed = Pipeline(project, load_spec(project.spec_path)).run()
     assert changed.output("train").run_id != run_id
+
+
+def test_the_economics_line_names_the_cheapest_option_among_arms_that_meet_the_bars():
+    from tunewise.economics.plan import CostRequest, cost_report
+    from tunewise.economics.pricing import load_builtin
+    from tunewise.outputs import EvalSummary
+    from tunewise.pipeline.run import cheapest_meeting_bars
+
+    def arm(name, kind, accuracy, consistency):
+        return {
+            "name": name,
+            "kind": kind,
+            "accuracy": {"value": accuracy},
+            "consistency": {"value": consistency},
+        }
+
+    # prompted $0.0002/query = $3/month, fine-tuned $0.02/query + $150 hosting = $450/month on together
+    report = cost_report(
+        CostRequest(queries_per_day=500, prompted_cost=0.0002, tuned_cost=0.02, platforms=["together"]),
+        load_builtin(),
+    )
+    assert report.cheapest.option == "prompted"  # the plain cost report, blind to quality
+    demo = EvalSummary(
+        n_examples=50,
+        arms=[arm("zero-shot", "prompted", 0.0, 0.0), arm("fine-tuned", "fine-tuned", 0.7, 0.42)],
+    )
+    assert (
+        cheapest_meeting_bars(report, demo)
+        == "cheapest at 500 queries/day: none named, no option meets the quality bars"
+    )
+    ready = EvalSummary(
+        n_examples=50,
+        arms=[arm("zero-shot", "prompted", 0.0, 0.0), arm("fine-tuned", "fine-tuned", 0.9, 0.97)],
+    )
+    assert cheapest_meeting_bars(report, ready) == (
+        "cheapest at 500 queries/day among the options that meet the quality bars: fine-tuned @ together"
+    )

@@ -637,7 +637,10 @@ def test_state_from_the_real_stages(tmp_path):
     assert f"{train}:6" in d  # the wrong label's location (line 6)
     a = section(html, "arms")
     assert "66.7%" in a and "100.0%" in a  # zero-shot 20/30, fine-tuned 30/30
-    assert "Recommendation: keep prompting" in section(html, "verdict")  # 30 examples: the gain is not proven
+    # no consistency samples were drawn, so no arm shows it meets the consistency bar: not yet, and why
+    v = section(html, "verdict")
+    assert "Recommendation: not yet" in v
+    assert "fine-tuning is the way" in v and "consistency is unmeasured: measure consistency" in v
     p = section(html, "plots")
     assert "prompted" in p and 'id="plot-cost"' in p
     assert "$1,200.00" in p  # total computed from per-query cost when the option carries none
@@ -746,3 +749,31 @@ def test_text_fields_get_a_rouge_l_column_and_a_paired_row(tmp_path):
     table = arms_html[arms_html.index('id="paired-table"') :]
     row = next(r for r in table.split("<tr")[1:] if "text ROUGE-L" in r)
     assert "fine-tuned" in row and "+19.0 pts" in row and "+12.0 to +26.0" in row
+
+
+def test_not_yet_leads_and_no_failing_arm_is_marked_cheapest(tmp_path):
+    state = full_state()
+    arms = {a["name"]: a for a in state["evaluation"]["arms"]}
+    arms["fine-tuned"]["accuracy"] = {
+        "value": 0.70,
+        "low": 0.56,
+        "high": 0.81,
+    }  # under the 85% bar, as is few-shot
+    reason = (
+        "no option meets the bars; fine-tuning is the way (+29.7 accuracy points over few-shot, significant)"
+    )
+    state["verdict"] = {
+        "recommendation": "not yet", "headline": f"Not yet: {reason}", "reason": reason,
+        "rules": [{"rule": "accuracy bar", "passed": False, "detail": "fine-tuned accuracy 70.0% < 85.0%"}],
+        "cheapest": "none named: no option meets the quality bars",
+    }  # fmt: skip
+    html = build_report(state, tmp_path)[0].read_text(encoding="utf-8")
+    v = section(html, "verdict")
+    assert "Recommendation: not yet" in v
+    # the sentence and its reason come before the rules
+    assert v.index("Not yet: no option meets the bars") < v.index('id="rules"')
+    assert "none named: no option meets the quality bars" in v
+    p = section(html, "plots")
+    # prompted $1,200 and fine-tuned $450 both miss the bars: neither carries the cheapest badge
+    assert "$450.00" in p and 'badge pass">cheapest' not in p
+    assert "no option meets the quality bars, so none is marked cheapest" in p

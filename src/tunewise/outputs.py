@@ -146,7 +146,8 @@ def load_summary(path: str | Path) -> EvalSummary:
 
 
 class Bars(BaseModel):
-    """The quality bars a fine-tuned arm must meet (their values live in `decide.verdict.BARS`)."""
+    """The quality bars (values in `decide.verdict.BARS`): accuracy and consistency, which every arm must meet to be
+    recommended, and the format compliance under which format is the first thing to fix."""
 
     accuracy: float = Field(ge=0, le=1)
     consistency: float = Field(ge=0, le=1)
@@ -162,7 +163,8 @@ class RuleRecord(BaseModel):
 
 
 class Verdict(BaseModel):
-    """The decision: every rule with its numbers, the bars and the best prompted arm it judged against."""
+    """The decision (fine-tune | keep prompting | not yet): its sentence, every rule with its numbers, the bars and
+    the best prompted arm it judged against."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -47,7 +47,15 @@ def _run(spec_path: Path | None, from_stage: str | None, only: str | None, as_js
         print_json(summary)
         return
     if recommendation:
-        out.print(f"verdict: {recommendation}", highlight=False)
+        decided = verdict.verdict()
+        # One sentence and its reason, then the rules behind it (the report has their numbers).
+        reason = f": {decided.reason}" if decided and decided.reason else ""
+        out.print(f"verdict: {recommendation}{reason}", highlight=False)
+        for r in decided.rules if decided else []:
+            mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]
+            out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False)
+        if decided and decided.cheapest:
+            out.print(f"  cheapest option meeting the bars: {decided.cheapest}", highlight=False)
     if summary["report"]:
         out.print(f"report: {summary['report']}", highlight=False)
 

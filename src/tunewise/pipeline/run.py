@@ -64,6 +64,26 @@ log = logging.getLogger(__name__)
 # The validation set carved from the training split (see Pipeline._carve_validation).
 MIN_VALIDATION, MAX_VALIDATION = 10, 200
 
+
+def cheapest_meeting_bars(report: Any, summary: EvalSummary) -> str:
+    """The economics stage's cheapest line: the cheapest option at the stated volume among the arms that meet the
+    quality bars (`decide.verdict.meets_bars`), never one that misses them.
+
+    `report` is an `economics.plan.CostReport`."""
+    from tunewise.decide.verdict import meets_bars
+
+    met = [a for a in summary.arms if meets_bars(a.model_dump())]
+    # Options priced from given per-query costs are named for the kind of arm ("prompted", "fine-tuned").
+    passing = {a.name for a in met} | {"fine-tuned" if a.kind == "fine-tuned" else "prompted" for a in met}
+    arm_of = {o.name: o.arm for o in report.options}
+    q = report.queries_per_day
+    eligible = [m for m in report.monthly if arm_of.get(m.option) in passing]
+    if not eligible:
+        return f"cheapest at {q:,.0f} queries/day: none named, no option meets the quality bars"
+    best = min(eligible, key=lambda m: m.total)
+    return f"cheapest at {q:,.0f} queries/day among the options that meet the quality bars: {best.option}"
+
+
 STAGES = ("data", "split", "baseline", "train", "evaluate", "economics", "verdict", "report")
 
 
@@ -581,8 +601,7 @@ class Pipeline:
         path = self._state_path("economics.json")
         atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
         plots = plot_sweep(report.options, self.project.reports_dir / "cost-sweep", econ.queries_per_day)
-        cheapest = payload["cheapest"]
-        self.say(f"  cheapest at {econ.queries_per_day:,.0f} queries/day: {cheapest.get('option', cheapest)}")
+        self.say(f"  {cheapest_meeting_bars(report, summary)}")
         return EconomicsOutput(economics_path=path, sweep_png_path=plots[0])
 
     def _run_verdict(self) -> VerdictOutput:
@@ -599,7 +618,7 @@ class Pipeline:
         verdict = decide(summary, econ, econ.catalog())
         path = self._state_path("verdict.json")
         atomic_write_text(path, json.dumps(verdict.to_dict(), indent=2) + "\n")
-        self.say(f"  verdict: {verdict.recommendation}")
+        self.say(f"  verdict: {verdict.recommendation}: {verdict.reason}")
         return VerdictOutput(verdict_path=path, recommendation=verdict.recommendation)
 
     def _run_report(self) -> ReportOutput:

@@ -407,9 +407,18 @@ def _paired_view(evaluation: Mapping[str, Any], kinds: Mapping[str, str]) -> lis
 
 def _verdict_view(verdict: Mapping[str, Any]) -> dict[str, Any]:
     recommend = verdict.get("recommend_fine_tuning")
-    if not isinstance(recommend, bool) and isinstance(verdict.get("recommendation"), str):
-        # `tunewise decide` writes {"recommendation": "fine-tune" | "keep prompting"}.
-        recommend = verdict["recommendation"] == "fine-tune"
+    recommendation = verdict.get("recommendation")
+    if not isinstance(recommendation, str):
+        recommendation = (
+            {True: "fine-tune", False: "keep prompting"}.get(recommend)
+            if isinstance(recommend, bool)
+            else None
+        )
+    if not isinstance(recommend, bool) and recommendation is not None:
+        # `tunewise decide` writes {"recommendation": "fine-tune" | "keep prompting" | "not yet"}.
+        recommend = (
+            True if recommendation == "fine-tune" else False if recommendation == "keep prompting" else None
+        )
     rules = []
     for r in verdict.get("rules") or []:
         if not isinstance(r, Mapping):
@@ -436,10 +445,13 @@ def _verdict_view(verdict: Mapping[str, Any]) -> dict[str, Any]:
         )
     return {
         "recommend": recommend if isinstance(recommend, bool) else None,
+        "recommendation": recommendation,
         "headline": str(verdict.get("headline") or ""),
         "rules": rules,
         "failed": sum(r["status"] == "fail" for r in rules),
         "cheapest_platform": verdict.get("cheapest_platform"),
+        # the cheapest option among the arms that meet the bars, or why none is named
+        "cheapest": verdict.get("cheapest") or None,
         "break_even": be,
         "weakest_point": verdict.get("weakest_point"),
         "reasons": [str(x) for x in verdict.get("reasons") or []],
@@ -559,7 +571,11 @@ def _training_view(training: Mapping[str, Any], plot_note: list[str]) -> dict[st
     }
 
 
-def _economics_view(economics: Mapping[str, Any], plot_note: list[str]) -> dict[str, Any]:
+def _economics_view(
+    economics: Mapping[str, Any], plot_note: list[str], eligible: set[str] | None = None
+) -> dict[str, Any]:
+    """The cost section; `eligible` names the arms that meet the quality bars (None: not evaluated): only their
+    options can be marked cheapest, an option that does not do the job is no saving."""
     from tunewise.report import plots
 
     options = [o for o in economics.get("options") or [] if isinstance(o, Mapping)]
@@ -583,7 +599,11 @@ def _economics_view(economics: Mapping[str, Any], plot_note: list[str]) -> dict[
             ]
         except TunewiseError as exc:
             plot_note.append(f"monthly cost: {exc.message}")
-    known = [t for t in totals if t is not None]
+    known = [
+        t
+        for o, t in zip(options, totals, strict=True)
+        if t is not None and (eligible is None or _option_arm(o) in eligible)
+    ]
     cheapest = min(known) if known else None
     sweep = None
     try:
@@ -605,10 +625,15 @@ def _economics_view(economics: Mapping[str, Any], plot_note: list[str]) -> dict[
                 "hosting": usd(o.get("hosting_per_month")),
                 "training": usd(o.get("training_per_month", _training_month(o))),
                 "total": usd(t),
-                "cheapest": t is not None and t == cheapest,
+                "cheapest": t is not None
+                and t == cheapest
+                and (eligible is None or _option_arm(o) in eligible),
             }
             for o, t in zip(options, totals, strict=True)
         ],
+        "cheapest_note": "no option meets the quality bars, so none is marked cheapest"
+        if eligible is not None and not eligible and options
+        else None,
         "break_even": [
             {
                 "a": str(b.get("a")),
@@ -732,7 +757,7 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
         "task": dict(task, contract_view=_contract_view(task.get("contract"))) if task else None,
         "data": _data_view(data) if data else None,
         "training": _training_view(training, plot_notes) if training else None,
-        "economics": _economics_view(economics, plot_notes) if economics else None,
+        "economics": _economics_view(economics, plot_notes, _meeting_bars(evaluation)) if economics else None,
         "disagreements": _disagreements_view(disagreements) if disagreements else None,
         "disagreements_total": len(disagreements or []),
         "max_disagreements": MAX_DISAGREEMENTS,
@@ -765,19 +790,33 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
     return ctx
 
 
+def _option_arm(option: Mapping[str, Any]) -> str:
+    """The arm a cost option serves: its `arm`, else its name before " @ " ("fine-tuned @ together")."""
+    return str(option.get("arm") or str(option.get("name") or "").partition(" @ ")[0])
+
+
+def _meeting_bars(evaluation: Mapping[str, Any] | None) -> set[str] | None:
+    """The evaluated arms that meet the quality bars (`tunewise.decide.verdict.meets_bars`); None when nothing
+    was evaluated."""
+    from tunewise.decide.verdict import meets_bars
+
+    arms = [a for a in (evaluation or {}).get("arms") or [] if isinstance(a, Mapping)]
+    if not arms:
+        return None
+    passing = [a for a in arms if meets_bars(a)]
+    names = {str(a.get("name")) for a in passing}
+    # Options priced from given per-query costs are named for the kind of arm, not the arm.
+    names |= {"fine-tuned" if a.get("kind") == "fine-tuned" else "prompted" for a in passing}
+    return names
+
+
 def _headline(ctx: Mapping[str, Any]) -> str:
     """The verdict's headline, or what stands between the project and a verdict."""
     if ctx["verdict"] and ctx["verdict"]["headline"]:
         return ctx["verdict"]["headline"]
     if ctx["verdict"]:
-        rec = ctx["verdict"]["recommend"]
-        return (
-            "Fine-tune."
-            if rec
-            else "Keep prompting."
-            if rec is False
-            else "Verdict recorded without a headline."
-        )
+        rec = ctx["verdict"]["recommendation"]
+        return f"{rec[0].upper()}{rec[1:]}." if rec else "Verdict recorded without a headline."
     for section, what in (
         ("data", "the data check"),
         ("evaluation", "evaluation"),
