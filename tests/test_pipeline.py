@@ -256,3 +256,30 @@ def test_the_economics_line_names_the_cheapest_option_among_arms_that_meet_the_b
     assert cheapest_meeting_bars(report, ready) == (
         "cheapest at 500 queries/day among the options that meet the quality bars: fine-tuned @ together"
     )
+
+
+def test_run_prints_the_verdicts_sentence_then_its_rules(project: Project, run_cli, monkeypatch, tmp_path):
+    """`tunewise run` ends with the verdict's sentence and reason, then the rules (the stages stubbed out)."""
+    from tests.test_verdict import CHEAP_PROMPT, demo_summary
+    from tunewise.decide.verdict import decide
+    from tunewise.economics.pricing import load_builtin
+    from tunewise.outputs import EvalSummary, VerdictOutput
+    from tunewise.pipeline.run import PipelineResult
+
+    verdict = decide(EvalSummary.model_validate(demo_summary()), CHEAP_PROMPT, load_builtin())
+    path = tmp_path / "verdict.json"
+    path.write_text(json.dumps(verdict.to_dict()))
+
+    def stub(self, from_stage=None, only=None):
+        self.outputs["verdict"] = VerdictOutput(verdict_path=path, recommendation=verdict.recommendation)
+        return PipelineResult()
+
+    monkeypatch.setattr(Pipeline, "run", stub)
+    code, out, err = run_cli("run", str(project.spec_path))
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"verdict: not yet: {verdict.reason}"
+    assert lines[0].startswith("verdict: not yet: no option meets the bars; fine-tuning is the way")
+    assert lines[1].startswith("  [PASS] significant gain: fine-tuned - few-shot accuracy = +70.0 points")
+    assert "  [FAIL] accuracy bar: fine-tuned accuracy 70.0% < 85.0%" in lines
+    assert "  cheapest option meeting the bars: none named: no option meets the quality bars" in lines

@@ -315,6 +315,9 @@ def test_cli_decide_prints_every_rule_with_numbers(run_cli, summary_file):
         in out
     )
     assert "[PASS] accuracy bar: fine-tuned accuracy 94.0% >= 85.0%" in out
+    assert (
+        "[n/a ] best prompted arm vs the bars: few-shot meets the bars" in out
+    )  # printed, not taken as markup
     assert "[PASS] consistency bar: fine-tuned consistency 97.0% >= 95.0%" in out
     assert "fine-tuned @ together $450.00/month <= prompted $1,200.00/month at 500 queries/day" in out
     assert (

@@ -227,7 +227,7 @@ def decide(
     out.print("rules:", highlight=False)
     for r in verdict.rules:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]
-        out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False)
+        out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False, markup=False)  # "[n/a ]" is no markup
         out.print(f"         from the practitioner's guide (docs/guide.md): {r.guide}", highlight=False)
     out.print(f"cheapest option meeting the bars: {verdict.cheapest}", highlight=False)
     if verdict.break_even:

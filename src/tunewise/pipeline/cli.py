@@ -53,7 +53,7 @@ def _run(spec_path: Path | None, from_stage: str | None, only: str | None, as_js
         out.print(f"verdict: {recommendation}{reason}", highlight=False)
         for r in decided.rules if decided else []:
             mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]
-            out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False)
+            out.print(f"  [{mark}] {r.rule}: {r.detail}", highlight=False, markup=False)
         if decided and decided.cheapest:
             out.print(f"  cheapest option meeting the bars: {decided.cheapest}", highlight=False)
     if summary["report"]:
