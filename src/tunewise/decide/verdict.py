@@ -239,7 +239,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
         if tuned_missed:
             why = f"{tuned.name} misses them ({_missed_text(tuned_missed)})"
         elif not gain.passed:
-            why = f"{tuned.name} is not significantly better ({gain.detail})"
+            why = f"{tuned.name} {gain.numbers['summary']}"
         elif unsupported.passed is False:
             why = f"{tuned.name} raises unsupported content ({unsupported.detail})"
         else:
@@ -583,7 +583,7 @@ def _gain_rule(
     if not comparisons:
         detail = f"no comparison of {tuned.name} vs {prompted.name} in the summary: the gain is unproven"
         ok = False
-        summary_text = "the gain is unproven"
+        summary_text = f"has no comparison with {prompted.name} in the summary: the gain is unproven"
     else:
         ok = (bool(better) and not worse) or equal_but_cheaper
         detail = "; ".join(c["text"] for c in comparisons) + ": "
@@ -609,7 +609,7 @@ def _gain_rule(
                 detail += f", and {tuned.name} is {how}"
                 summary_text = f"matches {prompted.name} on quality while {how}"
             else:
-                summary_text = "is not significantly better"
+                summary_text = f"is not significantly better ({_and([c['short'] for c in comparisons])})"
     numbers["summary"] = summary_text
     return _rule(
         "significant gain",
@@ -666,8 +666,8 @@ def _not_yet(
         # The fine-tuned arm meets the bars, the prompted one does not, and something else stands in the way.
         if not gain.passed:
             return (
-                f"{tuned.name} meets the bars ({_met_text(tuned)}) but is not significantly better than "
-                f"{prompted.name} ({gain.detail}), which misses them ({_missed_text(prompted_missed)}): evaluate on "
+                f"{tuned.name} meets the bars ({_met_text(tuned)}) and {prompted.name} misses them "
+                f"({_missed_text(prompted_missed)}), but {tuned.name} {gain.numbers['summary']}: evaluate on "
                 f"more held-out examples ({summary.n_examples} now) to settle it"
             )
         return (
@@ -779,7 +779,7 @@ def diagnose(summary: EvalSummary, tuned: ArmResult | None, prompted: ArmResult 
         if _fmt(prompted) is not None and _fmt(prompted) >= BARS.format:
             line += (
                 f"; {prompted.name} already meets the format ({_pct(_fmt(prompted))}), so only task accuracy "
-                "can justify training"
+                "or consistency can justify training"
             )
         elif verdict.startswith("fixes format compliance, not"):
             line += "; a format problem alone: try constrained decoding first"
