@@ -147,3 +147,97 @@ def test_micro_batch_settings_reach_the_training_config(tmp_path: Path, key: str
     with pytest.raises(ConfigError) as info:
         parse_spec(MINIMAL + f"hyperparameters:\n  {key}: {bad}\n")
     assert any(p.startswith(f"line 8: hyperparameters.{key}") for p in info.value.problems)
+
+
+# --- hostile YAML: refused before any work, one error line ------------------------------------------------
+
+HEAD = "task: {name: t, target: Classify a review by its sentiment.}\ndata: {train: x.jsonl}\n"
+
+
+def _laughs(levels: int) -> str:
+    """A billion-laughs document: each level's anchor lists ten aliases of the one before (10**levels values)."""
+    text = "l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n"
+    for i in range(1, levels):
+        text += f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]\n"
+    return text
+
+
+HOSTILE = {
+    # name: (file bytes, the line the error names, words the error must hold)
+    "alias bomb": (HEAD + _laughs(9), 6, "alias *l2 takes the document past the alias budget"),
+    "alias bomb in a schema's examples": (
+        HEAD
+        + _laughs(3)  # within the budget by itself (1,220 values)
+        + "contract:\n  type: json\n  schema:\n    type: object\n    examples: ["
+        + ", ".join(["*l2"] * 10)  # 1,111 values each
+        + "]\n",
+        10,
+        "alias *l2 takes the document past the alias budget",
+    ),
+    "recursive alias": (
+        HEAD + "system_prompt: &a [*a]\n",
+        3,
+        "alias *a refers to a collection that contains it",
+    ),
+    "100k-deep flow nesting": (
+        HEAD + "system_prompt: " + "[" * 100_000 + "]" * 100_000 + "\n",
+        3,
+        "nest more than 100",
+    ),
+    "5k-deep block nesting": (
+        HEAD + "system_prompt:\n" + "".join(" " * i + "-\n" for i in range(1, 5001)),
+        103,
+        "nest more than 100 deep",
+    ),
+    "huge integer": (
+        HEAD + "hyperparameters: {epochs: 1" + "0" * 5000 + "}\n",
+        3,
+        "integer of 5,001 characters",
+    ),
+    "huge hex integer": (HEAD + "hyperparameters:\n  epochs: 0x" + "f" * 5000 + "\n", 4, "too large"),
+    "non-UTF-8 bytes": (HEAD + "system_prompt: caf\xe9\n", 3, "not UTF-8 text (byte 0xe9 at column 19)"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_yaml_is_one_error_line_naming_file_and_line(tmp_path: Path, run_cli, case: str):
+    text, line, words = HOSTILE[case]
+    spec = tmp_path / "tunewise.yaml"
+    spec.write_bytes(text.encode("latin-1") if case == "non-UTF-8 bytes" else text.encode())
+    (tmp_path / "x.jsonl").write_text("")
+    code, out, err = run_cli("data", "check", tmp_path / "x.jsonl", "--spec", spec)
+    assert code == 1 and out == ""
+    assert "Traceback" not in err
+    first = err.splitlines()[0]
+    assert first.startswith("error: ") and f"{spec}: line {line}: " in first and words in first
+    assert [x for x in err.splitlines()[1:] if x.strip()] == [err.splitlines()[1]]  # then one hint line
+    assert err.splitlines()[1].lstrip().startswith("hint: ")
+
+
+def test_alias_bomb_is_refused_within_the_budget(monkeypatch):
+    """The refusal comes from counting, not from luck: at most the budget plus one alias's worth of values is
+    composed before the error, however many the document would expand to (10**9 here)."""
+    from tunewise import spec as spec_module
+
+    seen: list[int] = []
+    dispose = spec_module.SpecYamlLoader.dispose
+
+    def record(self):
+        seen.append(self.nodes_expanded)
+        dispose(self)
+
+    monkeypatch.setattr(spec_module.SpecYamlLoader, "dispose", record)
+    with pytest.raises(ConfigError, match=f"at most {spec_module.ALIAS_BUDGET:,} values"):
+        parse_spec(HEAD + _laughs(9))
+    # Lists of level k hold 1 + 10 * (those of level k - 1) values (11, 111, 1111): levels 1 and 2 add 110 and
+    # 1,110, and the 8th alias of level 2 on line 6 takes the total to 10,108. Composed by then: those plus the
+    # document's own 30-odd nodes, where a walk of the expanded document would visit about 10**9.
+    assert len(seen) == 1 and 10_108 < seen[0] < 10_108 + 40
+
+
+def test_aliases_within_the_budget_still_work():
+    text = HEAD.replace("data: {train: x.jsonl}", "data: {train: &files [a.jsonl, b.jsonl], eval: *files}")
+    text += "contract: {type: json, schema: {type: object, examples: [&ex {a: 1}, *ex, *ex]}}\n"
+    spec = parse_spec(text)
+    assert spec.data.eval == spec.data.train == ["a.jsonl", "b.jsonl"]
+    assert spec.contract.json_schema["examples"] == [{"a": 1}] * 3

@@ -374,7 +374,129 @@ class Spec(_Strict):
 # --- loading -------------------------------------------------------------------------------------------
 
 
-def _line_index(text: str) -> dict[tuple, int]:
+# Bounds on what a spec's YAML may cost to read. A spec is a page of settings, so the bounds are far above any
+# real one yet keep hostile input cheap: aliases may add at most ALIAS_BUDGET nodes to the document once expanded
+# (a "billion laughs" file is 9 lines that expand to 10**9 nodes, and everything downstream walks the expanded
+# tree), collections may nest at most MAX_DEPTH deep (the YAML composer recurses once per level), and an integer
+# may have at most MAX_INT_BITS bits (about 77 digits; Python refuses to print one of over 4300 digits).
+ALIAS_BUDGET = 10_000
+MAX_DEPTH = 100
+MAX_INT_BITS = 256
+
+
+class _TooCostly(yaml.MarkedYAMLError):
+    """A spec past one of the bounds above; `problem` says which, `hint` what to do."""
+
+    def __init__(self, problem: str, mark: Any, hint: str):
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
+class SpecYamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, bounded: aliases, nesting depth and integer size are checked while composing,
+    before anything walks the document. `nodes_expanded` counts the nodes the document holds with every alias
+    expanded, as far as it was read."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+        self.alias_nodes = 0
+        self.nodes_expanded = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> its node count with aliases expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                size = self._sizes.get(id(node))
+                if size is None:
+                    raise _TooCostly(
+                        f"alias *{event.anchor} refers to a collection that contains it (an endless structure)",
+                        event.start_mark,
+                        "write the value out instead of the alias",
+                    )
+                self.alias_nodes += size
+                self.nodes_expanded += size
+                if self.alias_nodes > ALIAS_BUDGET:
+                    raise _TooCostly(
+                        f"alias *{event.anchor} takes the document past the alias budget: aliases may add at "
+                        f"most {ALIAS_BUDGET:,} values once expanded, and this file's add {self.alias_nodes:,} "
+                        "so far",
+                        event.start_mark,
+                        "write the values out, or use fewer aliases of large collections",
+                    )
+            return super().compose_node(parent, index)
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise _TooCostly(
+                f"collections nest more than {MAX_DEPTH} deep",
+                self.peek_event().start_mark,
+                "a spec needs far less nesting: flatten the value",
+            )
+        try:
+            node = super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._sizes[id(item)] for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        else:
+            size = 1
+        self._sizes[id(node)] = size
+        self.nodes_expanded += 1
+        return node
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        digits = sum(c.isalnum() for c in node.value)
+        # 4 bits per character bounds every base YAML allows (hex is the densest), before Python parses it.
+        if digits * 4 > MAX_INT_BITS * 2:
+            value = None
+        else:
+            value = super().construct_yaml_int(node)
+        if value is None or value.bit_length() > MAX_INT_BITS:
+            raise _TooCostly(
+                f"integer of {len(node.value):,} characters is too large to be a setting",
+                node.start_mark,
+                "write the number you mean (every count in a spec is far below 10**70)",
+            )
+        return value
+
+
+SpecYamlLoader.add_constructor("tag:yaml.org,2002:int", SpecYamlLoader.construct_yaml_int)
+
+
+class SpecFileError(ConfigError):
+    """A spec refused before any work: one problem, shown on one line with the file and line."""
+
+    def __init__(self, source: str, problem: str, hint: str):
+        super().__init__(source, [problem])
+        self.message = f"{source}: {problem}"
+        self.hint = hint
+        self.args = (self.message,)
+
+
+def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """The document's Python value and its node tree (for line numbers), read under SpecYamlLoader's bounds."""
+    loader = None
+    try:
+        loader = SpecYamlLoader(text)  # reads the text at once: a character YAML forbids fails here
+        root = loader.get_single_node()
+        return (loader.construct_document(root) if root is not None else None), root
+    except _TooCostly as exc:
+        mark = exc.problem_mark
+        raise SpecFileError(source, f"line {mark.line + 1}: {exc.problem}", exc.hint) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _line_index(root: yaml.Node | None) -> dict[tuple, int]:
     """Map each key path in a YAML document to its 1-based line, to point errors at the right line."""
     index: dict[tuple, int] = {}
 
@@ -389,10 +511,6 @@ def _line_index(text: str) -> dict[tuple, int]:
             for i, item in enumerate(node.value):
                 walk(item, (*path, i))
 
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
     if root is not None:
         walk(root, ())
     return index
@@ -487,18 +605,13 @@ _AUTO_FIELDS = {
 
 def parse_spec(text: str, source: str = "tunewise.yaml") -> Spec:
     """Parse and validate spec text; raises ConfigError listing every problem."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(source, [f"{where}not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    raw, root = _compose(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the file must be a YAML mapping with at least 'task' and 'data'"])
     try:
         return Spec.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, describe_errors(exc.errors(), Spec, _line_index(text))) from None
+        raise ConfigError(source, describe_errors(exc.errors(), Spec, _line_index(root))) from None
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -507,4 +620,15 @@ def load_spec(path: str | Path) -> Spec:
         from tunewise.errors import TunewiseError
 
         raise TunewiseError(f"no task spec at {path}", hint="run `tunewise init` to create one")
-    return parse_spec(path.read_text(encoding="utf-8"), source=str(path))
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecFileError(
+            str(path),
+            f"line {line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at column {column})",
+            "save the file as UTF-8",
+        ) from None
+    return parse_spec(text, source=str(path))
