@@ -402,3 +402,13 @@ def test_block_boundaries_do_not_move_lines(tmp_path: Path, monkeypatch):
         whole["seconds"] = small["seconds"] = 0
         assert small == whole, block
     assert codes_at(check_files([path], None, CheckOptions(), None))["bom"] == [1]
+
+
+def test_no_valid_example_is_a_too_few_error(tmp_path: Path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{oops\n{"messages": []}\n\n')
+    report = check_files([path], None, CheckOptions(), None)
+    codes = codes_at(report)
+    assert codes["too_few"] == [0]
+    assert [g.severity for g in report.problems.sorted() if g.code == "too_few"] == ["error"]
+    assert report.files[0]["examples"] == 0

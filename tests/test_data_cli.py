@@ -122,3 +122,45 @@ def test_convert_writes_the_provider_format(tmp_path: Path, run_cli):
     ]
     code, _, err = run_cli("data", "convert", src, "--to", "azure", "--out", out, cwd=tmp_path)
     assert code == 1 and "unknown provider 'azure'" in err
+
+
+def test_check_with_no_example_fails_with_too_few(tmp_path: Path, run_cli):
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text("\n\n")
+    code, out, err = run_cli("data", "check", blank, "--no-tokens", cwd=tmp_path)
+    assert code == 1, out
+    assert "error[too_few]" in out and "0 training examples" in out and "Traceback" not in err
+    code, out, _ = run_cli("data", "check", blank, "--no-tokens", "--json", cwd=tmp_path)
+    payload = json.loads(out)
+    assert payload["ok"] is False
+    assert [p["code"] for p in payload["problems"] if p["severity"] == "error"] == ["too_few"]
+
+
+def test_check_names_what_a_non_file_is(tmp_path: Path, run_cli):
+    import os
+
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    fifo = tmp_path / "pipe.jsonl"
+    os.mkfifo(fifo)
+    expected = {
+        folder: "is a directory, not a data file",
+        fifo: "is not a regular file (it is a FIFO (named pipe))",
+        Path("/dev/zero"): "is not a regular file (it is a character device)",
+    }
+    for path, words in expected.items():
+        code, out, err = run_cli("data", "check", path, "--no-tokens", cwd=tmp_path)
+        assert code == 1 and out == ""
+        assert err.startswith(f"error: {path}: {words}\n") and "Traceback" not in err
+        assert "no such file" not in err
+
+
+def test_loader_names_what_a_non_file_is(tmp_path: Path):
+    import pytest
+
+    from tunewise.errors import TunewiseError
+
+    with pytest.raises(TunewiseError, match="is a directory, not a data file"):
+        load_examples(tmp_path)
+    with pytest.raises(TunewiseError, match=r"is not a regular file \(it is a character device\)"):
+        load_examples(Path("/dev/zero"))

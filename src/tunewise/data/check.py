@@ -534,12 +534,37 @@ class FileResult:
     bands: Any = None  # LSH bands of part.signatures, computed once for duplicates and leakage
 
 
+def require_regular_file(path: Path, hint: str) -> None:
+    """Raise a TunewiseError unless `path` is a regular file (a symlink to one counts), saying what it is
+    instead: a directory, a FIFO or a device would otherwise block, never end, or read as nothing."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise TunewiseError(f"{path}: no such file", hint=hint) from None
+    except OSError as exc:
+        raise TunewiseError(f"{path}: cannot be read ({exc.strerror})", hint=hint) from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        raise TunewiseError(f"{path}: is a directory, not a data file", hint=hint)
+    kind = (
+        "a FIFO (named pipe)"
+        if stat.S_ISFIFO(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a special file"
+    )
+    raise TunewiseError(f"{path}: is not a regular file (it is {kind})", hint=f"give a file on disk; {hint}")
+
+
 def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResult:
-    if not path.is_file():
-        raise TunewiseError(
-            f"{path}: no such file",
-            hint="check the path (relative paths are relative to the working directory)",
-        )
+    require_regular_file(path, "check the path (relative paths are relative to the working directory)")
     size = path.stat().st_size
     if size == 0:
         part = Partial(Problems())

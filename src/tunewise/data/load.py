@@ -17,8 +17,9 @@ from tunewise.errors import TunewiseError
 
 
 def load_examples(path: Path, fmt: str = "auto", csv_columns: dict | None = None) -> list[dict]:
-    if not path.is_file():
-        raise TunewiseError(f"{path}: no such file", hint="check data.train / data.eval in tunewise.yaml")
+    from tunewise.data.check import require_regular_file
+
+    require_regular_file(path, "check data.train / data.eval in tunewise.yaml")
     problems: list[str] = []
     examples: list[dict] = []
     if path.suffix.lower() == ".csv" or fmt == "csv":

@@ -236,7 +236,16 @@ def _counts(results: list[FileResult], problems: Problems, opts: CheckOptions) -
     train = [r for r in results if r.role == "train"]
     n = sum(r.part.examples for r in train)
     where = train[0].path if train else ""
-    if train and n > 0:
+    if train and n == 0:
+        problems.add(
+            "error",
+            "too_few",
+            "(file)",
+            where,
+            0,
+            "0 training examples: no line holds a valid example, so there is nothing to train on",
+        )
+    elif train and n > 0:
         if n < UNRELIABLE_BELOW:
             problems.add(
                 "warning",
