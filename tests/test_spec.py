@@ -241,3 +241,62 @@ def test_aliases_within_the_budget_still_work():
     spec = parse_spec(text)
     assert spec.data.eval == spec.data.train == ["a.jsonl", "b.jsonl"]
     assert spec.contract.json_schema["examples"] == [{"a": 1}] * 3
+
+
+# --- regex contracts: what constrained decoding cannot enforce is a spec error -----------------------------
+
+REFUSED_PATTERNS = {
+    "((": "does not compile",
+    r"(a)\1": r"a backreference \1 at position 3",
+    r"(?P<id>TCK)-(?P=id)": "a named group",
+    r"\bTCK-\d+": r"a word boundary \b",
+    r"TCK-\d+(?=\.)": "a lookahead",
+    r"(?i)tck-\d+": "an inline flag (?i)",
+    r"\d++": "a possessive quantifier",
+    r"[]x]": "a ']' first in the character class",
+    r"x{,3}": "{,n}",
+}
+ACCEPTED_PATTERNS = [
+    r"TCK-\d{4,6}",
+    r"(?:yes|no)",
+    r"[A-Z]{3}-[0-9]+\.?",
+    r"[\]x]",
+    r"\(\?i\)",
+    r"[(?i)\b]",
+    r"a+?",
+]
+
+
+@pytest.mark.parametrize("pattern", list(REFUSED_PATTERNS))
+def test_regex_contract_the_grammar_cannot_enforce_is_an_error_at_its_line(
+    tmp_path: Path, run_cli, pattern: str
+):
+    spec = tmp_path / "tunewise.yaml"
+    quoted = pattern.replace("'", "''")
+    spec.write_text(
+        MINIMAL.replace(
+            "{type: label, labels: [positive, negative]}", f"\n  type: regex\n  pattern: '{quoted}'"
+        )
+    )
+    (tmp_path / "x.jsonl").write_text("")
+    code, out, err = run_cli("data", "check", tmp_path / "x.jsonl", "--spec", spec)
+    assert code == 1 and out == "" and "Traceback" not in err
+    problem = next(line for line in err.splitlines() if "contract.pattern" in line)
+    assert problem.lstrip().startswith("- line 6: contract.pattern: ")  # the line of `pattern:`
+    assert REFUSED_PATTERNS[pattern] in problem
+
+
+@pytest.mark.parametrize("pattern", ACCEPTED_PATTERNS)
+def test_regex_contract_the_grammar_can_enforce_loads(pattern: str):
+    text = MINIMAL.replace("{type: label, labels: [positive, negative]}", "{type: regex, pattern: 'P'}")
+    assert parse_spec(text.replace("'P'", "'" + pattern.replace("'", "''") + "'")).contract.pattern == pattern
+
+
+def test_grammar_check_agrees_with_the_grammar_engine():
+    """Every pattern the spec refuses, xgrammar refuses; every pattern it accepts, xgrammar compiles."""
+    xgrammar = pytest.importorskip("xgrammar")
+    for pattern in ACCEPTED_PATTERNS:
+        xgrammar.Grammar.from_regex(pattern)
+    for pattern in REFUSED_PATTERNS:
+        with pytest.raises(Exception, match="Regex parsing error"):
+            xgrammar.Grammar.from_regex(pattern)

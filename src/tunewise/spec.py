@@ -112,7 +112,10 @@ class JsonContract(_Strict):
 
 class RegexContract(_Strict):
     type: Literal["regex"]
-    pattern: str = Field(description="A Python regular expression the whole completion must match.")
+    pattern: str = Field(
+        description="A Python regular expression the whole completion must match, in the subset constrained "
+        "decoding enforces (`unsupported_by_grammar` says what is out)."
+    )
 
     @field_validator("pattern")
     @classmethod
@@ -121,7 +124,83 @@ class RegexContract(_Strict):
             re.compile(pattern)
         except re.error as exc:
             raise ValueError(f"regular expression does not compile: {exc}") from None
+        problem = unsupported_by_grammar(pattern)
+        if problem:
+            raise ValueError(
+                f"constrained decoding cannot enforce this regular expression: {problem}; rewrite it without, "
+                "so that the +constrained arms meet it by construction"
+            )
         return pattern
+
+
+_GROUP_KINDS = {
+    "?=": "a lookahead (?=...)",
+    "?!": "a negative lookahead (?!...)",
+    "?<=": "a lookbehind (?<=...)",
+    "?<!": "a negative lookbehind (?<!...)",
+    "?P<": "a named group (?P<name>...) (use (...))",
+    "?P=": "a backreference (?P=name)",
+    "?#": "a comment (?#...)",
+    "?>": "an atomic group (?>...)",
+    "?(": "a conditional group (?(1)...)",
+}
+
+
+def unsupported_by_grammar(pattern: str) -> str | None:
+    """What in a valid Python regular expression the grammar engine of constrained decoding (xgrammar,
+    evaluate/constrain.py) refuses or reads otherwise than Python, or None. It reads the pattern's text, as
+    xgrammar does: group modifiers, backreferences, word boundaries, `\\A`/`\\Z`, possessive quantifiers and
+    `{,n}` are out.
+
+    >>> unsupported_by_grammar(r"TCK-\\d{4,6}") is None
+    True
+    >>> unsupported_by_grammar(r"(a)\\1")
+    'a backreference \\\\1 at position 3'
+    >>> unsupported_by_grammar(r"(?i)yes|no")
+    'an inline flag (?i) at position 0'
+    """
+    i, in_class, n = 0, False, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if c == "\\" and i + 1 < n:
+            e = pattern[i + 1]
+            if not in_class:
+                if e in "123456789":
+                    return f"a backreference \\{e} at position {i}"
+                if e in "bB":
+                    return f"a word boundary \\{e} at position {i}"
+                if e in "AZ":
+                    return f"the anchor \\{e} at position {i} (the whole output must match anyway: drop it)"
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+            i += 1
+            if i < n and pattern[i] == "^":
+                i += 1
+            if (
+                i < n and pattern[i] == "]"
+            ):  # a leading ']' is a literal to Python, the class's end to xgrammar
+                return f"a ']' first in the character class at position {i} (write it as \\])"
+            continue
+        elif c == "(" and pattern.startswith("?", i + 1) and not pattern.startswith("?:", i + 1):
+            kind = next((v for k, v in _GROUP_KINDS.items() if pattern.startswith(k, i + 1)), None)
+            if kind is None:
+                flags = re.match(r"\?[aiLmsux-]*[:)]", pattern[i + 1 :])
+                kind = f"an inline flag ({flags.group(0)[:-1]})" if flags else "a group modifier (?...)"
+            return f"{kind} at position {i}"
+        elif (
+            c in "*+?}"
+            and pattern.startswith("+", i + 1)
+            and (c != "?" or i == 0 or pattern[i - 1] not in "*+?}")
+        ):
+            return f"a possessive quantifier {c}+ at position {i}"
+        elif c == "{" and re.match(r"\{,\d+\}", pattern[i:]):
+            return f"a repeat with no lower bound {{,n}} at position {i} (write {{0,n}})"
+        i += 1
+    return None
 
 
 class TextContract(_Strict):
