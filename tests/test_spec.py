@@ -184,8 +184,9 @@ HOSTILE = {
         3,
         "nest more than 100",
     ),
-    "5k-deep block nesting": (
-        HEAD + "system_prompt:\n" + "".join(" " * i + "-\n" for i in range(1, 5001)),
+    "5k-deep block nesting": (HEAD + "system_prompt:\n" + "- " * 5000 + "x\n", 4, "nest more than 100 deep"),
+    "1k-deep indented block nesting": (  # 500 KB: indentation that deep would pass the size limit first
+        HEAD + "system_prompt:\n" + "".join(" " * i + "-\n" for i in range(1, 1001)),
         103,
         "nest more than 100 deep",
     ),
@@ -300,3 +301,17 @@ def test_grammar_check_agrees_with_the_grammar_engine():
     for pattern in REFUSED_PATTERNS:
         with pytest.raises(Exception, match="Regex parsing error"):
             xgrammar.Grammar.from_regex(pattern)
+
+
+def test_spec_file_past_the_size_limit_is_refused_unread(tmp_path: Path, run_cli):
+    from tunewise.spec import MAX_SPEC_BYTES
+
+    spec = tmp_path / "tunewise.yaml"
+    spec.write_text(HEAD + "system_prompt: '" + "x" * MAX_SPEC_BYTES + "'\n")
+    code, out, err = run_cli("data", "check", tmp_path / "x.jsonl", "--spec", spec)
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.startswith(f"error: {spec}: the file is larger than 1 MiB")
+    spec.write_text(HEAD + "system_prompt: '" + "x" * (MAX_SPEC_BYTES - 200) + "'\n")  # just under: loads
+    from tunewise.spec import load_spec
+
+    assert len(load_spec(spec).system_prompt) == MAX_SPEC_BYTES - 200

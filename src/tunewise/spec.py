@@ -461,6 +461,7 @@ class Spec(_Strict):
 ALIAS_BUDGET = 10_000
 MAX_DEPTH = 100
 MAX_INT_BITS = 256
+MAX_SPEC_BYTES = 1 << 20  # a spec file is read whole, and PyYAML reads about 1 MB a second
 
 
 class _TooCostly(yaml.MarkedYAMLError):
@@ -699,7 +700,14 @@ def load_spec(path: str | Path) -> Spec:
         from tunewise.errors import TunewiseError
 
         raise TunewiseError(f"no task spec at {path}", hint="run `tunewise init` to create one")
-    data = path.read_bytes()
+    with path.open("rb") as f:
+        data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecFileError(
+            str(path),
+            f"the file is larger than {MAX_SPEC_BYTES >> 20} MiB, far more than any task spec needs",
+            "check that this is the task spec; large values (schemas, prompts) belong in the spec only once",
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
