@@ -190,6 +190,11 @@ HOSTILE = {
         103,
         "nest more than 100 deep",
     ),
+    "60k values": (
+        HEAD + "system_prompt: [" + ", ".join(["a"] * 60_000) + "]\n",
+        3,
+        "more than 50,000 values",
+    ),
     "huge integer": (
         HEAD + "hyperparameters: {epochs: 1" + "0" * 5000 + "}\n",
         3,

@@ -461,7 +461,8 @@ class Spec(_Strict):
 ALIAS_BUDGET = 10_000
 MAX_DEPTH = 100
 MAX_INT_BITS = 256
-MAX_SPEC_BYTES = 1 << 20  # a spec file is read whole, and PyYAML reads about 1 MB a second
+MAX_SPEC_BYTES = 1 << 20  # a spec file is read whole
+MAX_NODES = 50_000  # values in the document, aliases expanded; PyYAML composes about 50,000 a second
 
 
 class _TooCostly(yaml.MarkedYAMLError):
@@ -526,6 +527,12 @@ class SpecYamlLoader(yaml.SafeLoader):
             size = 1
         self._sizes[id(node)] = size
         self.nodes_expanded += 1
+        if self.nodes_expanded > MAX_NODES:
+            raise _TooCostly(
+                f"the document holds more than {MAX_NODES:,} values, far more than any task spec needs",
+                node.start_mark,
+                "check that this is the task spec; write large lists once",
+            )
         return node
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
