@@ -564,7 +564,7 @@ class SpecFileError(ConfigError):
         self.args = (self.message,)
 
 
-def _compose(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+def load_yaml_bounded(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     """The document's Python value and its node tree (for line numbers), read under SpecYamlLoader's bounds."""
     loader = None
     try:
@@ -692,7 +692,7 @@ _AUTO_FIELDS = {
 
 def parse_spec(text: str, source: str = "tunewise.yaml") -> Spec:
     """Parse and validate spec text; raises ConfigError listing every problem."""
-    raw, root = _compose(text, source)
+    raw, root = load_yaml_bounded(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(source, ["the file must be a YAML mapping with at least 'task' and 'data'"])
     try:
