@@ -1,0 +1,138 @@
+"""`tunewise serve` against hostile or careless requests: one request never fails another, and what the model
+cannot take is a 400 naming the field (the real server on a free loopback port, the official `openai` client)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from tests.test_serve_inference import BASE, CHAT, client, running, wait_until  # noqa: E402
+from tunewise.project import Project  # noqa: E402
+from tunewise.serve.inference import ServeSettings  # noqa: E402
+
+PROMPTS = [[{"role": "user", "content": f"review {i}: the {w} was fine"}] for i, w in enumerate("abcdefg")]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Project:
+    return Project(tmp_path_factory.mktemp("hardening"))
+
+
+@pytest.fixture(scope="module")
+def key(project) -> str:
+    from tunewise.serve.auth import create_key
+
+    return create_key(project, "tests")[1]
+
+
+@pytest.fixture(scope="module")
+def served(project, key) -> Iterator[tuple[str, object]]:
+    settings = ServeSettings(base=BASE, preload=True, max_tokens_cap=32, max_batch_size=8)
+    with running(project, settings) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="module")
+def api(served, key) -> openai.OpenAI:
+    return client(served[0], key)
+
+
+def good(api, i: int, stream: bool = False) -> str:
+    """Request i of seven: sampled with its own seed, every other one streamed when `stream`."""
+    kwargs = dict(model=BASE, messages=PROMPTS[i], temperature=1.0, top_p=0.9, seed=100 + i, max_tokens=10)
+    if stream and i % 2:
+        chunks = api.chat.completions.create(**kwargs, stream=True)
+        return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return api.chat.completions.create(**kwargs).choices[0].message.content
+
+
+def together(api, served, poisoned: dict, stream: bool = False) -> tuple[list[str], Exception | None]:
+    """The seven good requests and the poisoned one, queued while the worker is held so that all eight meet in
+    one batch; returns the seven answers and what the poisoned request raised."""
+    batcher = served[1].state.inference.batcher
+    answers: dict[int, str] = {}
+    failure: list[Exception] = []
+
+    def ask(i: int) -> None:
+        answers[i] = good(api, i, stream)
+
+    def poison() -> None:
+        try:
+            api.chat.completions.create(model=BASE, messages=CHAT, max_tokens=10, **poisoned)
+        except openai.APIError as exc:
+            failure.append(exc)
+
+    before = batcher.waiting
+    with batcher.paused():
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(7)] + [
+            threading.Thread(target=poison)
+        ]
+        for t in threads:
+            t.start()
+        # A 400 never reaches the queue; a request that fails while decoding does.
+        wait_until(lambda: batcher.waiting - before == 7 + ("seed" in poisoned and poisoned["seed"] == 666))
+    for t in threads:
+        t.join(120)
+    return [answers[i] for i in range(7)], failure[0] if failure else None
+
+
+@pytest.fixture(scope="module")
+def alone(api) -> list[str]:
+    """The seven answers, each request sent on its own."""
+    return [good(api, i) for i in range(7)]
+
+
+@pytest.mark.parametrize(
+    ("poisoned", "param"),
+    [({"temperature": 1e-300}, "temperature"), ({"temperature": 1.0, "seed": 2**70}, "seed")],
+)
+def test_settings_the_sampler_cannot_take_are_a_400_and_the_others_are_answered(
+    api, served, alone, poisoned, param
+):
+    answers, failure = together(api, served, poisoned)
+    assert answers == alone
+    assert isinstance(failure, openai.BadRequestError)
+    assert failure.body["param"] == param and failure.body["type"] == "invalid_request_error"
+
+
+def test_a_tiny_top_p_keeps_the_most_likely_token(api):
+    """top_p below float32's smallest number compared as 0 and kept no token at all; it keeps the first."""
+    sampled = api.chat.completions.create(
+        model=BASE, messages=CHAT, temperature=1.0, top_p=1e-300, max_tokens=10
+    )
+    greedy = api.chat.completions.create(model=BASE, messages=CHAT, temperature=0, max_tokens=10)
+    assert sampled.choices[0].message.content == greedy.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_row_that_fails_while_decoding_fails_alone(api, served, alone, monkeypatch, stream):
+    """A failure validation cannot foresee (here: the sampler raises for the row seeded 666, after a few tokens)
+    fails its request alone with a 500; the batch's other seven get the answers they get without it, streamed
+    ones included (their retried tokens are checked against those sent, not sent twice)."""
+    from tunewise.evaluate import engine
+
+    choose = engine._PerPrompt.choose
+    calls = {"n": 0}
+
+    def flaky(self, logits, prompts):
+        calls["n"] += 1
+        if calls["n"] > 3 and any(self.params[i].seed == 666 for i in prompts):
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return choose(self, logits, prompts)
+
+    monkeypatch.setattr(engine._PerPrompt, "choose", flaky)
+    batcher = served[1].state.inference.batcher
+    before = batcher.batches
+    answers, failure = together(api, served, {"temperature": 1.0, "seed": 666}, stream=stream)
+    assert answers == alone
+    assert isinstance(failure, openai.InternalServerError)
+    assert "probability tensor" in failure.body["message"]
+    # 8 rows fail, then halves of 4 (one fails), 2 (one fails), 1 and 1: seven engine calls.
+    assert batcher.batches - before == 7
