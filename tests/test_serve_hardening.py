@@ -3,6 +3,7 @@ cannot take is a 400 naming the field (the real server on a free loopback port, 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -136,3 +137,43 @@ def test_a_row_that_fails_while_decoding_fails_alone(api, served, alone, monkeyp
     assert "probability tensor" in failure.body["message"]
     # 8 rows fail, then halves of 4 (one fails), 2 (one fails), 1 and 1: seven engine calls.
     assert batcher.batches - before == 7
+
+
+def test_lone_surrogates_in_chat_text_are_a_400_naming_the_field(served, key):
+    """JSON's escapes can spell a lone UTF-16 surrogate, which has no UTF-8 encoding (the tokenizer failed)."""
+    url = served[0] + "/chat/completions"
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def post(**body):
+        # json.dumps writes a lone surrogate as the escape `\ud800`, as a careless client does.
+        return httpx.post(url, content=json.dumps({"model": BASE, "max_tokens": 2, **body}), headers=headers)
+
+    reply = post(
+        messages=[{"role": "system", "content": "ok"}, {"role": "user", "content": "hi \ud800 there"}]
+    )
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "messages[1].content" and "U+D800 at character 3" in error["message"]
+    parts = post(messages=[{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}])
+    assert parts.status_code == 400 and parts.json()["error"]["param"] == "messages[0].content"
+    stop = post(messages=CHAT, stop=["\ud83d"])
+    assert stop.status_code == 400 and stop.json()["error"]["param"] == "stop"
+    assert post(messages=[{"role": "user", "content": "\ud83d\ude00"}]).status_code == 200  # a pair is fine
+
+
+def test_a_fine_tuning_seed_outside_64_bits_is_a_400_naming_it(served, key):
+    url, headers = served[0] + "/fine_tuning/jobs", {"Authorization": f"Bearer {key}"}
+    for seed in (2**70, 2**64, -(2**63) - 1):
+        reply = httpx.post(
+            url, json={"model": BASE, "training_file": "file-x", "seed": seed}, headers=headers
+        )
+        assert reply.status_code == 400, seed
+        assert (
+            reply.json()["error"]["param"] == "seed"
+            and reply.json()["error"]["type"] == "invalid_request_error"
+        )
+    # At the edge, the seed passes validation and the request fails on the next check: the missing file.
+    edge = httpx.post(
+        url, json={"model": BASE, "training_file": "file-x", "seed": 2**64 - 1}, headers=headers
+    )
+    assert edge.status_code == 404 and edge.json()["error"]["param"] == "training_file"
