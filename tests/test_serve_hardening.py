@@ -177,3 +177,26 @@ def test_a_fine_tuning_seed_outside_64_bits_is_a_400_naming_it(served, key):
         url, json={"model": BASE, "training_file": "file-x", "seed": 2**64 - 1}, headers=headers
     )
     assert edge.status_code == 404 and edge.json()["error"]["param"] == "training_file"
+
+
+@pytest.mark.parametrize(
+    ("response_format", "problem"),
+    [
+        ({"type": "regex", "pattern": "(("}, "regex '((': Regex parsing error at position"),
+        ({"type": "regex", "pattern": "(a)\\1"}, "Backreference is not supported"),
+        (
+            {"type": "json_schema", "json_schema": {"name": "t", "schema": {"$ref": "#/nope"}}},
+            "JSON Schema: Cannot find field 'nope'",
+        ),
+    ],
+)
+def test_a_grammar_constrained_decoding_cannot_enforce_is_a_400(api, served, response_format, problem):
+    """It used to answer 200 with free text (the batch compiled it, failed, and decoded unconstrained)."""
+    pytest.importorskip("xgrammar")
+    batcher = served[1].state.inference.batcher
+    before = batcher.requests
+    with pytest.raises(openai.BadRequestError) as exc:
+        api.chat.completions.create(model=BASE, messages=CHAT, max_tokens=4, response_format=response_format)
+    assert exc.value.body["param"] == "response_format" and problem in exc.value.body["message"]
+    assert "/project/" not in exc.value.body["message"]  # xgrammar's source location is cut off
+    assert batcher.requests == before  # refused before queueing

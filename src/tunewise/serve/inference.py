@@ -574,12 +574,24 @@ def _constraint(response_format: dict[str, Any] | None) -> Any:
     """The decoding constraint of `response_format` (json_object, json_schema, tunewise's regex), or None."""
     if response_format is None:
         return None
-    from tunewise.evaluate.constrain import constraint_from_response_format
+    from tunewise.evaluate.constrain import constraint_from_response_format, grammar_problem
 
     try:
-        return constraint_from_response_format(response_format)
+        constraint = constraint_from_response_format(response_format)
     except TunewiseError as exc:
         raise APIError(400, str(exc), param="response_format") from None
+    if constraint is not None:
+        # Checked here, not when the batch compiles it: decoding freely instead would answer 200 with text the
+        # client asked not to get.
+        problem = grammar_problem(constraint)
+        if problem is not None:
+            what = f"regex {constraint.pattern!r}" if constraint.kind == "regex" else "JSON Schema"
+            raise APIError(
+                400,
+                f"response_format: constrained decoding cannot enforce this {what}: {problem}",
+                param="response_format",
+            )
+    return constraint
 
 
 def _finish_reason(generation: Any) -> str:
