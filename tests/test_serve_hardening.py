@@ -200,3 +200,14 @@ def test_a_grammar_constrained_decoding_cannot_enforce_is_a_400(api, served, res
     assert exc.value.body["param"] == "response_format" and problem in exc.value.body["message"]
     assert "/project/" not in exc.value.body["message"]  # xgrammar's source location is cut off
     assert batcher.requests == before  # refused before queueing
+
+
+def test_sampling_params_refuse_what_the_sampler_cannot_take():
+    from tunewise.errors import TunewiseError
+    from tunewise.evaluate.engine import SamplingParams
+
+    with pytest.raises(TunewiseError, match="temperature must be 0 .greedy. or at least 1e-06, got 1e-300"):
+        SamplingParams(temperature=1e-300)
+    with pytest.raises(TunewiseError, match="seed must be a 64-bit integer"):
+        SamplingParams(temperature=1.0, seed=2**64)
+    assert SamplingParams(temperature=1e-6, seed=-(2**63)).seed == -(2**63)  # the edges are taken
