@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -148,6 +149,34 @@ def constraint_from_response_format(response_format: Any) -> Constraint | None:
 
 # --- compiling ------------------------------------------------------------------------------------------
 
+# How a JSON Schema is compiled (see GrammarBackend._compile for why).
+_JSON_OPTIONS: dict[str, Any] = {"any_whitespace": True, "max_whitespace_cnt": 1, "strict_mode": True}
+
+
+def grammar_problem(constraint: Constraint) -> str | None:
+    """Why xgrammar cannot compile `constraint` (an unbalanced parenthesis, a backreference, a `$ref` to nothing),
+    or None: the check of `GrammarBackend.compile` without a tokenizer (parsing only, no token tables), so that
+    a request or spec can be refused up front instead of decoding freely. None too when xgrammar is missing.
+
+    >>> grammar_problem(Constraint("regex", pattern="(a"))
+    'Regex parsing error at position 3: The parenthesis is not closed.'
+    >>> grammar_problem(Constraint("regex", pattern="[0-9]+")) is None
+    True
+    """
+    try:
+        xgr = _xgrammar()
+    except TunewiseError:
+        return None
+    try:
+        if constraint.kind == "regex":
+            xgr.Grammar.from_regex(constraint.pattern)
+        else:
+            xgr.Grammar.from_json_schema(json.dumps(constraint.schema or {}), **_JSON_OPTIONS)
+    except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses for unsupported input
+        # Its messages start with a timestamp and a C++ source location: "[19:15:25] /project/cpp/x.cc:94: ".
+        return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(exc)).strip()
+    return None
+
 
 class GrammarBackend:
     """xgrammar's compiler for one tokenizer and vocabulary size; compiled grammars are cached by constraint."""
@@ -188,12 +217,7 @@ class GrammarBackend:
             # most training data, or with spaces after `:` and `,`) but cannot pad forever; newlines and tabs
             # are masked anyway (see control_tokens). Strict mode: no properties or items beyond those the
             # schema names (a subset of what it allows; an object schema without `properties` stays open).
-            return self.compiler.compile_json_schema(
-                json.dumps(constraint.schema or {}),
-                any_whitespace=True,
-                max_whitespace_cnt=1,
-                strict_mode=True,
-            )
+            return self.compiler.compile_json_schema(json.dumps(constraint.schema or {}), **_JSON_OPTIONS)
         except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses for unsupported input
             what = f"regex {constraint.pattern!r}" if constraint.kind == "regex" else "JSON Schema"
             log.warning(

@@ -102,6 +102,13 @@ class LabelScores:
     latency_ms: float
 
 
+# The smallest positive temperature the sampler takes: logits are divided by it in float32, where a smaller one
+# (1e-300 is 0 there) turns them into inf and NaN probabilities. Below it, temperature 0 (greedy) is the intent.
+MIN_TEMPERATURE = 1e-6
+# The seeds a torch generator takes (it reads them as a 64-bit integer, signed or not).
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """One prompt's decoding settings, for `generate(params=[...])` (the serving API's per-request settings).
@@ -123,6 +130,12 @@ class SamplingParams:
             raise TunewiseError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.temperature < 0:
             raise TunewiseError(f"temperature must be >= 0, got {self.temperature}")
+        if 0 < self.temperature < MIN_TEMPERATURE:
+            raise TunewiseError(
+                f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE:g}, got {self.temperature}"
+            )
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise TunewiseError(f"seed must be a 64-bit integer, got {self.seed}")
         if not 0 < self.top_p <= 1:
             raise TunewiseError(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
@@ -869,7 +882,9 @@ class _PerPrompt:
                 if p.top_p < 1:
                     ranked, order = probs.sort(descending=True)
                     # Keep the most likely tokens until their mass reaches top_p (the first always stays).
-                    ranked = ranked * ((ranked.cumsum(-1) - ranked) < p.top_p)
+                    keep = (ranked.cumsum(-1) - ranked) < p.top_p
+                    keep[0] = True  # a top_p below float32's smallest number compares as 0
+                    ranked = ranked * keep
                     pick = torch.multinomial(ranked, 1, generator=self.generators[i])
                     chosen[row] = order[pick[0]]
                 else:

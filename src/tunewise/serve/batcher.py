@@ -12,7 +12,8 @@ so 16 rows cost little more than one. Batches are static (a batch runs until its
 arriving meanwhile wait for the next batch), which is simple and enough for a small model; continuous batching
 (vLLM) is the tool when that wait matters.
 
-The worker never dies on a failed batch: its requests get the error, the next batch runs. A request whose
+The worker never dies on a failed batch, and one request cannot fail the others: a failed batch is decoded
+again in halves until the request that fails is alone (it gets the error), then the next batch runs. A request whose
 client went away or timed out is marked `cancelled`; the engine drops its row at the next token (the
 `on_token` callback answers True) and the rest of the batch goes on.
 """
@@ -47,6 +48,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     submitted: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # set on the event loop (timeout, client gone); read by the worker
+    sent: list[int] = field(default_factory=list)  # the tokens streamed so far (worker thread only)
 
     def emit(self, kind: str, value: Any) -> None:
         """Hand an event to the request's event loop (from the worker thread)."""
@@ -168,34 +170,64 @@ class Batcher:
                 self._run_group(model, group)
 
     def _run_group(self, model: str, jobs: list[Job]) -> None:
+        """Decode `jobs` together. If the batch fails, its halves are decoded apart, and so on down to single
+        requests: a request that makes decoding fail (a setting validation could not foresee) fails alone,
+        at the cost of about 2 log2(batch size) extra engine calls; the others get the answers they would
+        have had in a batch without it (each row samples from its own seeded generator)."""
+        done: set[int] = set()  # rows answered with an error during this call (a streamed retry diverged)
+
         def on_token(i: int, token: int) -> bool:
             job = jobs[i]
-            if job.cancelled:
+            if job.cancelled or i in done:
                 return True
             if job.stream:
+                k = seen[i]
+                seen[i] += 1
+                if k < len(job.sent):  # a retry replays what the client already has: check, do not resend
+                    if job.sent[k] != token:
+                        done.add(i)
+                        job.emit(
+                            "error", RuntimeError("the retried decoding diverged from the streamed tokens")
+                        )
+                        return True
+                    return False
+                job.sent.append(token)
                 job.emit("token", token)
             return False
 
+        seen = [0] * len(jobs)
         started = time.monotonic()
         try:
             generations = self.execute(model, jobs, on_token)
         except Exception as exc:  # a failed batch fails its requests, never the worker
+            live = [job for i, job in enumerate(jobs) if not job.cancelled and i not in done]
+            if len(live) > 1:
+                log.warning(
+                    "batch of %d request(s) for %s failed (%s: %s): decoding its halves apart",
+                    len(jobs),
+                    model,
+                    type(exc).__name__,
+                    exc,
+                )
+                half = len(live) // 2
+                self._count(model, len(jobs), started)
+                self._run_group(model, live[:half])
+                self._run_group(model, live[half:])
+                return
             log.exception("batch of %d request(s) for %s failed", len(jobs), model)
-            for job in jobs:
+            self._count(model, len(jobs), started)  # before the answers: a client may read the counters next
+            for job in live:
                 job.emit("error", exc)
             return
-        finally:
-            self.batches += 1
-            self.requests += len(jobs)
-            self.largest_batch = max(self.largest_batch, len(jobs))
-            seconds = time.monotonic() - started
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
-            log.info(
-                "batch of %d request(s) for %s in %.2f s (%d waiting)",
-                len(jobs),
-                model,
-                seconds,
-                self.waiting,
-            )
-        for job, generation in zip(jobs, generations, strict=True):
-            job.emit("done", generation)
+        self._count(model, len(jobs), started)
+        for i, (job, generation) in enumerate(zip(jobs, generations, strict=True)):
+            if i not in done:
+                job.emit("done", generation)
+
+    def _count(self, model: str, size: int, started: float) -> None:
+        self.batches += 1
+        self.requests += size
+        self.largest_batch = max(self.largest_batch, size)
+        seconds = time.monotonic() - started
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
+        log.info("batch of %d request(s) for %s in %.2f s (%d waiting)", size, model, seconds, self.waiting)

@@ -167,8 +167,41 @@ def _messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
                 texts.append(part["text"])
             content = "".join(texts)
         role = "system" if message.role == "developer" else message.role
-        out.append({"role": role, "content": content or ""})
+        out.append({"role": role, "content": _text(content or "", f"messages[{i}].content")})
     return out
+
+
+def _text(value: str, param: str) -> str:
+    """`value`, if it is text the tokenizer can take: JSON's escapes can spell lone UTF-16 surrogates
+    (`"\\ud800"`), which are no characters and have no UTF-8 encoding."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise APIError(
+            400,
+            f"{param} holds a lone surrogate code point (U+{ord(value[exc.start]):04X} at character {exc.start}), "
+            "which is not text: send UTF-8",
+            param=param,
+        ) from None
+    return value
+
+
+def _sampling(req: ChatCompletionRequest) -> None:
+    """What the sampler cannot take, as a 400 naming the field (pydantic checked the plain ranges)."""
+    from tunewise.evaluate.engine import MIN_TEMPERATURE, SEED_RANGE
+
+    if req.temperature is not None and 0 < req.temperature < MIN_TEMPERATURE:
+        raise APIError(
+            400,
+            f"temperature must be 0 (greedy decoding) or at least {MIN_TEMPERATURE:g} (got {req.temperature:g})",
+            param="temperature",
+        )
+    if req.seed is not None and not SEED_RANGE[0] <= req.seed <= SEED_RANGE[1]:
+        raise APIError(
+            400,
+            f"seed must be a 64-bit integer, from {SEED_RANGE[0]} to {SEED_RANGE[1]} (got {req.seed})",
+            param="seed",
+        )
 
 
 def _stops(req: ChatCompletionRequest) -> tuple[str, ...]:
@@ -177,7 +210,7 @@ def _stops(req: ChatCompletionRequest) -> tuple[str, ...]:
         raise APIError(400, f"at most 4 stop sequences (got {len(stops)})", param="stop")
     if any(not s for s in stops):
         raise APIError(400, "a stop sequence must not be empty", param="stop")
-    return tuple(stops)
+    return tuple(_text(s, "stop") for s in stops)
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -387,6 +420,7 @@ class InferenceService:
         from tunewise.evaluate.engine import SamplingParams
 
         _unsupported(req)
+        _sampling(req)
         served = self.pool.resolve(req.model)
         messages = _messages(req)
         stops = _stops(req)
@@ -540,12 +574,24 @@ def _constraint(response_format: dict[str, Any] | None) -> Any:
     """The decoding constraint of `response_format` (json_object, json_schema, tunewise's regex), or None."""
     if response_format is None:
         return None
-    from tunewise.evaluate.constrain import constraint_from_response_format
+    from tunewise.evaluate.constrain import constraint_from_response_format, grammar_problem
 
     try:
-        return constraint_from_response_format(response_format)
+        constraint = constraint_from_response_format(response_format)
     except TunewiseError as exc:
         raise APIError(400, str(exc), param="response_format") from None
+    if constraint is not None:
+        # Checked here, not when the batch compiles it: decoding freely instead would answer 200 with text the
+        # client asked not to get.
+        problem = grammar_problem(constraint)
+        if problem is not None:
+            what = f"regex {constraint.pattern!r}" if constraint.kind == "regex" else "JSON Schema"
+            raise APIError(
+                400,
+                f"response_format: constrained decoding cannot enforce this {what}: {problem}",
+                param="response_format",
+            )
+    return constraint
 
 
 def _finish_reason(generation: Any) -> str:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import nearest
 from tunewise.project import Project
@@ -239,7 +239,7 @@ class JobRequest(BaseModel):
     training_file: str
     validation_file: str | None = None
     suffix: str | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch.manual_seed takes
     hyperparameters: dict[str, Any] | None = None  # OpenAI's older place for them; same keys as in `method`
     method: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
