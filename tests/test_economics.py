@@ -539,3 +539,22 @@ def test_docstring_examples_hold(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_hostile_pricing_file_is_one_error_line(run_cli, tmp_path):
+    """The pricing file is read under the spec's bounds: an alias bomb is refused, not expanded, and bytes that
+    are not UTF-8 are named; each is one `error:` line."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):  # 10^9 values once every alias is expanded
+        lines.append(f"{chr(97 + i)}: &{chr(97 + i)} [" + ", ".join([f"*{chr(96 + i)}"] * 10) + "]")
+    lines.append("entries: [*i]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"entries: []\n# \xff\xfe\n")
+    for path, expected in ((bomb, "alias"), (binary, "not UTF-8")):
+        code, _, stderr = run_cli(
+            "cost", "--queries-per-day", "500", "--platform", "together", "--pricing", str(path)
+        )
+        assert code == 1 and "Traceback" not in stderr, stderr
+        assert stderr.count("error:") == 1 and str(path) in stderr and expected in stderr, stderr

@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunewise.errors import ConfigError, TunewiseError, nearest
@@ -166,10 +165,10 @@ class Catalog(BaseModel):
 
 
 def _read_yaml(text: str, source: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(source, [f"not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    from tunewise.spec import load_yaml_bounded
+
+    # The spec's bounded reader: a pricing file is user input too, and an alias bomb in it must not hang `cost`.
+    raw, _ = load_yaml_bounded(text, source)
     if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list):
         raise ConfigError(source, ["the file must be a YAML mapping with a list under 'entries'"])
     return raw
@@ -283,7 +282,11 @@ def load_catalog(*override_files: str | Path | None) -> Catalog:
                 f"no pricing file at {path}",
                 hint="check the path given to --pricing or economics.pricing_file",
             )
-        catalog = merge(catalog, _read_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(str(path), [f"byte {exc.start}: not UTF-8 text"]) from None
+        catalog = merge(catalog, _read_yaml(text, str(path)), str(path))
     return catalog
 
 

@@ -13,9 +13,11 @@ alike:
   over the tokenizer's vocabulary) removes every token that would leave the grammar, so the output can only
   match the schema or the pattern. The mask is computed per row, so one batch may mix constraints.
 
-A schema or pattern xgrammar cannot compile is not an error: `compile_constraint` warns and returns None, and
-the arm generates freely (its format compliance then shows it). Keywords xgrammar accepts but does not enforce
-are likewise caught by the scorer, which checks the full JSON Schema on every output.
+What xgrammar cannot compile is refused before it is used: a spec's regex contract by `spec.py`
+(`unsupported_by_grammar`, at `contract.pattern`'s line), a `response_format` by `tunewise serve` with a 400
+(`grammar_problem`). Should one still reach `compile`, it warns and returns None and the arm generates freely
+(its format compliance then shows it). Keywords xgrammar accepts but does not enforce are caught by the scorer,
+which checks the full JSON Schema on every output.
 
 `constraint_from_response_format` turns an OpenAI-style `response_format` into a `Constraint`, for
 `tunewise serve`.
