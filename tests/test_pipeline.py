@@ -283,3 +283,40 @@ def test_run_prints_the_verdicts_sentence_then_its_rules(project: Project, run_c
     assert lines[1].startswith("  [PASS] significant gain: fine-tuned - few-shot accuracy = +70.0 points")
     assert "  [FAIL] accuracy bar: fine-tuned accuracy 70.0% < 85.0%" in lines
     assert "  cheapest option meeting the bars: none named: no option meets the quality bars" in lines
+
+
+def test_a_cheap_stage_is_keyed_on_its_own_source(tmp_path: Path):
+    """A change to the verdict's rules must redo the verdict even under the same version string; a change to a
+    file that is not source (or to another stage's package) must not."""
+    from tunewise.pipeline.run import source_hash
+
+    rules = tmp_path / "decide"
+    rules.mkdir()
+    (rules / "verdict.py").write_text("BAR = 0.85\n")
+    (tmp_path / "outputs.py").write_text("class Verdict: ...\n")
+    (tmp_path / "report").mkdir()
+    hash_of = source_hash.__wrapped__  # uncached: the files change under the same arguments
+    before = hash_of("decide", "outputs.py", root=tmp_path)
+    (rules / "notes.txt").write_text("not source")
+    (tmp_path / "report" / "build.py").write_text("x = 1\n")
+    assert hash_of("decide", "outputs.py", root=tmp_path) == before
+    (rules / "verdict.py").write_text("BAR = 0.90\n")
+    assert hash_of("decide", "outputs.py", root=tmp_path) != before
+    (rules / "verdict.py").write_text("BAR = 0.85\n")
+    (tmp_path / "outputs.py").write_text("class Verdict: pass\n")
+    assert hash_of("decide", "outputs.py", root=tmp_path) != before
+
+
+def test_new_verdict_rules_redo_the_verdict_and_report_not_the_measured_stages(project: Project, monkeypatch):
+    from tunewise.pipeline import run as pipeline_run
+
+    Pipeline(project, load_spec(project.spec_path)).run()
+    real = pipeline_run.source_hash
+    monkeypatch.setattr(
+        pipeline_run, "source_hash", lambda *parts: "new rules" if parts[0] == "decide" else real(*parts)
+    )
+    again = Pipeline(project, load_spec(project.spec_path)).run()
+    assert statuses(again) == {
+        **{s: "skipped" for s in ("data", "split", "baseline", "train", "evaluate", "economics")},
+        **{s: "ran" for s in ("verdict", "report")},
+    }

@@ -24,6 +24,7 @@ resumes from its last checkpoint).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -89,6 +90,27 @@ STAGES = ("data", "split", "baseline", "train", "evaluate", "economics", "verdic
 
 def _hash(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # src/tunewise
+
+
+@functools.cache
+def source_hash(*parts: str, root: Path = PACKAGE_ROOT) -> str:
+    """The source of the tunewise modules a cheap stage runs (sub-packages or files under `root`).
+
+    The economics, verdict and report stages hash their own code into their keys, so a change of their rules
+    redoes them even where the version string stays the same (an editable install, a development build): a
+    recorded verdict is never reused under other rules. The measured stages (baseline, train, evaluate) are
+    keyed on the version only, since redoing them costs minutes to hours.
+    """
+    digest = hashlib.sha256()
+    for part in parts:
+        path = root / part
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file() and file.suffix in (".py", ".yaml", ".html"):
+                digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()[:24]
 
 
 def _file_hash(path: Path) -> str:
@@ -340,13 +362,22 @@ class Pipeline:
     def _inputs_economics(self) -> Any:
         e = self.spec.economics
         pricing = self._files([e.pricing_file]) if e.pricing_file else None
-        return {"evaluate": self._made("evaluate"), "economics": e.model_dump(), "pricing": pricing}
+        return {
+            "evaluate": self._made("evaluate"),
+            "economics": e.model_dump(),
+            "pricing": pricing,
+            "code": source_hash("economics", "outputs.py"),
+        }
 
     def _inputs_verdict(self) -> Any:
-        return {"economics": self._made("economics")}
+        return {"economics": self._made("economics"), "code": source_hash("decide", "outputs.py")}
 
     def _inputs_report(self) -> Any:
-        return {"verdict": self._made("verdict"), "task": self.spec.task.model_dump()}
+        return {
+            "verdict": self._made("verdict"),
+            "task": self.spec.task.model_dump(),
+            "code": source_hash("report", "pipeline/state.py", "outputs.py"),
+        }
 
     # --- the stages -------------------------------------------------------------------------------------
 
