@@ -448,6 +448,11 @@ def _record_and_train(
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if result.status == "succeeded":
+                    # Tear down together, so that no rank destroys the group while another is still finishing
+                    # the run: one 2-process test run aborted in teardown ("terminate called without an active
+                    # exception" in rank 1) without this.
+                    dist.barrier()
                 dist.destroy_process_group()
     return result
 
