@@ -1,4 +1,4 @@
-"""Fair prompted arms (issue 8): free generation against label scoring and schema-constrained decoding, with the
+"""Fair prompted arms: free generation against label scoring and schema-constrained decoding, with the
 embedded SmolLM2-135M-Instruct, on the small files of `../shared/datasets`.
 
     .venv/bin/python bench/constrained.py                          # the five datasets below, 100 examples each

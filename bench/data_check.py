@@ -4,7 +4,7 @@ The file is banking77's train set repeated, each repetition's user text made uni
 example is unique but every repetition is a near-duplicate of the others (a scraped, templated dataset).
 
 Prints wall times, the ratios, and tunewise's peak RSS (main process plus its workers, sampled every 20 ms).
-Targets (issue 2): the full default check within 3x Together's time with peak RSS under 500 MB; the
+Targets: the full default check within 3x Together's time with peak RSS under 500 MB; the
 structural checks alone (`--structure-only`: what `check_file` checks) faster than Together.
 Each side runs twice and keeps its best time, so a neighbour's burst of load on a shared machine does not
 decide the comparison; the load average is printed before each.

@@ -9,7 +9,7 @@ dataset's SOURCE.md suggests as the system prompt), runs `tunewise run` on it, a
 lenient accuracy, format compliance and consistency with their 95% intervals, and the seconds each stage took.
 A second invocation reuses the stages whose inputs did not change (pass --fresh to start over).
 
-Targets for the fine-tuned arm with defaults (issue 6): on every label dataset accuracy >= 85% and format
+Targets for the fine-tuned arm with defaults: on every label dataset accuracy >= 85% and format
 compliance >= 99%; on every JSON dataset format compliance >= 95%; on every dataset a significant gain over
 the best prompted arm where that arm is below the bar (McNemar p < 0.05 and a paired interval above 0). On
 bitext_reply the `reply` is prose, declared as a text field of the contract: accuracy there is the exact match

@@ -24,7 +24,7 @@ activations 2N; no weight gradients for frozen weights) against the matrix-multi
 computed in, measured in the arm's process at two shapes (`PEAK_SHAPES`) just before and just after its training
 call (the highest reading counts).
 
-Targets (issue 3), printed as met or MISSED (exit status 1 when one is missed): >= 2.5x faster than trl-a and
+Targets, printed as met or MISSED (exit status 1 when one is missed): >= 2.5x faster than trl-a and
 >= 2x faster than trl-b with held-out loss no worse; >= 60% of the compute bound; peak RSS under 2 GB.
 """
 

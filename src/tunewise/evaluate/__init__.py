@@ -1,4 +1,4 @@
-"""Evaluation: every arm on the same held-out split, through the same scorers (issue 4).
+"""Evaluation: every arm on the same held-out split, through the same scorers.
 
 The model-free core lives here and imports neither torch nor transformers:
 

@@ -4,7 +4,7 @@ Two parsers per contract, reported side by side:
 
 - **strict**: the output, with surrounding whitespace removed, *is* the answer: a label of the set, a JSON
   document and nothing else, a full match of the regex. This is what a program consuming the output needs.
-- **lenient**: gives a prompted model a fair chance (issue 4: a strict scorer alone strawmans a model that
+- **lenient**: gives a prompted model a fair chance (a strict scorer alone strawmans a model that
   answers "The sentiment is positive."). Case, surrounding punctuation and markdown, a label inside a sentence,
   JSON inside a ```json fence or surrounded by prose are all accepted. It refuses (returns None) when the
   output names two different labels, because then it did not answer.
