@@ -14,8 +14,8 @@ compliance >= 99%; on every JSON dataset format compliance >= 95%; on every data
 the best prompted arm where that arm is below the bar (McNemar p < 0.05 and a paired interval above 0). On
 bitext_reply the `reply` is prose, declared as a text field of the contract: accuracy there is the exact match
 of category, entities and intent, the reply is scored by ROUGE-L, and a gain counts when it is significant on
-either measure and neither is significantly worse. The reference is the plain PyTorch loop the issue's
-author measured on this machine (LoRA r=16, lr 2e-4, 3 epochs, batch 8, the label list in every training
+either measure and neither is significantly worse. The reference is a plain PyTorch loop measured
+earlier on this kind of machine (LoRA r=16, lr 2e-4, 3 epochs, batch 8, the label list in every training
 prompt): its figures are printed beside ours.
 Exit status 1 when a target is missed.
 """
@@ -205,7 +205,7 @@ def _pct(metric: dict | None) -> str:
 
 
 def check_targets(row: dict) -> list[str]:
-    """The issue's targets for the fine-tuned arm; returns what was missed."""
+    """The targets for the fine-tuned arm (the module docstring); returns what was missed."""
     summary = row["summary"]
     arms = {a["name"]: a for a in summary.get("arms", [])}
     tuned = arms.get("fine-tuned")
