@@ -13,6 +13,7 @@ it was.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -130,6 +131,15 @@ def append_jsonl(path: str | Path, record: Any) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The hex sha256 of a file's bytes, read 1 MiB at a time (data files can be gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_jsonl(path: str | Path) -> list[Any]:

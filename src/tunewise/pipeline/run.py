@@ -40,6 +40,7 @@ from tunewise import __version__
 from tunewise.economics.settings import Economics, economics_settings
 from tunewise.errors import TunewiseError
 from tunewise.evaluate.arms import is_tuned_arm
+from tunewise.fileio import atomic_write_text, sha256_file
 from tunewise.outputs import (
     STAGE_OUTPUTS,
     BaselineOutput,
@@ -56,7 +57,7 @@ from tunewise.outputs import (
     VerdictOutput,
 )
 from tunewise.pipeline.progress import NullProgress
-from tunewise.project import Project, atomic_write_text
+from tunewise.project import Project
 from tunewise.registry.db import utc_now
 from tunewise.spec import Spec
 
@@ -111,14 +112,6 @@ def source_hash(*parts: str, root: Path = PACKAGE_ROOT) -> str:
             if file.is_file() and file.suffix in (".py", ".yaml", ".html"):
                 digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()[:24]
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -292,7 +285,7 @@ class Pipeline:
         out = {}
         for p in paths:
             path = self.project.root / p
-            out[p] = _file_hash(path) if path.is_file() else "missing"
+            out[p] = sha256_file(path) if path.is_file() else "missing"
         return out
 
     def _made(self, stage: str) -> str:
@@ -303,7 +296,7 @@ class Pipeline:
             return self._made_hashes[stage]
         output = self.outputs.get(stage)
         dumped = output.model_dump(mode="json") if output is not None else {}
-        files = {str(p): _file_hash(p) for p in (output.files() if output else []) if p.is_file()}
+        files = {str(p): sha256_file(p) for p in (output.files() if output else []) if p.is_file()}
         made = self._made_hashes[stage] = _hash({"key": self.keys[stage], "output": dumped, "files": files})
         return made
 

@@ -13,7 +13,6 @@ runs/<run-id>/
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ from typing import Any
 
 from tunewise.fileio import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
 from tunewise.fileio import atomic_write_text as atomic_write_text  # the training loop writes with these two
+from tunewise.fileio import sha256_file as sha256_file  # the training loop hashes its data with it
 from tunewise.project import Project
 from tunewise.registry.db import utc_now as utc_now
 from tunewise.registry.runs import RunStore, train_figures
@@ -34,14 +34,6 @@ TRAINING_KINDS = ("train", "job")
 def new_run_id() -> str:
     """A new training run's id: `train-<UTC time>-<4 hex>`."""
     return _new_run_id("train")
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def write_json(path: Path, payload: Any) -> None:
