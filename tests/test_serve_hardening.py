@@ -130,13 +130,14 @@ def test_a_row_that_fails_while_decoding_fails_alone(api, served, alone, monkeyp
 
     monkeypatch.setattr(engine._PerPrompt, "choose", flaky)
     batcher = served[1].state.inference.batcher
-    before = batcher.batches
+    before, served_before = batcher.batches, batcher.requests
     answers, failure = together(api, served, {"temperature": 1.0, "seed": 666}, stream=stream)
     assert answers == alone
     assert isinstance(failure, openai.InternalServerError)
     assert "probability tensor" in failure.body["message"]
     # 8 rows fail, then halves of 4 (one fails), 2 (one fails), 1 and 1: seven engine calls.
     assert batcher.batches - before == 7
+    assert batcher.requests - served_before == 8  # each request counted once, where it was answered
 
 
 def test_lone_surrogates_in_chat_text_are_a_400_naming_the_field(served, key):

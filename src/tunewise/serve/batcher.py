@@ -13,9 +13,9 @@ arriving meanwhile wait for the next batch), which is simple and enough for a sm
 (vLLM) is the tool when that wait matters.
 
 The worker never dies on a failed batch, and one request cannot fail the others: a failed batch is decoded
-again in halves until the request that fails is alone (it gets the error), then the next batch runs. A request whose
-client went away or timed out is marked `cancelled`; the engine drops its row at the next token (the
-`on_token` callback answers True) and the rest of the batch goes on.
+again in halves until the request that fails is alone (it gets the error), then the next batch runs. A
+request whose client went away or timed out is marked `cancelled`; the engine drops its row at the next token
+(the `on_token` callback answers True) and the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class Batcher:
                     exc,
                 )
                 half = len(live) // 2
-                self._count(model, len(jobs), started)
+                self._count(model, len(jobs), started, served=0)  # its requests count where they are answered
                 self._run_group(model, live[:half])
                 self._run_group(model, live[half:])
                 return
@@ -224,9 +224,10 @@ class Batcher:
             if i not in done:
                 job.emit("done", generation)
 
-    def _count(self, model: str, size: int, started: float) -> None:
+    def _count(self, model: str, size: int, started: float, served: int | None = None) -> None:
+        """One engine call of `size` rows: the counters and the moving average of a batch's time."""
         self.batches += 1
-        self.requests += size
+        self.requests += size if served is None else served
         self.largest_batch = max(self.largest_batch, size)
         seconds = time.monotonic() - started
         self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
