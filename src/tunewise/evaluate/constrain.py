@@ -165,15 +165,24 @@ def grammar_problem(constraint: Constraint) -> str | None:
     >>> grammar_problem(Constraint("regex", pattern="[0-9]+")) is None
     True
     """
+    if constraint.kind == "regex":
+        return _parse_problem("regex", constraint.pattern or "")
+    return _parse_problem("json", json.dumps(constraint.schema or {}))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_problem(kind: str, text: str) -> str | None:
+    """`grammar_problem` by the constraint's text: a server sees the same response_format request after request,
+    and each would otherwise be parsed again before the batch's cached compile."""
     try:
         xgr = _xgrammar()
     except TunewiseError:
         return None
     try:
-        if constraint.kind == "regex":
-            xgr.Grammar.from_regex(constraint.pattern)
+        if kind == "regex":
+            xgr.Grammar.from_regex(text)
         else:
-            xgr.Grammar.from_json_schema(json.dumps(constraint.schema or {}), **_JSON_OPTIONS)
+            xgr.Grammar.from_json_schema(text, **_JSON_OPTIONS)
     except Exception as exc:  # xgrammar raises RuntimeError/ValueError subclasses for unsupported input
         # Its messages start with a timestamp and a C++ source location: "[19:15:25] /project/cpp/x.cc:94: ".
         return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(exc)).strip()
