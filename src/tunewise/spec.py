@@ -180,9 +180,8 @@ def unsupported_by_grammar(pattern: str) -> str | None:
             i += 1
             if i < n and pattern[i] == "^":
                 i += 1
-            if (
-                i < n and pattern[i] == "]"
-            ):  # a leading ']' is a literal to Python, the class's end to xgrammar
+            # A leading ']' is a literal to Python, the class's end to xgrammar.
+            if i < n and pattern[i] == "]":
                 return f"a ']' first in the character class at position {i} (write it as \\])"
             continue
         elif c == "(" and pattern.startswith("?", i + 1) and not pattern.startswith("?:", i + 1):
