@@ -74,6 +74,12 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
+def _value(arm: Mapping[str, Any], key: str) -> float | None:
+    iv = arm.get(key)
+    v = iv.get("value") if isinstance(iv, Mapping) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def prompted_strength(arm: Mapping[str, Any]) -> tuple[float, ...]:
     """How strong a prompted arm is, as a sort key: accuracy, then (to break ties, e.g. when every prompted arm
     scores 0% exact) lenient accuracy, field/macro F1, format compliance and consistency; -1 where unmeasured.
@@ -83,9 +89,8 @@ def prompted_strength(arm: Mapping[str, Any]) -> tuple[float, ...]:
     """
 
     def value(key: str) -> float:
-        iv = arm.get(key)
-        v = iv.get("value") if isinstance(iv, Mapping) else None
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else -1.0
+        v = _value(arm, key)
+        return -1.0 if v is None else v
 
     f1 = arm.get("field_f1") if arm.get("field_f1") is not None else arm.get("macro_f1")
     return (
@@ -95,12 +100,6 @@ def prompted_strength(arm: Mapping[str, Any]) -> tuple[float, ...]:
         value("format_compliance"),
         value("consistency"),
     )
-
-
-def _value(arm: Mapping[str, Any], key: str) -> float | None:
-    iv = arm.get(key)
-    v = iv.get("value") if isinstance(iv, Mapping) else None
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def missed_bars(arm: Mapping[str, Any]) -> list[tuple[str, float | None, float]]:
