@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
-from tunewise.fileio import publish
+from tunewise.fileio import atomic_write_json, atomic_write_text, publish
 from tunewise.train import records
 from tunewise.train.model import trainable
 
@@ -38,14 +38,14 @@ def save_checkpoint(
         tmp / "optimizer.pt",
     )
     py_state = random.getstate()
-    records.write_json(
+    atomic_write_json(
         tmp / "state.json",
         {**state, "step": step, "python_rng": [py_state[0], list(py_state[1]), py_state[2]]},
     )
     if final.exists():
         shutil.rmtree(final)
     publish(tmp, final)
-    records.atomic_write_text(folder / "latest", final.name + "\n")
+    atomic_write_text(folder / "latest", final.name + "\n")
     for old in sorted(folder.glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
+from tunewise.fileio import atomic_write_json
 from tunewise.project import Project
 from tunewise.train import mixed, records
 from tunewise.train.best import compare_with_best, keep_best_or_last, track_best
@@ -412,7 +413,7 @@ def _record_and_train(
     metrics = records.MetricsLog(run_dir / "metrics.jsonl")
     if ctx.writer:
         run_dir.mkdir(parents=True, exist_ok=True)
-        records.write_json(run_dir / "config.json", config_record)
+        atomic_write_json(run_dir / "config.json", config_record)
         # On resume the first environment stays (it holds the precision measurement); the new one is added.
         env_name = (
             "environment.json"
@@ -420,7 +421,7 @@ def _record_and_train(
             else time.strftime("environment-resume-%Y%m%d-%H%M%S.json", time.gmtime())
         )
         environment = records.environment(plan.precision, ctx.device, ctx.world)
-        records.write_json(run_dir / env_name, {**environment, "kernels": kernels.to_dict()})
+        atomic_write_json(run_dir / env_name, {**environment, "kernels": kernels.to_dict()})
         records.record_start(project, run_id, run_dir, config_record, config.dataset_version)
         say(f"run {run_id}: {run_dir}")
     result = TrainResult(run_id, run_dir, "running")

@@ -19,11 +19,9 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from tunewise.fileio import append_jsonl, atomic_write_json, atomic_write_jsonl, read_jsonl
-from tunewise.fileio import atomic_write_text as atomic_write_text  # the training loop writes with these two
+from tunewise.fileio import append_jsonl, atomic_write_jsonl, read_jsonl
 from tunewise.fileio import sha256_file as sha256_file  # the training loop hashes its data with it
 from tunewise.project import Project
-from tunewise.registry.db import utc_now as utc_now
 from tunewise.registry.runs import RunStore, train_figures
 from tunewise.registry.runs import new_run_id as _new_run_id
 
@@ -34,10 +32,6 @@ TRAINING_KINDS = ("train", "job")
 def new_run_id() -> str:
     """A new training run's id: `train-<UTC time>-<4 hex>`."""
     return _new_run_id("train")
-
-
-def write_json(path: Path, payload: Any) -> None:
-    atomic_write_json(path, payload)
 
 
 def read_json(path: Path) -> Any:
