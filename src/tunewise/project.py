@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
-from tunewise.fileio import atomic_write_text  # re-exported: the project's writers import it from here
 
 SPEC_NAME = "tunewise.yaml"
 STATE_NAME = ".tunewise"
@@ -75,4 +74,4 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TUNEWISE_CACHE", Path.home() / ".cache" / "tunewise"))
 
 
-__all__ = ["Project", "find_project", "cache_dir", "atomic_write_text", "SPEC_NAME", "STATE_NAME"]
+__all__ = ["Project", "find_project", "cache_dir", "SPEC_NAME", "STATE_NAME"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
-from tunewise.project import Project, atomic_write_text
+from tunewise.fileio import atomic_write_text
+from tunewise.project import Project
 
 TEMPLATE = """\
 # tunewise task spec. Reference: docs/spec.md.

@@ -182,7 +182,7 @@ def split(
     from tunewise.data.load import load_examples
     from tunewise.data.split import interval_half_width, split_examples
     from tunewise.data.versions import save_version, to_jsonl
-    from tunewise.project import atomic_write_text
+    from tunewise.fileio import atomic_write_text
     from tunewise.spec import LabelContract
 
     spec, project = _spec_and_project(spec_path)

@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from tunewise.project import SPEC_NAME, atomic_write_text
+from tunewise.fileio import atomic_write_text
+from tunewise.project import SPEC_NAME
 
 CATEGORIES = ("billing", "delivery", "account", "technical", "refund")
 PRIORITIES = ("low", "normal", "high", "urgent")

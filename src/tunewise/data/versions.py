@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from tunewise.project import Project, atomic_write_text
+from tunewise.fileio import atomic_write_text
+from tunewise.project import Project
 
 
 def version_id(examples: list[dict]) -> str:

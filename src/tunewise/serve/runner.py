@@ -286,7 +286,7 @@ class JobRun:
 
     def _results_file(self, steps: list[dict[str, Any]]) -> str | None:
         """OpenAI's step-metrics CSV, stored as a file with purpose `fine-tune-results`."""
-        from tunewise.project import atomic_write_text
+        from tunewise.fileio import atomic_write_text
         from tunewise.serve.files import add_file, files_dir, new_file_id
         from tunewise.train import records
 
