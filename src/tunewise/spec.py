@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from tunewise.economics.cost import DATA_PREPARATION_COST, RETRAIN_EVERY_DAYS
 from tunewise.errors import ConfigError, nearest
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -391,11 +392,18 @@ class EconomicsSpec(_Strict):
     platforms: list[str] = Field(
         default_factory=lambda: ["azure-openai", "together", "vertex", "self-hosted"]
     )
-    retrain_every_days: float = Field(default=91, gt=0, description="Quarterly retraining by default.")
+    retrain_every_days: float = Field(
+        default=RETRAIN_EVERY_DAYS, gt=0, description="Quarterly retraining by default."
+    )
     value_per_accuracy_point: float | None = Field(
         default=None, ge=0, description="What one point of accuracy is worth per month, in dollars."
     )
     pricing_file: str | None = None
+    data_preparation_cost: float = Field(
+        default=DATA_PREPARATION_COST,
+        ge=0,
+        description="Dollars to prepare (collect, label, review) the training data; a default, set your own.",
+    )
 
 
 class Spec(_Strict):

@@ -23,6 +23,9 @@ from tunewise.errors import TunewiseError
 
 DAYS_PER_MONTH = 30.0  # the guide's convention: $1.70/h x 24 x 30 = $1,224/month
 RETRAIN_EVERY_DAYS = 91.0  # quarterly, as the guide advises ("plan for quarterly retraining cycles")
+# What preparing the training data costs when the user says nothing: the guide's "a SaaS team spends $3,000
+# preparing training data" (and "$2,000+ in training data preparation"). A labelled default, never a measurement.
+DATA_PREPARATION_COST = 3000.0
 
 # The guide's worked example ("What Good Fine-Tuning Looks Like") and the break-even volumes it states.
 GUIDE_EXAMPLE = {

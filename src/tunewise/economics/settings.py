@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunewise.economics.cost import RETRAIN_EVERY_DAYS
+from tunewise.economics.cost import DATA_PREPARATION_COST, RETRAIN_EVERY_DAYS
 from tunewise.errors import TunewiseError
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ class Economics(BaseModel):
     platforms: list[str] = Field(default_factory=list)
     retrain_every_days: float = Field(default=RETRAIN_EVERY_DAYS, gt=0)
     value_per_accuracy_point: float | None = Field(default=None, ge=0)
+    data_preparation_cost: float = Field(default=DATA_PREPARATION_COST, ge=0)
     pricing_file: Path | None = None  # the spec's pricing override, resolved against the spec's folder
     prompted_cost: float | None = None
     tuned_cost: float | None = None
@@ -131,6 +132,7 @@ def economics_settings(
         if value_per_accuracy_point is not None
         else (spec.value_per_accuracy_point if spec is not None else None),
         pricing_file=pricing_file,
+        data_preparation_cost=spec.data_preparation_cost if spec is not None else DATA_PREPARATION_COST,
         **costs,
     )
 
