@@ -157,13 +157,32 @@ def advise(
         out.print(f"  - {m}", highlight=False)
 
 
+def _print_platform_rules(findings: list[dict]) -> None:
+    """The platform and team rules that fired, each with the guide's sentence and the date it was true; the
+    undecided ones on one line with the figure to state."""
+    fired = [f for f in findings if f["fires"]]
+    undecided = [f["rule"] for f in findings if f["fires"] is None]
+    if fired:
+        out.print("platform and team rules (docs/rules.md):", highlight=False)
+    for f in fired:
+        out.print(f"  - {f['detail']}: {f['advice']}", highlight=False, markup=False)
+        out.print(f'      "{f["source"]}" (true as of {f["as_of"]})', highlight=False, markup=False)
+    if undecided:
+        out.print(
+            f"platform and team rules undecided without a team size ({', '.join(undecided)}): "
+            "set economics.team_size or --team-size",
+            highlight=False,
+        )
+
+
 DECIDE_HELP = """The verdict after evaluation: fine-tune, keep prompting, or not yet. Every arm faces the same bars
 (accuracy >= 85%, consistency >= 95%). Fine-tune when the fine-tuned arm meets them, is significantly better than the
 best prompted arm on accuracy, consistency or format compliance (or equal at lower cost and latency), does not raise
 unsupported content, and its monthly cost at the stated volume is lower or the value of the gain covers it (unknown
 prices leave the cost rule undecided, naming the figures to set). Keep prompting when the best prompted arm meets the
-bars; otherwise not yet, naming the closest option and what to fix first. Prints that sentence, then every rule with
-its numbers, the cheapest option among those that meet the bars, the break-even volume and the weakest point of the
+bars; otherwise not yet, naming the closest option and what to fix first. Prints that sentence, then the guide's
+platform and team rules that apply (each with its source sentence and date; a platform they close is not priced),
+every rule with its numbers, the cheapest option among those that meet the bars, the break-even volume and the weakest point of the
 evidence.
 
 Example: tunewise decide reports/eval_summary.json --prompted-cost 0.03 --tuned-cost 0.02 --platform together --queries-per-day 500 --value-per-point 40"""
@@ -193,6 +212,9 @@ def decide(
     value_per_point: float | None = typer.Option(
         None, "--value-per-point", help="Dollars per accuracy point per month."
     ),
+    team_size: int | None = typer.Option(
+        None, "--team-size", min=1, help="People on the team (the platform and team rules)."
+    ),
     fine_tuned: str | None = typer.Option(
         None, "--fine-tuned", help="Which fine-tuned arm (default: the most accurate)."
     ),
@@ -208,6 +230,7 @@ def decide(
         queries_per_day=queries_per_day,
         platforms=platform,
         value_per_accuracy_point=value_per_point,
+        team_size=team_size,
         prompted_cost=prompted_cost,
         tuned_cost=tuned_cost,
         hosting_per_hour=hosting_per_hour,
@@ -224,6 +247,7 @@ def decide(
         f"  fine-tuned arm: {verdict.fine_tuned_arm}; best prompted arm: {verdict.best_prompted_arm}",
         highlight=False,
     )
+    _print_platform_rules(verdict.platform_rules)
     out.print("rules:", highlight=False)
     for r in verdict.rules:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]
