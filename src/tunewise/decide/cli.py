@@ -12,7 +12,9 @@ from tunewise.errors import TunewiseError
 
 ADVISE_HELP = """Prompt engineering, RAG, fine-tuning, RAG + fine-tuning, or not yet: the rules of the practitioner's guide
 (docs/guide.md) applied to a short questionnaire, each reason tied to its rule, plus what to measure next. Unanswered questions are asked
-when stdin is a terminal (unless --no-input); --spec supplies the volume and counts the training examples.
+when stdin is a terminal (unless --no-input); --spec supplies the volume, the classes, the team size, the platforms and the
+model, and counts the training examples. Fewer than 10 classes: try few-shot first. The platform and team rules (docs/rules.md)
+are printed with the guide's sentence and the date it was true.
 
 Example: tunewise advise --problem behaviour --prompt-tested --prompt-consistency 0.8 --queries-per-day 2000 --validated-examples 400 --can-judge-quality --facts-stable"""
 
@@ -65,6 +67,12 @@ def _problem(text: str) -> str:
     return text
 
 
+def _platform_list(text: str) -> list[str]:
+    from tunewise.economics.settings import parse_platforms
+
+    return parse_platforms(text) or []
+
+
 def _ask(answers, questions: dict[str, str]) -> None:
     """Prompt for each unanswered question (interactive terminals only), in the questionnaire's order."""
     parsers = {
@@ -72,6 +80,9 @@ def _ask(answers, questions: dict[str, str]) -> None:
         "prompt_consistency": float,
         "queries_per_day": float,
         "validated_examples": int,
+        "classes": int,
+        "team_size": int,
+        "platforms": _platform_list,
     }
     for name in questions:
         if getattr(answers, name) is not None:
@@ -106,8 +117,18 @@ def advise(
     can_judge_quality: bool | None = typer.Option(
         None, "--can-judge-quality/--cannot-judge-quality", help="Can someone judge data quality?"
     ),
+    classes: int | None = typer.Option(
+        None, "--classes", help="Labels the output can take (0: not a classification)."
+    ),
+    team_size: int | None = typer.Option(None, "--team-size", help="People on the team."),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Comma-separated platforms you would fine-tune and host on."
+    ),
+    model: str | None = typer.Option(None, "--model", help="The model you would fine-tune."),
     spec: Path | None = typer.Option(
-        None, "--spec", help="Take the volume and example count from a task spec."
+        None,
+        "--spec",
+        help="Take the volume, example count, classes, team size, platforms and model from a task spec.",
     ),
     no_input: bool = typer.Option(False, "--no-input", help="Never prompt, even on a terminal."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
@@ -117,11 +138,24 @@ def advise(
 
     if problem is not None:
         problem = problem.strip().lower().replace("behavior", "behaviour")
-    if spec is not None:
-        from tunewise.spec import load_spec
+    from tunewise.economics.settings import parse_platforms
 
+    platforms = parse_platforms(platform)
+    if spec is not None:
+        from tunewise.spec import LabelContract, load_spec
+
+        loaded = load_spec(spec)
         if queries_per_day is None:
-            queries_per_day = load_spec(spec).economics.queries_per_day
+            queries_per_day = loaded.economics.queries_per_day
+        if classes is None:
+            labels = loaded.contract.labels if isinstance(loaded.contract, LabelContract) else []
+            classes = len(labels)
+        if team_size is None:
+            team_size = loaded.economics.team_size
+        if platforms is None:
+            platforms = list(loaded.economics.platforms)
+        if model is None:
+            model = loaded.model.base
         if validated_examples is None:
             validated_examples = _count_examples(spec)
             if validated_examples is not None:
@@ -131,15 +165,19 @@ def advise(
                     highlight=False,
                 )
     answers = Answers(
-        problem,
-        format_only,
-        facts_change_often,
-        prompt_tested,
-        prompt_consistency,
-        queries_per_day,
-        validated_examples,
-        can_judge_quality,
-    )  # type: ignore[arg-type]
+        problem=problem,  # type: ignore[arg-type]
+        format_only=format_only,
+        facts_change_often=facts_change_often,
+        prompt_tested=prompt_tested,
+        prompt_consistency=prompt_consistency,
+        queries_per_day=queries_per_day,
+        validated_examples=validated_examples,
+        can_judge_quality=can_judge_quality,
+        classes=classes,
+        team_size=team_size,
+        platforms=platforms,
+        model=model,
+    )
     if answers.missing() and sys.stdin.isatty() and not no_input and not as_json:
         _ask(answers, QUESTIONS)
     advice = run_advice(answers)

@@ -143,7 +143,7 @@ class Finding:
         return f'{head}. From the guide: "{self.source}" (true as of {self.as_of})'
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"text": self.text}
+        return asdict(self) | {"closes": list(self.closes), "text": self.text}
 
 
 def _platform(name: str) -> str:
