@@ -11,7 +11,7 @@ from tunewise.decide.advisor import Answers, advise
 from tunewise.errors import TunewiseError
 
 # Every answer favours fine-tuning: behaviour problem, stable rules, a tested few-shot prompt stuck at 80%
-# consistency, 2,000 queries/day, 400 validated examples and a reviewer.
+# consistency, 2,000 queries/day, 400 validated examples, a reviewer and a team of 30.
 READY = Answers(
     problem="behaviour",
     format_only=False,
@@ -21,6 +21,7 @@ READY = Answers(
     queries_per_day=2000,
     validated_examples=400,
     can_judge_quality=True,
+    team_size=30,
 )
 
 
@@ -186,8 +187,8 @@ def test_cli_advise_asks_missing_questions_on_a_terminal(run_cli, monkeypatch):
             return True
 
     # Answers in the questionnaire's order for the questions not given as flags: format only? no; facts change
-    # often? no; prompt tested? yes; consistency 0.7; 5000 queries/day.
-    monkeypatch.setattr(sys, "stdin", Terminal("n\nn\ny\n0.7\n5000\n"))
+    # often? no; prompt tested? yes; consistency 0.7; 5000 queries/day; 0 classes; a team of 12; platforms: together.
+    monkeypatch.setattr(sys, "stdin", Terminal("n\nn\ny\n0.7\n5000\n0\n12\ntogether\n"))
     code, out, err = run_cli(
         "advise", "--problem", "behaviour", "--validated-examples", "300", "--can-judge-quality"
     )
@@ -195,3 +196,4 @@ def test_cli_advise_asks_missing_questions_on_a_terminal(run_cli, monkeypatch):
     assert out.startswith("recommendation: fine-tuning")
     assert "queries_per_day = 5000.0" in out and "prompt_consistency = 0.7" in out
     assert "How consistent was it" in err  # questions go to stderr, results to stdout
+    assert "- small-team = " in out and "a team of 12 (under 25)" in out

@@ -500,8 +500,9 @@ def test_demo_case_is_not_yet_with_fine_tuning_the_closest_option():
     assert v.recommendation == "not yet"
     assert v.headline == (
         "Not yet: no option meets the bars; fine-tuning is the way (+70.0 accuracy points over few-shot, "
-        "significant) but accuracy 70.0% is under the 85% bar and consistency 42.0% under the 95% bar: improve "
-        "the training data or the task definition and retrain"
+        "significant) but accuracy 70.0% is under the 85% bar and consistency 42.0% under the 95% bar: fix the "
+        "content first (all 15 wrong answers are well-formed: content errors, not format): improve the training "
+        "data or the task definition and retrain"
     )
     # the prompted arm misses the bars, so it is not the recommendation and its lower cost is not compared
     assert rule(v, "best prompted arm vs the bars").detail.startswith("few-shot misses them (accuracy 0.0%")
@@ -606,7 +607,8 @@ def test_not_yet_with_prompting_the_closest_option():
     assert v.recommendation == "not yet"
     assert v.reason == (
         "no option meets the bars; prompting is the closest (few-shot: accuracy 80.0% is under the 85% bar; "
-        "fine-tuned: accuracy 60.0% is under the 85% bar and consistency 90.0% under the 95% bar): improve the "
+        "fine-tuned: accuracy 60.0% is under the 85% bar and consistency 90.0% under the 95% bar): fix the "
+        "content first (of 40 wrong answers, 2 break the format and 38 are well-formed but wrong): improve the "
         "prompt or the task definition"
     )
 

@@ -182,6 +182,8 @@ class Verdict(BaseModel):
     weakest_point: str = ""
     reasons: list[str] = Field(default_factory=list)
     diagnosis: list[str] = Field(default_factory=list)  # which problem each option fixes
+    # The platform and team rules that fired (or are undecided), each with its source sentence and date.
+    platform_rules: list[dict[str, Any]] = Field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -361,7 +361,11 @@ class EvaluationSpec(_Strict):
             raise ValueError(f"endpoint names repeat: {', '.join(dupes)}")
         return endpoints
 
-    few_shot_k: int = Field(default=4, ge=1, le=64)
+    few_shot_k: Auto | Annotated[int, Field(ge=1, le=64)] = Field(
+        default="auto",
+        description="Examples in the few-shot and retrieved prompts. auto: 5 to 10, balanced across labels "
+        "(see `tunewise.evaluate.arms.few_shot_k`).",
+    )
     few_shot_token_budget: int = Field(default=1024, ge=64)
     consistency_samples: int = Field(default=5, ge=1, le=100)
     temperature: float = Field(default=0.7, ge=0, le=2)
@@ -403,6 +407,12 @@ class EconomicsSpec(_Strict):
         default=DATA_PREPARATION_COST,
         ge=0,
         description="Dollars to prepare (collect, label, review) the training data; a default, set your own.",
+    )
+    team_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="People on the team: the platform and team rules (docs/rules.md) need it; unset, they stay "
+        "undecided.",
     )
 
 

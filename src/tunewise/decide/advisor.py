@@ -4,6 +4,12 @@ The guide's order is "prompt engineering first, RAG second, fine-tuning third. E
 the previous one hits a ceiling you can clearly document." `advise()` applies its rules to a short
 questionnaire; every reason names the rule and quotes the guide line behind it, and the advice ends with what
 to measure next. Unanswered questions never count for fine-tuning: they become things to measure.
+
+Fewer than 10 classes sends an untested prompt back to few-shot first (the guide: a few-shot prompt "often
+matches fine-tuned model performance for tasks with fewer than 10 classification categories"), with the number
+of examples the few-shot arm uses by default; 10 or more classes need 50 examples per class. The guide's
+platform and team rules (`tunewise.decide.rules`: team size, the platforms considered, the model to fine-tune)
+are added as reasons, each quoting its source sentence and the date it was true.
 """
 
 from __future__ import annotations
@@ -11,8 +17,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
+from tunewise.decide.rules import Situation, apply_rules, closed_platforms
 from tunewise.decide.verdict import BARS
 from tunewise.errors import TunewiseError
+from tunewise.evaluate.arms import FEW_CLASSES, few_shot_k
 
 Problem = Literal["knowledge", "behaviour", "both"]
 Recommendation = Literal["prompt engineering", "RAG", "fine-tuning", "RAG + fine-tuning", "not yet"]
@@ -20,6 +28,9 @@ Recommendation = Literal["prompt engineering", "RAG", "fine-tuning", "RAG + fine
 MIN_QUERIES_PER_DAY = 100  # "Avoid fine-tuning when your query volume is under 100 per day"
 COMFORTABLE_QUERIES_PER_DAY = 1000  # "enough volume (1,000+ queries per day) to justify hosting costs"
 MIN_VALIDATED_EXAMPLES = 200  # "You have 200+ validated training examples"
+EXAMPLES_PER_CLASS = (
+    50  # "For complex classification tasks with 10+ categories, plan for 50 to 100 examples per category"
+)
 
 GUIDE = {
     "problem": "If your problem is 'the model does not know our internal data,' use RAG. If your problem is 'the "
@@ -36,6 +47,12 @@ GUIDE = {
     "validated_examples": "Use fine-tuning when you have 200+ validated training examples.",
     "can_judge_quality": "Avoid fine-tuning when you lack someone who can evaluate training data quality. Bad "
     "data produces confidently wrong outputs.",
+    "classes": "A well-engineered system prompt with few-shot examples often matches fine-tuned model performance "
+    "for tasks with fewer than 10 classification categories or simple format requirements. For complex "
+    "classification tasks with 10+ categories, plan for 50 to 100 examples per category.",
+    "team_size": "Avoid Azure if your team is under 10 people and the fine-tuned model will handle fewer than "
+    "1,000 queries per day. Does that justify $2,000+ in training data preparation and monthly hosting fees for "
+    "teams under 25 people?",
 }
 
 # The questionnaire, in the order it is asked.
@@ -49,6 +66,10 @@ QUESTIONS: dict[str, str] = {
     "queries_per_day": "How many queries per day will it serve?",
     "validated_examples": "How many validated input/output examples do you have?",
     "can_judge_quality": "Can someone on the team judge the quality of training data?",
+    "classes": "How many classes (labels) can the output take (0 if it is not a classification)?",
+    "team_size": "How many people are on the team?",
+    "platforms": "Where would you fine-tune and host it (comma-separated: azure-openai, openai, together, vertex, "
+    "bedrock, hf-autotrain, self-hosted; blank if undecided)?",
 }
 
 
@@ -62,6 +83,10 @@ class Answers:
     queries_per_day: float | None = None
     validated_examples: int | None = None
     can_judge_quality: bool | None = None
+    classes: int | None = None  # labels the output can take; 0: not a classification
+    team_size: int | None = None
+    platforms: list[str] | None = None  # where it would be fine-tuned and hosted; [] undecided
+    model: str | None = None  # the model to fine-tune, when chosen
 
     def __post_init__(self) -> None:
         if self.problem is not None and self.problem not in ("knowledge", "behaviour", "both"):
@@ -75,6 +100,12 @@ class Answers:
             raise TunewiseError(f"queries per day cannot be negative (got {self.queries_per_day})")
         if self.validated_examples is not None and self.validated_examples < 0:
             raise TunewiseError(f"validated examples cannot be negative (got {self.validated_examples})")
+        if self.classes is not None and self.classes < 0:
+            raise TunewiseError(
+                f"classes cannot be negative (got {self.classes})", hint="0: not a classification"
+            )
+        if self.team_size is not None and self.team_size < 1:
+            raise TunewiseError(f"team size must be at least 1 (got {self.team_size})")
 
     def missing(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) is None]
@@ -241,6 +272,31 @@ def advise(answers: Answers) -> Advice:
                 )
             )
 
+    # "Fewer than 10 classes": few-shot often matches fine-tuning, so it comes first.
+    n_classes = a.classes or 0
+    k = few_shot_k("auto", n_classes)
+    if 0 < n_classes < FEW_CLASSES:
+        if a.prompt_tested is not True:
+            add(
+                "classes",
+                f"{n_classes} classes (fewer than {FEW_CLASSES}): a structured prompt with few-shot examples often "
+                "matches fine-tuning here: try it first",
+                False,
+            )
+            measure.insert(
+                0,
+                f"Try few-shot first: a structured system prompt with {k} examples ({k // n_classes} per class), "
+                "measured on 100+ held-out inputs (the few-shot arm; `evaluation.few_shot_k: auto` picks them)",
+            )
+            prompting_first = True
+        else:
+            add(
+                "classes",
+                f"{n_classes} classes (fewer than {FEW_CLASSES}): few-shot often matches fine-tuning, so only the "
+                "tested prompt's documented ceiling justifies training",
+                None,
+            )
+
     q = a.queries_per_day
     if q is None:
         add("queries_per_day", "unanswered: hosting may not pay", None)
@@ -281,6 +337,16 @@ def advise(answers: Answers) -> Advice:
             f"Collect and validate at least {MIN_VALIDATED_EXAMPLES - n} more examples (200-500 high-quality ones; quality beats quantity)"
         )
         not_ready = True
+    elif n_classes >= FEW_CLASSES and n < EXAMPLES_PER_CLASS * n_classes:
+        need = EXAMPLES_PER_CLASS * n_classes
+        add(
+            "classes",
+            f"{n_classes} classes: {n} validated examples < {need} (50 per class, the low end of the guide's "
+            "50-100)",
+            False,
+        )
+        measure.append(f"Collect and validate at least {need - n} more examples, 50 to 100 per class")
+        not_ready = True
     else:
         add("validated_examples", f"{n} validated examples >= 200", True)
 
@@ -300,6 +366,8 @@ def advise(answers: Answers) -> Advice:
     else:
         add("can_judge_quality", "someone can judge data quality", True)
 
+    _platform_and_team_rules(a, reasons, measure)
+
     if prompting_first:
         recommendation: Recommendation = "RAG" if needs_rag else "prompt engineering"
     elif not_ready or unknown:
@@ -311,6 +379,51 @@ def advise(answers: Answers) -> Advice:
             "fine-tuning must show a significant gain, 85%+ accuracy, 95%+ consistency and pay at your volume"
         )
     return Advice(recommendation, reasons, list(dict.fromkeys(measure)))
+
+
+def _platform_and_team_rules(a: Answers, reasons: list[Reason], measure: list[str]) -> None:
+    """The guide's platform and team rules (`tunewise.decide.rules`) as reasons: a warning or a closed platform
+    counts against fine-tuning; none of them changes the recommendation (they say where and at what cost, not
+    whether). The volume rule under 100 queries/day is the `queries_per_day` question's own."""
+    hourly: dict[str, float] = {}
+    if a.platforms:
+        from tunewise.decide.rules import hourly_hosting
+        from tunewise.economics.pricing import load_builtin
+
+        hourly = hourly_hosting(a.platforms, load_builtin())
+    situation = Situation(a.team_size, a.queries_per_day, tuple(a.platforms or ()), a.model, hourly)
+    findings = [f for f in apply_rules(situation) if f.rule != "low-volume" and f.fires]
+    if a.team_size is None:
+        reasons.append(
+            Reason("team_size", GUIDE["team_size"], None, "unanswered: the team rules are undecided", None)
+        )
+    elif not any(f.rule in ("azure-small-team", "small-team") for f in findings):
+        reasons.append(
+            Reason(
+                "team_size",
+                GUIDE["team_size"],
+                a.team_size,
+                f"a team of {a.team_size}: no team rule applies",
+                True,
+            )
+        )
+    for f in findings:
+        answer = {
+            "team_size": a.team_size,
+            "queries_per_day": a.queries_per_day,
+            "platforms": a.platforms,
+            "model": a.model,
+        }
+        guide = f'"{f.source}" (true as of {f.as_of})'
+        reasons.append(Reason(f.rule, guide, answer, f"{f.detail}: {f.advice}", False))
+    closed = closed_platforms(findings)
+    if closed:
+        left = [p for p in a.platforms or () if p not in closed]
+        measure.append(
+            "Leave out " + ", ".join(f"{p} ({rule})" for p, rule in closed.items())
+            + (f"; price the rest: `tunewise cost --platform {','.join(left)}`" if left
+               else "; choose a platform the rules leave open (`tunewise pricing` lists them)")
+        )  # fmt: skip
 
 
 __all__ = ["Advice", "Answers", "QUESTIONS", "Reason", "advise"]

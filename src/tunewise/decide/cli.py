@@ -12,7 +12,9 @@ from tunewise.errors import TunewiseError
 
 ADVISE_HELP = """Prompt engineering, RAG, fine-tuning, RAG + fine-tuning, or not yet: the rules of the practitioner's guide
 (docs/guide.md) applied to a short questionnaire, each reason tied to its rule, plus what to measure next. Unanswered questions are asked
-when stdin is a terminal (unless --no-input); --spec supplies the volume and counts the training examples.
+when stdin is a terminal (unless --no-input); --spec supplies the volume, the classes, the team size, the platforms and the
+model, and counts the training examples. Fewer than 10 classes: try few-shot first. The platform and team rules (docs/rules.md)
+are printed with the guide's sentence and the date it was true.
 
 Example: tunewise advise --problem behaviour --prompt-tested --prompt-consistency 0.8 --queries-per-day 2000 --validated-examples 400 --can-judge-quality --facts-stable"""
 
@@ -65,6 +67,12 @@ def _problem(text: str) -> str:
     return text
 
 
+def _platform_list(text: str) -> list[str]:
+    from tunewise.economics.settings import parse_platforms
+
+    return parse_platforms(text) or []
+
+
 def _ask(answers, questions: dict[str, str]) -> None:
     """Prompt for each unanswered question (interactive terminals only), in the questionnaire's order."""
     parsers = {
@@ -72,6 +80,9 @@ def _ask(answers, questions: dict[str, str]) -> None:
         "prompt_consistency": float,
         "queries_per_day": float,
         "validated_examples": int,
+        "classes": int,
+        "team_size": int,
+        "platforms": _platform_list,
     }
     for name in questions:
         if getattr(answers, name) is not None:
@@ -106,8 +117,18 @@ def advise(
     can_judge_quality: bool | None = typer.Option(
         None, "--can-judge-quality/--cannot-judge-quality", help="Can someone judge data quality?"
     ),
+    classes: int | None = typer.Option(
+        None, "--classes", help="Labels the output can take (0: not a classification)."
+    ),
+    team_size: int | None = typer.Option(None, "--team-size", help="People on the team."),
+    platform: str | None = typer.Option(
+        None, "--platform", help="Comma-separated platforms you would fine-tune and host on."
+    ),
+    model: str | None = typer.Option(None, "--model", help="The model you would fine-tune."),
     spec: Path | None = typer.Option(
-        None, "--spec", help="Take the volume and example count from a task spec."
+        None,
+        "--spec",
+        help="Take the volume, example count, classes, team size, platforms and model from a task spec.",
     ),
     no_input: bool = typer.Option(False, "--no-input", help="Never prompt, even on a terminal."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
@@ -117,11 +138,24 @@ def advise(
 
     if problem is not None:
         problem = problem.strip().lower().replace("behavior", "behaviour")
-    if spec is not None:
-        from tunewise.spec import load_spec
+    from tunewise.economics.settings import parse_platforms
 
+    platforms = parse_platforms(platform)
+    if spec is not None:
+        from tunewise.spec import LabelContract, load_spec
+
+        loaded = load_spec(spec)
         if queries_per_day is None:
-            queries_per_day = load_spec(spec).economics.queries_per_day
+            queries_per_day = loaded.economics.queries_per_day
+        if classes is None:
+            labels = loaded.contract.labels if isinstance(loaded.contract, LabelContract) else []
+            classes = len(labels)
+        if team_size is None:
+            team_size = loaded.economics.team_size
+        if platforms is None:
+            platforms = list(loaded.economics.platforms)
+        if model is None:
+            model = loaded.model.base
         if validated_examples is None:
             validated_examples = _count_examples(spec)
             if validated_examples is not None:
@@ -131,15 +165,19 @@ def advise(
                     highlight=False,
                 )
     answers = Answers(
-        problem,
-        format_only,
-        facts_change_often,
-        prompt_tested,
-        prompt_consistency,
-        queries_per_day,
-        validated_examples,
-        can_judge_quality,
-    )  # type: ignore[arg-type]
+        problem=problem,  # type: ignore[arg-type]
+        format_only=format_only,
+        facts_change_often=facts_change_often,
+        prompt_tested=prompt_tested,
+        prompt_consistency=prompt_consistency,
+        queries_per_day=queries_per_day,
+        validated_examples=validated_examples,
+        can_judge_quality=can_judge_quality,
+        classes=classes,
+        team_size=team_size,
+        platforms=platforms,
+        model=model,
+    )
     if answers.missing() and sys.stdin.isatty() and not no_input and not as_json:
         _ask(answers, QUESTIONS)
     advice = run_advice(answers)
@@ -157,13 +195,32 @@ def advise(
         out.print(f"  - {m}", highlight=False)
 
 
+def _print_platform_rules(findings: list[dict]) -> None:
+    """The platform and team rules that fired, each with the guide's sentence and the date it was true; the
+    undecided ones on one line with the figure to state."""
+    fired = [f for f in findings if f["fires"]]
+    undecided = [f["rule"] for f in findings if f["fires"] is None]
+    if fired:
+        out.print("platform and team rules (docs/rules.md):", highlight=False)
+    for f in fired:
+        out.print(f"  - {f['detail']}: {f['advice']}", highlight=False, markup=False)
+        out.print(f'      "{f["source"]}" (true as of {f["as_of"]})', highlight=False, markup=False)
+    if undecided:
+        out.print(
+            f"platform and team rules undecided without a team size ({', '.join(undecided)}): "
+            "set economics.team_size or --team-size",
+            highlight=False,
+        )
+
+
 DECIDE_HELP = """The verdict after evaluation: fine-tune, keep prompting, or not yet. Every arm faces the same bars
 (accuracy >= 85%, consistency >= 95%). Fine-tune when the fine-tuned arm meets them, is significantly better than the
 best prompted arm on accuracy, consistency or format compliance (or equal at lower cost and latency), does not raise
 unsupported content, and its monthly cost at the stated volume is lower or the value of the gain covers it (unknown
 prices leave the cost rule undecided, naming the figures to set). Keep prompting when the best prompted arm meets the
-bars; otherwise not yet, naming the closest option and what to fix first. Prints that sentence, then every rule with
-its numbers, the cheapest option among those that meet the bars, the break-even volume and the weakest point of the
+bars; otherwise not yet, naming the closest option and what to fix first. Prints that sentence, then the guide's
+platform and team rules that apply (each with its source sentence and date; a platform they close is not priced),
+every rule with its numbers, the cheapest option among those that meet the bars, the break-even volume and the weakest point of the
 evidence.
 
 Example: tunewise decide reports/eval_summary.json --prompted-cost 0.03 --tuned-cost 0.02 --platform together --queries-per-day 500 --value-per-point 40"""
@@ -193,6 +250,9 @@ def decide(
     value_per_point: float | None = typer.Option(
         None, "--value-per-point", help="Dollars per accuracy point per month."
     ),
+    team_size: int | None = typer.Option(
+        None, "--team-size", min=1, help="People on the team (the platform and team rules)."
+    ),
     fine_tuned: str | None = typer.Option(
         None, "--fine-tuned", help="Which fine-tuned arm (default: the most accurate)."
     ),
@@ -208,6 +268,7 @@ def decide(
         queries_per_day=queries_per_day,
         platforms=platform,
         value_per_accuracy_point=value_per_point,
+        team_size=team_size,
         prompted_cost=prompted_cost,
         tuned_cost=tuned_cost,
         hosting_per_hour=hosting_per_hour,
@@ -224,6 +285,7 @@ def decide(
         f"  fine-tuned arm: {verdict.fine_tuned_arm}; best prompted arm: {verdict.best_prompted_arm}",
         highlight=False,
     )
+    _print_platform_rules(verdict.platform_rules)
     out.print("rules:", highlight=False)
     for r in verdict.rules:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[r.passed]

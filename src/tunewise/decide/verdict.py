@@ -32,6 +32,11 @@ The outcome (`Verdict.recommendation`), one of `RECOMMENDATIONS`:
     keep prompting   otherwise, when the best prompted arm meets the bars
     not yet          otherwise: no arm is ready; the verdict names the closest option and what to fix first
 
+The guide's platform and team rules (`tunewise.decide.rules`: Azure for small teams at low volume, OpenAI closed
+to new users, no public fine-tuning for Claude, the small-team and low-volume warnings, hourly hosting at low
+volume) are applied to the settings and recorded in `Verdict.platform_rules`, each with its source sentence and
+the date it was true; a platform a rule closes is left out of the pricing, and the cheapest line says why.
+
 A prompted arm that misses a bar is never the recommendation. The verdict also names the cheapest option among
 the arms that meet the bars (never one that misses them), the break-even volume and the weakest point of the
 evidence, and diagnoses which problem each option fixes (`diagnose`): a constrained or scored variant that lifts
@@ -44,8 +49,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tunewise.decide.rules import Finding, Situation, apply_rules, closed_platforms, hourly_hosting
 from tunewise.economics.cost import break_even, monthly_cost
-from tunewise.economics.plan import ArmTokens, build_options
+from tunewise.economics.plan import ArmTokens, CostRequest, build_options
 from tunewise.economics.pricing import Catalog
 from tunewise.economics.settings import Economics
 from tunewise.errors import TunewiseError
@@ -191,7 +197,11 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
     prompted = best_prompted(summary)
     tuned_missed, prompted_missed = missed_bars(tuned.model_dump()), missed_bars(prompted.model_dump())
     paired = summary.paired_diff(tuned.name, prompted.name, "accuracy")
-    costs = _costs(tuned, prompted, econ, catalog)
+    # The platform and team rules first: a platform they close is never priced as the way to go.
+    findings = platform_rules(econ, catalog, _tuned_model(summary, tuned))
+    closed = closed_platforms(findings)
+    open_econ = econ.model_copy(update={"platforms": [p for p in econ.platforms if p not in closed]})
+    costs = _costs(tuned, prompted, open_econ, catalog)
 
     rules: list[RuleRecord] = [_gain_rule(summary, tuned, prompted, costs)]
     for measure, guide in (
@@ -247,6 +257,8 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
     else:
         recommendation = "not yet"
         reason = _not_yet(summary, tuned, prompted, tuned_missed, prompted_missed, gain, unsupported)
+        if tuned_missed and min((prompted, tuned), key=_distance) is tuned:
+            reason += _larger_model(summary, tuned, open_econ, catalog)
 
     failed = [r for r in rules if r.passed is False]
     diagnosis = diagnose(summary, tuned, prompted)
@@ -256,9 +268,12 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
     lead = {"fine-tune": "Fine-tune", "keep prompting": "Keep prompting", "not yet": "Not yet"}[
         recommendation
     ]
-    extra: dict[str, Any] = {
-        "cheapest": _cheapest_line(costs, econ, tuned, prompted, tuned_missed, prompted_missed)
-    }
+    cheapest_line = _cheapest_line(costs, econ, tuned, prompted, tuned_missed, prompted_missed)
+    if closed:
+        cheapest_line += "; left out by the platform rules: " + ", ".join(
+            f"{p} ({rule})" for p, rule in closed.items()
+        )
+    extra: dict[str, Any] = {"cheapest": cheapest_line}
     if costs["tuned"] is not None and not tuned_missed:
         extra["cheapest_platform"] = costs["tuned"].platform or costs["tuned"].name
     if (
@@ -285,6 +300,7 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
         weakest_point=weakest_point(summary, tuned, paired),
         reasons=reasons + [f"diagnosis: {line}" for line in diagnosis],
         diagnosis=diagnosis,
+        platform_rules=[f.to_dict() for f in findings],
         **extra,
     )
 
@@ -626,22 +642,86 @@ def _distance(arm: ArmResult) -> tuple[int, float]:
     return len(missed), sum(bar - (v or 0.0) for _, v, bar in missed)
 
 
-def _fix_first(arm: ArmResult, missed: Sequence[tuple[str, float | None, float]], tuned: bool) -> str:
-    """What to fix first on the arm closest to the bars: format, then accuracy, then consistency."""
+def error_split(arm: ArmResult, n_examples: int) -> dict[str, int] | None:
+    """An arm's wrong answers by kind: `format` (violations of the contract; `format_right_answer` of them hold
+    the right answer, the form alone is wrong) and `content` (well-formed but wrong). Taken from the summary's
+    per-example counts (`errors`) where it has them, else from the rates: a format violation is never strictly
+    correct, so wrong = n x (1 - accuracy), format = n x (1 - format compliance). None for a contract without a
+    format (text).
+
+    >>> from tunewise.outputs import Interval
+    >>> a = ArmResult(name="a", kind="prompted", accuracy=Interval(value=0.6), accuracy_lenient=Interval(value=0.75),
+    ...               format_compliance=Interval(value=0.8))
+    >>> error_split(a, 40)
+    {'wrong': 16, 'format': 8, 'format_right_answer': 6, 'content': 8}
+    """
+    counted = (arm.model_extra or {}).get("errors")
+    if isinstance(counted, Mapping) and {"wrong", "format", "content"} <= counted.keys():
+        return {k: int(counted.get(k) or 0) for k in ("wrong", "format", "format_right_answer", "content")}
+    fmt = _fmt(arm)
+    if fmt is None:
+        return None
+    n = arm.n or n_examples
+    wrong = round(n * (1 - arm.accuracy.value))
+    malformed = min(round(n * (1 - fmt)), wrong)
+    lenient = _value(arm.model_dump(), "accuracy_lenient")
+    right_inside = round(n * (lenient - arm.accuracy.value)) if lenient is not None else 0
+    return {
+        "wrong": wrong,
+        "format": malformed,
+        "format_right_answer": max(0, min(right_inside, malformed)),
+        "content": wrong - malformed,
+    }
+
+
+def _split_text(split: Mapping[str, int]) -> str:
+    """The wrong answers by kind, in words.
+
+    >>> _split_text({"wrong": 16, "format": 8, "format_right_answer": 6, "content": 8})
+    'of 16 wrong answers, 8 break the format (6 of them with the right answer inside) and 8 are well-formed but wrong'
+    >>> _split_text({"wrong": 15, "format": 0, "format_right_answer": 0, "content": 15})
+    'all 15 wrong answers are well-formed: content errors, not format'
+    """
+    fmt = f"{split['format']} break the format"
+    if split.get("format_right_answer"):
+        fmt += f" ({split['format_right_answer']} of them with the right answer inside)"
+    if not split["format"]:
+        return f"all {split['wrong']} wrong answers are well-formed: content errors, not format"
+    if not split["content"]:
+        return f"all {split['wrong']} wrong answers {fmt.partition(' ')[2]}"
+    return f"of {split['wrong']} wrong answers, {fmt} and {split['content']} are well-formed but wrong"
+
+
+def _fix_first(
+    arm: ArmResult, missed: Sequence[tuple[str, float | None, float]], tuned: bool, n_examples: int = 0
+) -> str:
+    """What to fix first on the arm closest to the bars: the format when format violations are under the format
+    bar and make up at least half of the wrong answers, else the content (accuracy), then consistency. The split
+    of the wrong answers is said where it is known."""
     fmt = _fmt(arm)
     measures = [m for m, _, _ in missed]
-    if fmt is not None and fmt < BARS.format:
+    split = error_split(arm, n_examples) if "accuracy" in measures else None
+    why = f"; {_split_text(split)}" if split and split["wrong"] else ""
+    format_remedy = (
+        "more training examples in the exact format, or constrained decoding, and retrain" if tuned
+        else "constrained decoding (evaluation.constrained: auto) or clearer format instructions"
+    )  # fmt: skip
+    if fmt is not None and fmt < BARS.format and (split is None or split["format"] >= split["content"]):
         return (
-            f"fix the format first ({_pct(fmt)} format compliance, under {_bar_pct(BARS.format)}): "
-            + ("more training examples in the exact format, or constrained decoding, and retrain" if tuned
-               else "constrained decoding (evaluation.constrained: auto) or clearer format instructions")
-        )  # fmt: skip
+            f"fix the format first ({_pct(fmt)} format compliance, under {_bar_pct(BARS.format)}{why}): "
+            + format_remedy
+        )
     if "accuracy" in measures:
-        return (
+        content = (
             "improve the training data or the task definition and retrain"
             if tuned
             else "improve the prompt or the task definition"
         )
+        if split and split["wrong"]:
+            content = f"fix the content first ({_split_text(split)}): {content}"
+            if split["format"] and fmt is not None and fmt < BARS.format:
+                content += f", then the format ({format_remedy})"
+        return content
     if any(m == "consistency" and v is None for m, v, _ in missed):
         return "measure consistency (evaluation.consistency_samples: 3)"
     return (
@@ -685,11 +765,79 @@ def _not_yet(
         way = "fine-tuning is the way" if gain.passed else "fine-tuning is the closest"
         return (
             f"no option meets the bars; {way} ({how}) but {_missed_text(tuned_missed)}: "
-            f"{_fix_first(tuned, tuned_missed, tuned=True)}"
+            f"{_fix_first(tuned, tuned_missed, tuned=True, n_examples=summary.n_examples)}"
         )
     return (
         f"no option meets the bars; prompting is the closest ({prompted.name}: {_missed_text(prompted_missed)}; "
-        f"{tuned.name}: {_missed_text(tuned_missed)}): {_fix_first(prompted, prompted_missed, tuned=False)}"
+        f"{tuned.name}: {_missed_text(tuned_missed)}): "
+        f"{_fix_first(prompted, prompted_missed, tuned=False, n_examples=summary.n_examples)}"
+    )
+
+
+def platform_rules(econ: Economics, catalog: Catalog, model: str | None = None) -> list[Finding]:
+    """The guide's platform and team rules (`tunewise.decide.rules`) for these settings: the team size, the
+    stated volume, the platforms priced (with their hourly hosting from the catalog) and the model fine-tuned."""
+    situation = Situation(
+        team_size=econ.team_size,
+        queries_per_day=econ.queries_per_day,
+        platforms=tuple(econ.platforms),
+        model=model,
+        hourly=hourly_hosting(econ.platforms, catalog),
+    )
+    return apply_rules(situation)
+
+
+def _tuned_model(summary: EvalSummary, tuned: ArmResult) -> str | None:
+    """The model the fine-tuned arm was trained from, where the summary records it."""
+    info = {**summary.arm_info.get(tuned.name, {}), **(tuned.model_extra or {})}
+    found = info.get("base") or info.get("model")
+    return str(found) if found else None
+
+
+def _larger_model(summary: EvalSummary, tuned: ArmResult, econ: Economics, catalog: Catalog) -> str:
+    """'; a larger base model, where content errors dominate: ...' with each larger model's estimated cost on the
+    platforms priced (a same-platform catalog entry with a higher training price per token), or '' when the
+    wrong answers are mostly format, or the catalog has no larger model there."""
+    split = error_split(tuned, summary.n_examples)
+    if split is not None and split["content"] < split["format"]:
+        return ""
+    q, estimates = econ.queries_per_day, []
+    for name in econ.platforms:
+        try:
+            base = catalog.get(name)
+        except TunewiseError:
+            continue
+        if not base.training_per_million_tokens.known:
+            continue
+        base_rate = float(base.training_per_million_tokens.value)  # type: ignore[arg-type]
+        for entry in catalog.entries:
+            rate = entry.training_per_million_tokens
+            if entry.platform != base.platform or not rate.known or float(rate.value) <= base_rate:  # type: ignore[arg-type]
+                continue
+            text = (
+                f"{entry.id} trains at ${float(rate.value):,.2f} vs ${base_rate:,.2f} per 1M tokens "  # type: ignore[arg-type]
+                f"(x{float(rate.value) / base_rate:.1f})"  # type: ignore[arg-type]
+            )
+            request = CostRequest(
+                queries_per_day=q,
+                platforms=[entry.id],
+                arms=[
+                    ArmTokens(
+                        tuned.name, "fine-tuned", tuned.prompt_tokens or 0.0, tuned.completion_tokens or 0.0
+                    )
+                ],
+                retrain_every_days=econ.retrain_every_days,
+            )
+            try:
+                options, _, _ = build_options(request, catalog)
+                text += f", about ${monthly_cost(options[0], q).total:,.2f}/month at {q:,.0f} queries/day"
+            except TunewiseError as exc:
+                text += f"; its monthly cost is unknown ({exc.message})"
+            estimates.append(text)
+    if not estimates:
+        return ""
+    return "; the wrong answers are mostly content, which a larger base model may fix: " + "; ".join(
+        estimates
     )
 
 
@@ -818,8 +966,10 @@ __all__ = [
     "best_prompted_arm",
     "decide",
     "diagnose",
+    "error_split",
     "meets_bars",
     "missed_bars",
+    "platform_rules",
     "prompted_strength",
     "weakest_point",
 ]

@@ -33,6 +33,7 @@ class Economics(BaseModel):
     retrain_every_days: float = Field(default=RETRAIN_EVERY_DAYS, gt=0)
     value_per_accuracy_point: float | None = Field(default=None, ge=0)
     data_preparation_cost: float = Field(default=DATA_PREPARATION_COST, ge=0)
+    team_size: int | None = Field(default=None, ge=1)  # the platform and team rules read it
     pricing_file: Path | None = None  # the spec's pricing override, resolved against the spec's folder
     prompted_cost: float | None = None
     tuned_cost: float | None = None
@@ -98,6 +99,7 @@ def economics_settings(
     platforms: str | list[str] | None = None,
     retrain_every_days: float | None = None,
     value_per_accuracy_point: float | None = None,
+    team_size: int | None = None,
     **costs: Any,
 ) -> Economics:
     """The settings in force: each flag given wins over the spec's value, which wins over the default.
@@ -133,6 +135,7 @@ def economics_settings(
         else (spec.value_per_accuracy_point if spec is not None else None),
         pricing_file=pricing_file,
         data_preparation_cost=spec.data_preparation_cost if spec is not None else DATA_PREPARATION_COST,
+        team_size=team_size if team_size is not None else (spec.team_size if spec is not None else None),
         **costs,
     )
 

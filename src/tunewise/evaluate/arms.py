@@ -4,7 +4,7 @@ Every arm gets a fair chance, or the verdict is worthless:
 - the output contract (label set, JSON Schema or regex) is stated in the system prompt unless the spec's prompt
   already names it;
 - few-shot examples are balanced across labels (one per label first, round-robin), chosen deterministically,
-  and bounded by a token budget;
+  and bounded by a token budget; by default 5 to 10 of them (`few_shot_k`);
 - retrieved examples are the k training inputs nearest to the query by BM25, never the query itself.
 The fine-tuned arm is prompted exactly as its training examples were: no long instructions.
 """
@@ -77,6 +77,31 @@ def query_messages(example: dict) -> list[dict]:
 
 def _pair(example: dict) -> list[dict]:
     return [*query_messages(example), {"role": "assistant", "content": completion(example["messages"]) or ""}]
+
+
+FEW_SHOT_MIN, FEW_SHOT_MAX = 5, 10  # "a structured system prompt with 5 to 10 few-shot examples"
+FEW_CLASSES = 10  # "fewer than 10 classification categories": few-shot often matches fine-tuning
+
+
+def few_shot_k(setting: int | str, n_labels: int | None) -> int:
+    """How many examples the few-shot prompt holds. `auto` follows the guide's 5 to 10, balanced across labels:
+    with up to 10 labels, the smallest multiple of the label count that is at least 5 (every label equally often,
+    at least once); with more labels, one per label; without labels, 5. A number is taken as given, raised to one
+    per label (a label never shown is a label the prompt cannot teach). The token budget may still cut it.
+
+    >>> [few_shot_k("auto", n) for n in (None, 1, 2, 3, 4, 5, 7, 10, 12)]
+    [5, 5, 6, 6, 8, 5, 7, 10, 12]
+    >>> few_shot_k(4, 2), few_shot_k(4, 6)
+    (4, 6)
+    """
+    n = n_labels or 0
+    if setting == "auto":
+        if not n:
+            return FEW_SHOT_MIN
+        if n > FEW_SHOT_MAX:
+            return n
+        return -(-FEW_SHOT_MIN // n) * n  # ceil(5 / n) x n
+    return max(int(setting), n)
 
 
 def balanced_examples(train: list[dict], k: int, labels: list[str] | None, seed: int = 0) -> list[dict]:
@@ -158,16 +183,15 @@ def build_prompters(
     """The prompted arms of a spec, plus the fine-tuned arm's prompt (the training examples' own form)."""
     system = system_prompt(spec)
     labels = spec.contract.labels if isinstance(spec.contract, LabelContract) else None
-    k = spec.evaluation.few_shot_k
-    if labels:
-        k = max(k, len(labels))  # one example per label at least, budget permitting
+    k = few_shot_k(spec.evaluation.few_shot_k, len(labels) if labels else None)
     shots: list[dict] = []
     for ex in balanced_examples(train, k, labels, seed):
         candidate = shots + _pair(ex)
         if count_tokens is not None and count_tokens(candidate) > spec.evaluation.few_shot_token_budget:
             break
         shots = candidate
-    retrieve_k = spec.evaluation.few_shot_k
+    # The nearest examples, not one per label: as many as the guide's few-shot prompt holds, at most 10.
+    retrieve_k = min(k, FEW_SHOT_MAX) if spec.evaluation.few_shot_k == "auto" else spec.evaluation.few_shot_k
     prompters = {
         "zero-shot": ArmPrompter("zero-shot", system, []),
         "few-shot": ArmPrompter("few-shot", system, shots),

@@ -176,6 +176,17 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         "completion_tokens": _mean(r.get("completion_tokens") for r in rows),
         "cost_per_query": None,
     }
+    if contract_type != "text":
+        # The wrong answers split by kind, for the verdict's "what to fix first": a format violation is never
+        # strictly correct; one whose lenient parse is right only lacks the form.
+        wrong = [r for r in rows if not r["correct"]]
+        malformed = [r for r in wrong if r["format_ok"] is False]
+        arm["errors"] = {
+            "wrong": len(wrong),
+            "format": len(malformed),
+            "format_right_answer": sum(1 for r in malformed if r["correct_lenient"]),
+            "content": len(wrong) - len(malformed),
+        }
     if contract_type == "label":
         metrics = label_metrics(
             [r["reference"].strip() for r in rows], [r["answer"] for r in rows], info.get("labels")
