@@ -139,15 +139,27 @@ def cost(
             err.print(f"wrote {f}", highlight=False)
 
 
-PRICING_HELP = """List the pricing catalog: every figure with its source and date; unknown figures say why.
+PRICING_HELP = """List the pricing catalog: every figure with its source, date and age; unknown figures say why.
+
+Warns (one line per entry, on stderr) when an entry's oldest figure is over 90 days old. `tunewise pricing update
+FILE` merges your own figures, each with its source and date, into your pricing file.
 
 Example: tunewise pricing --platform together
 
-Also: tunewise pricing --pricing my-prices.yaml --json"""
+Also: tunewise pricing --pricing my-prices.yaml --json
+      tunewise pricing update new-prices.yaml --spec tunewise.yaml"""
+
+pricing_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+app.add_typer(pricing_app, name="pricing", help=PRICING_HELP)
 
 
-@app.command(help=PRICING_HELP)
+def _age(days: int | None) -> str:
+    return "undated" if days is None else f"{days} d old"
+
+
+@pricing_app.callback()
 def pricing(
+    ctx: typer.Context,
     platform: str | None = typer.Option(
         None, "--platform", help="Show only these platforms (comma-separated)."
     ),
@@ -155,7 +167,9 @@ def pricing(
     spec: Path | None = typer.Option(None, "--spec", help="Apply the spec's economics.pricing_file."),
     as_json: bool = typer.Option(False, "--json", help="Print the catalog as JSON."),
 ) -> None:
-    from tunewise.economics.pricing import FIGURE_FIELDS, load_catalog
+    if ctx.invoked_subcommand is not None:
+        return
+    from tunewise.economics.pricing import FIGURE_FIELDS, STALE_AFTER_DAYS, load_catalog, stale_figures
 
     econ, root = spec_economics(spec)
     spec_pricing = root / econ.pricing_file if econ is not None and root and econ.pricing_file else None
@@ -165,9 +179,19 @@ def pricing(
     if wanted:
         chosen = {catalog.get(p).platform if "/" not in p else p for p in wanted}
         entries = [e for e in entries if e.platform in chosen or e.id in chosen]
+    stale = [(e, days) for e, days in stale_figures(catalog) if e in entries]
     if as_json:
         print_json(
-            {"sources": catalog.sources, "entries": [json.loads(e.model_dump_json()) for e in entries]}
+            {
+                "sources": catalog.sources,
+                "stale_after_days": STALE_AFTER_DAYS,
+                "entries": [
+                    json.loads(e.model_dump_json())
+                    | {"age_days": {n: getattr(e, n).age_days() for n in FIGURE_FIELDS}}
+                    for e in entries
+                ],
+                "stale": [{"id": e.id, "oldest_days": days} for e, days in stale],
+            }
         )
         return
     out.print(f"pricing catalog: {' + '.join(catalog.sources)}", highlight=False)
@@ -184,4 +208,50 @@ def pricing(
             else:
                 value = "unknown"
             note = f" - {fig.note}" if fig.note else ""
-            out.print(f"  {name:<36} {value:>9}  {fig.source} ({fig.date}){note}", highlight=False)
+            out.print(
+                f"  {name:<36} {value:>9}  {fig.source} ({fig.date}, {_age(fig.age_days())}){note}",
+                highlight=False,
+            )
+    for entry, days in stale:
+        err.print(
+            f"warning: {entry.id}: its oldest figure is {days} days old (over {STALE_AFTER_DAYS}): check the "
+            "sources above and record current prices with `tunewise pricing update FILE`",
+            highlight=False,
+        )
+
+
+UPDATE_HELP = """Merge your figures into your pricing file; every figure needs its value, source and date.
+
+FILE has the catalog's shape: entries: [{id: together/lora-up-to-16b, inference_input_per_million_tokens:
+{value: 0.2, source: https://..., date: 2026-12-07}}]. A known id gets the fields FILE names; a new id is added.
+The target is --into PATH, else the spec's economics.pricing_file; it is written atomically.
+
+Example: tunewise pricing update new-prices.yaml --spec tunewise.yaml"""
+
+
+@pricing_app.command("update", help=UPDATE_HELP)
+def pricing_update(
+    file: Path = typer.Argument(..., help="YAML file of new figures, each with source and date."),
+    spec: Path | None = typer.Option(None, "--spec", help="Write into the spec's economics.pricing_file."),
+    into: Path | None = typer.Option(None, "--into", help="The pricing file to update (created if absent)."),
+) -> None:
+    from tunewise.economics.pricing import update_pricing_file
+    from tunewise.errors import TunewiseError
+
+    target = into
+    if target is None:
+        econ, root = spec_economics(spec)
+        if econ is None or not econ.pricing_file:
+            raise TunewiseError(
+                "no pricing file to update",
+                hint="pass --into PATH, or set economics.pricing_file in tunewise.yaml and pass --spec",
+            )
+        target = (root or Path.cwd()) / econ.pricing_file
+    updated, added = update_pricing_file(target, file)
+    out.print(
+        f"updated {target}: {len(updated)} entr{'y' if len(updated) == 1 else 'ies'} changed"
+        + (f" ({', '.join(updated)})" if updated else "")
+        + f", {len(added)} added"
+        + (f" ({', '.join(added)})" if added else ""),
+        highlight=False,
+    )
