@@ -43,6 +43,7 @@ def render_cost(report) -> None:
             f"{_usd(m.training):>11}  {_usd(m.total):>12}",
             highlight=False,
         )
+    render_all_in(report.all_in, q)
     if report.break_evens:
         out.print("Break-even volumes", highlight=False)
     for be in report.break_evens:
@@ -50,14 +51,68 @@ def render_cost(report) -> None:
         out.print(f"  {be.a} vs {be.b}: {shown}", highlight=False)
         out.print(f"    {be.formula}", highlight=False)
         out.print(f"    {be.summary}", highlight=False)
+        if be.all_in_volume is not None:
+            out.print(
+                f"    with data preparation amortised too (all-in): {be.all_in_volume:,.1f} queries/day",
+                highlight=False,
+            )
+        if be.payback is not None:
+            p = be.payback
+            months = f"{p.months:,.1f} months" if p.months is not None else "never"
+            out.print(
+                f"    payback of {p.invest}'s one-off costs at {_vol(q)} queries/day: {months}",
+                highlight=False,
+            )
+            out.print(f"      {p.formula}", highlight=False)
         for note in be.notes:
             out.print(f"    note: {note}", highlight=False)
     c = report.cheapest
     out.print(f"Cheapest at {_vol(q)} queries/day: {c.option} ({_usd(c.total)}/month)", highlight=False)
+    render_prices(report.prices)
     for note in report.notes:
         err.print(f"note: {note}", highlight=False)
     for reason in report.skipped:
         err.print(f"skipped: {reason}", highlight=False)
+
+
+def render_all_in(all_in, queries_per_day: float) -> None:
+    """The all-in cost per query of each option, per component (`cost.AllInCost` rows)."""
+    if not all_in:
+        return
+    width = max(len("option"), *(len(a.option) for a in all_in))
+    out.print(
+        f"All-in cost per query at {_vol(queries_per_day)} queries/day (fixed costs shared by the queries)",
+        highlight=False,
+    )
+    out.print(
+        f"  {'option':<{width}}  {'inference':>10}  {'hosting':>10}  {'training':>10}  {'data prep':>10}  {'all-in':>10}",
+        highlight=False,
+    )
+    for a in all_in:
+        out.print(
+            f"  {a.option:<{width}}  {_usd(a.inference, 4):>10}  {_usd(a.hosting, 4):>10}  "
+            f"{_usd(a.training, 4):>10}  {_usd(a.data_preparation, 4):>10}  {_usd(a.total, 4):>10}",
+            highlight=False,
+        )
+
+
+def render_prices(prices) -> None:
+    """The catalog figures behind the options, each with its source and date."""
+    if not prices:
+        return
+    out.print("Prices used (catalog figure: value, source, date)", highlight=False)
+    for p in prices:
+        unit = (
+            "/hour"
+            if p["field"].endswith("per_hour")
+            else "/month"
+            if p["field"].endswith("month")
+            else "/M tokens"
+        )
+        out.print(
+            f"  {p['entry']} {p['field']}: {_usd(p['value'])}{unit}  {p['source']} ({p['date']})",
+            highlight=False,
+        )
 
 
 @app.command(help=COST_HELP)

@@ -37,6 +37,9 @@ RETRAIN_EVERY_DAYS = 91.0  # quarterly, as the guide advises ("plan for quarterl
 # What preparing the training data costs when the user says nothing: the guide's "a SaaS team spends $3,000
 # preparing training data" (and "$2,000+ in training data preparation"). A labelled default, never a measurement.
 DATA_PREPARATION_COST = 3000.0
+# The platforms a new project prices by default: the catalog holds every figure their cost needs (hosting per
+# hour, no per-token price, training per hour), each from the vendor's pricing page.
+DEFAULT_PLATFORMS = ("hf-endpoints",)
 
 # The guide's worked example ("What Good Fine-Tuning Looks Like") and the break-even volumes it states.
 GUIDE_EXAMPLE = {
@@ -455,6 +458,7 @@ __all__ = [
     "payback",
     "CostOption",
     "DAYS_PER_MONTH",
+    "DEFAULT_PLATFORMS",
     "GUIDE_EXAMPLE",
     "MonthlyCost",
     "RETRAIN_EVERY_DAYS",

@@ -21,8 +21,8 @@ from tunewise.economics.cost import (
     BreakEven,
     CostOption,
     MonthlyCost,
-    break_even,
     all_in_cost,
+    break_even,
     break_even_all_in,
     cheapest,
     guide_notes,
@@ -62,7 +62,9 @@ class CostRequest:
     training_tokens: float | None = None  # tokens per epoch, from the data stage
     epochs: float = 1.0
     retrain_every_days: float = RETRAIN_EVERY_DAYS
-    training_hours: float | None = None  # the run's measured hours, for platforms that bill training by the hour
+    training_hours: float | None = (
+        None  # the run's measured hours, for platforms that bill training by the hour
+    )
     data_preparation_cost: float = 0.0  # one-off, fine-tuned options only
 
 
@@ -368,7 +370,13 @@ def prices_used(options: list[CostOption], catalog: Catalog) -> list[dict[str, A
             fig = getattr(entry, name)
             if fig.known:
                 rows.append(
-                    {"entry": entry.id, "field": name, "value": fig.value, "source": fig.source, "date": fig.date}
+                    {
+                        "entry": entry.id,
+                        "field": name,
+                        "value": fig.value,
+                        "source": fig.source,
+                        "date": fig.date,
+                    }
                 )
     return rows
 

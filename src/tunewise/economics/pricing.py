@@ -388,11 +388,15 @@ def update_pricing_file(target: str | Path, update: str | Path) -> tuple[list[st
 
     update = Path(update)
     if not update.is_file():
-        raise TunewiseError(f"no pricing file at {update}", hint="give the path of a YAML file of new figures")
+        raise TunewiseError(
+            f"no pricing file at {update}", hint="give the path of a YAML file of new figures"
+        )
     raw_update = _read_yaml(update.read_text(encoding="utf-8"), str(update))
     unknown_top = set(raw_update) - {"version", "entries"}
     if unknown_top:
-        raise ConfigError(str(update), [f"unknown top-level key '{k}' (expected 'entries')" for k in sorted(unknown_top)])
+        raise ConfigError(
+            str(update), [f"unknown top-level key '{k}' (expected 'entries')" for k in sorted(unknown_top)]
+        )
     _check_sourced(raw_update, str(update))
     target = Path(target)
     current: dict[str, Any] = {"version": 1, "entries": []}
@@ -411,7 +415,9 @@ def update_pricing_file(target: str | Path, update: str | Path) -> tuple[list[st
             added.append(item["id"])
     # Refuse a file that would no longer load (a misspelt field, a negative price, hosting given twice).
     merge(load_builtin(), current, str(target))
-    text = "# tunewise pricing overrides: every figure with its source and date (`tunewise pricing update`).\n"
+    text = (
+        "# tunewise pricing overrides: every figure with its source and date (`tunewise pricing update`).\n"
+    )
     text += yaml.safe_dump(current, sort_keys=False, allow_unicode=True)
     atomic_write_text(target, text)
     return updated, added
