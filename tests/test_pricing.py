@@ -297,3 +297,24 @@ def test_scaffold_and_default_platforms_are_priceable(tmp_path):
     assert tuned.hosting == pytest.approx(360 / 15000)
     assert tuned.training == pytest.approx(0.2 / 45500)
     assert tuned.data_preparation == pytest.approx(3000 / 45500)
+
+
+def test_report_cost_section_lists_all_in_payback_and_sources():
+    from tunewise.report.build import _economics_view
+
+    req = CostRequest(
+        queries_per_day=500,
+        prompted_cost=0.08,
+        tuned_cost=0.02,
+        platforms=["together"],
+        data_preparation_cost=3000,
+    )
+    view = _economics_view(cost_report(req, load_builtin()).to_dict(), [])
+    notes = "\n".join(view["notes"])
+    # 0.02 + 150 / 15,000 + 3,000 / 45,500 = 0.0959...
+    assert (
+        "all-in cost per query of fine-tuned @ together: $0.0959 = inference $0.0200 + hosting $0.0100"
+        in notes
+    )
+    assert "payback of fine-tuned @ together's one-off costs against prompted: 4.0 months" in notes
+    assert "price used: together/lora-up-to-16b hosting_per_month $150.00, practitioner's guide" in notes
