@@ -318,3 +318,26 @@ def test_report_cost_section_lists_all_in_payback_and_sources():
     )
     assert "payback of fine-tuned @ together's one-off costs against prompted: 4.0 months" in notes
     assert "price used: together/lora-up-to-16b hosting_per_month $150.00, practitioner's guide" in notes
+
+
+def test_cli_decide_shows_all_in_cost_per_arm(run_cli, tmp_path):
+    import json
+
+    from tests.test_verdict import both_meet_bars
+
+    path = tmp_path / "eval_summary.json"
+    path.write_text(json.dumps(both_meet_bars()))
+    code, out, err = run_cli(
+        "decide", str(path), "--prompted-cost", "0.08", "--tuned-cost", "0.02",
+        "--platform", "together", "--queries-per-day", "500",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "All-in cost per query at 500 queries/day" in out
+    # 0.02 + 150 / 15,000 + 3,000 / (91 x 500) = 0.0959
+    assert "fine-tuned @ together     $0.0200     $0.0100     $0.0000     $0.0659     $0.0959" in out
+    code, out, _ = run_cli(
+        "decide", str(path), "--prompted-cost", "0.08", "--tuned-cost", "0.02",
+        "--platform", "together", "--queries-per-day", "500", "--json",
+    )  # fmt: skip
+    rows = {r["option"]: r for r in json.loads(out)["all_in"]}
+    assert rows["fine-tuned @ together"]["data_preparation"] == pytest.approx(3000 / 45500)
