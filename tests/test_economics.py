@@ -215,7 +215,9 @@ def test_every_figure_has_provenance_and_unknowns_say_why():
     assert c.get("bedrock").hosting_per_hour.value is None
     assert c.get("vertex").training_per_million_tokens.value is None
     assert c.get("self-hosted").hosting_per_hour.value is None
-    assert c.get("hf-autotrain").training_per_hour.value is None
+    # AutoTrain on Spaces: the Spaces hardware page gives an hourly rate (T4 small), no per-token price
+    assert c.get("hf-autotrain").training_per_hour.value == 0.40
+    assert c.get("hf-autotrain").training_per_million_tokens.value is None
 
 
 def test_unknown_figure_is_refused_naming_entry_and_field():
@@ -427,7 +429,7 @@ def test_cli_pricing_lists_sources(run_cli):
     assert code == 0
     assert "azure-openai/gpt-4o-mini (default for azure-openai)" in out
     assert "$25.00" in out and "$1.70" in out and "$80.00" in out
-    assert "Azure OpenAI pricing page (2026-05)" in out
+    assert "Azure OpenAI pricing page (2026-05, " in out  # then the figure's age in days
     assert "together" not in out.split("\n", 1)[1]  # filtered to one platform
     code, out, _ = run_cli("pricing", "--json")
     ids = [e["id"] for e in json.loads(out)["entries"]]

@@ -43,7 +43,10 @@ evaluation:
 
 economics:
   queries_per_day: 500
-  platforms: [azure-openai, together, vertex, self-hosted]
+  # Priced from the catalog (`tunewise pricing`); add azure-openai, together, vertex or self-hosted once their
+  # missing figures are in a pricing file (`tunewise pricing update FILE`, economics.pricing_file).
+  platforms: [hf-endpoints]
+  data_preparation_cost: 3000   # dollars to collect, label and review the training data (a default: set yours)
 """
 
 

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from tunewise.economics.cost import DATA_PREPARATION_COST, RETRAIN_EVERY_DAYS
+from tunewise.economics.cost import DATA_PREPARATION_COST, DEFAULT_PLATFORMS, RETRAIN_EVERY_DAYS
 from tunewise.errors import ConfigError, nearest
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
@@ -393,9 +393,9 @@ class EvaluationSpec(_Strict):
 
 class EconomicsSpec(_Strict):
     queries_per_day: float = Field(default=500, ge=0)
-    platforms: list[str] = Field(
-        default_factory=lambda: ["azure-openai", "together", "vertex", "self-hosted"]
-    )
+    # Platforms whose every figure the cost needs is in the catalog, so a fresh project can be priced; add
+    # others (azure-openai, together, vertex, ...) once their missing figures are in your pricing file.
+    platforms: list[str] = Field(default_factory=lambda: list(DEFAULT_PLATFORMS))
     retrain_every_days: float = Field(
         default=RETRAIN_EVERY_DAYS, gt=0, description="Quarterly retraining by default."
     )

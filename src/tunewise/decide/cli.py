@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -275,9 +276,12 @@ def decide(
         hosting_per_month=hosting_per_month,
         training_cost=training_cost,
     )
-    verdict = run_verdict(load_summary(summary_path), econ, econ.catalog(pricing), fine_tuned)
+    summary = load_summary(summary_path)
+    catalog = econ.catalog(pricing)
+    verdict = run_verdict(summary, econ, catalog, fine_tuned)
+    all_in, all_in_error = _all_in(summary, econ, catalog)
     if as_json:
-        print_json(verdict.to_dict())
+        print_json(verdict.to_dict() | {"all_in": [asdict(a) for a in all_in], "all_in_error": all_in_error})
         return
     # One sentence and its reason first, then the rules behind it.
     out.print(f"verdict: {verdict.recommendation}: {verdict.reason}", highlight=False)
@@ -299,8 +303,31 @@ def decide(
         out.print(f"break-even ({be['between'][0]} vs {be['between'][1]}): {shown}", highlight=False)
         out.print(f"  {be['formula']}", highlight=False)
         out.print(f"  {be['summary']}", highlight=False)
+    if all_in:
+        from tunewise.economics.cli import render_all_in
+
+        render_all_in(all_in, econ.queries_per_day)
+    elif all_in_error:
+        out.print(f"all-in cost per query: not priced ({all_in_error})", highlight=False)
     out.print(f"weakest point of the evidence: {verdict.weakest_point}", highlight=False)
     if verdict.diagnosis:
         out.print("which problem each option fixes:", highlight=False)
         for line in verdict.diagnosis:
             out.print(f"  {line}", highlight=False)
+
+
+def _all_in(summary, econ, catalog) -> tuple[list, str | None]:
+    """Every arm's all-in cost per query on each platform (economics.plan), or why it could not be priced."""
+    from tunewise.economics.plan import ArmTokens, cost_report
+    from tunewise.errors import TunewiseError
+
+    direct = econ.prompted_cost is not None or econ.tuned_cost is not None
+    arms = [
+        ArmTokens(a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0, pricing=a.pricing)
+        for a in summary.arms
+    ]
+    try:
+        report = cost_report(econ.cost_request(() if direct else arms), catalog)
+    except TunewiseError as exc:
+        return [], exc.message
+    return report.all_in, None

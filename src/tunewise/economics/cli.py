@@ -43,6 +43,7 @@ def render_cost(report) -> None:
             f"{_usd(m.training):>11}  {_usd(m.total):>12}",
             highlight=False,
         )
+    render_all_in(report.all_in, q)
     if report.break_evens:
         out.print("Break-even volumes", highlight=False)
     for be in report.break_evens:
@@ -50,14 +51,68 @@ def render_cost(report) -> None:
         out.print(f"  {be.a} vs {be.b}: {shown}", highlight=False)
         out.print(f"    {be.formula}", highlight=False)
         out.print(f"    {be.summary}", highlight=False)
+        if be.all_in_volume is not None:
+            out.print(
+                f"    with data preparation amortised too (all-in): {be.all_in_volume:,.1f} queries/day",
+                highlight=False,
+            )
+        if be.payback is not None:
+            p = be.payback
+            months = f"{p.months:,.1f} months" if p.months is not None else "never"
+            out.print(
+                f"    payback of {p.invest}'s one-off costs at {_vol(q)} queries/day: {months}",
+                highlight=False,
+            )
+            out.print(f"      {p.formula}", highlight=False)
         for note in be.notes:
             out.print(f"    note: {note}", highlight=False)
     c = report.cheapest
     out.print(f"Cheapest at {_vol(q)} queries/day: {c.option} ({_usd(c.total)}/month)", highlight=False)
+    render_prices(report.prices)
     for note in report.notes:
         err.print(f"note: {note}", highlight=False)
     for reason in report.skipped:
         err.print(f"skipped: {reason}", highlight=False)
+
+
+def render_all_in(all_in, queries_per_day: float) -> None:
+    """The all-in cost per query of each option, per component (`cost.AllInCost` rows)."""
+    if not all_in:
+        return
+    width = max(len("option"), *(len(a.option) for a in all_in))
+    out.print(
+        f"All-in cost per query at {_vol(queries_per_day)} queries/day (fixed costs shared by the queries)",
+        highlight=False,
+    )
+    out.print(
+        f"  {'option':<{width}}  {'inference':>10}  {'hosting':>10}  {'training':>10}  {'data prep':>10}  {'all-in':>10}",
+        highlight=False,
+    )
+    for a in all_in:
+        out.print(
+            f"  {a.option:<{width}}  {_usd(a.inference, 4):>10}  {_usd(a.hosting, 4):>10}  "
+            f"{_usd(a.training, 4):>10}  {_usd(a.data_preparation, 4):>10}  {_usd(a.total, 4):>10}",
+            highlight=False,
+        )
+
+
+def render_prices(prices) -> None:
+    """The catalog figures behind the options, each with its source and date."""
+    if not prices:
+        return
+    out.print("Prices used (catalog figure: value, source, date)", highlight=False)
+    for p in prices:
+        unit = (
+            "/hour"
+            if p["field"].endswith("per_hour")
+            else "/month"
+            if p["field"].endswith("month")
+            else "/M tokens"
+        )
+        out.print(
+            f"  {p['entry']} {p['field']}: {_usd(p['value'])}{unit}  {p['source']} ({p['date']})",
+            highlight=False,
+        )
 
 
 @app.command(help=COST_HELP)
@@ -139,15 +194,27 @@ def cost(
             err.print(f"wrote {f}", highlight=False)
 
 
-PRICING_HELP = """List the pricing catalog: every figure with its source and date; unknown figures say why.
+PRICING_HELP = """List the pricing catalog: every figure with its source, date and age; unknown figures say why.
+
+Warns (one line per entry, on stderr) when an entry's oldest figure is over 90 days old. `tunewise pricing update
+FILE` merges your own figures, each with its source and date, into your pricing file.
 
 Example: tunewise pricing --platform together
 
-Also: tunewise pricing --pricing my-prices.yaml --json"""
+Also: tunewise pricing --pricing my-prices.yaml --json
+      tunewise pricing update new-prices.yaml --spec tunewise.yaml"""
+
+pricing_app = typer.Typer(invoke_without_command=True, no_args_is_help=False)
+app.add_typer(pricing_app, name="pricing", help=PRICING_HELP)
 
 
-@app.command(help=PRICING_HELP)
+def _age(days: int | None) -> str:
+    return "undated" if days is None else f"{days} d old"
+
+
+@pricing_app.callback()
 def pricing(
+    ctx: typer.Context,
     platform: str | None = typer.Option(
         None, "--platform", help="Show only these platforms (comma-separated)."
     ),
@@ -155,7 +222,9 @@ def pricing(
     spec: Path | None = typer.Option(None, "--spec", help="Apply the spec's economics.pricing_file."),
     as_json: bool = typer.Option(False, "--json", help="Print the catalog as JSON."),
 ) -> None:
-    from tunewise.economics.pricing import FIGURE_FIELDS, load_catalog
+    if ctx.invoked_subcommand is not None:
+        return
+    from tunewise.economics.pricing import FIGURE_FIELDS, STALE_AFTER_DAYS, load_catalog, stale_figures
 
     econ, root = spec_economics(spec)
     spec_pricing = root / econ.pricing_file if econ is not None and root and econ.pricing_file else None
@@ -165,9 +234,19 @@ def pricing(
     if wanted:
         chosen = {catalog.get(p).platform if "/" not in p else p for p in wanted}
         entries = [e for e in entries if e.platform in chosen or e.id in chosen]
+    stale = [(e, days) for e, days in stale_figures(catalog) if e in entries]
     if as_json:
         print_json(
-            {"sources": catalog.sources, "entries": [json.loads(e.model_dump_json()) for e in entries]}
+            {
+                "sources": catalog.sources,
+                "stale_after_days": STALE_AFTER_DAYS,
+                "entries": [
+                    json.loads(e.model_dump_json())
+                    | {"age_days": {n: getattr(e, n).age_days() for n in FIGURE_FIELDS}}
+                    for e in entries
+                ],
+                "stale": [{"id": e.id, "oldest_days": days} for e, days in stale],
+            }
         )
         return
     out.print(f"pricing catalog: {' + '.join(catalog.sources)}", highlight=False)
@@ -184,4 +263,50 @@ def pricing(
             else:
                 value = "unknown"
             note = f" - {fig.note}" if fig.note else ""
-            out.print(f"  {name:<36} {value:>9}  {fig.source} ({fig.date}){note}", highlight=False)
+            out.print(
+                f"  {name:<36} {value:>9}  {fig.source} ({fig.date}, {_age(fig.age_days())}){note}",
+                highlight=False,
+            )
+    for entry, days in stale:
+        err.print(
+            f"warning: {entry.id}: its oldest figure is {days} days old (over {STALE_AFTER_DAYS}): check the "
+            "sources above and record current prices with `tunewise pricing update FILE`",
+            highlight=False,
+        )
+
+
+UPDATE_HELP = """Merge your figures into your pricing file; every figure needs its value, source and date.
+
+FILE has the catalog's shape: entries: [{id: together/lora-up-to-16b, inference_input_per_million_tokens:
+{value: 0.2, source: https://..., date: 2026-12-07}}]. A known id gets the fields FILE names; a new id is added.
+The target is --into PATH, else the spec's economics.pricing_file; it is written atomically.
+
+Example: tunewise pricing update new-prices.yaml --spec tunewise.yaml"""
+
+
+@pricing_app.command("update", help=UPDATE_HELP)
+def pricing_update(
+    file: Path = typer.Argument(..., help="YAML file of new figures, each with source and date."),
+    spec: Path | None = typer.Option(None, "--spec", help="Write into the spec's economics.pricing_file."),
+    into: Path | None = typer.Option(None, "--into", help="The pricing file to update (created if absent)."),
+) -> None:
+    from tunewise.economics.pricing import update_pricing_file
+    from tunewise.errors import TunewiseError
+
+    target = into
+    if target is None:
+        econ, root = spec_economics(spec)
+        if econ is None or not econ.pricing_file:
+            raise TunewiseError(
+                "no pricing file to update",
+                hint="pass --into PATH, or set economics.pricing_file in tunewise.yaml and pass --spec",
+            )
+        target = (root or Path.cwd()) / econ.pricing_file
+    updated, added = update_pricing_file(target, file)
+    out.print(
+        f"updated {target}: {len(updated)} entr{'y' if len(updated) == 1 else 'ies'} changed"
+        + (f" ({', '.join(updated)})" if updated else "")
+        + f", {len(added)} added"
+        + (f" ({', '.join(added)})" if added else ""),
+        highlight=False,
+    )

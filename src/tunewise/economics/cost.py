@@ -11,6 +11,17 @@ The model (a month is 30 days, as in the guide's "$1,224/month" = $1.70 x 24 h x
         q* = (fixed_B - fixed_A) / (30 x (per_query_A - per_query_B))   queries/day
 
 Every option is a straight line in q, so two options cross at most once.
+
+All-in cost per query at q queries/day (what a query really costs, every component shown):
+
+    inference + hosting_per_month / (30 q) + training / (retrain_every_days x q)
+              + data_preparation / (retrain_every_days x q)
+
+Data preparation (collecting, labelling and reviewing the training data) is paid by fine-tuned options only
+and amortised like training. Payback of the one-off costs (training + data preparation) from the monthly
+saving of running costs (usage + hosting) between two options:
+
+    months = (one_off_B - one_off_A) / (running_A(q) - running_B(q))
 """
 
 from __future__ import annotations
@@ -26,6 +37,9 @@ RETRAIN_EVERY_DAYS = 91.0  # quarterly, as the guide advises ("plan for quarterl
 # What preparing the training data costs when the user says nothing: the guide's "a SaaS team spends $3,000
 # preparing training data" (and "$2,000+ in training data preparation"). A labelled default, never a measurement.
 DATA_PREPARATION_COST = 3000.0
+# The platforms a new project prices by default: the catalog holds every figure their cost needs (hosting per
+# hour, no per-token price, training per hour), each from the vendor's pricing page.
+DEFAULT_PLATFORMS = ("hf-endpoints",)
 
 # The guide's worked example ("What Good Fine-Tuning Looks Like") and the break-even volumes it states.
 GUIDE_EXAMPLE = {
@@ -126,9 +140,13 @@ class CostOption:
     retrain_every_days: float = RETRAIN_EVERY_DAYS
     arm: str = ""
     platform: str | None = None
+    # One-off, paid again at every retraining like training; fine-tuned options only. Counted in the all-in
+    # cost per query and the payback, not in the monthly bill the guide's break-even volumes are read from.
+    data_preparation_cost: float = 0.0
 
     def __post_init__(self) -> None:
         _check("cost per query", self.per_query, f"option '{self.name}'")
+        _check("data preparation cost", self.data_preparation_cost, f"option '{self.name}'")
         _check("hosting per month", self.hosting_per_month, f"option '{self.name}'")
         _check("training cost", self.training_cost, f"option '{self.name}'")
         if not self.retrain_every_days > 0:
@@ -142,6 +160,99 @@ class CostOption:
     @property
     def fixed_per_month(self) -> float:
         return self.hosting_per_month + self.training_per_month
+
+    @property
+    def one_off(self) -> float:
+        """What each training cycle costs once: training plus data preparation."""
+        return self.training_cost + self.data_preparation_cost
+
+    def running_per_month(self, queries_per_day: float) -> float:
+        """Usage plus hosting: what the option costs a month once trained."""
+        return self.per_query * queries_per_day * DAYS_PER_MONTH + self.hosting_per_month
+
+
+@dataclass(frozen=True)
+class AllInCost:
+    """What one query really costs at a volume, per component (dollars per query)."""
+
+    option: str
+    queries_per_day: float
+    inference: float
+    hosting: float  # hosting per month / (30 x q)
+    training: float  # training / (retrain_every_days x q)
+    data_preparation: float  # data preparation / (retrain_every_days x q)
+    total: float
+
+
+def all_in_cost(option: CostOption, queries_per_day: float) -> AllInCost:
+    """The all-in cost per query of an option at a volume (more than 0 queries a day).
+
+    >>> a = all_in_cost(CostOption("ft", 0.02, hosting_per_month=150, data_preparation_cost=3000), 500)
+    >>> round(a.hosting, 4), round(a.data_preparation, 6), round(a.total, 6)  # 150/15000, 3000/(91 x 500)
+    (0.01, 0.065934, 0.095934)
+    """
+    _check("queries per day", queries_per_day, "all-in cost")
+    if queries_per_day <= 0:
+        raise TunewiseError(
+            "all-in cost per query: the volume must be more than 0 queries/day",
+            hint="fixed costs are shared by the queries; give --queries-per-day N",
+        )
+    q = queries_per_day
+    hosting = option.hosting_per_month / (DAYS_PER_MONTH * q)
+    training = option.training_cost / (option.retrain_every_days * q)
+    data = option.data_preparation_cost / (option.retrain_every_days * q)
+    return AllInCost(
+        option=option.name,
+        queries_per_day=q,
+        inference=round(option.per_query, 12),
+        hosting=round(hosting, 12),
+        training=round(training, 12),
+        data_preparation=round(data, 12),
+        total=round(option.per_query + hosting + training + data, 12),
+    )
+
+
+@dataclass(frozen=True)
+class Payback:
+    """Months for the option with the larger one-off costs to pay them back from its monthly saving."""
+
+    invest: str  # the option with the larger one-off cost
+    baseline: str
+    queries_per_day: float
+    one_off: float  # extra one-off dollars (training + data preparation)
+    saving_per_month: float  # running cost saved a month (usage + hosting), may be <= 0
+    months: float | None  # None: no saving, never pays back
+    formula: str
+
+
+def payback(a: CostOption, b: CostOption, queries_per_day: float) -> Payback | None:
+    """How many months the one-off costs (training + data preparation) take to pay back; None when the two
+    options have the same one-off cost.
+
+    >>> p = payback(CostOption("prompted", 0.08), CostOption("ft", 0.02, hosting_per_month=150,
+    ...             training_cost=150, data_preparation_cost=3000), 500)
+    >>> p.saving_per_month, round(p.months, 3)  # 1200 - (300 + 150) = 750 a month; 3150 / 750
+    (750.0, 4.2)
+    """
+    if a.one_off == b.one_off:
+        return None
+    invest, base = (a, b) if a.one_off > b.one_off else (b, a)
+    extra = invest.one_off - base.one_off
+    saving = base.running_per_month(queries_per_day) - invest.running_per_month(queries_per_day)
+    formula = (
+        f"months = (training + data preparation) / monthly saving = {_money(extra)} / "
+        f"({_money(base.running_per_month(queries_per_day))} - {_money(invest.running_per_month(queries_per_day))})"
+    )
+    if saving <= 0:
+        return Payback(
+            invest.name, base.name, queries_per_day, round(extra, 6), round(saving, 6), None,
+            formula + f" : no saving at {queries_per_day:,.0f} queries/day, never pays back",
+        )  # fmt: skip
+    months = extra / saving
+    return Payback(
+        invest.name, base.name, queries_per_day, round(extra, 6), round(saving, 6), round(months, 9),
+        formula + f" = {months:,.1f} months",
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -177,7 +288,7 @@ def monthly_cost(option: CostOption, queries_per_day: float) -> MonthlyCost:
     )
 
 
-@dataclass(frozen=True)
+@dataclass
 class BreakEven:
     a: str
     b: str
@@ -187,6 +298,9 @@ class BreakEven:
     cheaper_below: str | None = None
     cheaper_above: str | None = None
     notes: list[str] = field(default_factory=list)
+    # The same crossing with data preparation amortised too (all-in), and the payback of the one-off costs.
+    all_in_volume: float | None = None
+    payback: Payback | None = None
 
 
 def _money(x: float) -> str:
@@ -320,10 +434,31 @@ def sweep(options: Sequence[CostOption], volumes: Iterable[float]) -> list[dict[
     return rows
 
 
+def break_even_all_in(a: CostOption, b: CostOption) -> float | None:
+    """The break-even volume with data preparation amortised like training (the all-in bills cross).
+
+    >>> break_even_all_in(CostOption("p", 0.08), CostOption("ft", 0.02, hosting_per_month=1224,
+    ...                   data_preparation_cost=3000, retrain_every_days=100))  # (1224 + 900) / 1.8
+    1180.0
+    """
+    from dataclasses import replace
+
+    def folded(o: CostOption) -> CostOption:
+        return replace(o, training_cost=o.one_off, data_preparation_cost=0.0)
+
+    return break_even(folded(a), folded(b)).volume
+
+
 __all__ = [
+    "AllInCost",
     "BreakEven",
+    "Payback",
+    "all_in_cost",
+    "break_even_all_in",
+    "payback",
     "CostOption",
     "DAYS_PER_MONTH",
+    "DEFAULT_PLATFORMS",
     "GUIDE_EXAMPLE",
     "MonthlyCost",
     "RETRAIN_EVERY_DAYS",

@@ -17,14 +17,18 @@ from typing import Any
 
 from tunewise.economics.cost import (
     RETRAIN_EVERY_DAYS,
+    AllInCost,
     BreakEven,
     CostOption,
     MonthlyCost,
+    all_in_cost,
     break_even,
+    break_even_all_in,
     cheapest,
     guide_notes,
     hosting_per_month,
     monthly_cost,
+    payback,
     per_query_cost,
     training_cost,
 )
@@ -58,6 +62,10 @@ class CostRequest:
     training_tokens: float | None = None  # tokens per epoch, from the data stage
     epochs: float = 1.0
     retrain_every_days: float = RETRAIN_EVERY_DAYS
+    training_hours: float | None = (
+        None  # the run's measured hours, for platforms that bill training by the hour
+    )
+    data_preparation_cost: float = 0.0  # one-off, fine-tuned options only
 
 
 @dataclass
@@ -69,6 +77,8 @@ class CostReport:
     cheapest: MonthlyCost
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    all_in: list[AllInCost] = field(default_factory=list)  # empty at 0 queries/day
+    prices: list[dict[str, Any]] = field(default_factory=list)  # each catalog figure used, with its source
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -76,8 +86,10 @@ class CostReport:
             "days_per_month": 30,
             "options": [asdict(o) | {"fixed_per_month": o.fixed_per_month} for o in self.options],
             "monthly": [asdict(m) for m in self.monthly],
+            "all_in": [asdict(a) for a in self.all_in],
             "break_even": [asdict(b) for b in self.break_evens],
             "cheapest": asdict(self.cheapest),
+            "prices": self.prices,
             "skipped": self.skipped,
             "notes": self.notes,
         }
@@ -92,6 +104,13 @@ def _training(request: CostRequest, entry: Entry | None) -> float:
         return training_cost(
             request.training_tokens, request.epochs, entry.require("training_per_million_tokens")
         )
+    if entry.training_per_hour.known:
+        if request.training_hours is None:
+            raise TunewiseError(
+                f"pricing entry '{entry.id}' bills training by the hour and the run's hours are unknown",
+                hint="give --training-cost DOLLARS, or price a trained run (the pipeline passes its hours)",
+            )
+        return round(request.training_hours * entry.require("training_per_hour"), 10)
     entry.require("training_per_million_tokens")  # raises, naming the entry and field
     return 0.0
 
@@ -157,7 +176,13 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
                 name = "fine-tuned" if not entries else "fine-tuned @ given hosting"
                 options.append(
                     CostOption(
-                        name, request.tuned_cost, hosting, _training(request, None), cadence, arm="fine-tuned"
+                        name,
+                        request.tuned_cost,
+                        hosting,
+                        _training(request, None),
+                        cadence,
+                        arm="fine-tuned",
+                        data_preparation_cost=request.data_preparation_cost,
                     )
                 )
             for entry in entries:
@@ -171,6 +196,7 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
                             cadence,
                             arm="fine-tuned",
                             platform=entry.id,
+                            data_preparation_cost=request.data_preparation_cost,
                         )
                     )
                 except TunewiseError as exc:
@@ -208,6 +234,7 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
                             cadence,
                             arm=arm.name,
                             platform=entry.id,
+                            data_preparation_cost=request.data_preparation_cost if tuned else 0.0,
                         )
                     )
                 except TunewiseError as exc:
@@ -295,12 +322,16 @@ def cost_report(request: CostRequest, catalog: Catalog) -> CostReport:
     names = [o.name for o in options]
     if len(set(names)) != len(names):
         raise TunewiseError(f"two options share a name: {', '.join(names)}", hint="name each platform once")
-    monthly = [monthly_cost(o, request.queries_per_day) for o in options]
+    q = request.queries_per_day
+    monthly = [monthly_cost(o, q) for o in options]
     pairs = []
     for i, a in enumerate(options):
         for b in options[i + 1 :]:
             be = break_even(a, b)
             be.notes.extend(guide_notes(a, b, be))
+            if a.data_preparation_cost or b.data_preparation_cost:
+                be.all_in_volume = break_even_all_in(a, b)
+            be.payback = payback(a, b, q)
             pairs.append(be)
     return CostReport(
         queries_per_day=request.queries_per_day,
@@ -310,7 +341,44 @@ def cost_report(request: CostRequest, catalog: Catalog) -> CostReport:
         cheapest=cheapest(options, request.queries_per_day),
         skipped=skipped,
         notes=notes,
+        all_in=[all_in_cost(o, q) for o in options] if q > 0 else [],
+        prices=prices_used(options, catalog),
     )
+
+
+# The figures an option's cost reads from its entry: per-token prices, hosting, training.
+_USED_FIELDS = (
+    "inference_input_per_million_tokens",
+    "inference_output_per_million_tokens",
+    "hosting_per_hour",
+    "hosting_per_month",
+    "training_per_million_tokens",
+    "training_per_hour",
+)
+
+
+def prices_used(options: list[CostOption], catalog: Catalog) -> list[dict[str, Any]]:
+    """Each known catalog figure behind the options, once, with its source and date: what a reader checks."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for option in options:
+        if option.platform is None or option.platform in seen:
+            continue
+        seen.add(option.platform)
+        entry = catalog.get(option.platform)
+        for name in _USED_FIELDS:
+            fig = getattr(entry, name)
+            if fig.known:
+                rows.append(
+                    {
+                        "entry": entry.id,
+                        "field": name,
+                        "value": fig.value,
+                        "source": fig.source,
+                        "date": fig.date,
+                    }
+                )
+    return rows
 
 
 __all__ = [
@@ -321,5 +389,6 @@ __all__ = [
     "build_options",
     "cost_report",
     "gpu_capacity",
+    "prices_used",
     "training_estimates",
 ]

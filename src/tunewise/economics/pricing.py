@@ -70,6 +70,54 @@ class Figure(BaseModel):
     def known(self) -> bool:
         return self.value is not None
 
+    def age_days(self, today: _dt.date | None = None) -> int | None:
+        """Days since the figure's date (a month-only date counts from its first day); None without a date.
+
+        >>> Figure(value=1.0, source="x", date="2026-05").age_days(_dt.date(2026, 12, 7))
+        220
+        >>> Figure(value=1.0, source="x", date="2026-12-01").age_days(_dt.date(2026, 12, 7))
+        6
+        """
+        dated = parse_date(self.date)
+        if dated is None:
+            return None
+        return ((today or _dt.date.today()) - dated).days
+
+
+STALE_AFTER_DAYS = 90  # past this, `tunewise pricing` warns: vendors reprice often
+GUIDE_SOURCE_PREFIX = "practitioner's guide (docs/guide.md)"
+MODEL_SOURCE_PREFIX = "tunewise cost model (docs/economics.md)"
+
+
+def parse_date(text: str) -> _dt.date | None:
+    """A figure's date as a date: YYYY-MM-DD, or YYYY-MM (its first day); None when it is not one.
+
+    >>> parse_date("2026-05"), parse_date("2026-12-07"), parse_date("-")
+    (datetime.date(2026, 5, 1), datetime.date(2026, 12, 7), None)
+    """
+    for fmt in ("%Y-%m-%d", "%Y-%m"):
+        try:
+            return _dt.datetime.strptime(text, fmt).date()
+        except ValueError:
+            continue
+    return None
+
+
+def source_kind(source: str) -> str | None:
+    """What a shipped figure's source is: 'url' (a vendor's page), 'guide' (the practitioner's guide), 'model'
+    (tunewise's own documented cost model: a GPU paid by the hour has no per-token price), or None.
+
+    >>> source_kind("https://aws.amazon.com/bedrock/pricing/"), source_kind("my notes")
+    ('url', None)
+    """
+    if source.startswith(("https://", "http://")) and " " not in source:
+        return "url"
+    if source.startswith(GUIDE_SOURCE_PREFIX):
+        return "guide"
+    if source.startswith(MODEL_SOURCE_PREFIX):
+        return "model"
+    return None
+
 
 def _unknown(note: str) -> Figure:
     return Figure(value=None, source="not given", date="-", note=note)
@@ -290,4 +338,109 @@ def load_catalog(*override_files: str | Path | None) -> Catalog:
     return catalog
 
 
-__all__ = ["Catalog", "Entry", "Figure", "FIGURE_FIELDS", "load_builtin", "load_catalog", "merge"]
+def stale_figures(catalog: Catalog, today: _dt.date | None = None) -> list[tuple[Entry, int]]:
+    """Each entry whose oldest dated figure is older than STALE_AFTER_DAYS, with that age in days."""
+    stale = []
+    for entry in catalog.entries:
+        ages = [getattr(entry, f).age_days(today) for f in FIGURE_FIELDS]
+        oldest = max((a for a in ages if a is not None), default=None)
+        if oldest is not None and oldest > STALE_AFTER_DAYS:
+            stale.append((entry, oldest))
+    return stale
+
+
+def _check_sourced(raw: dict[str, Any], source: str) -> None:
+    """Every figure of an update file carries a value, a source and a date; one line per problem."""
+    problems = []
+    entries = raw.get("entries") or []
+    for i, item in enumerate(entries):
+        if not isinstance(item, dict) or not item.get("id"):
+            problems.append(f"entry #{i + 1}: needs an 'id' (platform/model-class)")
+            continue
+        for field in FIGURE_FIELDS:
+            if field not in item:
+                continue
+            figure = item[field]
+            if not isinstance(figure, dict):
+                problems.append(
+                    f"entry '{item['id']}': {field}: give {{value, source, date}}, not a bare number "
+                    "(where the price comes from, and when it was read)"
+                )
+                continue
+            for key in ("source", "date"):
+                if not str(figure.get(key) or "").strip():
+                    problems.append(f"entry '{item['id']}': {field}: has no {key}")
+            if figure.get("date") is not None and parse_date(str(figure["date"])) is None:
+                problems.append(f"entry '{item['id']}': {field}: date '{figure['date']}' is not YYYY-MM-DD")
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def update_pricing_file(target: str | Path, update: str | Path) -> tuple[list[str], list[str]]:
+    """Merge the figures of `update` into the user's pricing file `target` (created if absent).
+
+    Every figure in `update` must carry its source and date. A known entry id gets the fields `update` names
+    (field by field); a new id is added. The result is checked against the built-in catalog before the file
+    is replaced atomically. Returns (entry ids updated, entry ids added)."""
+    import yaml
+
+    from tunewise.fileio import atomic_write_text
+
+    update = Path(update)
+    if not update.is_file():
+        raise TunewiseError(
+            f"no pricing file at {update}", hint="give the path of a YAML file of new figures"
+        )
+    raw_update = _read_yaml(update.read_text(encoding="utf-8"), str(update))
+    unknown_top = set(raw_update) - {"version", "entries"}
+    if unknown_top:
+        raise ConfigError(
+            str(update), [f"unknown top-level key '{k}' (expected 'entries')" for k in sorted(unknown_top)]
+        )
+    _check_sourced(raw_update, str(update))
+    target = Path(target)
+    current: dict[str, Any] = {"version": 1, "entries": []}
+    if target.is_file():
+        current = _read_yaml(target.read_text(encoding="utf-8"), str(target))
+    by_id = {e.get("id"): e for e in current["entries"] if isinstance(e, dict)}
+    updated, added = [], []
+    for item in raw_update["entries"]:
+        item = {k: (_plain(v) if k in FIGURE_FIELDS else v) for k, v in item.items()}
+        if item["id"] in by_id:
+            by_id[item["id"]].update(item)
+            updated.append(item["id"])
+        else:
+            current["entries"].append(item)
+            by_id[item["id"]] = item
+            added.append(item["id"])
+    # Refuse a file that would no longer load (a misspelt field, a negative price, hosting given twice).
+    merge(load_builtin(), current, str(target))
+    text = (
+        "# tunewise pricing overrides: every figure with its source and date (`tunewise pricing update`).\n"
+    )
+    text += yaml.safe_dump(current, sort_keys=False, allow_unicode=True)
+    atomic_write_text(target, text)
+    return updated, added
+
+
+def _plain(figure: Any) -> Any:
+    """A figure mapping with its date as text (YAML reads 2026-12-07 as a date object)."""
+    if isinstance(figure, dict) and isinstance(figure.get("date"), (_dt.date, _dt.datetime)):
+        return {**figure, "date": figure["date"].isoformat()}
+    return figure
+
+
+__all__ = [
+    "Catalog",
+    "Entry",
+    "Figure",
+    "FIGURE_FIELDS",
+    "STALE_AFTER_DAYS",
+    "load_builtin",
+    "load_catalog",
+    "merge",
+    "parse_date",
+    "source_kind",
+    "stale_figures",
+    "update_pricing_file",
+]

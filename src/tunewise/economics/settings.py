@@ -52,6 +52,7 @@ class Economics(BaseModel):
         arms: Sequence[ArmTokens] = (),
         training_tokens: float | None = None,
         epochs: float = 1.0,
+        training_hours: float | None = None,
     ) -> CostRequest:
         """The economics API's request for these settings and, optionally, measured tokens per arm."""
         from tunewise.economics.plan import CostRequest
@@ -68,6 +69,8 @@ class Economics(BaseModel):
             training_tokens=training_tokens,
             epochs=epochs,
             retrain_every_days=self.retrain_every_days,
+            training_hours=training_hours,
+            data_preparation_cost=self.data_preparation_cost,
         )
 
 

@@ -614,6 +614,8 @@ class Pipeline:
                     arms,
                     training_tokens=tokens.get("estimated_training_tokens"),
                     epochs=(run.epochs if run else None) or 3,
+                    # Platforms that bill training by the hour are priced from the run's measured time.
+                    training_hours=(run.wall_s / 3600 if getattr(run, "wall_s", None) else None),
                 ),
                 econ.catalog(),
             )

@@ -85,6 +85,7 @@ def _economics(pipeline) -> dict[str, Any] | None:
     ]
     breaks = [
         {"a": b.a, "b": b.b, "volume": b.volume, "formula": b.formula, "notes": b.notes}
+        | {k: getattr(b, k, None) for k in ("all_in_volume", "payback")}
         for b in costs.break_even
     ]
     return {
@@ -94,6 +95,9 @@ def _economics(pipeline) -> dict[str, Any] | None:
         "sweep_png": str(out.sweep_png_path) if out.sweep_png_path else None,
         "notes": costs.notes,
         "skipped": costs.skipped,
+        # The all-in cost per query by component and the catalog figures used, with their sources.
+        "all_in": getattr(costs, "all_in", None) or [],
+        "prices": getattr(costs, "prices", None) or [],
     }
 
 

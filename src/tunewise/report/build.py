@@ -649,8 +649,44 @@ def _economics_view(
         "sweep": sweep,
         "error": failed,
         "notes": [str(n) for n in economics.get("notes") or []]
+        + _all_in_notes(economics)
         + [f"skipped: {x}" for x in economics.get("skipped") or []],
     }
+
+
+def _all_in_notes(economics: Mapping[str, Any]) -> list[str]:
+    """The all-in cost per query of each option by component, the payback of the one-off costs and the
+    catalog figures used, each with its source, as lines of the cost section.
+
+    >>> _all_in_notes({"all_in": [{"option": "ft @ x", "inference": 0.02, "hosting": 0.01, "training": 0.0,
+    ...                            "data_preparation": 0.066, "total": 0.096}]})[0]
+    'all-in cost per query of ft @ x: $0.0960 = inference $0.0200 + hosting $0.0100 + training $0 + data preparation $0.0660'
+    """
+    lines = []
+    for a in economics.get("all_in") or []:
+        if isinstance(a, Mapping):
+            lines.append(
+                f"all-in cost per query of {a.get('option')}: {usd(a.get('total'))} = inference "
+                f"{usd(a.get('inference'))} + hosting {usd(a.get('hosting'))} + training {usd(a.get('training'))}"
+                f" + data preparation {usd(a.get('data_preparation'))}"
+            )
+    for b in economics.get("break_even") or []:
+        p = b.get("payback") if isinstance(b, Mapping) else None
+        if isinstance(p, Mapping):
+            months = _num(p.get("months"))
+            shown = f"{months:,.1f} months" if months is not None else "never (no monthly saving)"
+            lines.append(f"payback of {p.get('invest')}'s one-off costs against {p.get('baseline')}: {shown}")
+        if isinstance(b, Mapping) and _num(b.get("all_in_volume")) is not None:
+            lines.append(
+                f"break-even {b.get('a')} vs {b.get('b')} with data preparation amortised: "
+                f"{b['all_in_volume']:,.1f} queries/day"
+            )
+    for p in economics.get("prices") or []:
+        if isinstance(p, Mapping):
+            lines.append(
+                f"price used: {p.get('entry')} {p.get('field')} {usd(p.get('value'))}, {p.get('source')} ({p.get('date')})"
+            )
+    return lines
 
 
 def _training_month(option: Mapping[str, Any]) -> float | None:
