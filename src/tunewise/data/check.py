@@ -54,6 +54,7 @@ BIG_LINE = 2**20  # bytes: longer lines are parsed by the json module (about 2x 
 JSON_ESCAPE = 6  # bytes JSON may spend on one byte of text (\u0000)
 LINE_SLACK = 2**16  # bytes of keys, roles and punctuation allowed on top of an example's text
 SIGN_CHARS = 2**16  # characters of an input that near-duplicate signing reads
+SIGN_HELD = 2**21  # characters of inputs queued for signing (normalizing costs about 20 bytes a character)
 HELD = 16 * 2**20  # bytes of lines (or characters of text) a batch holds before it is processed
 SHOWN = 5  # locations listed per grouped problem
 PARALLEL_MIN_BYTES = 16 * 2**20
@@ -345,7 +346,7 @@ class _Checker:
         texts = [t[:SIGN_CHARS] for t in texts]  # a slice of a short str is the str itself, not a copy
         self.pending_texts.extend(texts)
         self.pending_chars += sum(map(len, texts))
-        if len(self.pending_texts) >= BATCH or self.pending_chars > HELD:
+        if len(self.pending_texts) >= BATCH or self.pending_chars > SIGN_HELD:
             self.flush()
 
     def contract(self, line: int, answer: str) -> None:
