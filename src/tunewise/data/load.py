@@ -19,6 +19,7 @@ def load_examples(path: Path, fmt: str = "auto", csv_columns: dict | None = None
     from tunewise.data.check import require_regular_file
 
     require_regular_file(path, "check data.train / data.eval in tunewise.yaml")
+    check_format(fmt)
     problems: list[str] = []
     examples: list[dict] = []
     if path.suffix.lower() == ".csv" or fmt == "csv":
@@ -42,6 +43,17 @@ def load_examples(path: Path, fmt: str = "auto", csv_columns: dict | None = None
     if not examples:
         raise TunewiseError(f"{path} holds no examples")
     return examples
+
+
+def check_format(fmt: str) -> None:
+    """Raise a TunewiseError unless `fmt` is 'auto' or an input format tunewise reads."""
+    from tunewise.data.formats import FORMATS
+    from tunewise.errors import nearest
+
+    if fmt != "auto" and fmt not in FORMATS:
+        guess = nearest(fmt, FORMATS)
+        tip = f"did you mean '{guess}'? " if guess else ""
+        raise TunewiseError(f"unknown format '{fmt}'", hint=f"{tip}use auto or one of {', '.join(FORMATS)}")
 
 
 def _jsonl_rows(path: Path, fmt: str, problems: list[str]):
