@@ -180,8 +180,7 @@ def split(
     from tunewise.cli import out, print_json
     from tunewise.data.load import load_examples
     from tunewise.data.split import interval_half_width, split_examples
-    from tunewise.data.versions import save_version, to_jsonl
-    from tunewise.fileio import atomic_write_text
+    from tunewise.data.versions import publish_split, save_version, to_jsonl
     from tunewise.spec import LabelContract
 
     spec, project = _spec_and_project(spec_path)
@@ -192,8 +191,8 @@ def split(
         else _detect_labels(examples)
     )
     train, held = split_examples(examples, eval_fraction, seed, labels)
-    atomic_write_text(out_dir / "train.jsonl", to_jsonl(train))
-    atomic_write_text(out_dir / "eval.jsonl", to_jsonl(held))
+    # Both files are published together: a reader never sees a train file and an eval file of two splits.
+    publish_split(out_dir, {"train.jsonl": to_jsonl(train), "eval.jsonl": to_jsonl(held)})
     result = {
         "train": {"path": str(out_dir / "train.jsonl"), "examples": len(train)},
         "eval": {"path": str(out_dir / "eval.jsonl"), "examples": len(held)},
