@@ -534,6 +534,7 @@ class _Checker:
         structure_only = self.opts.structure_only
         counted = 0  # fast-path examples when nothing but their number is recorded
         line_no = first_line - 1
+        blanks = None  # the blank_line group, once it exists
         with open(path, "rb") as f:
             for raw in iter_lines(f, start, end, self.opts.max_line_bytes, BLOCK):
                 line_no += 1
@@ -552,7 +553,13 @@ class _Checker:
                     raw = raw[3:]
                 raw = raw.rstrip(b"\r")
                 if not raw or raw.isspace():
-                    add("warning", "blank_line", "(line)", path, line_no, "blank line (skipped)")
+                    # Once the group shows its first locations, a blank line only counts (a file of
+                    # millions of newlines costs one increment each).
+                    if blanks is not None and len(blanks.first) >= SHOWN:
+                        blanks.count += 1
+                    else:
+                        add("warning", "blank_line", "(line)", path, line_no, "blank line (skipped)")
+                        blanks = self.part.problems.groups[("warning", "blank_line", "(line)")]
                     continue
                 try:
                     rec = loads(raw) if len(raw) <= big else loads_line(raw)
