@@ -139,6 +139,9 @@ def data_cases(folder: Path, big: bool) -> dict[str, list[tuple[str, Path, list[
     add("huge string field", "15 MB field under the 16 MiB cap, --no-tokens", path, ["--no-tokens"])
     path = fill(folder / "escapes15.jsonl", good + prefix + b"\\ud83d\\ude00", b"\\u00e9", 15 * MiB, suffix)
     add("huge string field", "15 MB of \\u escapes with a surrogate pair, --no-tokens", path, ["--no-tokens"])
+    # One surrogate escape sends the line to orjson (which refuses lone surrogates): its 13x working memory.
+    path = fill(folder / "surrogate15.jsonl", good + prefix + b"\\ud83d\\ude00", b"a", 15 * MiB, suffix)
+    add("huge string field", "15 MB field after a surrogate escape, --no-tokens", path, ["--no-tokens"])
     just = folder / "near_context.jsonl"
     with open(just, "wb") as f:
         f.write(good)
