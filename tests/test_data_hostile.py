@@ -218,3 +218,34 @@ def test_binary_is_reported_line_by_line(tmp_path: Path):
     report = check_files([path], None, CheckOptions(), None)
     codes = problems_of(report)
     assert "invalid_utf8" in codes and report.errors >= 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"messages": [{"role": "user", "content": "caf\\u00e9 \\ud83d\\ude00"}], "n": 1.5e3}',
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": "\\ud800"}',  # a lone surrogate
+        b"[" * 5000 + b"]" * 5000,
+        b'{"a": 1,}',
+        b'{"a": "caf\xe9"}',  # Latin-1 bytes
+        b"  [1, 2]  ",
+    ],
+)
+def test_long_lines_parse_to_the_same_verdict(raw: bytes, monkeypatch):
+    """Lines over BIG_LINE go to the json module; what it accepts and refuses must match orjson."""
+    import orjson
+
+    import tunewise.data.check as check_module
+
+    try:
+        expected = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        expected = "refused"
+    monkeypatch.setattr(check_module, "BIG_LINE", 0)
+    try:
+        got = check_module.loads_line(raw)
+    except orjson.JSONDecodeError:
+        got = "refused"
+    assert got == expected
