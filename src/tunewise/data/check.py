@@ -11,6 +11,13 @@ How it stays fast on a 100 MB file:
 - Lengths are exact without tokenizing everything: a token covers at least one byte, so an example whose
   line has fewer bytes than the context minus the chat template's tokens cannot exceed the context. Only
   examples above that bound are tokenized.
+- One example's cost is capped: a line longer than the context can hold many times over (context x the
+  longest token's bytes x 6, the most bytes JSON spends on one byte of text) is reported as too long without
+  being parsed, and one whose rendered text is longer than context x the longest token's bytes without being
+  tokenized. Near-duplicate signing reads at most the first SIGN_CHARS characters of an input.
+- Memory is bounded whatever the input: lines are read by data/lines.py (one block and one line of at most
+  the cap at once), and every batch (fast-path rows, texts to sign, long examples to tokenize) is flushed
+  when it holds more than a fixed number of bytes as well as when it holds BATCH items.
 - Token statistics are computed on a seeded sample (exact below the sample size), and say so.
 - Duplicates: exact ones by a hash of the normalized example; near ones by MinHash LSH (data/minhash.py).
 - `structure_only` checks what Together's `check_file` checks (bytes, JSON, format, fields, roles, content,
@@ -36,11 +43,19 @@ import orjson
 
 from tunewise.data import minhash
 from tunewise.data.formats import FORMATS, check_messages, completion, detect_format, normalize, prompt_text
+from tunewise.data.lines import BLOCK, Overlong, iter_lines, next_line_start
 from tunewise.errors import TunewiseError
 
 BATCH = 4096
-BLOCK = 4 * 2**20  # bytes read and split into lines at once
 BOM = b"\xef\xbb\xbf"
+# What one example may cost, and what a batch may hold, whatever the input.
+LINE_CAP = 16 * 2**20  # bytes: a longer line is never parsed, with or without a model's context to compare
+BIG_LINE = 2**20  # bytes: longer lines are parsed by the json module (about 2x a line's size, orjson 13x)
+JSON_ESCAPE = 6  # bytes JSON may spend on one byte of text (\u0000)
+LINE_SLACK = 2**16  # bytes of keys, roles and punctuation allowed on top of an example's text
+SIGN_CHARS = 2**16  # characters of an input that near-duplicate signing reads
+SIGN_HELD = 2**21  # characters of inputs queued for signing (normalizing costs about 20 bytes a character)
+HELD = 16 * 2**20  # bytes of lines (or characters of text) a batch holds before it is processed
 SHOWN = 5  # locations listed per grouped problem
 PARALLEL_MIN_BYTES = 16 * 2**20
 SAMPLE = 2000
@@ -73,6 +88,23 @@ class CheckOptions:
     structure_only: bool = False  # only the structure of each line and the example counts (Together's checks)
     sample_size: int = SAMPLE
     workers: int = 0  # 0: one per core for large files
+    longest_token_bytes: int = 0  # the most bytes one token of the tokenizer covers; 0: unknown
+    max_line_bytes: int = LINE_CAP  # a longer line is reported as too long without being parsed
+
+
+def line_cap(context_length: int | None, longest_token_bytes: int) -> int:
+    """The longest line worth parsing: one that could still fit the context. A token covers at most
+    `longest_token_bytes` bytes of text and JSON spends at most JSON_ESCAPE bytes on a byte of text, so a
+    longer line holds more tokens than the context, many times over.
+
+    >>> line_cap(8192, 162)
+    8028160
+    >>> line_cap(None, 0) == LINE_CAP
+    True
+    """
+    if not context_length or not longest_token_bytes:
+        return LINE_CAP
+    return min(LINE_CAP, context_length * longest_token_bytes * JSON_ESCAPE + LINE_SLACK)
 
 
 @dataclass
@@ -148,9 +180,36 @@ class Partial:
     text_ids: Any = field(default_factory=lambda: array("I"))
     completions: Counter = field(default_factory=Counter)
     completions_overflow: bool = False
-    sample: list = field(default_factory=list)  # (random key, messages)
-    long: list = field(default_factory=list)  # (line, messages) above the byte bound: tokenized exactly
+    # (random key, messages), or (random key, (tokens, prompt tokens)) for an example measured on the way
+    sample: list = field(default_factory=list)
+    long: int = 0  # examples above the byte bound: tokenized exactly (or too long many times over)
     first_format: str | None = None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_line(raw: bytes) -> Any:
+    """orjson.loads, with the same verdicts in less memory for a long line: orjson's working memory is
+    about 13 times the line, the json module's about twice. A line with a surrogate escape goes to orjson,
+    which refuses lone surrogates as the json module does not; so does every line up to BIG_LINE bytes.
+
+    >>> loads_line(b'{"a": [1, "b"]}')
+    {'a': [1, 'b']}
+    """
+    if len(raw) <= BIG_LINE or _SURROGATE_ESCAPE.search(raw):
+        return orjson.loads(raw)
+    import json
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        message = "nesting too deep" if isinstance(exc, RecursionError) else str(exc)
+        raise orjson.JSONDecodeError(message, "", 0) from None
 
 
 def _h64(value: Any) -> int:
@@ -160,8 +219,10 @@ def _h64(value: Any) -> int:
 
 
 class _Checker:
-    def __init__(self, file: str, opts: CheckOptions, fmt: str | None, seed: int):
+    def __init__(self, file: str, opts: CheckOptions, fmt: str | None, seed: int, tokenizer: Any = None):
         self.file = file
+        # Token counts (the sample, the exact length check) need the tokenizer; without one nothing is kept.
+        self.tokenizer = tokenizer if opts.context_length and not opts.structure_only else None
         self.opts = opts
         self.fmt = fmt  # the file's format, fixed by --format or by its first record
         self.part = Partial(Problems())
@@ -175,8 +236,11 @@ class _Checker:
             cls = jsonschema.validators.validator_for(opts.json_schema)
             self.schema_validator = cls(opts.json_schema)
         self.pending_texts: list[str] = []
+        self.pending_chars = 0
         self.signer = minhash.Signer(BATCH) if opts.near_duplicates and not opts.structure_only else None
         self.seen = 0  # examples offered to the reservoir sample
+        self.long_pending: list[tuple[int, list[dict]]] = []  # long examples not measured yet
+        self.long_held = 0  # their bytes
 
     # One example that parsed: record it and check what applies to every format.
     def example(self, line: int, messages: list[dict], nbytes: int) -> None:
@@ -191,9 +255,7 @@ class _Checker:
         part.prompt_hash.append(_h64(prompt))
         part.example_hash.append(_h64((system, prompt, answer)))
         if self.signer is not None:
-            self.pending_texts.append(prompt)
-            if len(self.pending_texts) >= BATCH:
-                self.flush()
+            self.sign([prompt])
         if not part.completions_overflow:
             if len(answer) <= 64:
                 part.completions[answer] += 1
@@ -201,18 +263,91 @@ class _Checker:
                 part.completions_overflow = True
                 part.completions.clear()
         self.contract(line, answer)
-        if self.opts.context_length:
-            bound = nbytes + self.opts.first_overhead + self.opts.per_message_overhead * len(messages)
-            if bound > self.opts.context_length:
-                part.long.append((line, messages))
-        # Reservoir sample for token statistics.
-        self.seen += 1
-        if len(part.sample) < self.opts.sample_size:
-            part.sample.append((self.rng.random(), messages))
+        if self.tokenizer is None:
+            return
+        bound = nbytes + self.opts.first_overhead + self.opts.per_message_overhead * len(messages)
+        if bound > self.opts.context_length:
+            self.long(line, messages, nbytes)
         else:
-            j = self.rng.randrange(self.seen)
-            if j < self.opts.sample_size:
-                part.sample[j] = (self.rng.random(), messages)
+            self.offer(lambda: messages)
+
+    def offer(self, entry) -> None:
+        """Reservoir sampling for token statistics; `entry()` makes what is kept, only if it is."""
+        sample, k = self.part.sample, self.opts.sample_size
+        self.seen += 1
+        if len(sample) < k:
+            sample.append((self.rng.random(), entry()))
+        else:
+            j = int(self.rng.random() * self.seen)
+            if j < k:
+                sample[j] = (self.rng.random(), entry())
+
+    def long(self, line: int, messages: list[dict], nbytes: int) -> None:
+        """An example that may not fit the context: measured exactly, a batch of bounded size at a time."""
+        self.part.long += 1
+        self.long_pending.append((line, messages))
+        self.long_held += nbytes
+        if self.long_held > HELD or len(self.long_pending) >= BATCH:
+            self.measure_long()
+
+    def measure_long(self) -> None:
+        tok, context = self.tokenizer, self.opts.context_length
+        longest = self.opts.longest_token_bytes
+        pending, self.long_pending, self.long_held = self.long_pending, [], 0
+        for line, messages in pending:
+            text = tok.render(messages)
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if longest and size > context * longest:
+                # More tokens than the context many times over: said without tokenizing all of it.
+                self.part.problems.add(
+                    "error",
+                    "too_long",
+                    "(example)",
+                    self.file,
+                    line,
+                    f"at least {-(-size // longest)} tokens ({size} bytes of text, at most {longest} bytes a "
+                    f"token), over the base model's context of {context}: shorten or split it",
+                )
+                continue
+            tokens = tok.count([text])[0]
+            del text
+            if tokens > context:
+                self.part.problems.add(
+                    "error",
+                    "too_long",
+                    "(example)",
+                    self.file,
+                    line,
+                    f"{tokens} tokens, over the base model's context of {context}: shorten or split it",
+                )
+            else:
+                self.offer(lambda m=messages, t=tokens: (t, _prompt_tokens(tok, m)))
+
+    def too_long_line(self, line: int, size: int) -> None:
+        opts = self.opts
+        if opts.max_line_bytes < LINE_CAP:
+            why = (
+                f"more than the base model's context of {opts.context_length} tokens can hold many times "
+                f"over (at most {opts.longest_token_bytes} bytes a token)"
+            )
+        else:
+            why = f"over the {LINE_CAP // 2**20} MiB a line may hold"
+        self.part.problems.add(
+            "error",
+            "too_long",
+            "(line)",
+            self.file,
+            line,
+            f"a line of {size:,} bytes: {why}; not read further: shorten or split it",
+        )
+
+    def sign(self, texts: list[str]) -> None:
+        """Queue inputs for near-duplicate signing: the first SIGN_CHARS characters of each."""
+        texts = [t[:SIGN_CHARS] for t in texts]  # a slice of a short str is the str itself, not a copy
+        self.pending_texts.extend(texts)
+        self.pending_chars += sum(map(len, texts))
+        if len(self.pending_texts) >= BATCH or self.pending_chars > SIGN_HELD:
+            self.flush()
 
     def contract(self, line: int, answer: str) -> None:
         add = self.part.problems.add
@@ -265,9 +400,12 @@ class _Checker:
         if self.pending_texts and self.signer is not None:
             self.signer.add(self.pending_texts)
         self.pending_texts = []
+        self.pending_chars = 0
 
     def finish(self) -> Partial:
         self.flush()
+        if self.long_pending:
+            self.measure_long()
         if self.signer is not None:
             self.part.signatures = self.signer.finish()
             self.part.text_ids = self.signer.ids
@@ -363,50 +501,47 @@ class _Checker:
         if self.label_set is not None or opts.is_json or self.regex is not None:
             for line_no, answer in zip(line_nos, answers):
                 self.contract(line_no, answer)
-        if opts.context_length:
+        if self.tokenizer is not None:
             limit = opts.context_length - opts.first_overhead - 2 * opts.per_message_overhead
-            if max(sizes) > limit:
-                part.long.extend((r[0], _chat(r[2], r[3])) for r in rows if r[1] > limit)
-        sample, k, rng = part.sample, opts.sample_size, self.rng
-        seen = self.seen
-        for _, _, p, c in rows:
-            seen += 1
-            if len(sample) < k:
-                sample.append((rng.random(), _chat(p, c)))
-            else:
-                j = int(rng.random() * seen)
-                if j < k:
-                    sample[j] = (rng.random(), _chat(p, c))
-        self.seen = seen
+            long = max(sizes) > limit
+            sample, k, rng = part.sample, opts.sample_size, self.rng
+            seen = self.seen
+            for line_no, size, p, c in rows:
+                if long and size > limit:
+                    self.seen = seen
+                    self.long(line_no, _chat(p, c), size)
+                    seen = self.seen
+                    continue
+                seen += 1
+                if len(sample) < k:
+                    sample.append((rng.random(), _chat(p, c)))
+                else:
+                    j = int(rng.random() * seen)
+                    if j < k:
+                        sample[j] = (rng.random(), _chat(p, c))
+            self.seen = seen
         if self.signer is not None:
-            self.pending_texts.extend(prompts)
-            if len(self.pending_texts) >= BATCH:
-                self.flush()
+            self.sign(prompts)
 
     def run(self, path: str, start: int, end: int, first_line: int) -> Partial:
         """Check the lines of `path` that start in [start, end); line numbers count from first_line."""
         add = self.part.problems.add
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
+        big = BIG_LINE
         rows: list = []
+        held = 0  # bytes of the lines in rows
         fast = self.fmt in (None, "openai")
         structure_only = self.opts.structure_only
         counted = 0  # fast-path examples when nothing but their number is recorded
         line_no = first_line - 1
-        tail = b""
+        blanks = None  # the blank_line group, once it exists
         with open(path, "rb") as f:
-            f.seek(start)
-            remaining = end - start
-            while True:
-                block = f.read(min(remaining, BLOCK)) if remaining > 0 else b""
-                remaining -= len(block)
-                if block:
-                    lines = (tail + block).split(b"\n")
-                    tail = lines.pop()  # the start of a line the next block ends
-                elif tail:
-                    lines, tail = [tail], b""  # the last line, without a newline
-                else:
-                    break
-                if line_no == 0 and lines and lines[0].startswith(BOM):
+            for raw in iter_lines(f, start, end, self.opts.max_line_bytes, BLOCK):
+                line_no += 1
+                if type(raw) is Overlong:
+                    self.too_long_line(line_no, raw.size)
+                    continue
+                if line_no == 1 and raw.startswith(BOM):
                     add(
                         "error",
                         "bom",
@@ -415,56 +550,61 @@ class _Checker:
                         1,
                         "the file starts with a UTF-8 byte-order mark: save it as UTF-8 without BOM",
                     )
-                    lines[0] = lines[0][3:]
-                for raw in lines:
-                    line_no += 1
-                    raw = raw.rstrip(b"\r\n")
-                    if not raw or raw.isspace():
+                    raw = raw[3:]
+                raw = raw.rstrip(b"\r")
+                if not raw or raw.isspace():
+                    # Once the group shows its first locations, a blank line only counts (a file of
+                    # millions of newlines costs one increment each).
+                    if blanks is not None and len(blanks.first) >= SHOWN:
+                        blanks.count += 1
+                    else:
                         add("warning", "blank_line", "(line)", path, line_no, "blank line (skipped)")
-                        continue
-                    try:
-                        rec = loads(raw)
-                    except JSONDecodeError as exc:
-                        self.parse_error(line_no, raw, exc)
-                        continue
-                    # Fast path: {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} and nothing else.
-                    if fast and type(rec) is dict and len(rec) == 1:
-                        msgs = rec.get("messages")
-                        if type(msgs) is list and len(msgs) == 2:
-                            u, a = msgs
-                            # Two keys, one "role", and "content" a str: exactly {"role", "content"}
-                            # (cheaper than comparing key views).
+                        blanks = self.part.problems.groups[("warning", "blank_line", "(line)")]
+                    continue
+                try:
+                    rec = loads(raw) if len(raw) <= big else loads_line(raw)
+                except JSONDecodeError as exc:
+                    self.parse_error(line_no, raw, exc)
+                    continue
+                # Fast path: {"messages": [{"role": "user", ...}, {"role": "assistant", ...}]} and nothing else.
+                if fast and type(rec) is dict and len(rec) == 1:
+                    msgs = rec.get("messages")
+                    if type(msgs) is list and len(msgs) == 2:
+                        u, a = msgs
+                        # Two keys, one "role", and "content" a str: exactly {"role", "content"}
+                        # (cheaper than comparing key views).
+                        if (
+                            type(u) is dict
+                            and type(a) is dict
+                            and len(u) == 2
+                            and len(a) == 2
+                            and u.get("role") == "user"
+                            and a.get("role") == "assistant"
+                        ):
+                            p, c = u.get("content"), a.get("content")
                             if (
-                                type(u) is dict
-                                and type(a) is dict
-                                and len(u) == 2
-                                and len(a) == 2
-                                and u.get("role") == "user"
-                                and a.get("role") == "assistant"
+                                type(p) is str
+                                and type(c) is str
+                                and p
+                                and c
+                                and not p.isspace()
+                                and not c.isspace()
                             ):
-                                p, c = u.get("content"), a.get("content")
-                                if (
-                                    type(p) is str
-                                    and type(c) is str
-                                    and p
-                                    and c
-                                    and not p.isspace()
-                                    and not c.isspace()
-                                ):
-                                    if self.fmt is None:
-                                        self.fmt = self.part.first_format = "openai"
-                                    if structure_only:
-                                        counted += 1
-                                        continue
-                                    rows.append((line_no, len(raw), p, c))
-                                    if len(rows) >= BATCH:
-                                        self.single_turn(rows)
-                                        rows = []
+                                if self.fmt is None:
+                                    self.fmt = self.part.first_format = "openai"
+                                if structure_only:
+                                    counted += 1
                                     continue
-                    if rows:  # keep every per-example array in line order
-                        self.single_turn(rows)
-                        rows = []
-                    self.record(line_no, raw, rec)
+                                rows.append((line_no, len(raw), p, c))
+                                held += len(raw)
+                                if len(rows) >= BATCH or held > HELD:
+                                    self.single_turn(rows)
+                                    rows, held = [], 0
+                                continue
+                if rows:  # keep every per-example array in line order
+                    self.single_turn(rows)
+                    rows, held = [], 0
+                self.record(line_no, raw, rec)
         if rows:
             self.single_turn(rows)
         self.part.examples += counted
@@ -472,14 +612,24 @@ class _Checker:
         return self.finish()
 
 
+def _prompt_tokens(tokenizer: Any, messages: list[dict]) -> int:
+    """Tokens of everything before the final reply, as the statistics count them."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return tokenizer.count([tokenizer.render(messages[:last], add_generation_prompt=True)])[0]
+
+
 def _chat(prompt: str, answer: str) -> list[dict]:
     return [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+
+
+# The tokenizer of the check under way: forked workers inherit it here instead of receiving a pickled copy.
+_TOKENIZER: Any = None
 
 
 def _check_range(
     path: str, start: int, end: int, first_line: int, opts: CheckOptions, fmt: str | None, seed: int
 ) -> Partial:
-    return _Checker(path, opts, fmt, seed).run(path, start, end, first_line)
+    return _Checker(path, opts, fmt, seed, _TOKENIZER).run(path, start, end, first_line)
 
 
 def _split_ranges(path: Path, parts: int) -> list[tuple[int, int, int]]:
@@ -490,9 +640,7 @@ def _split_ranges(path: Path, parts: int) -> list[tuple[int, int, int]]:
     bounds = [0]
     with open(path, "rb") as f:
         for i in range(1, parts):
-            f.seek(size * i // parts)
-            f.readline()
-            bounds.append(max(f.tell(), bounds[-1]))
+            bounds.append(max(next_line_start(f, size * i // parts), bounds[-1]))
     bounds.append(size)
     ranges = []
     line = 1
@@ -513,11 +661,13 @@ def _first_format(path: Path, opts: CheckOptions) -> str | None:
     if opts.fmt != "auto":
         return opts.fmt
     with open(path, "rb") as f:
-        for raw in f:
-            raw = raw.removeprefix(b"\xef\xbb\xbf").strip()
+        for raw in iter_lines(f, cap=opts.max_line_bytes):
+            if type(raw) is Overlong:
+                continue
+            raw = raw.removeprefix(BOM).strip()
             if raw:
                 try:
-                    record = orjson.loads(raw)
+                    record = loads_line(raw)
                 except orjson.JSONDecodeError:
                     return None
                 return detect_format(record) if isinstance(record, dict) else None
@@ -563,7 +713,17 @@ def require_regular_file(path: Path, hint: str) -> None:
     raise TunewiseError(f"{path}: is not a regular file (it is {kind})", hint=f"give a file on disk; {hint}")
 
 
-def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResult:
+def check_file(path: Path, opts: CheckOptions, role: str = "train", tokenizer: Any = None) -> FileResult:
+    """Check one file. With a tokenizer (and opts.context_length) examples are measured in its tokens."""
+    global _TOKENIZER
+    _TOKENIZER = tokenizer
+    try:
+        return _check_file(path, opts, role)
+    finally:
+        _TOKENIZER = None
+
+
+def _check_file(path: Path, opts: CheckOptions, role: str) -> FileResult:
     require_regular_file(path, "check the path (relative paths are relative to the working directory)")
     size = path.stat().st_size
     if size == 0:
@@ -573,7 +733,7 @@ def check_file(path: Path, opts: CheckOptions, role: str = "train") -> FileResul
     if path.suffix.lower() == ".csv" or opts.fmt == "csv":
         from tunewise.data.csvfile import check_csv
 
-        return FileResult(str(path), role, _merge([check_csv(path, opts)]), size)
+        return FileResult(str(path), role, _merge([check_csv(path, opts, _TOKENIZER)]), size)
     fmt = _first_format(path, opts)
     workers = opts.workers or (os.cpu_count() or 1)
     parts = workers if size >= PARALLEL_MIN_BYTES else 1
@@ -618,7 +778,7 @@ def _merge(partials: list[Partial]) -> Partial:
         else:
             out.completions.update(p.completions)
         out.sample.extend(p.sample)
-        out.long.extend(p.long)
+        out.long += p.long
     out.lines = np.concatenate([np.frombuffer(p.lines, dtype=np.uint32) for p in partials])
     out.example_hash = np.concatenate([np.frombuffer(p.example_hash, dtype=np.int64) for p in partials])
     out.prompt_hash = np.concatenate([np.frombuffer(p.prompt_hash, dtype=np.int64) for p in partials])

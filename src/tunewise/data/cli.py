@@ -41,7 +41,7 @@ def check(
         None, "--for", help=f"Also apply a provider's rules: {', '.join(PROVIDERS)}."
     ),
     fmt: str = typer.Option(
-        "auto", "--format", help="auto, openai, prompt-completion, alpaca, sharegpt or csv."
+        "auto", "--format", help="auto, openai, prompt-completion, alpaca, sharegpt, vertex, bedrock or csv."
     ),
     spec_path: Path = typer.Option(None, "--spec", help="Task spec for the output contract and base model."),
     labels: str = typer.Option(
@@ -67,15 +67,14 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     from tunewise.cli import err, print_json
-    from tunewise.data.formats import FORMATS
+    from tunewise.data.load import check_format
     from tunewise.data.validate import check_files, options_from_spec
 
     if provider is not None and provider not in PROVIDERS:
         raise TunewiseError(
             f"unknown provider '{provider}' for --for", hint=f"use one of {', '.join(PROVIDERS)}"
         )
-    if fmt != "auto" and fmt not in FORMATS:
-        raise TunewiseError(f"unknown format '{fmt}'", hint=f"use auto or one of {', '.join(FORMATS)}")
+    check_format(fmt)
     spec, project = _spec_and_project(spec_path)
     if not files:
         if spec is None:
@@ -181,8 +180,7 @@ def split(
     from tunewise.cli import out, print_json
     from tunewise.data.load import load_examples
     from tunewise.data.split import interval_half_width, split_examples
-    from tunewise.data.versions import save_version, to_jsonl
-    from tunewise.fileio import atomic_write_text
+    from tunewise.data.versions import publish_split, save_version, to_jsonl
     from tunewise.spec import LabelContract
 
     spec, project = _spec_and_project(spec_path)
@@ -193,8 +191,8 @@ def split(
         else _detect_labels(examples)
     )
     train, held = split_examples(examples, eval_fraction, seed, labels)
-    atomic_write_text(out_dir / "train.jsonl", to_jsonl(train))
-    atomic_write_text(out_dir / "eval.jsonl", to_jsonl(held))
+    # Both files are published together: a reader never sees a train file and an eval file of two splits.
+    publish_split(out_dir, {"train.jsonl": to_jsonl(train), "eval.jsonl": to_jsonl(held)})
     result = {
         "train": {"path": str(out_dir / "train.jsonl"), "examples": len(train)},
         "eval": {"path": str(out_dir / "eval.jsonl"), "examples": len(held)},
@@ -268,10 +266,11 @@ def convert(
 ) -> None:
     from tunewise.cli import out
     from tunewise.data.convert import PROVIDERS, convert_file
-    from tunewise.data.load import load_examples
+    from tunewise.data.load import check_format, load_examples
 
     if to not in PROVIDERS:
         raise TunewiseError(f"unknown provider '{to}' for --to", hint=f"use one of {', '.join(PROVIDERS)}")
+    check_format(fmt)
     examples = load_examples(file, fmt)
     convert_file(examples, to, out_path)
     out.print(f"wrote {len(examples)} examples in {to} format to {out_path}", highlight=False)

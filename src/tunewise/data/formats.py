@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-FORMATS = ("openai", "prompt-completion", "alpaca", "sharegpt", "csv")
+FORMATS = ("openai", "prompt-completion", "alpaca", "sharegpt", "vertex", "bedrock", "csv")
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 # Keys OpenAI's chat fine-tuning format accepts on a message and at the top level of a record.
 MESSAGE_KEYS = frozenset({"role", "content", "name", "weight", "tool_calls", "tool_call_id", "function_call"})
@@ -21,6 +21,9 @@ RECORD_KEYS = {
     "prompt-completion": frozenset({"prompt", "completion", "system", "metadata"}),
     "alpaca": frozenset({"instruction", "input", "output", "system", "history", "metadata"}),
     "sharegpt": frozenset({"conversations", "system", "tools", "id", "metadata"}),
+    # The providers' formats `data convert` writes (data/convert.py reads them back).
+    "vertex": frozenset({"systemInstruction", "contents"}),
+    "bedrock": frozenset({"schemaVersion", "system", "messages"}),
 }
 SHAREGPT_ROLES = {
     "human": "user",
@@ -50,11 +53,17 @@ def detect_format(record: dict[str, Any]) -> str | None:
     'alpaca'
     >>> detect_format({"conversations": []})
     'sharegpt'
+    >>> detect_format({"contents": []}), detect_format({"schemaVersion": "bedrock-conversation-2024", "messages": []})
+    ('vertex', 'bedrock')
     >>> detect_format({"text": "a"}) is None
     True
     """
+    if "schemaVersion" in record:
+        return "bedrock"
     if "messages" in record:
         return "openai"
+    if "contents" in record:
+        return "vertex"
     if "conversations" in record:
         return "sharegpt"
     if "instruction" in record or "output" in record:
@@ -123,6 +132,8 @@ def normalize(record: dict[str, Any], fmt: str) -> tuple[list[dict], list[Proble
         return messages, problems
     if fmt == "sharegpt":
         return _sharegpt(record, problems), problems
+    if fmt in ("vertex", "bedrock"):
+        return _provider(record, fmt, problems), problems
     raise ValueError(f"unknown format {fmt}")  # a bug: callers pass a detected or validated format
 
 
@@ -153,6 +164,21 @@ def _openai(record: dict[str, Any], problems: list[Problem]) -> list[dict]:
             out["tool_calls"] = msg.get("tool_calls") or [msg.get("function_call")]
         messages.append(out)
     return messages
+
+
+def _provider(record: dict[str, Any], fmt: str, problems: list[Problem]) -> list[dict]:
+    """A Vertex or Bedrock record, read back by the converter that writes them (unknown keys are warned
+    about above and left out here, as for every format)."""
+    from tunewise.data.convert import from_provider
+    from tunewise.errors import TunewiseError
+
+    known = {k: v for k, v in record.items() if k in RECORD_KEYS[fmt]}
+    try:
+        return from_provider(known, fmt)["messages"]
+    except TunewiseError as exc:
+        message = exc.message.removeprefix(f"example ({fmt}): ").removeprefix("example: ")
+        problems.append(("error", "invalid_record", "(record)", message))
+        return []
 
 
 def _sharegpt(record: dict[str, Any], problems: list[Problem]) -> list[dict]:

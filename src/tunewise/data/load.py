@@ -7,7 +7,6 @@ stops at the first file with errors, pointing at the checker.
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import orjson
@@ -20,6 +19,7 @@ def load_examples(path: Path, fmt: str = "auto", csv_columns: dict | None = None
     from tunewise.data.check import require_regular_file
 
     require_regular_file(path, "check data.train / data.eval in tunewise.yaml")
+    check_format(fmt)
     problems: list[str] = []
     examples: list[dict] = []
     if path.suffix.lower() == ".csv" or fmt == "csv":
@@ -45,15 +45,34 @@ def load_examples(path: Path, fmt: str = "auto", csv_columns: dict | None = None
     return examples
 
 
+def check_format(fmt: str) -> None:
+    """Raise a TunewiseError unless `fmt` is 'auto' or an input format tunewise reads."""
+    from tunewise.data.formats import FORMATS
+    from tunewise.errors import nearest
+
+    if fmt != "auto" and fmt not in FORMATS:
+        guess = nearest(fmt, FORMATS)
+        tip = f"did you mean '{guess}'? " if guess else ""
+        raise TunewiseError(f"unknown format '{fmt}'", hint=f"{tip}use auto or one of {', '.join(FORMATS)}")
+
+
 def _jsonl_rows(path: Path, fmt: str, problems: list[str]):
+    from tunewise.data.check import BOM, LINE_CAP, loads_line
+    from tunewise.data.lines import Overlong, iter_lines
+
     file_fmt = None if fmt == "auto" else fmt
     with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            raw = raw.removeprefix(b"\xef\xbb\xbf") if line_no == 1 else raw
+        for line_no, raw in enumerate(iter_lines(f, cap=LINE_CAP), 1):
+            if type(raw) is Overlong:
+                problems.append(
+                    f"{path}:{line_no}: a line of {raw.size:,} bytes, over the {LINE_CAP:,} a line may hold"
+                )
+                return
+            raw = raw.removeprefix(BOM) if line_no == 1 else raw
             if not raw.strip():
                 continue
             try:
-                record = orjson.loads(raw)
+                record = loads_line(raw.rstrip(b"\r"))
             except orjson.JSONDecodeError as exc:
                 problems.append(f"{path}:{line_no}: invalid JSON or UTF-8: {exc}")
                 return
@@ -73,15 +92,23 @@ def _csv_rows(path: Path, columns: dict | None, problems: list[str]):
     if not columns:
         problems.append(f"{path}: a CSV file needs data.csv_columns (prompt, completion)")
         return
-    text = path.read_bytes().removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="strict")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for row in reader:
-        messages = []
-        if columns.get("system") and row.get(columns["system"]):
-            messages.append({"role": "system", "content": row[columns["system"]]})
-        messages.append({"role": "user", "content": row.get(columns["prompt"]) or ""})
-        messages.append({"role": "assistant", "content": row.get(columns["completion"]) or ""})
-        yield reader.line_num, messages
+    from tunewise.data.check import LINE_CAP
+    from tunewise.data.csvfile import BadLine, csv_lines, field_limit
+
+    with open(path, "rb") as f, field_limit(LINE_CAP):
+        reader = csv.DictReader(csv_lines(f, LINE_CAP))
+        try:
+            for row in reader:
+                messages = []
+                if columns.get("system") and row.get(columns["system"]):
+                    messages.append({"role": "system", "content": row[columns["system"]]})
+                messages.append({"role": "user", "content": row.get(columns["prompt"]) or ""})
+                messages.append({"role": "assistant", "content": row.get(columns["completion"]) or ""})
+                yield reader.line_num, messages
+        except BadLine as exc:
+            problems.append(f"{path}:{exc.line}: {exc.message}")
+        except csv.Error as exc:
+            problems.append(f"{path}:{reader.line_num}: invalid CSV: {exc}")
 
 
 def load_spec_split(root: Path, spec) -> tuple[list[dict], list[dict], str]:

@@ -26,6 +26,7 @@ BANDS = 8
 ROWS = NUM_PERM // BANDS
 THRESHOLD = 0.7
 LONG = 256
+HELD = 2**21  # characters of distinct texts waiting to be signed (signing costs about 35 bytes a character)
 _rng = np.random.default_rng(20261129)
 # Universal hashes h(x) = (a*x + b) mod 2^32 with odd a: uint32 arithmetic wraps, which is the mod for free.
 _A = (_rng.integers(0, 2**31, NUM_PERM, dtype=np.uint32) * np.uint32(2) + np.uint32(1)).reshape(NUM_PERM, 1)
@@ -148,6 +149,7 @@ class Signer:
         self.ids = array("I")
         self.rows: dict[int, int] = {}  # hash of a normalized text -> row
         self.pending: list[str] = []  # distinct normalized texts not signed yet
+        self.held = 0  # their characters
         self.blocks: list[np.ndarray] = []
 
     def add(self, texts: list[str]) -> None:
@@ -159,15 +161,17 @@ class Signer:
             if r is None:
                 r = rows[h] = len(rows)
                 pending.append(t)
+                self.held += len(t)
             ids.append(r)
         self.ids.extend(ids)
-        if len(pending) >= self.batch:
+        if len(pending) >= self.batch or self.held > HELD:
             self._sign()
 
     def _sign(self) -> None:
         if self.pending:
             self.blocks.append(signatures(self.pending, normalized=True))
             self.pending = []
+            self.held = 0
 
     def finish(self) -> list[np.ndarray]:
         """The signatures, in blocks of rows: concatenated by whoever receives them, so a worker never

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from tunewise.data import minhash
-from tunewise.data.check import PROVIDER_MIN, CheckOptions, FileResult, Problems, check_file
+from tunewise.data.check import PROVIDER_MIN, CheckOptions, FileResult, Problems, check_file, line_cap
 from tunewise.spec import JsonContract, LabelContract, RegexContract, Spec
 
 # The guide's data thresholds.
@@ -74,7 +74,17 @@ def options_from_spec(spec: Spec | None, provider: str | None = None, tokenizer=
             for r in ("user", "assistant", "system")
         )
         opts.first_overhead, opts.per_message_overhead = first, per
+        opts.longest_token_bytes = longest_token_bytes(tokenizer)
+        opts.max_line_bytes = line_cap(opts.context_length, opts.longest_token_bytes)
     return opts
+
+
+def longest_token_bytes(tokenizer) -> int:
+    """An upper bound on the bytes of text one token covers: the longest vocabulary entry in UTF-8. Entries
+    spell a byte with at least one character (byte-level BPE's 'Ġ' is one byte written in two, a byte
+    fallback '<0x41>' one in six), so this never undercounts."""
+    vocab = tokenizer.tokenizer.get_vocab(with_added_tokens=True)
+    return max((len(token.encode("utf-8", "surrogatepass")) for token in vocab), default=0)
 
 
 def check_files(
@@ -82,8 +92,8 @@ def check_files(
 ) -> DataReport:
     started = time.perf_counter()
     opts = opts or CheckOptions()
-    results = [check_file(p, opts, "train") for p in train] + [
-        check_file(p, opts, "eval") for p in eval or []
+    results = [check_file(p, opts, "train", tokenizer) for p in train] + [
+        check_file(p, opts, "eval", tokenizer) for p in eval or []
     ]
     problems = Problems()
     for r in results:
@@ -343,35 +353,26 @@ def _statistics(
     if tokenizer is None:
         notes.append("token statistics and length limits skipped (no tokenizer)")
         return stats
-    # Exact length check for every example above the byte bound (few or none).
-    for r in results:
-        for line, messages in r.part.long:
-            tokens = tokenizer.count([tokenizer.render(messages)])[0]
-            if tokens > tokenizer.context_length:
-                problems.add(
-                    "error",
-                    "too_long",
-                    "(example)",
-                    r.path,
-                    line,
-                    f"{tokens} tokens, over the base model's context of {tokenizer.context_length}: shorten or split it",
-                )
-    candidates = sum(len(r.part.long) for r in results)
+    # The exact length check ran while the files were read (check.py measures every example above the
+    # byte bound, few or none).
+    candidates = sum(r.part.long for r in results)
     notes.append(
         f"length limit checked exactly for every example: {candidates} example(s) had more bytes than the "
-        f"context ({tokenizer.context_length} tokens) allows for and were tokenized; a token covers at least one byte"
+        f"context ({tokenizer.context_length} tokens) allows for and were measured; a token covers at least one byte"
     )
     sample = sorted((x for r in train for x in r.part.sample), key=lambda x: x[0])[: opts.sample_size]
-    messages_list = [m for _, m in sample]
-    if not messages_list:
+    if not sample:
         return stats
+    # Entries are messages, or (tokens, prompt tokens) of a long example already measured.
+    messages_list = [m for _, m in sample if not isinstance(m, tuple)]
+    measured = [m for _, m in sample if isinstance(m, tuple)]
     last_assistant = [max(i for i, m in enumerate(ms) if m["role"] == "assistant") for ms in messages_list]
-    full = tokenizer.count([tokenizer.render(ms) for ms in messages_list])
+    full = tokenizer.count([tokenizer.render(ms) for ms in messages_list]) + [t for t, _ in measured]
     prompt = tokenizer.count(
         [tokenizer.render(ms[:i], add_generation_prompt=True) for ms, i in zip(messages_list, last_assistant)]
-    )
+    ) + [p for _, p in measured]
     comp = [f - p for f, p in zip(full, prompt)]
-    k = len(messages_list)
+    k = len(sample)
     exact = k >= n
     stats["tokens"] = {
         "sampled": k,
