@@ -221,7 +221,9 @@ class DataSpec(_Strict):
     eval: list[str] = Field(
         default_factory=list, description="Held-out files; when empty, a stratified split of train."
     )
-    format: Literal["auto", "openai", "prompt-completion", "alpaca", "sharegpt", "csv"] = "auto"
+    format: Literal[
+        "auto", "openai", "prompt-completion", "alpaca", "sharegpt", "vertex", "bedrock", "csv"
+    ] = "auto"
     csv_columns: CsvColumns | None = None
     eval_fraction: float = Field(default=0.2, gt=0, lt=1)
     seed: int = 0
