@@ -234,6 +234,35 @@ class DataSpec(_Strict):
         return [value] if isinstance(value, str) else value
 
 
+class KnowledgeSpec(_Strict):
+    """The documents the retrieval arms read: ingested, chunked and indexed once per content version."""
+
+    docs: list[str] = Field(
+        min_length=1,
+        description="Document folders, files or globs (relative to tunewise.yaml): Markdown, text, HTML.",
+    )
+    chunk_tokens: int = Field(default=256, ge=16, le=8192, description="Tokens per chunk.")
+    overlap: int = Field(default=32, ge=0, le=4096, description="Tokens shared by neighbouring chunks.")
+    top_k: int = Field(default=4, ge=1, le=64, description="Passages put in each prompt.")
+    retriever: Literal["hybrid", "bm25", "dense"] = Field(
+        default="hybrid",
+        description="hybrid: BM25 and dense embeddings fused by reciprocal rank; bm25 or dense alone.",
+    )
+
+    @field_validator("docs", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> KnowledgeSpec:
+        if self.overlap >= self.chunk_tokens:
+            raise ValueError(
+                f"knowledge.overlap ({self.overlap}) must be smaller than knowledge.chunk_tokens ({self.chunk_tokens})"
+            )
+        return self
+
+
 class ModelSpec(_Strict):
     base: str = Field(
         default=EMBEDDED_MODEL,
@@ -428,6 +457,9 @@ class Spec(_Strict):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     economics: EconomicsSpec = Field(default_factory=EconomicsSpec)
+    knowledge: KnowledgeSpec | None = Field(
+        default=None, description="Documents for the retrieval (rag) arms."
+    )
 
     @model_validator(mode="after")
     def _variants_fit_the_contract(self) -> Spec:
