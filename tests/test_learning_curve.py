@@ -385,6 +385,13 @@ def test_the_curve_stage_trains_each_fraction_and_reuses_the_main_run(project: P
     again = Pipeline(project, load_spec(project.spec_path)).run()
     assert {o.stage: o.status for o in again.outcomes}["curve"] == "skipped"
 
+    # Redone (as after an interruption), the curve takes the finished training runs of its fractions as they are.
+    trained = len(store.list(kind="train"))
+    redone = Pipeline(project, load_spec(project.spec_path)).run(from_stage="curve")
+    assert len(store.list(kind="train")) == trained
+    assert [p.train_run for p in redone.output("curve").curve.points] == [p.train_run for p in curve.points]
+    assert [p.accuracy for p in redone.output("curve").curve.points] == [p.accuracy for p in curve.points]
+
 
 def test_run_learning_curve_flag_adds_the_stage_without_redoing_the_arms(project: Project, run_cli):
     code, _, err = run_cli("run", str(project.spec_path))

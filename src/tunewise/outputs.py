@@ -361,6 +361,10 @@ class CurveOutput(StageOutput):
     curve: LearningCurve | None = None
     plot_png_path: Path | None = None
 
+    def files(self) -> list[Path]:
+        # The curve's numbers are the output; a deleted picture must not cost the training runs again.
+        return []
+
 
 class EconomicsOutput(StageOutput):
     economics_path: Path | None = None

@@ -527,16 +527,9 @@ class Pipeline:
     def _train(self, fit: DatasetPart, validation: DatasetPart | None) -> TrainResult:
         """One training run of the spec's settings on `fit`, choosing on `validation`; an interrupted run with
         the same config is resumed. Returns the loop's result; a failed run raises."""
-        from tunewise.train.config import TrainConfig
         from tunewise.train.loop import run as train_run
 
-        config = TrainConfig.from_spec(
-            self.spec,
-            data=[str(fit.path)],
-            eval_data=[str(validation.path)] if validation else [],
-            dataset_version=fit.version,
-            progress=False,  # the pipeline's own display shows the steps (on_step below)
-        )
+        config = self._train_config(fit, validation)
         resume = self._interrupted_training(config.to_dict())
         if resume:
             self.say(f"  resuming the interrupted training run {resume}")
@@ -554,6 +547,32 @@ class Pipeline:
                 hint=f"see {result.run_dir}/result.json",
             )
         return result
+
+    def _train_config(self, fit: DatasetPart, validation: DatasetPart | None) -> Any:
+        from tunewise.train.config import TrainConfig
+
+        return TrainConfig.from_spec(
+            self.spec,
+            data=[str(fit.path)],
+            eval_data=[str(validation.path)] if validation else [],
+            dataset_version=fit.version,
+            progress=False,  # the pipeline's own display shows the steps (on_step below)
+        )
+
+    def _finished_training(self, wanted: dict[str, Any]) -> str | None:
+        """A succeeded training run with exactly this config whose weights are still there: the learning curve
+        takes it rather than train the same fraction again after an interrupted curve stage."""
+        from tunewise.registry.runs import RunStore
+
+        wanted = json.loads(json.dumps(wanted, default=str))
+        for run in RunStore(self.project).list(kind="train"):  # newest first
+            if run.status != "succeeded" or run.config.get("config", run.config) != wanted:
+                continue
+            if (run.path / "result.json").is_file():
+                output = json.loads((run.path / "result.json").read_text()).get("output")
+                if output and Path(output).exists():
+                    return run.id
+        return None
 
     def _carve_validation(self, fraction: float) -> tuple[DatasetPart, DatasetPart | None]:
         """Hold `fraction` of the training split out of training as the validation set (at most
@@ -719,7 +738,11 @@ class Pipeline:
                     {"examples": len(subset), "fraction": fraction, "seed": seed},
                 )
                 part = DatasetPart(version=vid, examples=len(subset), path=path)
-                run_id = self._train(part, train.validation).run_id
+                run_id = self._finished_training(self._train_config(part, train.validation).to_dict())
+                if run_id:
+                    self.say(f"  its training run {run_id} finished before: taken as it is")
+                else:
+                    run_id = self._train(part, train.validation).run_id
                 result = run_evaluation(
                     eval_spec,
                     self.project,
