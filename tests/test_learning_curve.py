@@ -282,7 +282,7 @@ def test_the_report_plots_the_curve_and_reads_it(tmp_path: Path):
     ctx = view(state)
     lc = ctx["learning_curve"]
     assert lc["plot"].startswith("data:image/svg+xml;base64,")
-    assert [r["examples"] for r in lc["rows"]] == ["150", "300"]
+    assert [(r["fraction"], r["examples"]) for r in lc["rows"]] == [("0.5", "150"), ("1", "300")]
     assert [r["accuracy"] for r in lc["rows"]] == ["60.0%", "70.0%"]
     assert lc["rows"][1]["gain"] == "+10.0 points [+4.0, +16.0]"
     html_path, _ = build_report(state, tmp_path)

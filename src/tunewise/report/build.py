@@ -815,7 +815,7 @@ def _learning_curve_view(curve: Any, accuracy_bar: float, plot_note: list[str]) 
                 gain_text += f" [{100 * g_low:+.1f}, {100 * g_high:+.1f}]"
         rows.append(
             {
-                "fraction": number(p.get("fraction"), 2),
+                "fraction": f"{f:g}" if (f := _num(p.get("fraction"))) is not None else "—",
                 "examples": number(p.get("examples"), 0),
                 "accuracy": pct(value),
                 "interval": f"[{pct(low)}, {pct(high)}]" if low is not None and high is not None else "—",
