@@ -6,6 +6,7 @@ reads them, and the pipeline stores their `model_dump()` and reloads them with `
     BaselineOutput  the prompted arms' evaluation run
     TrainingRun     one training run's result;  TrainOutput  the pipeline's training stage
     EvalSummary     the evaluation summary (arms with 95% intervals, paired differences); EvaluateOutput
+    LearningCurve   the fine-tuned arm's accuracy against training examples (nested fractions);  CurveOutput
     CostSummary     the cost report at the stated volume;  EconomicsOutput
     Verdict         the decision rules with their numbers, the bars they used, the best prompted arm;
                     VerdictOutput
@@ -326,6 +327,47 @@ class EvaluateOutput(StageOutput):
         return None if self.summary_path is None else load_summary(self.summary_path)
 
 
+class CurvePoint(BaseModel):
+    """One point of the learning curve: the fine-tuned arm trained on `examples` of the training split."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(gt=0, le=1)
+    examples: int = Field(ge=1)
+    accuracy: Interval  # Wilson 95% interval over the held-out set
+    labels: dict[str, int] = Field(default_factory=dict)  # training examples per label (label contracts)
+    train_run: str | None = None
+    eval_run: str | None = None
+    # This point minus the previous one, on the same held-out examples: paired bootstrap interval and McNemar p.
+    gain: Interval | None = None
+    gain_p: float | None = None
+
+
+class LearningCurve(BaseModel):
+    """Accuracy against training examples, every point evaluated on the same held-out set with the fine-tuned
+    arm's settings; the last point (fraction 1) is the pipeline's own training run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arm: str
+    held_out: int = Field(ge=1)
+    training_examples: int = Field(
+        ge=1
+    )  # the whole training split, validation slice included: what was labelled
+    seed: int = 0
+    points: list[CurvePoint] = Field(min_length=1)
+    notes: list[str] = Field(default_factory=list)
+
+
+class CurveOutput(StageOutput):
+    curve: LearningCurve | None = None
+    plot_png_path: Path | None = None
+
+    def files(self) -> list[Path]:
+        # The curve's numbers are the output; a deleted picture must not cost the training runs again.
+        return []
+
+
 class EconomicsOutput(StageOutput):
     economics_path: Path | None = None
     sweep_png_path: Path | None = None
@@ -369,6 +411,7 @@ STAGE_OUTPUTS: dict[str, type[StageOutput]] = {
     "baseline": BaselineOutput,
     "train": TrainOutput,
     "evaluate": EvaluateOutput,
+    "curve": CurveOutput,
     "economics": EconomicsOutput,
     "verdict": VerdictOutput,
     "report": ReportOutput,
@@ -395,6 +438,7 @@ class ReportState(BaseModel):
     training: dict[str, Any] | None = None
     evaluation: EvalSummary | None = None
     economics: dict[str, Any] | None = None
+    learning_curve: dict[str, Any] | None = None  # the curve, its reading and the data cost it was read with
     verdict: Verdict | None = None
     disagreements: list[dict[str, Any]] = Field(default_factory=list)
     stage_times: dict[str, float] = Field(default_factory=dict)
@@ -426,6 +470,8 @@ __all__ = [
     "Bars",
     "BaselineOutput",
     "CostSummary",
+    "CurveOutput",
+    "CurvePoint",
     "DataOutput",
     "DatasetPart",
     "EconomicsOutput",
@@ -433,6 +479,7 @@ __all__ = [
     "EvaluateOutput",
     "Interval",
     "Latency",
+    "LearningCurve",
     "Paired",
     "ReportOutput",
     "ReportState",

@@ -359,6 +359,11 @@ class EndpointArm(_Strict):
         return url.rstrip("/")
 
 
+# A learning curve: at most this many points (each but the last is one more training run).
+MAX_CURVE_POINTS = 8
+DEFAULT_LEARNING_CURVE = (0.25, 0.5, 1.0)
+
+
 class EvaluationSpec(_Strict):
     arms: list[str] = Field(
         default_factory=lambda: ["zero-shot", "few-shot", "retrieved", "fine-tuned"],
@@ -420,6 +425,24 @@ class EvaluationSpec(_Strict):
         "and regex. auto: for the prompted arms (a fair baseline before fine-tuning); true: the fine-tuned arm "
         "too; false: none.",
     )
+    learning_curve: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
+        default=None,
+        max_length=MAX_CURVE_POINTS,
+        description="Fractions of the training split to train and evaluate the fine-tuned arm on (nested, "
+        "stratified by label), e.g. [0.25, 0.5, 1.0]: accuracy against examples, and whether more data pays. "
+        "The whole split is always a point: it is the pipeline's own training run.",
+    )
+
+    @field_validator("learning_curve")
+    @classmethod
+    def _fractions_in_order(cls, fractions: list[float] | None) -> list[float] | None:
+        if fractions is None:
+            return None
+        if not fractions:
+            raise ValueError("give at least one fraction, e.g. [0.25, 0.5, 1.0], or leave the key out")
+        if any(b <= a for a, b in zip(fractions, fractions[1:])):
+            raise ValueError(f"fractions must increase, each once (got {fractions}), e.g. [0.25, 0.5, 1.0]")
+        return fractions
 
 
 class EconomicsSpec(_Strict):

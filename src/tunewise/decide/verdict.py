@@ -55,7 +55,8 @@ from tunewise.economics.plan import ArmTokens, CostRequest, build_options
 from tunewise.economics.pricing import Catalog
 from tunewise.economics.settings import Economics
 from tunewise.errors import TunewiseError
-from tunewise.outputs import ArmResult, Bars, EvalSummary, Paired, RuleRecord, Verdict
+from tunewise.evaluate.curve import learning_curve_advice
+from tunewise.outputs import ArmResult, Bars, EvalSummary, LearningCurve, Paired, RuleRecord, Verdict
 
 # The quality bars of "How to Measure Fine-Tuning Success", defined once: the verdict applies them, records them
 # in its output, and the report reads them from there.
@@ -182,8 +183,15 @@ def _cost_options(tuned: ArmResult, prompted: ArmResult, econ: Economics, catalo
     return prompted_opts, tuned_opts, skipped
 
 
-def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None) -> Verdict:
-    """Apply the verdict rules: fine-tune, keep prompting or not yet (see the module docstring)."""
+def decide(
+    summary: EvalSummary,
+    econ: Economics,
+    catalog: Catalog,
+    fine_tuned: str | None = None,
+    learning_curve: LearningCurve | None = None,
+) -> Verdict:
+    """Apply the verdict rules: fine-tune, keep prompting or not yet (see the module docstring). A learning curve
+    (`evaluate.curve`) tells a "not yet" whether more labelled data is likely to pay."""
     tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
     if fine_tuned is not None:
         tuned = summary.arm(fine_tuned)
@@ -256,7 +264,10 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
         reason = f"{prompted.name} meets the bars ({_met_text(prompted)}) and {why}"
     else:
         recommendation = "not yet"
-        reason = _not_yet(summary, tuned, prompted, tuned_missed, prompted_missed, gain, unsupported)
+        reason = _not_yet(
+            summary, tuned, prompted, tuned_missed, prompted_missed, gain, unsupported,
+            curve=learning_curve, data_cost=econ.data_preparation_cost,
+        )  # fmt: skip
         if tuned_missed and min((prompted, tuned), key=_distance) is tuned:
             reason += _larger_model(summary, tuned, open_econ, catalog)
 
@@ -739,6 +750,8 @@ def _not_yet(
     prompted_missed: list,
     gain: RuleRecord,
     unsupported: RuleRecord,
+    curve: LearningCurve | None = None,
+    data_cost: float | None = None,
 ) -> str:
     """The reason of a 'not yet': which option is closest to the bars and what to fix first."""
     if not tuned_missed:
@@ -763,10 +776,12 @@ def _not_yet(
         )
         how += ", significant" if gain.passed else ", not significant"
         way = "fine-tuning is the way" if gain.passed else "fine-tuning is the closest"
-        return (
-            f"no option meets the bars; {way} ({how}) but {_missed_text(tuned_missed)}: "
-            f"{_fix_first(tuned, tuned_missed, tuned=True, n_examples=summary.n_examples)}"
-        )
+        fix = _fix_first(tuned, tuned_missed, tuned=True, n_examples=summary.n_examples)
+        split = error_split(tuned, summary.n_examples)
+        if split is None or split["content"] >= split["format"]:
+            # More data teaches content; a format problem is fixed by constraining or cleaning the targets first.
+            fix = learning_curve_advice(curve, data_cost, BARS.accuracy, then=fix) or fix
+        return f"no option meets the bars; {way} ({how}) but {_missed_text(tuned_missed)}: {fix}"
     return (
         f"no option meets the bars; prompting is the closest ({prompted.name}: {_missed_text(prompted_missed)}; "
         f"{tuned.name}: {_missed_text(tuned_missed)}): "

@@ -12,17 +12,25 @@ from tunewise.cli import app, err, out, print_json
 from tunewise.errors import TunewiseError
 
 
-def _run(spec_path: Path | None, from_stage: str | None, only: str | None, as_json: bool) -> None:
+def _run(
+    spec_path: Path | None,
+    from_stage: str | None,
+    only: str | None,
+    as_json: bool,
+    learning_curve: bool = False,
+) -> None:
     from tunewise.pipeline.progress import progress_for
-    from tunewise.pipeline.run import STAGES, Pipeline
+    from tunewise.pipeline.run import Pipeline, stages_for
     from tunewise.project import find_project
-    from tunewise.spec import load_spec
+    from tunewise.spec import DEFAULT_LEARNING_CURVE, load_spec
 
     project = find_project(spec_path)
     spec = load_spec(spec_path or project.spec_path)
+    if learning_curve and not spec.evaluation.learning_curve:
+        spec.evaluation.learning_curve = list(DEFAULT_LEARNING_CURVE)  # the spec's own fractions win
     for warning in spec.warnings():
         err.print(f"warning: {warning}", highlight=False, markup=False)
-    progress = progress_for(err, STAGES)
+    progress = progress_for(err, stages_for(spec))
     pipeline = Pipeline(project, spec, progress=progress)
     started = time.perf_counter()
     try:
@@ -71,12 +79,19 @@ def run(
         None, "--only", help="Run only this stage, on the recorded outputs of the others."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the stages and the verdict as JSON."),
+    learning_curve: bool = typer.Option(
+        False,
+        "--learning-curve",
+        help="Also train and evaluate the fine-tuned arm on nested fractions of the training examples "
+        "(evaluation.learning_curve, else 0.25, 0.5 and 1): accuracy against examples, and whether more data "
+        "is likely to pay.",
+    ),
 ) -> None:
     if spec is not None and not spec.is_file():
         raise TunewiseError(
             f"no task spec at {spec}", hint="run `tunewise init` or pass the path of tunewise.yaml"
         )
-    _run(spec, from_stage, only, as_json)
+    _run(spec, from_stage, only, as_json, learning_curve)
 
 
 @app.command(

@@ -6,6 +6,8 @@
     train     LoRA or full fine-tuning on the training split, less a validation slice that picks the weights
               kept (an interrupted run is resumed)
     evaluate  the fine-tuned arm on the same held-out set, merged with the baseline into one summary
+    curve     (with evaluation.learning_curve or --learning-curve) the fine-tuned arm trained on nested fractions
+              of the training examples and evaluated on the same held-out set: accuracy against examples
     economics measured tokens x prices: cost per query, monthly cost, break-even per platform
     verdict   the decision rules over quality and cost together
     report    one self-contained HTML page plus JSON
@@ -32,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -44,11 +46,15 @@ from tunewise.fileio import atomic_write_text, sha256_file
 from tunewise.outputs import (
     STAGE_OUTPUTS,
     BaselineOutput,
+    CurveOutput,
+    CurvePoint,
     DataOutput,
     DatasetPart,
     EconomicsOutput,
     EvalSummary,
     EvaluateOutput,
+    Interval,
+    LearningCurve,
     ReportOutput,
     SplitOutput,
     StageOutput,
@@ -60,6 +66,9 @@ from tunewise.pipeline.progress import NullProgress
 from tunewise.project import Project
 from tunewise.registry.db import utc_now
 from tunewise.spec import Spec
+
+if TYPE_CHECKING:
+    from tunewise.train.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +96,15 @@ def cheapest_meeting_bars(report: Any, summary: EvalSummary) -> str:
 
 
 STAGES = ("data", "split", "baseline", "train", "evaluate", "economics", "verdict", "report")
+CURVE = "curve"  # runs after evaluate when the spec asks for a learning curve
+
+
+def stages_for(spec: Spec) -> tuple[str, ...]:
+    """The stages a spec runs: STAGES, with the learning curve after evaluate when the spec asks for one."""
+    if not spec.evaluation.learning_curve:
+        return STAGES
+    at = STAGES.index("evaluate") + 1
+    return (*STAGES[:at], CURVE, *STAGES[at:])
 
 
 def _hash(payload: Any) -> str:
@@ -141,6 +159,7 @@ class Pipeline:
     ):
         self.project = project
         self.spec = spec
+        self.stages = stages_for(spec)
         # One display across stages (pipeline/progress.py); narration goes through it so that lines scroll
         # above the live bars instead of tearing them.
         self.progress = progress or NullProgress()
@@ -211,8 +230,13 @@ class Pipeline:
         from tunewise.registry.runs import RunStore, pipeline_figures
 
         for name in (from_stage, only):
-            if name is not None and name not in STAGES:
-                raise TunewiseError(f"unknown stage '{name}'", hint=f"stages: {', '.join(STAGES)}")
+            if name == CURVE and CURVE not in self.stages:
+                raise TunewiseError(
+                    "the curve stage runs only for a learning curve",
+                    hint="add --learning-curve, or set evaluation.learning_curve: [0.25, 0.5, 1.0] in the spec",
+                )
+            if name is not None and name not in self.stages:
+                raise TunewiseError(f"unknown stage '{name}'", hint=f"stages: {', '.join(self.stages)}")
         config = {"from": from_stage, "only": only, "spec": self.spec.model_dump(mode="json", by_alias=True)}
         with RunStore(self.project).recording("pipeline", config, name=self.spec.task.name) as record:
             result = self._run_stages(from_stage, only)
@@ -227,14 +251,15 @@ class Pipeline:
     def _run_stages(self, from_stage: str | None, only: str | None) -> PipelineResult:
         result = PipelineResult()
         forced = False
-        for index, stage in enumerate(STAGES, 1):
+        stages = self.stages
+        for index, stage in enumerate(stages, 1):
             forced = forced or stage == from_stage
             key = _hash(
                 {"stage": stage, "version": __version__, "inputs": getattr(self, f"_inputs_{stage}")()}
             )
             self.keys[stage] = key
             recorded = self._recorded(stage, key)
-            if only is not None and STAGES.index(stage) > STAGES.index(only):
+            if only is not None and stages.index(stage) > stages.index(only):
                 break  # later stages are left as they are; the next plain run redoes those that read this output
             redo = stage == only or (forced and only is None)
             reused = None if redo else self._reusable(stage, recorded)
@@ -250,10 +275,10 @@ class Pipeline:
             if reused is not None:
                 self.outputs[stage] = reused
                 self.seconds[stage] = recorded["seconds"] or 0.0  # type: ignore[index]
-                self.say(f"[{index}/{len(STAGES)}] {stage}: inputs unchanged, skipped")
+                self.say(f"[{index}/{len(stages)}] {stage}: inputs unchanged, skipped")
                 result.outcomes.append(StageOutcome(stage, "skipped", 0.0, reused))
                 continue
-            self.say(f"[{index}/{len(STAGES)}] {stage} ...")
+            self.say(f"[{index}/{len(stages)}] {stage} ...")
             started = time.perf_counter()
             self._record(stage, key, "running")
             self.progress.begin(index, stage)
@@ -273,7 +298,7 @@ class Pipeline:
             self.seconds[stage] = seconds
             status = "not needed" if output.skipped else "ran"
             self.say(
-                f"[{index}/{len(STAGES)}] {stage}: done in {seconds:.1f} s"
+                f"[{index}/{len(stages)}] {stage}: done in {seconds:.1f} s"
                 + (f" ({output.skipped})" if output.skipped else "")
             )
             result.outcomes.append(StageOutcome(stage, status, seconds, output))
@@ -329,9 +354,13 @@ class Pipeline:
             "arms": self._arms(),
             "system_prompt": s.system_prompt,
             "contract": s.contract.model_dump(by_alias=True),
-            "evaluation": s.evaluation.model_dump(),
+            "evaluation": self._evaluation_settings(),
             "model": s.model.model_dump(),
         }
+
+    def _evaluation_settings(self) -> dict[str, Any]:
+        """The evaluation settings the arms' answers depend on: asking for a learning curve redoes no arm."""
+        return self.spec.evaluation.model_dump(exclude={"learning_curve"})
 
     def _inputs_train(self) -> Any:
         s = self.spec
@@ -348,9 +377,29 @@ class Pipeline:
         return {
             "train": self._made("train"),
             "baseline": self._made("baseline"),
-            "evaluation": self.spec.evaluation.model_dump(),
+            "evaluation": self._evaluation_settings(),
             "contract": self.spec.contract.model_dump(by_alias=True),
         }
+
+    def _inputs_curve(self) -> Any:
+        s = self.spec
+        evaluate = self.outputs.get("evaluate")
+        return {
+            "split": self._made("split"),
+            # The main training run and its evaluation are the curve's last point; the prompted arms are not read.
+            "train": self._made("train"),
+            "fine_tuned_eval": evaluate.fine_tuned_eval if evaluate is not None else None,
+            "fractions": s.evaluation.learning_curve,
+            "model": s.model.model_dump(),
+            "method": s.method,
+            "hyperparameters": s.hyperparameters.model_dump(),
+            "seed": s.data.seed,
+            "evaluation": self.spec.evaluation.model_dump(exclude={"learning_curve", "arms", "endpoints"}),
+            "contract": s.contract.model_dump(by_alias=True),
+        }
+
+    def _curve_made(self) -> str | None:
+        return self._made(CURVE) if CURVE in self.stages else None
 
     def _inputs_economics(self) -> Any:
         e = self.spec.economics
@@ -363,13 +412,18 @@ class Pipeline:
         }
 
     def _inputs_verdict(self) -> Any:
-        return {"economics": self._made("economics"), "code": source_hash("decide", "outputs.py")}
+        return {
+            "economics": self._made("economics"),
+            "curve": self._curve_made(),
+            "code": source_hash("decide", "outputs.py", "evaluate/curve.py"),
+        }
 
     def _inputs_report(self) -> Any:
         return {
             "verdict": self._made("verdict"),
+            "curve": self._curve_made(),
             "task": self.spec.task.model_dump(),
-            "code": source_hash("report", "pipeline/state.py", "outputs.py"),
+            "code": source_hash("report", "pipeline/state.py", "outputs.py", "evaluate/curve.py"),
         }
 
     # --- the stages -------------------------------------------------------------------------------------
@@ -457,19 +511,25 @@ class Pipeline:
         )
 
     def _run_train(self) -> TrainOutput:
-        from tunewise.train.config import TrainConfig
-        from tunewise.train.loop import run as train_run
-
         if not self._tuned_arms():
             return TrainOutput(skipped="fine-tuned is not in evaluation.arms")
         fit, validation = self._carve_validation(self.spec.hyperparameters.validation_fraction)
-        config = TrainConfig.from_spec(
-            self.spec,
-            data=[str(fit.path)],
-            eval_data=[str(validation.path)] if validation else [],
-            dataset_version=fit.version,
-            progress=False,  # the pipeline's own display shows the steps (on_step below)
+        result = self._train(fit, validation)
+        return TrainOutput(
+            run_id=result.run_id,
+            run_dir=result.run_dir,
+            output_path=result.output,
+            fit=fit,
+            validation=validation,
+            result=TrainingRun.model_validate(result.to_dict()),
         )
+
+    def _train(self, fit: DatasetPart, validation: DatasetPart | None) -> TrainResult:
+        """One training run of the spec's settings on `fit`, choosing on `validation`; an interrupted run with
+        the same config is resumed. Returns the loop's result; a failed run raises."""
+        from tunewise.train.loop import run as train_run
+
+        config = self._train_config(fit, validation)
         resume = self._interrupted_training(config.to_dict())
         if resume:
             self.say(f"  resuming the interrupted training run {resume}")
@@ -486,14 +546,33 @@ class Pipeline:
                 f"training run {result.run_id} {result.status}: {result.error}",
                 hint=f"see {result.run_dir}/result.json",
             )
-        return TrainOutput(
-            run_id=result.run_id,
-            run_dir=result.run_dir,
-            output_path=result.output,
-            fit=fit,
-            validation=validation,
-            result=TrainingRun.model_validate(result.to_dict()),
+        return result
+
+    def _train_config(self, fit: DatasetPart, validation: DatasetPart | None) -> Any:
+        from tunewise.train.config import TrainConfig
+
+        return TrainConfig.from_spec(
+            self.spec,
+            data=[str(fit.path)],
+            eval_data=[str(validation.path)] if validation else [],
+            dataset_version=fit.version,
+            progress=False,  # the pipeline's own display shows the steps (on_step below)
         )
+
+    def _finished_training(self, wanted: dict[str, Any]) -> str | None:
+        """A succeeded training run with exactly this config whose weights are still there: the learning curve
+        takes it rather than train the same fraction again after an interrupted curve stage."""
+        from tunewise.registry.runs import RunStore
+
+        wanted = json.loads(json.dumps(wanted, default=str))
+        for run in RunStore(self.project).list(kind="train"):  # newest first
+            if run.status != "succeeded" or run.config.get("config", run.config) != wanted:
+                continue
+            if (run.path / "result.json").is_file():
+                output = json.loads((run.path / "result.json").read_text()).get("output")
+                if output and Path(output).exists():
+                    return run.id
+        return None
 
     def _carve_validation(self, fraction: float) -> tuple[DatasetPart, DatasetPart | None]:
         """Hold `fraction` of the training split out of training as the validation set (at most
@@ -589,6 +668,134 @@ class Pipeline:
             self.say(f"  {arm.name:<12} accuracy {acc.value:.1%} [{acc.low:.1%}, {acc.high:.1%}]")
         return EvaluateOutput(summary_path=path, records_path=records_path, fine_tuned_eval=tuned_run)
 
+    def _run_curve(self) -> CurveOutput:
+        """The learning curve: the fine-tuned arm trained on nested, label-stratified fractions of the examples
+        the main run trained on (the same validation slice chooses the weights), each evaluated on the same
+        held-out set with the fine-tuned arm's settings. Each fraction resolves `auto` hyperparameters for its
+        own size, as a project with that many examples would. The whole set is the main run: not trained again.
+        """
+        from tunewise.data.load import load_examples
+        from tunewise.data.versions import save_version
+        from tunewise.evaluate.curve import curve_label, nested_subsets, paired_gain
+        from tunewise.evaluate.run import run_evaluation
+        from tunewise.evaluate.stats import wilson
+        from tunewise.evaluate.summary import score_records
+        from tunewise.spec import LabelContract
+
+        train: TrainOutput = self.outputs["train"]
+        evaluate: EvaluateOutput = self.outputs["evaluate"]
+        summary = evaluate.summary()
+        if train.run_id is None or train.fit is None or summary is None or evaluate.records_path is None:
+            return CurveOutput(skipped="no fine-tuned arm was trained and evaluated")
+        tuned = [a for a in summary.arms if a.kind == "fine-tuned"]
+        if not tuned:
+            return CurveOutput(skipped="no fine-tuned arm was evaluated")
+        # The free fine-tuned arm when it ran (a variant is the same weights, decoded otherwise).
+        arm = next((a for a in tuned if a.name == "fine-tuned"), tuned[0])
+        split: SplitOutput = self.outputs["split"]
+        fit_examples = load_examples(train.fit.path) if train.fit.path else load_examples(split.train_path)
+        fractions = sorted(set(self.spec.evaluation.learning_curve or []) | {1.0})
+        stratify = isinstance(self.spec.contract, LabelContract)
+        seed = self.spec.data.seed
+        subsets = nested_subsets(fit_examples, fractions, seed, curve_label if stratify else None)
+        contract = self.spec.contract.model_dump(by_alias=True)
+
+        def correct_of(records: list[dict]) -> list[bool]:
+            rows = sorted(
+                (r for r in score_records(records, contract) if r["arm"] == arm.name),
+                key=lambda r: int(r["id"]),
+            )
+            return [bool(r["correct"]) for r in rows]
+
+        main_records = [json.loads(x) for x in evaluate.records_path.read_text().splitlines() if x.strip()]
+        train_ex, held = self._load_split()
+        # Evaluate only the tracked arm: no variants beside it (they would cost a pass each and plot nothing).
+        eval_spec = self.spec.model_copy(deep=True)
+        eval_spec.evaluation.constrained = False
+        notes: list[str] = []
+        points: list[CurvePoint] = []
+        correct: list[list[bool]] = []
+        done_sizes: set[int] = set()
+        for fraction, subset in zip(fractions, subsets, strict=True):
+            if len(subset) in done_sizes:
+                notes.append(
+                    f"fraction {fraction:g} gives {len(subset)} examples, as a smaller one did: skipped"
+                )
+                continue
+            done_sizes.add(len(subset))
+            labels: dict[str, int] = {}
+            for ex in subset if stratify else []:
+                labels[curve_label(ex)] = labels.get(curve_label(ex), 0) + 1
+            if fraction == 1.0:
+                run_id, eval_run, records = train.run_id, evaluate.fine_tuned_eval, main_records
+            else:
+                self.say(f"  learning curve: {fraction:g} of the training examples ({len(subset)})")
+                vid, path, _ = save_version(
+                    self.project,
+                    f"curve-{len(subset)}",
+                    subset,
+                    [str(train.fit.path or split.train_path)],
+                    {"examples": len(subset), "fraction": fraction, "seed": seed},
+                )
+                part = DatasetPart(version=vid, examples=len(subset), path=path)
+                run_id = self._finished_training(self._train_config(part, train.validation).to_dict())
+                if run_id:
+                    self.say(f"  its training run {run_id} finished before: taken as it is")
+                else:
+                    run_id = self._train(part, train.validation).run_id
+                result = run_evaluation(
+                    eval_spec,
+                    self.project,
+                    train_ex,
+                    held,
+                    [arm.name],
+                    fine_tuned_run=run_id,
+                    dataset_version=split.eval.version,
+                    narrate=self.say,
+                    seed=seed,
+                )
+                eval_run, records = result.run_id, result.records
+            right = correct_of(records)
+            iv = wilson(sum(right), len(right))
+            point = CurvePoint(
+                fraction=fraction,
+                examples=len(subset),
+                accuracy=Interval(value=iv.value, low=iv.low, high=iv.high, n=len(right)),
+                labels=labels,
+                train_run=run_id,
+                eval_run=eval_run,
+            )
+            if correct and len(correct[-1]) == len(right):
+                gain, p = paired_gain(correct[-1], right, seed=seed)
+                point = point.model_copy(update={"gain": gain, "gain_p": p})
+            self.say(
+                f"  {len(subset):>6} examples: {arm.name} accuracy {iv.value:.1%} [{iv.low:.1%}, {iv.high:.1%}]"
+            )
+            points.append(point)
+            correct.append(right)
+        curve = LearningCurve(
+            arm=arm.name,
+            held_out=len(correct[-1]),
+            training_examples=split.train.examples,
+            seed=seed,
+            points=points,
+            notes=notes,
+        )
+        png = self._curve_png(curve)
+        return CurveOutput(curve=curve, plot_png_path=png)
+
+    def _curve_png(self, curve: LearningCurve) -> Path | None:
+        """The curve's plot as a PNG beside the report (the report page embeds its own SVG)."""
+        from tunewise.decide.verdict import BARS
+        from tunewise.report.plots import learning_curve_png
+
+        path = self.project.reports_dir / "learning-curve.png"
+        try:
+            return learning_curve_png(curve.model_dump(mode="json"), BARS.accuracy, path)
+        except TunewiseError as exc:  # matplotlib missing: the curve stands without its picture
+            self.say(f"  learning curve plot: {exc.message}")
+            return None
+
     def _economics(self) -> Economics:
         """The economics settings of the spec (`economics.settings`, the shape every command uses)."""
         return economics_settings(self.spec.economics, self.project.root)
@@ -641,7 +848,10 @@ class Pipeline:
         if all(a.kind == "fine-tuned" for a in summary.arms):
             return VerdictOutput(skipped="no prompted arm or endpoint to compare the fine-tuned arm with")
         econ = self._economics()
-        verdict = decide(summary, econ, econ.catalog())
+        curve_out: CurveOutput | None = self.outputs.get(CURVE)
+        verdict = decide(
+            summary, econ, econ.catalog(), learning_curve=curve_out.curve if curve_out is not None else None
+        )
         path = self._state_path("verdict.json")
         atomic_write_text(path, json.dumps(verdict.to_dict(), indent=2) + "\n")
         self.say(f"  verdict: {verdict.recommendation}: {verdict.reason}")

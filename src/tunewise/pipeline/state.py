@@ -101,6 +101,26 @@ def _economics(pipeline) -> dict[str, Any] | None:
     }
 
 
+def _learning_curve(pipeline) -> dict[str, Any] | None:
+    """The curve, its reading in plain words, and the data preparation cost it was read with."""
+    from tunewise.evaluate.curve import read_curve
+
+    out = pipeline.outputs.get("curve")
+    if out is None or out.curve is None:
+        return None
+    cost = pipeline._economics().data_preparation_cost
+    reading = read_curve(out.curve, cost)
+    return {
+        **out.curve.model_dump(mode="json"),
+        "data_preparation_cost": cost,
+        "trend": reading.trend,
+        "slope_per_100": reading.slope_per_100,
+        "cost_per_100": reading.cost_per_100,
+        "reading": list(reading.sentences),
+        "png": str(out.plot_png_path) if out.plot_png_path else None,
+    }
+
+
 def _verdict(pipeline) -> Verdict | None:
     # The report reads the verdict as `decide` made it: rules with their numbers, its bars, its best prompted arm.
     out = pipeline.outputs.get("verdict")
@@ -147,6 +167,7 @@ def assemble_state(pipeline) -> ReportState:
         training=_training(pipeline),
         evaluation=evaluate.summary() if evaluate is not None else None,
         economics=_economics(pipeline),
+        learning_curve=_learning_curve(pipeline),
         verdict=_verdict(pipeline),
         disagreements=_disagreements(pipeline),
         stage_times={k: round(v, 2) for k, v in pipeline.seconds.items()},

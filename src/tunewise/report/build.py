@@ -798,6 +798,7 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
         "disagreements_total": len(disagreements or []),
         "max_disagreements": MAX_DISAGREEMENTS,
         "stage_times": _stage_times_view(stage_times) if stage_times else None,
+        "learning_curve": _learning_curve_view(state.get("learning_curve"), bar["accuracy"], plot_notes),
         "evaluation": None,
         "paired": [],
         "quality_plot": None,
@@ -824,6 +825,54 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
     ctx["headline"] = _headline(ctx)
     ctx["absent"] = [MISSING[s] for s in SECTIONS if state.get(s) in (None, [], {})]
     return ctx
+
+
+# --- the learning curve -------------------------------------------------------------------------------------
+
+
+def _learning_curve_view(curve: Any, accuracy_bar: float, plot_note: list[str]) -> dict[str, Any] | None:
+    """The learning curve section: its plot, one row per point, and its reading in plain words (the pipeline's
+    `evaluate.curve.read_curve`); None when no curve was asked for."""
+    if not isinstance(curve, Mapping) or not curve.get("points"):
+        return None
+    from tunewise.report import plots
+
+    rows = []
+    for p in curve["points"]:
+        if not isinstance(p, Mapping):
+            continue
+        value, low, high = _interval(p.get("accuracy"))
+        gain = p.get("gain") if isinstance(p.get("gain"), Mapping) else None
+        g, g_low, g_high = _interval(gain) if gain else (None, None, None)
+        gain_text = "—"
+        if g is not None:
+            gain_text = f"{100 * g:+.1f} points"
+            if g_low is not None and g_high is not None:
+                gain_text += f" [{100 * g_low:+.1f}, {100 * g_high:+.1f}]"
+        rows.append(
+            {
+                "fraction": f"{f:g}" if (f := _num(p.get("fraction"))) is not None else "—",
+                "examples": number(p.get("examples"), 0),
+                "accuracy": pct(value),
+                "interval": f"[{pct(low)}, {pct(high)}]" if low is not None and high is not None else "—",
+                "gain": gain_text,
+                "run": p.get("train_run") or "—",
+            }
+        )
+    plot = None
+    try:
+        plot = plots.learning_curve(curve, accuracy_bar)
+    except TunewiseError as exc:
+        plot_note.append(f"learning curve plot: {exc.message}")
+    return {
+        "arm": curve.get("arm") or "fine-tuned",
+        "held_out": curve.get("held_out"),
+        "stratified": any(isinstance(p, Mapping) and p.get("labels") for p in curve["points"]),
+        "rows": rows,
+        "plot": plot,
+        "reading": [str(x) for x in curve.get("reading") or []],
+        "notes": [str(x) for x in curve.get("notes") or []],
+    }
 
 
 def _option_arm(option: Mapping[str, Any]) -> str:

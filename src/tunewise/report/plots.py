@@ -12,6 +12,7 @@ import base64
 import io
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from tunewise.economics.cost import (
@@ -280,4 +281,96 @@ def monthly_cost_sweep(
         plt.close(fig)
 
 
-__all__ = ["arm_colours", "cost_options", "monthly_cost_sweep", "quality_vs_cost", "training_curves"]
+def _curve_points(curve: Mapping[str, Any]) -> list[tuple[float, float, float, float]]:
+    """(examples, accuracy, low, high) of each point of a learning curve with numbers."""
+    points = []
+    for p in curve.get("points") or []:
+        acc = p.get("accuracy") or {}
+        n, value = _num(p.get("examples")), _num(acc.get("value"))
+        if n is None or value is None:
+            continue
+        low, high = _num(acc.get("low")), _num(acc.get("high"))
+        points.append((n, value, value if low is None else low, value if high is None else high))
+    return points
+
+
+def _learning_curve_figure(plt: Any, curve: Mapping[str, Any], accuracy_bar: float) -> Any:
+    points = _curve_points(curve)
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    xs = [p[0] for p in points]
+    ys = [100 * p[1] for p in points]
+    ax.errorbar(
+        xs,
+        ys,
+        yerr=[[100 * (p[1] - p[2]) for p in points], [100 * (p[3] - p[1]) for p in points]],
+        fmt="-o",
+        color=TUNED_COLOURS[0],
+        markersize=6,
+        capsize=4,
+        linewidth=1.6,
+        label=f"{curve.get('arm') or 'fine-tuned'} accuracy, 95% Wilson interval",
+    )
+    for x, y in zip(xs, ys, strict=True):
+        ax.annotate(f"{y:.1f}%", xy=(x, y), xytext=(6, -12), textcoords="offset points", fontsize=8)
+    ax.axhline(100 * accuracy_bar, color="#2e7d32", linestyle="--", linewidth=1)
+    ax.annotate(
+        f"accuracy bar {100 * accuracy_bar:.0f}%",
+        xy=(0, 100 * accuracy_bar),
+        xycoords=("axes fraction", "data"),
+        xytext=(4, 3),
+        textcoords="offset points",
+        color="#2e7d32",
+        fontsize=8,
+    )
+    ax.set_xlim(0, max(xs) * 1.08)
+    ax.set_ylim(0, 105)
+    held = curve.get("held_out")
+    ax.set_xlabel(
+        "training examples"
+        + (f" (each point evaluated on the same {held} held-out examples)" if held else "")
+    )
+    ax.set_ylabel("task accuracy (%)")
+    ax.legend(frameon=False, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def learning_curve(curve: Mapping[str, Any], accuracy_bar: float) -> str | None:
+    """Accuracy (with its 95% interval) against training examples, one point per fraction of the training
+    data; None when no point has numbers. `curve` is `outputs.LearningCurve` as JSON."""
+    if not _curve_points(curve):
+        return None
+    plt = _pyplot()
+    fig = _learning_curve_figure(plt, curve, accuracy_bar)
+    try:
+        return _to_data_uri(fig)
+    finally:
+        plt.close(fig)
+
+
+def learning_curve_png(curve: Mapping[str, Any], accuracy_bar: float, path: Path) -> Path | None:
+    """The same plot as `learning_curve`, written as a PNG file (atomically); None when no point has numbers."""
+    from tunewise.fileio import atomic_write_bytes
+
+    if not _curve_points(curve):
+        return None
+    plt = _pyplot()
+    fig = _learning_curve_figure(plt, curve, accuracy_bar)
+    try:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=120, metadata={"Software": None})
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+__all__ = [
+    "arm_colours",
+    "cost_options",
+    "learning_curve",
+    "learning_curve_png",
+    "monthly_cost_sweep",
+    "quality_vs_cost",
+    "training_curves",
+]
