@@ -462,7 +462,15 @@ def test_server_killed_mid_job_resumes_from_checkpoint(project, api_key, tmp_pat
     stopped = row()
     assert stopped["status"] == "running" and not owner_alive(stopped["owner"])
     messages = [e["message"] for e in _events(project, job.id)]
-    assert messages[-1].startswith("Training interrupted (the server stopped)")
+    assert messages[-1].startswith("Training interrupted at step ")
+    # Between that stop and the next start, result.json tells where training stands (not 'cancelled, 0 steps').
+    interrupted = json.loads((project.runs_dir / job.id / "result.json").read_text())
+    assert interrupted["status"] == "interrupted" and "resumes from the checkpoint" in interrupted["error"]
+    assert interrupted["steps"] >= interrupted["resumes_from_step"] >= resumed()[0] >= killed_at
+    assert f"Training interrupted at step {interrupted['steps']} " in messages[-1]
+    from tunewise.registry.runs import RunStore
+
+    assert RunStore(project).get(job.id).status == "running"
 
     proc, client = start_server(project, api_key, tmp_path)
     try:

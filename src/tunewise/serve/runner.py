@@ -9,7 +9,9 @@ server restart), training resumes from its last checkpoint instead of starting a
 
 SIGTERM (a cancel, a server shutdown, or the server's death via PR_SET_PDEATHSIG) interrupts training the way
 Ctrl-C does: the run records result.json and the runner exits. A cancelled job stays cancelled; any other job
-stays `running`, to be resumed by the next worker.
+stays `running`, to be resumed by the next worker, and its result.json says so: status `interrupted`, the step
+training reached and the checkpoint step it resumes from (training itself would record `cancelled` with the
+steps of the last attempt only).
 """
 
 from __future__ import annotations
@@ -97,12 +99,15 @@ class JobRun:
         except KeyboardInterrupt:
             if self._read()["status"] == "cancelled":
                 self._close_run("cancelled", "the job was cancelled")
+                self._record_stop(cancelled=True)
                 self.event("Training stopped: the job was cancelled")
             else:
+                step, resume_at = self._record_stop(cancelled=False)
                 self.event(
-                    "Training interrupted (the server stopped); the job resumes from its last checkpoint "
-                    "when the server starts again",
+                    f"Training interrupted at step {step} (the server stopped); the job resumes from its "
+                    f"checkpoint at step {resume_at} when the server starts again",
                     level="warn",
+                    data={"step": step, "resumes_from_step": resume_at},
                 )
             return 0
         except TunewiseError as exc:
@@ -303,8 +308,46 @@ class JobRun:
         file_id = new_file_id()
         path = files_dir(self.project) / file_id
         atomic_write_text(path, buffer.getvalue())
-        add_file(self.project, path, "step_metrics.csv", "fine-tune-results", file_id)
+        add_file(
+            self.project, path, "step_metrics.csv", "fine-tune-results", file_id, self.job.get("api_key_id")
+        )
         return file_id
+
+    def _record_stop(self, cancelled: bool) -> tuple[int, int]:
+        """Make result.json tell where training stopped: the last step over every attempt and the checkpoint a
+        resume starts from. A job that was not cancelled is `interrupted` (its run's row stays `running`, as the
+        job does) until the next server resumes it. Returns (last step, checkpoint step)."""
+        from tunewise.fileio import atomic_write_json
+        from tunewise.train import loop, records
+
+        path = self.run_dir / "result.json"
+        steps = [r["step"] for r in records.MetricsLog(self.run_dir / "metrics.jsonl").read() if "loss" in r]
+        step = max(steps, default=0)
+        checkpoint = loop.latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        resume_at = records.read_json(checkpoint / "state.json")["step"] if checkpoint else 0
+        if not path.is_file():
+            return step, resume_at  # stopped before training started: nothing recorded, nothing to correct
+        result = records.read_json(path)
+        result.update(steps=step, resumes_from_step=resume_at)
+        if not cancelled:
+            result.update(
+                status="interrupted",
+                error=f"interrupted at step {step} (the server stopped); resumes from the checkpoint at step "
+                f"{resume_at} when the server starts again",
+            )
+            result.pop("finished_at", None)
+        atomic_write_json(path, result)
+        with self.registry.transaction() as conn:
+            if cancelled:
+                conn.execute(
+                    "UPDATE runs SET result = ? WHERE id = ?", (json.dumps(result), self.job["run_id"])
+                )
+            else:
+                conn.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL, result = ? WHERE id = ?",
+                    (json.dumps(result), self.job["run_id"]),
+                )
+        return step, resume_at
 
     def _close_run(self, status: str, error: str) -> None:
         """Finish the job's run when training stopped before recording its own outcome (it does, once started)."""
