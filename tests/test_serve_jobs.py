@@ -349,11 +349,12 @@ def test_list_pagination_and_cancel(client, project):
         client.fine_tuning.jobs.cancel("ftjob-missing")
 
 
-def test_failed_job_reports_its_error_and_the_server_goes_on(client, project, tmp_path):
+def test_failed_job_reports_its_error_and_the_server_goes_on(server, client, project, tmp_path):
     broken = tmp_path / "broken-model"  # passes the request's checks, fails when training loads it
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (broken / "model.safetensors").write_bytes(b"not safetensors")
+    server.app.state.trainable.append(str(broken))  # allowed by the operator, as `--train-base` does
     train = upload(client, chat_lines(4))
     job = client.fine_tuning.jobs.create(model=str(broken), training_file=train.id)
     done = wait_status(client, job.id, ("succeeded", "failed", "cancelled"), timeout=120)

@@ -164,7 +164,9 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
             else:
                 what = f"the request's headers did not arrive within {limits.header_timeout_s:g} s"
             self.logger.info("closing a connection from %s: %s", self.client and self.client[0], what)
-            if self.cycle is None or not self.cycle.response_started:
+            # Waiting for headers, no response is under way (an earlier request's is complete); waiting for a
+            # body, the response may have started (an app that answers before reading): then only close.
+            if self._phase == "headers" or self.cycle is None or not self.cycle.response_started:
                 self.transport.write(raw_response(408, "Request Timeout", what, "request_timeout"))
             self._phase = None
             self.transport.close()
