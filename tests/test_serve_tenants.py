@@ -274,3 +274,13 @@ def test_a_reader_error_naming_the_stored_path_is_shown_with_the_client_filename
     message = caught.value.message
     assert "mine.jsonl holds no examples" in message
     assert str(project.root) not in message and ".tmp" not in message and "file-" not in message
+
+
+def test_cli_creates_admin_keys_and_lists_them(run_cli, tmp_path):
+    assert run_cli("keys", "create", "--name", "user", cwd=tmp_path)[0] == 0
+    code, _, err = run_cli("keys", "create", "--name", "ops", "--admin", cwd=tmp_path)
+    assert code == 0 and "admin key" in err
+    code, out, _ = run_cli("keys", "list", "--json", cwd=tmp_path)
+    assert [(r["name"], r["admin"]) for r in json.loads(out)] == [("user", 0), ("ops", 1)]
+    code, out, _ = run_cli("keys", "list", cwd=tmp_path)
+    assert "admin" in out and "yes" in out

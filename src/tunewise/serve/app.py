@@ -87,9 +87,12 @@ def create_app(
 def _check_train_bases(bases: tuple[str, ...]) -> None:
     """Each `--train-base` names a base training can load offline (checked at startup, by the operator)."""
     from tunewise.errors import TunewiseError
-    from tunewise.models.loading import resolve_base
+    from tunewise.models.embedded import NAME
+    from tunewise.models.loading import EMBEDDED_PREFIX, TINY_MODEL, resolve_base
 
     for base in bases:
+        if base in (TINY_MODEL, f"{EMBEDDED_PREFIX}{NAME}"):
+            continue  # known names: resolving the embedded one would convert its weights now, for nothing
         try:
             resolve_base(base)
         except TunewiseError as exc:
