@@ -220,6 +220,11 @@ def test_a_train_base_that_cannot_be_loaded_stops_the_server_at_startup(tmp_path
         create_app(
             Project(tmp_path), settings=ServeSettings(base=BASE, train_bases=(str(tmp_path / "none"),))
         )
+    with pytest.raises(TunewiseError, match="unknown embedded model"):
+        create_app(Project(tmp_path), settings=ServeSettings(base=BASE, train_bases=("embedded:nope",)))
+    embedded = "embedded:smollm2-135m-instruct"
+    app = create_app(Project(tmp_path), settings=ServeSettings(base=BASE, train_bases=(embedded, BASE)))
+    assert app.state.trainable == [BASE, embedded]
 
 
 @pytest.mark.parametrize(
