@@ -200,7 +200,8 @@ def fine_tuned_models(project: Project) -> list[dict[str, Any]]:
     """The models that succeeded jobs made, newest first, for `/v1/models` and chat.
 
     Each: `id` (the `ft:` name), `created` (unix seconds), `owned_by`, `run_dir` (holds `adapter/` for LoRA or
-    `model/` for full fine-tuning), and `base`, `job_id`, `method`.
+    `model/` for full fine-tuning), and `base`, `job_id`, `method`, `api_key_id` (the key that owns it; None: the
+    operator).
     """
     if not (project.state_dir / "registry.sqlite3").is_file():
         return []
