@@ -154,7 +154,10 @@ def guarded_protocol(limits: ConnectionLimits) -> type:
             if self.transport.is_closing():
                 return
             if self._phase == "body":
-                if self.flow.read_paused:  # the server stopped reading, not the client: wait again
+                if self.flow.read_paused:
+                    # The server stopped reading (the app is behind), not the client: the body's clock starts
+                    # again, so the time spent paused is never held against the client.
+                    self._body_started, self._body_bytes = self.loop.time(), 0
                     self._arm(limits.body_timeout_s)
                     return
                 if self.loop.time() < self._body_deadline():  # bytes came since the timer was armed
