@@ -364,9 +364,12 @@ def test_failed_job_reports_its_error_and_the_server_goes_on(server, client, pro
     assert last.level == "error" and last.message.startswith("Fine-tuning failed")
     assert client.files.retrieve(train.id).id == train.id  # the server still answers
     from tunewise.registry.runs import RunStore
+    from tunewise.serve.jobs import public_message
 
     run = RunStore(project).get(job.id)  # failed before training began: the runner finished its run
-    assert (run.kind, run.status, run.error) == ("job", "failed", done.error.message)
+    # The run's record keeps the server's paths; the job's error, which the client reads, shows them relative.
+    assert (run.kind, run.status, public_message(project, run.error)) == ("job", "failed", done.error.message)
+    assert str(project.root) not in done.error.message
 
 
 # --- restart ------------------------------------------------------------------------------------------

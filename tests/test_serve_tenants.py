@@ -289,3 +289,29 @@ def test_cli_creates_admin_keys_and_lists_them(run_cli, tmp_path):
     assert [(r["name"], r["admin"]) for r in json.loads(out)] == [("user", 0), ("ops", 1)]
     code, out, _ = run_cli("keys", "list", cwd=tmp_path)
     assert "admin" in out and "yes" in out
+
+
+def test_a_job_error_names_its_log_inside_the_project_not_the_server_folder(tmp_path):
+    """A job given up after its last start: the error the client reads points at the job's log relative to the
+    project, never at where the server keeps the project."""
+    from tunewise.serve.auth import create_key
+    from tunewise.serve.jobs import update_job, with_registry
+    from tunewise.serve.worker import MAX_ATTEMPTS, JobWorker
+
+    project = Project(tmp_path)
+    key = create_key(project, "alice")[1]
+    with running(project, ServeSettings(base=BASE)) as (url, _):
+        alice = client(url, key)
+        job = alice.fine_tuning.jobs.create(model=BASE, training_file=upload(alice, chat_lines(4)).id)
+        # As a server killed for the last time leaves it: running, its process gone (no such pid), every start used.
+        with_registry(
+            project,
+            lambda conn: update_job(
+                conn, job.id, status="running", owner=f"{2**22 + 1}:0", attempts=MAX_ATTEMPTS
+            ),
+        )
+        assert JobWorker(project)._claim() is None
+        failed = alice.fine_tuning.jobs.retrieve(job.id)
+    assert failed.status == "failed" and failed.error.code == "too_many_attempts"
+    assert failed.error.message.endswith(f"see .tunewise/jobs/{job.id}.log")
+    assert str(project.root) not in failed.error.message

@@ -105,6 +105,17 @@ def update_job(conn: Any, job_id: str, where_status: tuple[str, ...] | None = No
     return conn.execute(sql, args).rowcount == 1
 
 
+def public_message(project: Project, text: str) -> str:
+    """`text` as a client may read it: paths inside the project relative to it, so that a job's error names
+    `.tunewise/jobs/<id>.log`, not where the server keeps the project.
+
+    >>> public_message(Project(Path("/srv/p")), "failed; see /srv/p/.tunewise/jobs/ftjob-1.log")
+    'failed; see .tunewise/jobs/ftjob-1.log'
+    """
+    root = str(project.root)
+    return text.replace(root + "/", "").replace(root, ".")
+
+
 def with_registry(project: Project, fn: Any) -> Any:
     """Run `fn(conn)` in one short write transaction on a fresh connection."""
     registry = project.registry()

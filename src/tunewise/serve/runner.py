@@ -37,6 +37,7 @@ from tunewise.serve.jobs import (
     add_event,
     count_examples,
     get_job,
+    public_message,
     train_values,
     update_job,
 )
@@ -360,7 +361,8 @@ class JobRun:
             store.finish(run, status, {"error": error})
 
     def _fail(self, code: str, message: str) -> None:
-        self._close_run("failed", message)
+        self._close_run("failed", message)  # the run's own record keeps the full paths
+        message = public_message(self.project, message)
 
         def fail(conn: Any) -> None:
             if update_job(
