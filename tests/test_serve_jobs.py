@@ -254,6 +254,9 @@ def test_job_trains_the_tiny_model_to_a_chat_model(client, project):
     assert metrics[-1].data["total_steps"] == 12
     losses = [e.data["train_loss"] for e in metrics]
     assert sum(losses[-4:]) < sum(losses[:4])  # it learned: the last epoch's loss is below the first's
+    # The narration names the run folder, relative to the project: a client never reads the server's folders.
+    assert f"run {job.id}: .tunewise/runs/{job.id}" in messages
+    assert all(str(project.root) not in e.message + json.dumps(e.data) for e in events)
     page = client.fine_tuning.jobs.list_events(job.id, limit=3)
     assert len(page.data) == 3 and page.has_more and page.data[0].message == messages[-1]
 

@@ -88,7 +88,10 @@ class JobRun:
             return fn(conn)
 
     def event(self, message: str, level: str = "info", type: str = "message", data: Any = None) -> None:
-        self.write(lambda conn: add_event(conn, self.job_id, message, level, type, data))
+        """An event the job's key reads: the training's narration names the run folder, shown relative to the
+        project."""
+        shown = public_message(self.project, message)
+        self.write(lambda conn: add_event(conn, self.job_id, shown, level, type, data))
 
     # --- the run --------------------------------------------------------------------------------------
 
@@ -230,7 +233,10 @@ class JobRun:
              json.dumps(metrics), name, str(path)),
         )  # fmt: skip
         add_event(
-            conn, self.job_id, f"Checkpoint created at step {step}", data={"step": step, "path": str(path)}
+            conn,
+            self.job_id,
+            f"Checkpoint created at step {step}",
+            data={"step": step, "path": public_message(self.project, str(path))},
         )
         # Training keeps its last two checkpoints on disk (and the final model): list only those, as OpenAI
         # lists only the checkpoints it keeps.
