@@ -100,7 +100,7 @@ def test_the_run_store_migration_upgrades_a_registry_made_before_it(tmp_path, mo
     monkeypatch.undo()
 
     reg = open_registry(state)
-    assert reg.applied_migrations()[-1] == "007_run_store"
+    assert "007_run_store" in reg.applied_migrations()
     tables = {r[0] for r in reg.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert "evaluations" not in tables and {"runs", "model_calls"} <= tables
     assert reg.conn.execute("PRAGMA foreign_key_check").fetchall() == []

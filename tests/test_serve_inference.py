@@ -284,6 +284,9 @@ def test_fine_tuning_job_models_are_listed_and_served(api, served, adapter_run, 
             "base": "other",
         },
     ]
+    owner = served[1].state.keys.verify(api.api_key)["id"]  # a job's model is its key's
+    for m in made:
+        m["api_key_id"] = owner
     monkeypatch.setattr(jobs, "fine_tuned_models", lambda project: made)
     assert [m.id for m in api.models.list().data] == [BASE, "sentiment", name]
     chat = [{"role": "user", "content": "quite dull"}]

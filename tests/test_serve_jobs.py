@@ -254,6 +254,9 @@ def test_job_trains_the_tiny_model_to_a_chat_model(client, project):
     assert metrics[-1].data["total_steps"] == 12
     losses = [e.data["train_loss"] for e in metrics]
     assert sum(losses[-4:]) < sum(losses[:4])  # it learned: the last epoch's loss is below the first's
+    # The narration names the run folder, relative to the project: a client never reads the server's folders.
+    assert f"run {job.id}: .tunewise/runs/{job.id}" in messages
+    assert all(str(project.root) not in e.message + json.dumps(e.data) for e in events)
     page = client.fine_tuning.jobs.list_events(job.id, limit=3)
     assert len(page.data) == 3 and page.has_more and page.data[0].message == messages[-1]
 
@@ -349,11 +352,12 @@ def test_list_pagination_and_cancel(client, project):
         client.fine_tuning.jobs.cancel("ftjob-missing")
 
 
-def test_failed_job_reports_its_error_and_the_server_goes_on(client, project, tmp_path):
+def test_failed_job_reports_its_error_and_the_server_goes_on(server, client, project, tmp_path):
     broken = tmp_path / "broken-model"  # passes the request's checks, fails when training loads it
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (broken / "model.safetensors").write_bytes(b"not safetensors")
+    server.app.state.trainable.append(str(broken))  # allowed by the operator, as `--train-base` does
     train = upload(client, chat_lines(4))
     job = client.fine_tuning.jobs.create(model=str(broken), training_file=train.id)
     done = wait_status(client, job.id, ("succeeded", "failed", "cancelled"), timeout=120)
@@ -363,9 +367,12 @@ def test_failed_job_reports_its_error_and_the_server_goes_on(client, project, tm
     assert last.level == "error" and last.message.startswith("Fine-tuning failed")
     assert client.files.retrieve(train.id).id == train.id  # the server still answers
     from tunewise.registry.runs import RunStore
+    from tunewise.serve.jobs import public_message
 
     run = RunStore(project).get(job.id)  # failed before training began: the runner finished its run
-    assert (run.kind, run.status, run.error) == ("job", "failed", done.error.message)
+    # The run's record keeps the server's paths; the job's error, which the client reads, shows them relative.
+    assert (run.kind, run.status, public_message(project, run.error)) == ("job", "failed", done.error.message)
+    assert str(project.root) not in done.error.message
 
 
 # --- restart ------------------------------------------------------------------------------------------
@@ -462,7 +469,15 @@ def test_server_killed_mid_job_resumes_from_checkpoint(project, api_key, tmp_pat
     stopped = row()
     assert stopped["status"] == "running" and not owner_alive(stopped["owner"])
     messages = [e["message"] for e in _events(project, job.id)]
-    assert messages[-1].startswith("Training interrupted (the server stopped)")
+    assert messages[-1].startswith("Training interrupted at step ")
+    # Between that stop and the next start, result.json tells where training stands (not 'cancelled, 0 steps').
+    interrupted = json.loads((project.runs_dir / job.id / "result.json").read_text())
+    assert interrupted["status"] == "interrupted" and "resumes from the checkpoint" in interrupted["error"]
+    assert interrupted["steps"] >= interrupted["resumes_from_step"] >= resumed()[0] >= killed_at
+    assert f"Training interrupted at step {interrupted['steps']} " in messages[-1]
+    from tunewise.registry.runs import RunStore
+
+    assert RunStore(project).get(job.id).status == "running"
 
     proc, client = start_server(project, api_key, tmp_path)
     try:

@@ -231,3 +231,20 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Each API key owns what it makes: the files it uploads, the jobs it creates (and so the models and result files
+# they make). `api_key_id` is the key's id; NULL is the operator: rows made before keys had owners, and rows made
+# by a server running with --no-auth. An admin key (and a --no-auth server on loopback) sees every row; any other
+# key sees only its own.
+MIGRATIONS.append(
+    (
+        "008_key_owners",
+        """
+        ALTER TABLE api_keys ADD COLUMN admin INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE files ADD COLUMN api_key_id INTEGER REFERENCES api_keys(id);
+        ALTER TABLE fine_tuning_jobs ADD COLUMN api_key_id INTEGER REFERENCES api_keys(id);
+        CREATE INDEX files_api_key ON files(api_key_id);
+        CREATE INDEX fine_tuning_jobs_api_key ON fine_tuning_jobs(api_key_id);
+        """,
+    )
+)

@@ -4,6 +4,10 @@ Routes (all under /v1, all behind `require_key` unless the server runs with --no
 
 - `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/chat/completions` (this module, `inference`)
 - `/v1/files` (`serve.files`), `/v1/fine_tuning/jobs` (`serve.jobs`, whose worker runs in the lifespan)
+- `GET /docs` and `GET /openapi.json`, behind a key too (the API's shape is no business of strangers)
+
+Each key sees its own files, jobs and fine-tuned models (`serve.auth.Caller`); `make_server` adds the connection
+limits of `serve.limits`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
 from tunewise.project import Project
-from tunewise.serve.auth import KeyStore, require_key
+from tunewise.serve.auth import KeyStore, caller, require_key
 from tunewise.serve.errors import BodySizeLimit, install_handlers
 from tunewise.serve.files import router as files_router
 from tunewise.serve.inference import ChatCompletionRequest, InferenceService, ServeSettings
 from tunewise.serve.jobs import router as jobs_router
+from tunewise.serve.jobs import trainable_bases
 from tunewise.serve.worker import JobWorker
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,7 @@ def create_app(
 ) -> FastAPI:
     """The API over `project`. `start_worker`: run the fine-tuning job worker in the lifespan."""
     settings = settings or ServeSettings()
+    _check_train_bases(settings.train_bases)
     registry = project.registry()  # creates the registry and applies pending migrations (api_keys among them)
     registry.close()
 
@@ -54,41 +60,79 @@ def create_app(
             app.state.inference.stop()
             app.state.keys.close()
 
-    app = FastAPI(title="tunewise", version=_version(), lifespan=lifespan)
+    # The built-in /docs, /redoc and /openapi.json are public; the routes below serve them behind a key.
+    app = FastAPI(
+        title="tunewise",
+        version=_version(),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.project = project
     app.state.settings = settings
     app.state.no_auth = no_auth
     app.state.keys = KeyStore(Path(project.state_dir) / "registry.sqlite3")
     app.state.inference = InferenceService(project, settings)
+    app.state.trainable = trainable_bases(app.state.inference.pool.base, settings.train_bases)
     install_handlers(app)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, overrides={"/v1/files": settings.max_upload_bytes}
     )
-    for router in (inference_router, files_router, jobs_router):
+    for router in (inference_router, files_router, jobs_router, docs_router):
         app.include_router(router)
     return app
 
 
+def _check_train_bases(bases: tuple[str, ...]) -> None:
+    """Each `--train-base` names a base training can load offline (checked at startup, by the operator)."""
+    from tunewise.errors import TunewiseError
+    from tunewise.models.embedded import NAME
+    from tunewise.models.loading import EMBEDDED_PREFIX, TINY_MODEL, resolve_base
+
+    for base in bases:
+        if base in (TINY_MODEL, f"{EMBEDDED_PREFIX}{NAME}"):
+            continue  # known names: resolving the embedded one would convert its weights now, for nothing
+        try:
+            resolve_base(base)
+        except TunewiseError as exc:
+            raise TunewiseError(f"--train-base {base}: {exc.message}", hint=exc.hint) from None
+
+
 inference_router = APIRouter(dependencies=[Depends(require_key)])
+docs_router = APIRouter(dependencies=[Depends(require_key)], include_in_schema=False)
+
+
+@docs_router.get("/openapi.json")
+async def openapi(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
+
+
+@docs_router.get("/docs")
+async def docs() -> HTMLResponse:
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="tunewise API")
 
 
 @inference_router.get("/v1/models")
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": request.app.state.inference.models()}
+    return {"object": "list", "data": request.app.state.inference.models(caller(request))}
 
 
 @inference_router.get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
     service: InferenceService = request.app.state.inference
-    served = service.pool.resolve(model_id)  # 404 model_not_found
-    return next((m for m in service.models() if m["id"] == served.id), served.to_dict())
+    who = caller(request)
+    served = service.pool.resolve(model_id, who)  # 404 model_not_found
+    return next((m for m in service.models(who) if m["id"] == served.id), served.to_dict())
 
 
 @inference_router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """OpenAI's chat completions: validated and tokenized here, decoded by the batcher with other requests."""
     service: InferenceService = request.app.state.inference
-    job = service.prepare(body)
+    job = service.prepare(body, caller(request))
     service.submit(job)
     if body.stream:
         return StreamingResponse(
@@ -176,9 +220,19 @@ def make_server(
     """A uvicorn server for the app on an already bound socket (`server.run(sockets=[sock])`)."""
     import uvicorn
 
+    from tunewise.serve.limits import ConnectionLimits, guarded_protocol
+
     app = create_app(project, no_auth=no_auth, settings=settings, start_worker=start_worker)
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        min_body_rate=settings.min_body_rate,
+        max_connections_per_client=settings.max_connections_per_client,
+    )
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(limits),
+        limit_concurrency=settings.max_connections,
         log_level="info" if access_log else "warning",
         access_log=access_log,
         timeout_graceful_shutdown=5,

@@ -4,6 +4,12 @@ A key is `tw-` followed by 32 random bytes (base64url). Only a salted SHA-256 of
 characters (`prefix`) to find the row and to show in `tunewise keys list`. A plain hash is enough here, unlike
 for passwords: a slow KDF (scrypt, argon2) defends low-entropy secrets against guessing, but a 256-bit random
 secret cannot be guessed from its hash at any speed; the salt only makes equal keys hash differently.
+
+Each key owns what is made with it: files, fine-tuning jobs and the models those jobs make (registry column
+`api_key_id`). A key sees only its own; an admin key (`tunewise keys create --admin`) sees everything, and so
+does a server run with --no-auth (loopback only: the operator's own machine). Rows with no owner (made before
+keys owned rows, or with --no-auth) belong to the operator: admin keys see them, other keys do not. A row a key
+may not see answers 404 exactly as a missing one does, so that a key cannot learn what other keys hold.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +39,10 @@ def _hash(salt: bytes, key: str) -> str:
     return hashlib.sha256(salt + key.encode()).hexdigest()
 
 
-def create_key(project: Any, name: str = "default") -> tuple[dict[str, Any], str]:
-    """A new key: (its registry row without the hash, the key itself, which is shown once and never stored)."""
+def create_key(project: Any, name: str = "default", admin: bool = False) -> tuple[dict[str, Any], str]:
+    """A new key: (its registry row without the hash, the key itself, which is shown once and never stored).
+
+    `admin`: the key sees every key's files, jobs and models (see the module docstring)."""
     from tunewise.registry.db import utc_now
 
     key = KEY_PREFIX + secrets.token_urlsafe(32)
@@ -42,8 +51,8 @@ def create_key(project: Any, name: str = "default") -> tuple[dict[str, Any], str
     try:
         with registry.transaction() as conn:
             cur = conn.execute(
-                "INSERT INTO api_keys (name, prefix, salt, hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                (name, key[:_VISIBLE], salt.hex(), _hash(salt, key), utc_now()),
+                "INSERT INTO api_keys (name, prefix, salt, hash, created_at, admin) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, key[:_VISIBLE], salt.hex(), _hash(salt, key), utc_now(), int(admin)),
             )
             key_id = cur.lastrowid
         row = _public(registry.conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone())
@@ -126,6 +135,45 @@ class KeyStore:
                         )
                     return _public(row)
         return None
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: the key's id (None: the operator, on a --no-auth server) and whether it sees all.
+
+    >>> Caller(3).sees(3), Caller(3).sees(4), Caller(3).sees(None), Caller(None, admin=True).sees(4)
+    (True, False, False, True)
+    """
+
+    key_id: int | None
+    admin: bool = False
+
+    def sees(self, owner: int | None) -> bool:
+        """Whether a row owned by key `owner` (None: the operator) is visible to this caller."""
+        return self.admin or (self.key_id is not None and owner == self.key_id)
+
+    def where(self, column: str = "api_key_id") -> tuple[str, list[Any]]:
+        """An SQL condition (and its arguments) that keeps the rows this caller sees.
+
+        >>> Caller(3).where(), Caller(None, admin=True).where()
+        (('api_key_id = ?', [3]), ('1=1', []))
+        """
+        if self.admin:
+            return "1=1", []
+        return f"{column} = ?", [self.key_id]
+
+
+OPERATOR = Caller(None, admin=True)
+
+
+def caller(request: Request) -> Caller:
+    """The caller of a request that passed `require_key`: its key, or the operator on a --no-auth server."""
+    row = getattr(request.state, "api_key", None)
+    if row is None:
+        if getattr(request.app.state, "no_auth", False):
+            return OPERATOR
+        raise _unauthorized("missing API key: send `Authorization: Bearer KEY`")
+    return Caller(int(row["id"]), bool(row.get("admin")))
 
 
 def _unauthorized(message: str) -> APIError:

@@ -85,6 +85,29 @@ def serve(
         "--json-guard/--no-json-guard",
         help="Stop non-streamed answers from looping inside JSON, as the evaluation decoded them.",
     ),
+    train_base: list[str] | None = typer.Option(
+        None,
+        "--train-base",
+        help="A base fine-tuning jobs may name besides the served one (embedded:..., or a model folder); "
+        "repeatable. Clients never pick a path.",
+    ),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", help="Seconds a request's headers may take from its first byte (then 408)."
+    ),
+    body_timeout: float = typer.Option(
+        30.0,
+        "--body-timeout",
+        help="Seconds a request body may take before it must average --min-body-rate (then 408).",
+    ),
+    min_body_rate: float = typer.Option(
+        8192.0, "--min-body-rate", help="Bytes per second a body must average once --body-timeout has passed."
+    ),
+    max_connections_per_client: int = typer.Option(
+        64, "--max-connections-per-client", help="Open connections per client address (then 429)."
+    ),
+    max_connections: int = typer.Option(
+        1024, "--max-connections", help="Open connections and requests in all (then 503)."
+    ),
 ) -> None:
     from tunewise.serve.app import bind, check_auth, make_server
     from tunewise.serve.auth import list_keys
@@ -102,6 +125,12 @@ def serve(
         threads=threads,
         json_guard=json_guard,
         preload=True,
+        train_bases=tuple(train_base or ()),
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
+        min_body_rate=min_body_rate,
+        max_connections_per_client=max_connections_per_client,
+        max_connections=max_connections,
     )
     sock = bind(host, port)
     server = make_server(
@@ -128,10 +157,14 @@ def serve(
 
 @keys_app.command(
     "create",
-    help="Create an API key; it is printed once and only its hash is stored.\n\nExample: tunewise keys create --name laptop",
+    help="Create an API key; it is printed once and only its hash is stored. A key sees only the files, jobs and "
+    "models made with it; an --admin key sees all.\n\nExample: tunewise keys create --name laptop",
 )
 def keys_create(
     name: str = typer.Option("default", "--name", help="A label for the key."),
+    admin: bool = typer.Option(
+        False, "--admin", help="The key sees every key's files, jobs and models (an operator's key)."
+    ),
     project_dir: Path | None = typer.Option(
         None, "--project", help="Project folder (default: found upward)."
     ),
@@ -139,13 +172,14 @@ def keys_create(
 ) -> None:
     from tunewise.serve.auth import create_key
 
-    row, key = create_key(_project(project_dir), name)
+    row, key = create_key(_project(project_dir), name, admin=admin)
     if as_json:
         print_json({**row, "key": key})
         return
     out.print(key, highlight=False)
     err.print(
-        f"key {row['id']} ({row['name']}) created; it is shown only now: store it (e.g. OPENAI_API_KEY)",
+        f"{'admin ' if admin else ''}key {row['id']} ({row['name']}) created; it is shown only now: store it "
+        "(e.g. OPENAI_API_KEY)",
         highlight=False,
     )
 
@@ -170,12 +204,13 @@ def keys_list(
     if not rows:
         err.print("no API keys; create one with `tunewise keys create`", highlight=False)
         return
-    table = Table("id", "name", "prefix", "created", "last used", "revoked")
+    table = Table("id", "name", "prefix", "admin", "created", "last used", "revoked")
     for r in rows:
         table.add_row(
             str(r["id"]),
             r["name"],
             r["prefix"] + "...",
+            "yes" if r.get("admin") else "-",
             r["created_at"],
             r["last_used_at"] or "-",
             r["revoked_at"] or "-",

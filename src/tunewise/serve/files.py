@@ -7,6 +7,10 @@ A file is stored once, under the project's state folder, and described by a regi
 An upload with purpose `fine-tune` is checked by the data stage (`tunewise data check`, OpenAI chat format)
 before it is kept: any error answers 400 with every problem and its line number, and nothing is stored.
 Warnings (too few examples, duplicates) do not block an upload; `tunewise data check` shows them.
+
+A file belongs to the key that uploaded it (a job's result file to the job's key): other keys get 404 for it,
+as for a file that does not exist (`serve.auth.Caller`). Messages never show the server's folders: a problem
+in an upload names the file by the name the client gave it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunewise.fileio import publish, temp_path
 from tunewise.project import Project
-from tunewise.serve.auth import require_key
+from tunewise.serve.auth import Caller, caller, require_key
 from tunewise.serve.errors import APIError
 
 log = logging.getLogger(__name__)
@@ -71,15 +75,30 @@ def get_file(project: Project, file_id: str) -> dict[str, Any] | None:
         registry.close()
 
 
-def require_file(project: Project, file_id: str, param: str = "file_id") -> dict[str, Any]:
+def require_file(
+    project: Project, file_id: str, param: str = "file_id", who: Caller | None = None
+) -> dict[str, Any]:
+    """The file's row; 404 when it does not exist, or `who` (None: no check) may not see it."""
     row = get_file(project, file_id)
-    if row is None or not Path(row["path"]).is_file():
+    if (
+        row is None
+        or not Path(row["path"]).is_file()
+        or (who is not None and not who.sees(row["api_key_id"]))
+    ):
         raise APIError(404, f"no file with id '{file_id}'", param=param, code="file_not_found")
     return row
 
 
-def add_file(project: Project, path: Path, filename: str, purpose: str, file_id: str | None = None) -> dict:
-    """Record a file already in place under `files_dir(project)`; returns its registry row."""
+def add_file(
+    project: Project,
+    path: Path,
+    filename: str,
+    purpose: str,
+    file_id: str | None = None,
+    api_key_id: int | None = None,
+) -> dict:
+    """Record a file already in place under `files_dir(project)`, owned by key `api_key_id` (None: the
+    operator); returns its registry row."""
     row = {
         "id": file_id or path.name,
         "filename": filename,
@@ -88,13 +107,14 @@ def add_file(project: Project, path: Path, filename: str, purpose: str, file_id:
         "created_at": int(time.time()),
         "status": "processed",
         "path": str(path),
+        "api_key_id": api_key_id,
     }
     registry = project.registry()
     try:
         with registry.transaction() as conn:
             conn.execute(
-                "INSERT INTO files (id, filename, purpose, bytes, created_at, status, path)"
-                " VALUES (:id, :filename, :purpose, :bytes, :created_at, :status, :path)",
+                "INSERT INTO files (id, filename, purpose, bytes, created_at, status, path, api_key_id)"
+                " VALUES (:id, :filename, :purpose, :bytes, :created_at, :status, :path, :api_key_id)",
                 row,
             )
     finally:
@@ -124,7 +144,19 @@ def check_fine_tune_file(path: Path, filename: str) -> list[str]:
             lines.append(f"... and {group.count - len(group.first)} more {group.code} error(s)")
     if not lines:
         lines = _trainer_problems(path)
-    return lines
+    return [hide_paths(line, path, filename) for line in lines]
+
+
+def hide_paths(message: str, path: Path, filename: str) -> str:
+    """`message` with the server's path of an upload (and its temporary name, which holds a process id)
+    replaced by the name the client gave the file.
+
+    >>> hide_paths("/srv/p/.tunewise/files/.file-1.123-ab.tmp: not UTF-8", Path("/srv/p/.tunewise/files/.file-1.123-ab.tmp"), "t.jsonl")
+    't.jsonl: not UTF-8'
+    """
+    for shown in (str(path), str(path.resolve()), path.name, str(path.parent.resolve()), str(path.parent)):
+        message = message.replace(shown, filename)
+    return message
 
 
 def _trainer_problems(path: Path) -> list[str]:
@@ -179,6 +211,7 @@ async def _receive(upload: UploadFile, tmp: Path) -> int:
 @router.post("/v1/files")
 async def create_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)) -> dict:
     project: Project = request.app.state.project
+    who = caller(request)
     if purpose != "fine-tune":
         raise APIError(
             400,
@@ -202,7 +235,7 @@ async def create_file(request: Request, file: UploadFile = File(...), purpose: s
         publish(tmp, final)  # synced and renamed: a stored file is whole, or absent
     finally:
         tmp.unlink(missing_ok=True)
-    row = await run_in_threadpool(add_file, project, final, filename, purpose, file_id)
+    row = await run_in_threadpool(add_file, project, final, filename, purpose, file_id, who.key_id)
     log.info("stored %s (%s, %d bytes)", file_id, filename, size)
     return file_object(row)
 
@@ -220,14 +253,16 @@ def list_files(
         raise APIError(400, f"order must be asc or desc (got '{order}')", param="order")
     if not 1 <= limit <= 10000:
         raise APIError(400, f"limit must be in 1..10000 (got {limit})", param="limit")
-    where, args = ["1=1"], []
+    owned, owner_args = caller(request).where()
+    where, args = [owned], list(owner_args)
     if purpose is not None:
         where.append("purpose = ?")
         args.append(purpose)
     cmp = "<" if order == "desc" else ">"
     if after is not None:
-        where.append(f"rowid {cmp} (SELECT rowid FROM files WHERE id = ?)")
-        args.append(after)
+        # Another key's file id is no cursor: it pages like an unknown id (nothing after it).
+        where.append(f"rowid {cmp} (SELECT rowid FROM files WHERE id = ? AND {owned})")
+        args.extend([after, *owner_args])
     registry = project.registry()
     try:
         rows = registry.conn.execute(
@@ -248,14 +283,14 @@ def list_files(
 
 @router.get("/v1/files/{file_id}")
 def retrieve_file(request: Request, file_id: str) -> dict:
-    return file_object(require_file(request.app.state.project, file_id))
+    return file_object(require_file(request.app.state.project, file_id, who=caller(request)))
 
 
 @router.get("/v1/files/{file_id}/content")
 def file_content(request: Request, file_id: str) -> Any:
     from fastapi.responses import FileResponse
 
-    row = require_file(request.app.state.project, file_id)
+    row = require_file(request.app.state.project, file_id, who=caller(request))
     media = "text/csv" if row["filename"].endswith(".csv") else "application/jsonl"
     return FileResponse(row["path"], media_type=media, filename=row["filename"])
 
@@ -263,7 +298,7 @@ def file_content(request: Request, file_id: str) -> Any:
 @router.delete("/v1/files/{file_id}")
 def delete_file(request: Request, file_id: str) -> dict:
     project: Project = request.app.state.project
-    row = require_file(project, file_id)
+    row = require_file(project, file_id, who=caller(request))
     registry = project.registry()
     try:
         with registry.transaction() as conn:

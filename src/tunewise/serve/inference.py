@@ -27,6 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import TunewiseError
+from tunewise.serve.auth import Caller
 from tunewise.serve.batcher import Batcher, Job, QueueFull, Stopped
 from tunewise.serve.errors import APIError
 
@@ -56,6 +57,16 @@ class ServeSettings:
     # measured (evaluation.json_guard is on by default), so the served model answers as it was judged. Streamed
     # tokens cannot be taken back, and a response_format grammar already keeps the JSON well-formed.
     json_guard: bool = True
+    # Bases a fine-tuning job may name besides the served one (`--train-base`): the operator's allow-list.
+    train_bases: tuple[str, ...] = ()
+    # Connection limits (serve/limits.py): a request's headers within header_timeout_s of its first byte; its
+    # body, after body_timeout_s, at min_body_rate bytes/s on average; open connections per client address and
+    # in all (uvicorn's limit_concurrency, answered 503).
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    min_body_rate: float = 8192.0
+    max_connections_per_client: int = 64
+    max_connections: int = 1024
 
     def __post_init__(self) -> None:
         problems = []
@@ -65,11 +76,18 @@ class ServeSettings:
             "max_tokens_cap",
             "default_max_tokens",
             "max_body_bytes",
+            "max_connections_per_client",
+            "max_connections",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.timeout_s <= 0:
             problems.append(f"timeout_s must be positive (got {self.timeout_s})")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive (got {getattr(self, name)})")
+        if self.min_body_rate < 0:
+            problems.append(f"min_body_rate must be >= 0 (got {self.min_body_rate})")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be at least 1 (got {self.threads})")
         if self.batch_wait_ms < 0:
@@ -232,6 +250,13 @@ class Served:
     created: int = 0
     owned_by: str = "tunewise"
     folder: Path | None = None  # the adapter or model folder, when not the run's adapter/ or model/
+    # A fine-tuning job's model belongs to the job's key (None: the operator); the base and the --adapter models
+    # are the operator's offer to every key.
+    private: bool = False
+    api_key_id: int | None = None
+
+    def visible_to(self, who: Caller | None) -> bool:
+        return who is None or not self.private or who.sees(self.api_key_id)
 
     @property
     def weights(self) -> Path:
@@ -301,13 +326,32 @@ class ModelPool:
                 continue  # trained on another base: this server cannot serve it
             run_dir = Path(m["run_dir"])
             kind = "full" if m.get("method") == "full" or not (run_dir / "adapter").is_dir() else "adapter"
-            out.append(Served(m["id"], kind, run_dir, int(m["created"]), m.get("owned_by", "tunewise")))
+            out.append(
+                Served(
+                    m["id"], kind, run_dir, int(m["created"]), m.get("owned_by", "tunewise"),
+                    private=True, api_key_id=m.get("api_key_id"),
+                )
+            )  # fmt: skip
         return out
 
-    def list(self) -> list[Served]:
-        return [Served(self.base, "base", None, self.started), *self.explicit.values(), *self._fine_tuned()]
+    def list(self, who: Caller | None = None) -> list[Served]:
+        """The models `who` may use (None: all of them)."""
+        fine_tuned = [m for m in self._fine_tuned() if m.visible_to(who)]
+        return [Served(self.base, "base", None, self.started), *self.explicit.values(), *fine_tuned]
 
-    def resolve(self, name: str) -> Served:
+    def resolve(self, name: str, who: Caller | None = None) -> Served:
+        """The model `name`; 404 when there is none, or `who` may not use it (the same answer)."""
+        served = self._find(name)
+        if served is None or not served.visible_to(who):
+            raise APIError(
+                404,
+                f"the model '{name}' does not exist on this server (GET /v1/models lists the models)",
+                param="model",
+                code="model_not_found",
+            )
+        return served
+
+    def _find(self, name: str) -> Served | None:
         if name == self.base:
             return Served(self.base, "base", None, self.started)
         if name in self.explicit:
@@ -319,12 +363,7 @@ class ModelPool:
                 if served.id == name:
                     self._resolved[name] = served
                     return served
-        raise APIError(
-            404,
-            f"the model '{name}' does not exist on this server (GET /v1/models lists the models)",
-            param="model",
-            code="model_not_found",
-        )
+        return None
 
     # --- weights (worker thread) --------------------------------------------------------------------------
 
@@ -412,16 +451,16 @@ class InferenceService:
     def stop(self) -> None:
         self.batcher.stop()
 
-    def models(self) -> list[dict[str, Any]]:
-        return [m.to_dict() for m in self.pool.list()]
+    def models(self, who: Caller | None = None) -> list[dict[str, Any]]:
+        return [m.to_dict() for m in self.pool.list(who)]
 
-    def prepare(self, req: ChatCompletionRequest) -> Job:
+    def prepare(self, req: ChatCompletionRequest, who: Caller | None = None) -> Job:
         """Validate and tokenize a request (every 400 and 404 happens here, before it takes a queue slot)."""
         from tunewise.evaluate.engine import SamplingParams
 
         _unsupported(req)
         _sampling(req)
-        served = self.pool.resolve(req.model)
+        served = self.pool.resolve(req.model, who)
         messages = _messages(req)
         stops = _stops(req)
         constraint = _constraint(req.response_format)

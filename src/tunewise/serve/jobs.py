@@ -24,6 +24,10 @@ Hyperparameters (`method.supervised.hyperparameters`, or the older top-level `hy
 The model a job makes is named `ft:<base>:<suffix>:<8 hex of the job id>` (`ft:<base>::<8 hex>` without a
 suffix), OpenAI's pattern with the base's name in place of the organisation's; `fine_tuned_models()` lists them
 for `/v1/models` and chat.
+
+A job belongs to the key that created it, and so do its events, checkpoints, result file and model: other keys
+get 404, as for a job that does not exist (`serve.auth.Caller`). A job's base must be one the operator allows:
+the model the server serves, or one given with `tunewise serve --train-base`; never a path the client picks.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import nearest
 from tunewise.project import Project
-from tunewise.serve.auth import require_key
+from tunewise.serve.auth import Caller, caller, require_key
 from tunewise.serve.errors import APIError
 from tunewise.serve.files import require_file
 
@@ -99,6 +103,17 @@ def update_job(conn: Any, job_id: str, where_status: tuple[str, ...] | None = No
         sql += f" AND status IN ({', '.join('?' * len(where_status))})"
         args.extend(where_status)
     return conn.execute(sql, args).rowcount == 1
+
+
+def public_message(project: Project, text: str) -> str:
+    """`text` as a client may read it: paths inside the project relative to it, so that a job's error names
+    `.tunewise/jobs/<id>.log`, not where the server keeps the project.
+
+    >>> public_message(Project(Path("/srv/p")), "failed; see /srv/p/.tunewise/jobs/ftjob-1.log")
+    'failed; see .tunewise/jobs/ftjob-1.log'
+    """
+    root = str(project.root)
+    return text.replace(root + "/", "").replace(root, ".")
 
 
 def with_registry(project: Project, fn: Any) -> Any:
@@ -196,7 +211,8 @@ def fine_tuned_models(project: Project) -> list[dict[str, Any]]:
     """The models that succeeded jobs made, newest first, for `/v1/models` and chat.
 
     Each: `id` (the `ft:` name), `created` (unix seconds), `owned_by`, `run_dir` (holds `adapter/` for LoRA or
-    `model/` for full fine-tuning), and `base`, `job_id`, `method`.
+    `model/` for full fine-tuning), and `base`, `job_id`, `method`, `api_key_id` (the key that owns it; None: the
+    operator).
     """
     if not (project.state_dir / "registry.sqlite3").is_file():
         return []
@@ -220,6 +236,7 @@ def fine_tuned_models(project: Project) -> list[dict[str, Any]]:
                 "owned_by": "tunewise",
                 "run_dir": str(run_dir),
                 "base": job["model"],
+                "api_key_id": job.get("api_key_id"),
                 "job_id": job["id"],
                 "method": (job["hyperparameters"].get(EXTRA) or {}).get("method", "lora"),
             }
@@ -246,34 +263,32 @@ class JobRequest(BaseModel):
     integrations: list[Any] | None = None
 
 
-def check_model(model: str) -> None:
-    """400/404 unless `model` is a base tunewise can train offline: embedded, tiny:random, or a model folder."""
-    from tunewise.errors import TunewiseError
-    from tunewise.models.embedded import NAME
-    from tunewise.models.loading import EMBEDDED_PREFIX, TINY_MODEL, resolve_base
+def trainable_bases(served_base: str, train_bases: tuple[str, ...] | list[str] = ()) -> list[str]:
+    """The bases a job may name: the model the server serves, then the operator's `--train-base` list.
 
-    embedded = f"{EMBEDDED_PREFIX}{NAME}"
-    accepted = f"'{embedded}', '{TINY_MODEL}' (tests) or the path of a local model folder"
-    if model == TINY_MODEL or model == embedded:
+    >>> trainable_bases("tiny:random", ["embedded:smollm2-135m-instruct", "tiny:random"])
+    ['tiny:random', 'embedded:smollm2-135m-instruct']
+    """
+    return list(dict.fromkeys([served_base, *train_bases]))
+
+
+def check_model(model: str, allowed: list[str]) -> None:
+    """404 unless `model` is one of the `allowed` bases, compared as text: a client's string is never opened as
+    a path, so the answer is the same whether or not such a file exists on the server."""
+    listed = ", ".join(f"'{b}'" for b in allowed)
+    if model in allowed:
         return
     if model.startswith("ft:"):
         raise APIError(
             400,
             f"model '{model}' is a fine-tuned model: continuing a fine-tuned model is not supported; "
-            f"fine-tune its base instead ({accepted})",
+            f"fine-tune its base instead ({listed})",
             param="model",
             code="model_not_supported",
         )
-    if model.startswith(EMBEDDED_PREFIX) or Path(model).expanduser().exists():
-        try:
-            resolve_base(model)
-        except TunewiseError as exc:
-            raise APIError(400, str(exc), param="model", code="model_not_supported") from None
-        return
     raise APIError(
         404,
-        f"model '{model}' cannot be fine-tuned here: it is neither the embedded model nor a local model folder "
-        f"(this server trains offline). Use {accepted}",
+        f"model '{model}' cannot be fine-tuned on this server; the bases it trains: {listed}",
         param="model",
         code="model_not_found",
     )
@@ -412,10 +427,11 @@ def train_values(job: dict[str, Any], data: str, eval_data: str | None, n_exampl
 @router.post("/v1/fine_tuning/jobs")
 def create_job(request: Request, body: JobRequest) -> dict:
     project: Project = request.app.state.project
-    check_model(body.model)
-    training = require_file(project, body.training_file, "training_file")
+    who = caller(request)
+    check_model(body.model, request.app.state.trainable)
+    training = require_file(project, body.training_file, "training_file", who)
     validation = (
-        require_file(project, body.validation_file, "validation_file") if body.validation_file else None
+        require_file(project, body.validation_file, "validation_file", who) if body.validation_file else None
     )
     for row, param in ((training, "training_file"), (validation, "validation_file")):
         if row is not None and row["purpose"] != "fine-tune":
@@ -444,6 +460,7 @@ def create_job(request: Request, body: JobRequest) -> dict:
         "run_id": job_id,  # the training run directory is .tunewise/runs/<job id>
         "model_name": model_name(body.model, body.suffix, job_id),
         "metadata": body.metadata,
+        "api_key_id": who.key_id,
     }
 
     def insert(conn: Any) -> None:
@@ -463,9 +480,10 @@ def create_job(request: Request, body: JobRequest) -> dict:
 # --- reading and cancelling ---------------------------------------------------------------------------
 
 
-def require_job(project: Project, job_id: str) -> dict[str, Any]:
+def require_job(project: Project, job_id: str, who: Caller | None = None) -> dict[str, Any]:
+    """The job's row; 404 when it does not exist, or `who` (None: no check) may not see it."""
     job = read_registry(project, lambda conn: get_job(conn, job_id))
-    if job is None:
+    if job is None or (who is not None and not who.sees(job.get("api_key_id"))):
         raise APIError(
             404, f"no fine-tuning job with id '{job_id}'", param="fine_tuning_job_id", code="not_found"
         )
@@ -491,20 +509,23 @@ def _page(table: str, where: str, args: list[Any], after_rowid: Any, limit: int,
 @router.get("/v1/fine_tuning/jobs")
 def list_jobs(request: Request, after: str | None = None, limit: int = 20) -> dict:
     _check_limit(limit)
-    after_rowid = ("SELECT rowid FROM fine_tuning_jobs WHERE id = ?", [after]) if after else None
-    rows, more = _page("fine_tuning_jobs", "1=1", [], after_rowid, limit, request.app.state.project)
+    owned, args = caller(request).where()
+    after_rowid = (
+        (f"SELECT rowid FROM fine_tuning_jobs WHERE id = ? AND {owned}", [after, *args]) if after else None
+    )
+    rows, more = _page("fine_tuning_jobs", owned, args, after_rowid, limit, request.app.state.project)
     return {"object": "list", "data": [job_object(r) for r in rows], "has_more": more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}")
 def retrieve_job(request: Request, job_id: str) -> dict:
-    return job_object(require_job(request.app.state.project, job_id))
+    return job_object(require_job(request.app.state.project, job_id, caller(request)))
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
 def cancel_job(request: Request, job_id: str) -> dict:
     project: Project = request.app.state.project
-    job = require_job(project, job_id)
+    job = require_job(project, job_id, caller(request))
     if job["status"] in ("succeeded", "failed"):
         raise APIError(
             400, f"job {job_id} has already {job['status']}: nothing to cancel", param="fine_tuning_job_id"
@@ -530,7 +551,7 @@ def cancel_job(request: Request, job_id: str) -> dict:
 def list_events(request: Request, job_id: str, after: str | None = None, limit: int = 20) -> dict:
     _check_limit(limit)
     project: Project = request.app.state.project
-    require_job(project, job_id)
+    require_job(project, job_id, caller(request))
     after_rowid = None
     if after is not None:
         number = after.removeprefix("ftevent-")
@@ -545,7 +566,7 @@ def list_events(request: Request, job_id: str, after: str | None = None, limit: 
 def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: int = 10) -> dict:
     _check_limit(limit)
     project: Project = request.app.state.project
-    require_job(project, job_id)
+    require_job(project, job_id, caller(request))
     after_rowid = ("SELECT rowid FROM fine_tuning_checkpoints WHERE id = ?", [after]) if after else None
     rows, more = _page("fine_tuning_checkpoints", "job_id = ?", [job_id], after_rowid, limit, project)
     data = [checkpoint_object(r) for r in rows]

@@ -9,7 +9,9 @@ server restart), training resumes from its last checkpoint instead of starting a
 
 SIGTERM (a cancel, a server shutdown, or the server's death via PR_SET_PDEATHSIG) interrupts training the way
 Ctrl-C does: the run records result.json and the runner exits. A cancelled job stays cancelled; any other job
-stays `running`, to be resumed by the next worker.
+stays `running`, to be resumed by the next worker, and its result.json says so: status `interrupted`, the step
+training reached and the checkpoint step it resumes from (training itself would record `cancelled` with the
+steps of the last attempt only).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tunewise.serve.jobs import (
     add_event,
     count_examples,
     get_job,
+    public_message,
     train_values,
     update_job,
 )
@@ -85,7 +88,10 @@ class JobRun:
             return fn(conn)
 
     def event(self, message: str, level: str = "info", type: str = "message", data: Any = None) -> None:
-        self.write(lambda conn: add_event(conn, self.job_id, message, level, type, data))
+        """An event the job's key reads: the training's narration names the run folder, shown relative to the
+        project."""
+        shown = public_message(self.project, message)
+        self.write(lambda conn: add_event(conn, self.job_id, shown, level, type, data))
 
     # --- the run --------------------------------------------------------------------------------------
 
@@ -97,12 +103,15 @@ class JobRun:
         except KeyboardInterrupt:
             if self._read()["status"] == "cancelled":
                 self._close_run("cancelled", "the job was cancelled")
+                self._record_stop(cancelled=True)
                 self.event("Training stopped: the job was cancelled")
             else:
+                step, resume_at = self._record_stop(cancelled=False)
                 self.event(
-                    "Training interrupted (the server stopped); the job resumes from its last checkpoint "
-                    "when the server starts again",
+                    f"Training interrupted at step {step} (the server stopped); the job resumes from its "
+                    f"checkpoint at step {resume_at} when the server starts again",
                     level="warn",
+                    data={"step": step, "resumes_from_step": resume_at},
                 )
             return 0
         except TunewiseError as exc:
@@ -224,7 +233,10 @@ class JobRun:
              json.dumps(metrics), name, str(path)),
         )  # fmt: skip
         add_event(
-            conn, self.job_id, f"Checkpoint created at step {step}", data={"step": step, "path": str(path)}
+            conn,
+            self.job_id,
+            f"Checkpoint created at step {step}",
+            data={"step": step, "path": public_message(self.project, str(path))},
         )
         # Training keeps its last two checkpoints on disk (and the final model): list only those, as OpenAI
         # lists only the checkpoints it keeps.
@@ -303,8 +315,46 @@ class JobRun:
         file_id = new_file_id()
         path = files_dir(self.project) / file_id
         atomic_write_text(path, buffer.getvalue())
-        add_file(self.project, path, "step_metrics.csv", "fine-tune-results", file_id)
+        add_file(
+            self.project, path, "step_metrics.csv", "fine-tune-results", file_id, self.job.get("api_key_id")
+        )
         return file_id
+
+    def _record_stop(self, cancelled: bool) -> tuple[int, int]:
+        """Make result.json tell where training stopped: the last step over every attempt and the checkpoint a
+        resume starts from. A job that was not cancelled is `interrupted` (its run's row stays `running`, as the
+        job does) until the next server resumes it. Returns (last step, checkpoint step)."""
+        from tunewise.fileio import atomic_write_json
+        from tunewise.train import loop, records
+
+        path = self.run_dir / "result.json"
+        steps = [r["step"] for r in records.MetricsLog(self.run_dir / "metrics.jsonl").read() if "loss" in r]
+        step = max(steps, default=0)
+        checkpoint = loop.latest_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        resume_at = records.read_json(checkpoint / "state.json")["step"] if checkpoint else 0
+        if not path.is_file():
+            return step, resume_at  # stopped before training started: nothing recorded, nothing to correct
+        result = records.read_json(path)
+        result.update(steps=step, resumes_from_step=resume_at)
+        if not cancelled:
+            result.update(
+                status="interrupted",
+                error=f"interrupted at step {step} (the server stopped); resumes from the checkpoint at step "
+                f"{resume_at} when the server starts again",
+            )
+            result.pop("finished_at", None)
+        atomic_write_json(path, result)
+        with self.registry.transaction() as conn:
+            if cancelled:
+                conn.execute(
+                    "UPDATE runs SET result = ? WHERE id = ?", (json.dumps(result), self.job["run_id"])
+                )
+            else:
+                conn.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL, result = ? WHERE id = ?",
+                    (json.dumps(result), self.job["run_id"]),
+                )
+        return step, resume_at
 
     def _close_run(self, status: str, error: str) -> None:
         """Finish the job's run when training stopped before recording its own outcome (it does, once started)."""
@@ -317,7 +367,8 @@ class JobRun:
             store.finish(run, status, {"error": error})
 
     def _fail(self, code: str, message: str) -> None:
-        self._close_run("failed", message)
+        self._close_run("failed", message)  # the run's own record keeps the full paths
+        message = public_message(self.project, message)
 
         def fail(conn: Any) -> None:
             if update_job(

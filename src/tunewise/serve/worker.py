@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.project import Project
-from tunewise.serve.jobs import add_event, get_job, read_registry, update_job, with_registry
+from tunewise.serve.jobs import (
+    add_event,
+    get_job,
+    public_message,
+    read_registry,
+    update_job,
+    with_registry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +164,11 @@ class JobWorker:
                 if owner_alive(row["owner"]):
                     continue
                 if row["attempts"] >= MAX_ATTEMPTS:
-                    message = f"gave up after {row['attempts']} attempts to run the job; see {log_path(self.project, row['id'])}"
+                    message = public_message(
+                        self.project,
+                        f"gave up after {row['attempts']} attempts to run the job; "
+                        f"see {log_path(self.project, row['id'])}",
+                    )
                     update_job(
                         conn, row["id"], ("running",), status="failed", finished_at=int(time.time()),
                         error={"code": "too_many_attempts", "message": message, "param": None},
@@ -230,9 +241,10 @@ class JobWorker:
         if job is not None and job["status"] == "running" and job["owner"] == self._child_owner:
             # The runner records every outcome it can (success, failure, interruption) before it exits;
             # a `running` job with a dead runner means the process itself died (killed, out of memory).
-            message = (
+            message = public_message(
+                self.project,
                 f"the training process exited with code {code} without finishing the job; "
-                f"see {log_path(self.project, job_id)}"
+                f"see {log_path(self.project, job_id)}",
             )
 
             def fail(conn: Any) -> None:
