@@ -249,6 +249,23 @@ def full_state() -> dict:
         "verdict": {
             "recommend_fine_tuning": True,
             "headline": "Fine-tune: +29.7 points over few-shot, and $750/month cheaper on together at 500 queries/day.",
+            "platform_rules": [
+                {
+                    "rule": "small-team",
+                    "fires": True,
+                    "detail": "a team of 6 (under 25)",
+                    "advice": "count the data preparation and the monthly hosting in the cost",
+                    "source": "Does that justify $2,000+ in training data preparation?",
+                    "as_of": "May 2026",
+                },
+                {
+                    "rule": "azure-small-team",
+                    "fires": None,
+                    "detail": "undecided",
+                    "advice": "",
+                    "source": "x",
+                },
+            ],
             "rules": [
                 {
                     "rule": "significant gain",
@@ -346,6 +363,10 @@ def test_verdict_section_shows_rules_and_facts(built):
     assert v.count("✓ pass") == 4 and v.count("n/a") >= 1
     assert "together" in v and "83.3 queries/day against prompted" in v
     assert "small held-out set: 60 examples" in v
+    # the platform rule that fired, with its source sentence and date; the undecided one is not listed as fired
+    assert "a team of 6 (under 25): count the data preparation" in v
+    assert "Does that justify $2,000+ in training data preparation?" in v and "(true as of May 2026)" in v
+    assert "undecided:" not in v
 
 
 def test_task_and_data_sections(built):

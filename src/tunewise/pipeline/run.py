@@ -855,6 +855,9 @@ class Pipeline:
         path = self._state_path("verdict.json")
         atomic_write_text(path, json.dumps(verdict.to_dict(), indent=2) + "\n")
         self.say(f"  verdict: {verdict.recommendation}: {verdict.reason}")
+        for rule in verdict.platform_rules:
+            if rule["fires"]:
+                self.say(f"  platform rule: {rule['detail']}: {rule['advice']} (docs/rules.md)")
         return VerdictOutput(verdict_path=path, recommendation=verdict.recommendation)
 
     def _run_report(self) -> ReportOutput:

@@ -455,6 +455,16 @@ def _verdict_view(verdict: Mapping[str, Any]) -> dict[str, Any]:
         "break_even": be,
         "weakest_point": verdict.get("weakest_point"),
         "reasons": [str(x) for x in verdict.get("reasons") or []],
+        # the platform and team rules that fired (docs/rules.md), each with its source sentence and date
+        "platform_rules": [
+            {
+                "head": f"{f.get('detail')}: {f.get('advice')}",
+                "source": str(f.get("source") or ""),
+                "as_of": str(f.get("as_of") or ""),
+            }
+            for f in verdict.get("platform_rules") or []
+            if isinstance(f, Mapping) and f.get("fires")
+        ],
     }
 
 
