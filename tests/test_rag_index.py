@@ -388,3 +388,22 @@ def test_knowledge_commands_without_a_knowledge_section(tmp_path, run_cli):
     code, _, err = run_cli("knowledge", "index", cwd=tmp_path)
     assert code == 1
     assert err.startswith("error:") and "has no knowledge section" in err
+
+
+def test_the_spec_reference_states_the_knowledge_bounds_and_defaults():
+    """docs/spec.md's `knowledge` table: every key of KnowledgeSpec, with the default and bounds the code has."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "spec.md").read_text(encoding="utf-8")
+    section = text[text.index("### `knowledge`") :]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1:3]
+    assert set(rows) == set(KnowledgeSpec.model_fields)
+    for name, info in KnowledgeSpec.model_fields.items():
+        low = next((m.ge for m in info.metadata if hasattr(m, "ge")), None)
+        high = next((m.le for m in info.metadata if hasattr(m, "le")), None)
+        if low is not None:
+            assert rows[name][1] == f"{low}-{high}", name
+        if isinstance(info.default, (int, str)) and info.default is not None:
+            assert rows[name][0] == f"`{info.default}`", name
