@@ -220,6 +220,7 @@ class IndexInfo:
     path: Path
     documents: int
     chunks: int
+    tokens: int  # summed over the chunks (overlaps counted twice): what embedding the corpus reads
     seconds: float  # the build's wall time (recorded when it was built)
     built: bool  # False: an existing index was reused
     retriever: str  # the retriever used: the spec's, or bm25 when hybrid fell back
@@ -326,6 +327,7 @@ def build_index(
         path=folder,
         documents=len(manifest["documents"]),
         chunks=len(chunks),
+        tokens=sum(c.tokens for c in chunks),
         seconds=manifest["build_seconds"],
         built=built,
         retriever=mode,
