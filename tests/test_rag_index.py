@@ -322,6 +322,20 @@ def _by_score(passages: list[Passage]) -> dict[float, set[tuple[str, int]]]:
     return out
 
 
+def test_an_unreachable_qdrant_server_is_a_user_error(tmp_path, fake_embedder):
+    pytest.importorskip("qdrant_client")
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: bound, then closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    make_corpus(tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    knowledge = KnowledgeSpec(docs="docs", retriever="dense", vector_store="qdrant", qdrant_url=url)
+    with pytest.raises(TunewiseError, match=f"cannot use the Qdrant server at {url}"):
+        open_retriever(knowledge, tmp_path)
+
+
 def test_qdrant_needs_a_url():
     with pytest.raises(ValueError, match="knowledge.qdrant_url is missing"):
         KnowledgeSpec(docs="docs", vector_store="qdrant")

@@ -50,7 +50,11 @@ def _client(url: str) -> Any:
         if url == ":memory:":
             _CLIENTS[url] = QdrantClient(location=":memory:")
         else:
-            _CLIENTS[url] = QdrantClient(url=url, api_key=os.environ.get("QDRANT_API_KEY") or None)
+            # The client's version probe runs in a thread of its own and, against an unreachable server, only
+            # prints a warning before the first real request fails with the error tunewise reports.
+            _CLIENTS[url] = QdrantClient(
+                url=url, api_key=os.environ.get("QDRANT_API_KEY") or None, check_compatibility=False
+            )
     return _CLIENTS[url]
 
 
