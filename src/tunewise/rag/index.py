@@ -39,8 +39,8 @@ import numpy as np
 from tunewise.errors import TunewiseError
 from tunewise.fileio import atomic_write_json, atomic_write_jsonl, publish, read_jsonl
 from tunewise.project import STATE_NAME, Project
-from tunewise.rag.ingest import Chunk, IngestReport, chunk_text, ingest, word_spans
-from tunewise.rag.passages import Passage
+from tunewise.rag.ingest import Chunk, IngestReport, Spans, chunk_text, ingest, word_spans
+from tunewise.rag.passages import Passage, Retriever
 
 if TYPE_CHECKING:
     from tunewise.spec import KnowledgeSpec
@@ -259,19 +259,24 @@ def require_documents(report: IngestReport, entries: Sequence[str]) -> None:
         )
 
 
-def chunk_documents(report: IngestReport, chunk_tokens: int, overlap: int) -> tuple[list[Chunk], str]:
-    """Every document's chunks, and the name of the tokenizer that counted them."""
+def chunk_tokenizer() -> tuple[Spans, str]:
+    """What counts a chunk's tokens, and its name (part of the index version): the embedding model's WordPiece
+    tokenizer when its package is installed, else words."""
     from tunewise.rag.embed import EMBEDDER_NAME, wordpiece, wordpiece_spans
 
     if wordpiece() is not None:
-        spans, tokenizer = wordpiece_spans, f"wordpiece:{EMBEDDER_NAME}"
-    else:
-        spans, tokenizer = word_spans, "words"
+        return wordpiece_spans, f"wordpiece:{EMBEDDER_NAME}"
+    return word_spans, "words"
+
+
+def chunk_documents(report: IngestReport, chunk_tokens: int, overlap: int) -> tuple[list[Chunk], str]:
+    """Every document's chunks, and the name of the tokenizer that counted them."""
+    spans, tokenizer = chunk_tokenizer()
     chunks = [c for d in report.documents for c in chunk_text(d.name, d.text, chunk_tokens, overlap, spans)]
     return chunks, tokenizer
 
 
-def open_retriever(knowledge: KnowledgeSpec, root: Path, *, state_dir: Path | None = None) -> Any:
+def open_retriever(knowledge: KnowledgeSpec, root: Path, *, state_dir: Path | None = None) -> Retriever:
     """The retriever the knowledge section asks for, over an index built now or reused: documents read from
     `knowledge.docs` relative to `root` (the spec's folder), the index kept in `state_dir` (default
     `root/.tunewise`). The returned retriever has `version`, `retrieve(query, k)` and `info` (an IndexInfo)."""
@@ -302,12 +307,10 @@ def build_index(
             )
         if embedder is None:
             note = f"hybrid retrieval falls back to BM25 alone: {why}"
-            log.warning(note)
+            log.info(note)  # callers show it: info.note (the CLI prints it as a note)
             mode = "bm25"
 
-    from tunewise.rag.embed import EMBEDDER_NAME, wordpiece
-
-    tokenizer = f"wordpiece:{EMBEDDER_NAME}" if wordpiece() is not None else "words"
+    _, tokenizer = chunk_tokenizer()
     settings = {
         "chunk_tokens": knowledge.chunk_tokens,
         "overlap": knowledge.overlap,
@@ -431,6 +434,8 @@ __all__ = [
     "RRF_K",
     "bm25_tokens",
     "build_index",
+    "chunk_documents",
+    "chunk_tokenizer",
     "index_version",
     "open_retriever",
     "rrf",
