@@ -49,10 +49,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tunewise.decide.rag import three_way
 from tunewise.decide.rules import Finding, Situation, apply_rules, closed_platforms, hourly_hosting
 from tunewise.economics.cost import break_even, monthly_cost
 from tunewise.economics.plan import ArmTokens, CostRequest, build_options
 from tunewise.economics.pricing import Catalog
+from tunewise.economics.retrieval import is_rag_arm
 from tunewise.economics.settings import Economics
 from tunewise.errors import TunewiseError
 from tunewise.outputs import ArmResult, Bars, EvalSummary, Paired, RuleRecord, Verdict
@@ -65,7 +67,7 @@ BARS = Bars(
     format=0.95,  # "95%+ format compliance": at or above it, format is not the problem
 )
 # The outcomes, as `Verdict.recommendation` spells them.
-RECOMMENDATIONS = ("fine-tune", "keep prompting", "not yet")
+RECOMMENDATIONS = ("fine-tune", "keep prompting", "use RAG", "RAG + fine-tuning", "not yet")
 SMALL_EVAL_SET = 100  # a consistency gap "that persists across 100+ prompted generations"
 WIDE_INTERVAL = 0.10  # a 95% interval wider than 10 accuracy points cannot separate close arms
 
@@ -183,7 +185,25 @@ def _cost_options(tuned: ArmResult, prompted: ArmResult, econ: Economics, catalo
 
 
 def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None) -> Verdict:
-    """Apply the verdict rules: fine-tune, keep prompting or not yet (see the module docstring)."""
+    """Apply the verdict rules: fine-tune, keep prompting, use RAG, RAG + fine-tuning or not yet (see the module
+    docstring). Without retrieval arms the decision is between the closed-book arms alone; with them, the
+    closed-book verdict is taken through the guide's order (`three_way`)."""
+    rag_arms = [a for a in summary.arms if is_rag_arm(a.name)]
+    if not rag_arms:
+        return _closed_book(summary, econ, catalog, fine_tuned)
+    closed = summary.model_copy(update={"arms": [a for a in summary.arms if not is_rag_arm(a.name)]})
+    if not closed.arms:
+        raise TunewiseError(
+            "the evaluation has only retrieval arms",
+            hint="evaluate the closed-book arms beside them: --arms zero-shot,rag,fine-tuned,rag+fine-tuned",
+        )
+    return three_way(summary, _closed_book(closed, econ, catalog, fine_tuned), econ, catalog)
+
+
+def _closed_book(
+    summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None
+) -> Verdict:
+    """The verdict among the closed-book arms: fine-tune, keep prompting or not yet."""
     tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
     if fine_tuned is not None:
         tuned = summary.arm(fine_tuned)
