@@ -194,6 +194,10 @@ def advise(
     out.print("measure next:", highlight=False)
     for m in advice.measure_next:
         out.print(f"  - {m}", highlight=False)
+    if advice.commands:
+        out.print("measure it with tunewise:", highlight=False)
+        for c in advice.commands:
+            out.print(f"  {'$ ' if c.startswith('tunewise ') else ''}{c}", highlight=False, markup=False)
 
 
 def _print_platform_rules(findings: list[dict]) -> None:
