@@ -260,3 +260,24 @@ def test_decide_cli_prints_the_mistake(run_cli, tmp_path):
     assert out.startswith("verdict: fine-tune:")
     assert "rag arm: rag" in out
     assert "mistake: Mistake 1: Fine-tuning when RAG solves the problem." in out
+
+
+def prompt_vs_rag() -> dict:
+    """`tunewise eval --arms zero-shot,rag`: no fine-tuned arm."""
+    raw = knowledge()
+    raw["arms"] = [a for a in raw["arms"] if a["name"] in ("zero-shot", "rag")]
+    raw["paired"] = [p for p in raw["paired"] if {p["a"], p["b"]} == {"rag", "zero-shot"}]
+    return raw
+
+
+def test_without_fine_tuning_prompting_or_rag():
+    v = run(prompt_vs_rag())
+    assert v.recommendation == "use RAG" and v.fine_tuned_arm is None and v.rag_arm == "rag"
+    assert rule(v, "retrieval vs closed book").passed is True
+    assert any(r.startswith("fine-tuning was not evaluated") for r in v.reasons)
+    assert v.cheapest == "rag at $1,200.00/month for 500 queries/day (among the options that meet the bars)"
+    # flipped: the prompt meets the bars -> prompting first
+    assert run(set_arm(prompt_vs_rag(), "zero-shot", accuracy=0.86)).recommendation == "keep prompting"
+    # flipped: rag misses them too -> not yet, naming the closest
+    v = run(set_arm(prompt_vs_rag(), "rag", accuracy=0.70))
+    assert v.recommendation == "not yet" and "rag is the closest" in v.reason

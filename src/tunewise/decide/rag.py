@@ -254,6 +254,90 @@ def three_way(summary: EvalSummary, base: Verdict, econ: Economics, catalog: Cat
     return base.model_copy(update=update)
 
 
+def prompting_or_rag(summary: EvalSummary, econ: Economics, catalog: Catalog) -> Verdict:
+    """The verdict of an evaluation without a fine-tuned arm (`tunewise eval --arms zero-shot,rag`): keep
+    prompting when the best prompted arm meets the bars (prompting first), use RAG when the best retrieval arm
+    does, else not yet; fine-tuning is not judged, and the verdict says how to measure it."""
+    v = _verdict_helpers()
+    closed = [a.model_dump() for a in summary.arms if not is_rag_arm(a.name)]
+    rag_free = [a.model_dump() for a in summary.arms if is_rag_arm(a.name) and not is_rag_tuned(a.name)]
+    best_p, best_r = v.best_prompted_arm(closed), v.best_prompted_arm(rag_free)
+    if best_p is None or best_r is None:
+        raise TunewiseError(
+            "the evaluation needs a closed-book prompted arm and a retrieval arm to compare",
+            hint="evaluate both: --arms zero-shot,rag (add fine-tuned and rag+fine-tuned to judge fine-tuning)",
+        )
+    P, R = summary.arm(best_p["name"]), summary.arm(best_r["name"])
+    cb = next((a for a in summary.arms if a.name == closed_book(R.name, summary.arm_info.get(R.name))), P)
+    knowledge = _accuracy(summary, R, cb)
+    q = econ.queries_per_day
+    priced, skipped = price_arms(summary, {"P": P, "R": R}, econ, catalog)
+    meets_p, meets_r = v.meets_bars(P.model_dump()), v.meets_bars(R.model_dump())
+    rules = [
+        v._rule(
+            "best prompted arm vs the bars",
+            "the prompted arm faces the same bars",
+            {"arm": P.name, "missed": [m for m, _, _ in v.missed_bars(P.model_dump())]},
+            None,
+            f"{P.name} meets the bars" if meets_p else f"{P.name} misses them ({v._missed_text(v.missed_bars(P.model_dump()))})",
+        ),
+        v._rule(
+            "retrieval vs closed book",
+            "use RAG when the model needs access to private or changing data",
+            {"rag": R.name, "closed_book": cb.name, "comparison": _numbers(knowledge)},
+            None if knowledge is None else knowledge["better"],
+            _short(knowledge, R.name, cb.name),
+        ),
+    ]  # fmt: skip
+    untested = (
+        "fine-tuning was not evaluated: add fine-tuned and rag+fine-tuned to evaluation.arms and run `tunewise "
+        "run` to judge it"
+    )
+    if meets_p:
+        rec, reason = (
+            "keep prompting",
+            f"{P.name} meets the bars ({v._met_text(P)}): prompting comes first ({GUIDE_ORDER})",
+        )
+    elif meets_r:
+        rec = "use RAG"
+        reason = (
+            f"{R.name} meets the bars ({v._met_text(R)}) and {P.name} misses them "
+            f"({v._missed_text(v.missed_bars(P.model_dump()))}): RAG before fine-tuning ({GUIDE_ORDER})"
+        )
+    else:
+        rec = "not yet"
+        closest = min((P, R), key=v._distance)
+        reason = (
+            f"no option meets the bars; {closest.name} is the closest "
+            f"({v._missed_text(v.missed_bars(closest.model_dump()))}); {untested}"
+        )
+    passing = [(role, _monthly(priced[role], q)) for role, ok in (("P", meets_p), ("R", meets_r)) if ok]
+    known = [(role, m) for role, m in passing if m is not None]
+    if known:
+        role, m = min(known, key=lambda x: x[1])
+        cheapest = f"{priced[role].name} at ${m:,.2f}/month for {q:,.0f} queries/day (among the options that meet the bars)"
+    elif passing:
+        cheapest = "not priced: " + ("; ".join(skipped) or "no priced option")
+    else:
+        cheapest = "none named: no option meets the quality bars"
+    lead = {"keep prompting": "Keep prompting", "use RAG": "Use RAG", "not yet": "Not yet"}[rec]
+    return Verdict(
+        recommendation=rec,  # type: ignore[arg-type]
+        headline=f"{lead}: {reason}",
+        reason=reason,
+        fine_tuned_arm=None,
+        best_prompted_arm=P.name,
+        bars=v.BARS,
+        rules=rules,
+        cheapest=cheapest,
+        weakest_point=v.weakest_point(summary, R, summary.paired_diff(R.name, cb.name)),
+        reasons=[f"{r.rule}: {r.detail}" for r in rules] + [untested],
+        diagnosis=_diagnose(summary, R, None, None),
+        rag_arm=R.name,
+        platform_rules=[f.to_dict() for f in v.platform_rules(econ, catalog)],
+    )
+
+
 def _numbers(c: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if c is None else {k: val for k, val in c.items() if k not in ("text", "short")}
 
@@ -390,4 +474,4 @@ def _diagnose(
     return lines
 
 
-__all__: Sequence[str] = ["GUIDE_ORDER", "MISTAKE_1", "price_arms", "three_way"]
+__all__: Sequence[str] = ["GUIDE_ORDER", "MISTAKE_1", "price_arms", "prompting_or_rag", "three_way"]

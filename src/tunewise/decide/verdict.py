@@ -49,7 +49,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunewise.decide.rag import three_way
+from tunewise.decide.rag import prompting_or_rag, three_way
 from tunewise.decide.rules import Finding, Situation, apply_rules, closed_platforms, hourly_hosting
 from tunewise.economics.cost import break_even, monthly_cost
 from tunewise.economics.plan import ArmTokens, CostRequest, build_options
@@ -197,6 +197,8 @@ def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: 
             "the evaluation has only retrieval arms",
             hint="evaluate the closed-book arms beside them: --arms zero-shot,rag,fine-tuned,rag+fine-tuned",
         )
+    if fine_tuned is None and not any(a.kind == "fine-tuned" for a in closed.arms):
+        return prompting_or_rag(summary, econ, catalog)
     return three_way(summary, _closed_book(closed, econ, catalog, fine_tuned), econ, catalog)
 
 
