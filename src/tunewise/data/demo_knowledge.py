@@ -10,7 +10,8 @@ The split is by document: held-out questions ask about documents that no trainin
 value is unique across the corpus, so a model fine-tuned closed-book on the training questions cannot have seen
 a held-out answer. Retrieval over the documents can find it. Beside the held-out file, `eval.meta.jsonl` holds
 one line per question, `{"doc", "answers", "id"}`: the document that answers it (a file name under `docs/`) and
-every acceptable answer, which the retrieval metrics (recall@k, exact match, F1) read.
+every acceptable answer (the document's words first; a number also without its unit), which the retrieval
+metrics (recall@k, exact match, F1) read.
 
 The same seed gives the same bytes on every machine.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,25 @@ _POLICIES = ("travel", "equipment loan", "remote work", "returns", "warranty", "
 @dataclass
 class Fact:
     question: str
-    answer: str
+    answer: str  # as the document writes it; the training target
+    answers: list[str] = field(default_factory=list)  # every acceptable answer, the document's words first
+
+
+def _variants(answer: str) -> list[str]:
+    """A number without its unit is the same fact: '41 hours' -> '41', 'every 11 months' -> '11 months'.
+
+    >>> _variants("41 hours"), _variants("every 11 months"), _variants("EMP-4966")
+    (['41'], ['11 months'], [])
+    """
+    match = re.fullmatch(r"(every )?(\d+) (\w+)", answer)
+    if match is None:
+        return []
+    return [f"{match[2]} {match[3]}" if match[1] else match[2]]
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    """The phrase as a whole (so '41' is not found inside '141' or 'EMP-4166')."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", text) is not None
 
 
 @dataclass
@@ -202,9 +222,14 @@ def knowledge_documents(n: int, seed: int = 0) -> list[Document]:
         else:
             docs.append(_person(u, rng))
     # A role repeats across people (a role is a title, not a secret): its question is dropped wherever another
-    # document also names it, so every answer belongs to one document.
+    # document also names it, so every answer belongs to one document. A bare number is accepted too where no
+    # other document has it (a day of the month may be another fact's number).
     for d in docs:
-        d.facts = [f for f in d.facts if sum(f.answer in other.text for other in docs) == 1]
+        d.facts = [f for f in d.facts if sum(_mentions(other.text, f.answer) for other in docs) == 1]
+        for f in d.facts:
+            f.answers = [f.answer] + [
+                v for v in _variants(f.answer) if not any(_mentions(o.text, v) for o in docs if o is not d)
+            ]
     return docs
 
 
@@ -247,7 +272,9 @@ def knowledge_split(n_docs: int = 24, n_eval_docs: int = 8, seed: int = 0) -> Kn
         for d in part:
             for f in d.facts:
                 examples.append(_example(f.question, f.answer))
-                meta.append({"doc": d.name, "answers": [f.answer], "id": f"{prefix}-{len(meta) + 1:04d}"})
+                meta.append(
+                    {"doc": d.name, "answers": list(f.answers), "id": f"{prefix}-{len(meta) + 1:04d}"}
+                )
         return examples, meta
 
     train, train_meta = questions(train_docs, "train")
