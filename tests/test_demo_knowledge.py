@@ -46,19 +46,23 @@ def test_same_seed_same_bytes(tmp_path):
     assert a["data/eval.jsonl"] != c["data/eval.jsonl"]
     assert {"tunewise.yaml", "prices.yaml", "data/train.jsonl", "data/train.meta.jsonl", "data/eval.jsonl",
             "data/eval.meta.jsonl"} <= set(a)  # fmt: skip
-    assert sum(name.startswith("docs/") and name.endswith(".md") for name in a) == 24
+    assert sum(name.startswith("docs/") and name.endswith(".md") for name in a) == 44
 
 
 def test_held_out_questions_are_about_documents_no_training_question_touches():
-    s = knowledge_split(24, 8, seed=0)
+    s = knowledge_split(44, 8, seed=0)
     train_docs = {m["doc"] for m in s.train_meta}
     eval_docs = {m["doc"] for m in s.eval_meta}
-    assert len(eval_docs) == 8 and len(train_docs) == 16 and not train_docs & eval_docs
-    assert {d.kind for d in s.eval_docs} == {"product", "policy", "person"}
+    assert len(eval_docs) == 8 and len(train_docs) == 36 and not train_docs & eval_docs
+    assert {d.kind for d in s.eval_docs} == {"product", "policy", "person"}  # drawn from each kind in turn
+    assert len(s.train) >= 200  # the guide's minimum of validated examples
+    for n_docs in range(2, 10):  # any size: exactly the held-out documents asked for
+        for n_eval in range(1, n_docs):
+            assert len(knowledge_split(n_docs, n_eval, seed=1).eval_docs) == n_eval
 
 
 def test_every_answer_is_in_its_document_and_in_no_other():
-    s = knowledge_split(24, 8, seed=0)
+    s = knowledge_split(44, 8, seed=0)
     by_name = {d.name: d for d in s.documents}
     for example, meta in zip(s.eval + s.train, s.eval_meta + s.train_meta, strict=True):
         answer = example["messages"][1]["content"]

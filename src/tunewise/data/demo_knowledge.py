@@ -18,6 +18,7 @@ The same seed gives the same bytes on every machine.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import re
@@ -250,8 +251,8 @@ class KnowledgeSplit:
     eval_meta: list[dict[str, Any]]
 
 
-def knowledge_split(n_docs: int = 24, n_eval_docs: int = 8, seed: int = 0) -> KnowledgeSplit:
-    """Documents, then questions split by document: the last `n_eval_docs` documents (every kind in them) give
+def knowledge_split(n_docs: int = 44, n_eval_docs: int = 8, seed: int = 0) -> KnowledgeSplit:
+    """Documents, then questions split by document: `n_eval_docs` documents, drawn from each kind in turn, give
     the held-out questions, the others the training questions. Meta lines are `{"doc", "answers", "id"}`.
 
     >>> s = knowledge_split(6, 3, seed=1)
@@ -261,9 +262,13 @@ def knowledge_split(n_docs: int = 24, n_eval_docs: int = 8, seed: int = 0) -> Kn
     if not 1 <= n_eval_docs < n_docs:
         raise ValueError(f"n_eval_docs must be between 1 and n_docs - 1, got {n_eval_docs} of {n_docs}")
     docs = knowledge_documents(n_docs, seed)
-    order = list(range(n_docs))
-    random.Random(seed + 1).shuffle(order)
-    held = set(order[:n_eval_docs])
+    # Held-out documents are drawn from each kind in turn, so every kind of fact is asked about.
+    rng = random.Random(seed + 1)
+    by_kind = [[i for i, d in enumerate(docs) if d.kind == kind] for kind in KINDS]
+    for indices in by_kind:
+        rng.shuffle(indices)
+    turns = [i for group in itertools.zip_longest(*by_kind) for i in group if i is not None]
+    held = set(turns[:n_eval_docs])
     train_docs = [d for i, d in enumerate(docs) if i not in held]
     eval_docs = [d for i, d in enumerate(docs) if i in held]
 
@@ -333,7 +338,7 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
 
 
 def write_knowledge_project(
-    folder: str | Path, n_docs: int = 24, n_eval_docs: int = 8, seed: int = 0
+    folder: str | Path, n_docs: int = 44, n_eval_docs: int = 8, seed: int = 0
 ) -> Path:
     """Write the knowledge demo project into `folder`: tunewise.yaml, prices.yaml, docs/*.md, data/train.jsonl,
     data/eval.jsonl and their `.meta.jsonl` sidecars. Each file is written atomically; existing ones replaced."""
