@@ -1,4 +1,8 @@
-"""The verdict, after evaluation: fine-tune, keep prompting, or not yet, and why.
+"""The verdict, after evaluation: fine-tune, keep prompting, use RAG, RAG + fine-tuning, or not yet, and why.
+
+This module decides among the closed-book arms (prompted against fine-tuned); when the evaluation has retrieval
+arms (`rag`, `rag+fine-tuned`), `tunewise.decide.rag` then takes that verdict through the guide's order
+(prompting first, RAG second, fine-tuning third) and adds the outcomes use RAG and RAG + fine-tuning.
 
 Reads an evaluation summary (the evaluation stage writes it) and applies the guide's rules, every one returned
 as a record with the numbers it used. Every arm faces the same quality bars (`BARS`):
@@ -31,6 +35,7 @@ The outcome (`Verdict.recommendation`), one of `RECOMMENDATIONS`:
                      and the cost rule did not fail (an undecided cost rule is said, not counted)
     keep prompting   otherwise, when the best prompted arm meets the bars
     not yet          otherwise: no arm is ready; the verdict names the closest option and what to fix first
+    use RAG, RAG + fine-tuning    with retrieval arms only (`tunewise.decide.rag`)
 
 The guide's platform and team rules (`tunewise.decide.rules`: Azure for small teams at low volume, OpenAI closed
 to new users, no public fine-tuning for Claude, the small-team and low-volume warnings, hourly hosting at low
