@@ -281,3 +281,28 @@ def test_without_fine_tuning_prompting_or_rag():
     # flipped: rag misses them too -> not yet, naming the closest
     v = run(set_arm(prompt_vs_rag(), "rag", accuracy=0.70))
     assert v.recommendation == "not yet" and "rag is the closest" in v.reason
+
+
+def test_exact_match_is_the_primary_metric_where_the_arms_have_it():
+    # accuracy says rag is close to fine-tuned (-1 point, not significant); exact match, recorded as
+    # fine-tuned - rag = +10 points [+5, +15], says it is significantly worse: exact match decides.
+    raw = ft_meets()
+    for a in raw["arms"]:
+        a["exact_match"] = dict(a["accuracy"], n=200)
+    set_pair(raw, "rag", "fine-tuned", -0.01)
+    raw["paired"] = [p for p in raw["paired"] if {p["a"], p["b"]} != {"rag", "fine-tuned"}] + [
+        {**paired("fine-tuned", "rag", 0.01), "exact_match_diff": {"value": 0.10, "low": 0.05, "high": 0.15},
+         "exact_match_mcnemar_p": 0.002}
+    ]  # fmt: skip
+    v = run(raw, ECON.model_copy(update={"queries_per_day": 50}))  # rag is the cheaper one here
+    close = rule(v, "RAG not significantly worse than fine-tuning")
+    assert close.passed is False
+    assert close.numbers["comparison"]["measure"] == "exact_match"
+    assert close.numbers["comparison"]["low"] == pytest.approx(-0.15)  # flipped to rag - fine-tuned
+    assert (
+        "rag - fine-tuned exact match = -10.0 points" in close.detail and "McNemar p = 0.002" in close.detail
+    )
+    assert v.recommendation == "fine-tune" and v.mistakes == []
+    # flipped: without the exact-match record, the arms' exact-match intervals overlap -> close, cheaper: RAG
+    raw["paired"][-1].pop("exact_match_diff")
+    assert run(raw, ECON.model_copy(update={"queries_per_day": 50})).recommendation == "use RAG"

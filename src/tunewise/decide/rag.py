@@ -10,9 +10,10 @@ order. The arms, by name:
         (`rag`, `rag+scored`, `rag+constrained`)
 
 Every arm faces the same quality bars (`verdict.BARS`); an arm that misses one is never the recommendation. The
-primary metric is the summary's `accuracy` (exact match for a knowledge task with short answers): "significantly
-better/worse" is the paired bootstrap interval of the difference excluding 0 (the two arms' Wilson intervals not
-overlapping where the summary has no paired record). In order:
+primary metric is exact match where the arms have it (a text contract with short answers: SQuAD-normalised,
+against any acceptable answer), else `accuracy`: "significantly better/worse" is the paired bootstrap interval of
+the difference excluding 0 (the two arms' Wilson intervals not overlapping where the summary has no paired
+record). In order:
 
 1. keep prompting     the closed-book verdict is "keep prompting": P meets the bars and fine-tuning did not earn
                       its place; retrieval is not needed either (prompting first)
@@ -63,9 +64,53 @@ def _verdict_helpers():
     return verdict
 
 
+def _exact_match(arm: ArmResult) -> Mapping[str, Any] | None:
+    em = (arm.model_extra or {}).get("exact_match")
+    return em if isinstance(em, Mapping) and isinstance(em.get("value"), (int, float)) else None
+
+
+def _paired_exact_match(summary: EvalSummary, a: str, b: str) -> dict[str, float] | None:
+    """a - b in exact match from the summary's paired record (either order), flipped to read a - b."""
+    for p in summary.paired:
+        d = (p.model_extra or {}).get("exact_match_diff")
+        if p.metric != "accuracy" or not isinstance(d, Mapping) or None in (d.get("low"), d.get("high")):
+            continue
+        p_value = (p.model_extra or {}).get("exact_match_mcnemar_p")
+        if (p.a, p.b) == (a, b):
+            return {"diff": d["value"], "low": d["low"], "high": d["high"], "p": p_value}
+        if (p.a, p.b) == (b, a):
+            return {"diff": -d["value"], "low": -d["high"], "high": -d["low"], "p": p_value}
+    return None
+
+
 def _accuracy(summary: EvalSummary, a: ArmResult, b: ArmResult) -> dict[str, Any] | None:
-    """a against b on the primary metric: paired where the summary has the record, else Wilson intervals."""
-    return _verdict_helpers()._compare(summary, a, b, "accuracy")
+    """a against b on the primary metric: exact match where both arms have it (a knowledge task with short
+    answers), else accuracy; paired where the summary has the record, else the Wilson intervals."""
+    ea, eb = _exact_match(a), _exact_match(b)
+    if ea is None or eb is None:
+        return _verdict_helpers()._compare(summary, a, b, "accuracy")
+    p = _paired_exact_match(summary, a.name, b.name)
+    if p is not None:
+        text = (
+            f"{a.name} - {b.name} exact match = {100 * p['diff']:+.1f} points, 95% interval "
+            f"[{100 * p['low']:+.1f}, {100 * p['high']:+.1f}]"
+        ) + (f", McNemar p = {p['p']:.2g}" if p["p"] is not None else "")
+        return {
+            "measure": "exact_match", "test": "paired", "diff": p["diff"], "low": p["low"], "high": p["high"],
+            "mcnemar_p": p["p"], "better": p["low"] > 0, "worse": p["high"] < 0, "text": text,
+            "short": f"exact match {100 * p['diff']:+.1f} points (paired interval [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}])",
+        }  # fmt: skip
+    if None in (ea.get("low"), ea.get("high"), eb.get("low"), eb.get("high")):
+        return None
+    better, worse = ea["low"] > eb["high"], ea["high"] < eb["low"]
+    pct = _verdict_helpers()._pct
+    return {
+        "measure": "exact_match", "test": "Wilson intervals", "diff": ea["value"] - eb["value"],
+        "better": better, "worse": worse,
+        "text": f"exact match {pct(ea['value'])} [{pct(ea['low'])}, {pct(ea['high'])}] vs {pct(eb['value'])} "
+        f"[{pct(eb['low'])}, {pct(eb['high'])}], Wilson intervals {'do not overlap' if better or worse else 'overlap'}",
+        "short": f"exact match {pct(ea['value'])} vs {pct(eb['value'])} (Wilson intervals)",
+    }  # fmt: skip
 
 
 def _short(c: dict[str, Any] | None, a: str, b: str) -> str:
