@@ -169,3 +169,14 @@ def test_vector_db_choice_is_checked():
     with pytest.raises(TunewiseError, match="unknown vector database 'manged'.*did you mean 'managed'"):
         economics_settings(None, queries_per_day=10, vector_db="manged")
     assert break_even(CostOption("a", 0.1), CostOption("b", 0.1)).volume is None
+
+
+def test_variants_of_the_retrieval_arms():
+    from tunewise.economics.retrieval import is_rag_tuned
+
+    assert closed_book("rag+fine-tuned+scored") == "fine-tuned+scored"
+    assert closed_book("rag+fine-tuned:train-1") == "fine-tuned"
+    assert is_rag_tuned("rag+fine-tuned+constrained") and not is_rag_tuned("rag+constrained")
+    s = summary()
+    s.arm_info = {"rag": {"retrieval": {"index": "abc", "tokens": 4321}}}
+    assert corpus_tokens(s) == 4321.0  # the index's size, as the evaluation records it

@@ -161,7 +161,13 @@ def three_way(summary: EvalSummary, base: Verdict, econ: Economics, catalog: Cat
     rag_free = [a for a in summary.arms if is_rag_arm(a.name) and not is_rag_tuned(a.name)]
     best = v.best_prompted_arm([a.model_dump() for a in rag_free])
     R = summary.arm(best["name"]) if best is not None else None
-    RT = next((a for a in summary.arms if is_rag_tuned(a.name)), None)
+    rag_tuned = [a for a in summary.arms if is_rag_tuned(a.name)]
+    # The fine-tuned model with passages (a variant too): one that meets the bars first, then the strongest.
+    RT = max(
+        rag_tuned,
+        key=lambda a: (v.meets_bars(a.model_dump()), v.prompted_strength(a.model_dump())),
+        default=None,
+    )
     P = summary.arm(base.best_prompted_arm) if base.best_prompted_arm else None
     T = summary.arm(base.fine_tuned_arm) if base.fine_tuned_arm else None
     meets = {

@@ -92,11 +92,15 @@ def arm_tokens(summary: Any) -> list[ArmTokens]:
 
 
 def corpus_tokens(summary: Any) -> float | None:
-    """The indexed corpus's tokens, where the evaluation recorded them for a retrieval arm (`arm_info`)."""
+    """The indexed corpus's tokens, where the evaluation recorded them for a retrieval arm: `arm_info[arm]`'s
+    `corpus_tokens`, or its `retrieval` record's `corpus_tokens` or `tokens` (the index's size)."""
     for name, info in summary.arm_info.items():
-        value = info.get("corpus_tokens") if is_rag_arm(name) and isinstance(info, dict) else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            return float(value)
+        if not is_rag_arm(name) or not isinstance(info, dict):
+            continue
+        retrieval = info.get("retrieval") if isinstance(info.get("retrieval"), dict) else {}
+        for value in (info.get("corpus_tokens"), retrieval.get("corpus_tokens"), retrieval.get("tokens")):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                return float(value)
     return None
 
 

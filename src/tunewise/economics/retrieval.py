@@ -30,43 +30,57 @@ VECTOR_DBS = ("embedded", "managed")
 VECTOR_DB_PLATFORM = "vector-db"
 
 
+RAG_TUNED = "rag+fine-tuned"  # one arm, not `rag` with a variant
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(base arm, variant) of a retrieval arm's name, its training run (`:RUN`) left out.
+
+    >>> _split("rag+fine-tuned+scored:train-1"), _split("rag+constrained"), _split("rag")
+    (('rag+fine-tuned', 'scored'), ('rag', 'constrained'), ('rag', ''))
+    """
+    name = name.split(":", 1)[0]
+    if name == RAG_TUNED or name.startswith(RAG_TUNED + "+"):
+        return RAG_TUNED, name[len(RAG_TUNED) + 1 :]
+    base, _, variant = name.partition("+")
+    return base, variant
+
+
 def is_rag_arm(name: str) -> bool:
-    """Whether an evaluated arm puts retrieved passages in its prompt (named `rag` or `rag+...`).
+    """Whether an evaluated arm puts retrieved passages in its prompt: `rag`, `rag+fine-tuned` and their variants.
 
     >>> is_rag_arm("rag"), is_rag_arm("rag+fine-tuned"), is_rag_arm("retrieved"), is_rag_arm("few-shot")
     (True, True, False, False)
     """
-    return name == "rag" or name.startswith("rag+")
+    return _split(name)[0] in ("rag", RAG_TUNED)
 
 
 def is_rag_tuned(name: str) -> bool:
-    """Whether a retrieval arm is the fine-tuned model with passages.
+    """Whether a retrieval arm is the fine-tuned model with passages (`rag+fine-tuned`, or a variant of it).
 
-    >>> is_rag_tuned("rag+fine-tuned"), is_rag_tuned("rag+scored")
-    (True, False)
+    >>> is_rag_tuned("rag+fine-tuned"), is_rag_tuned("rag+fine-tuned+scored"), is_rag_tuned("rag+scored")
+    (True, True, False)
     """
-    return is_rag_arm(name) and name.partition("+")[2] == "fine-tuned"
+    return _split(name)[0] == RAG_TUNED
 
 
 def closed_book(name: str, info: Mapping[str, Any] | None = None) -> str | None:
     """The arm that is `name` without its passages: the evaluation's record (`arm_info[name]["closed_book"]`)
-    where it names one, else by name (`rag` -> `zero-shot`, `rag+X` -> `zero-shot+X`, `rag+fine-tuned` ->
-    `fine-tuned`); None for an arm that is not a retrieval arm.
+    where it names one, else by name (`rag` -> `zero-shot`, `rag+X` -> `zero-shot+X`, `rag+fine-tuned[+X]` ->
+    `fine-tuned[+X]`); None for an arm that is not a retrieval arm.
 
     >>> closed_book("rag"), closed_book("rag+constrained"), closed_book("rag+fine-tuned"), closed_book("few-shot")
     ('zero-shot', 'zero-shot+constrained', 'fine-tuned', None)
-    >>> closed_book("rag", {"closed_book": "few-shot"})
-    'few-shot'
+    >>> closed_book("rag+fine-tuned+scored"), closed_book("rag", {"closed_book": "few-shot"})
+    ('fine-tuned+scored', 'few-shot')
     """
     if not is_rag_arm(name):
         return None
     recorded = (info or {}).get("closed_book")
     if isinstance(recorded, str) and recorded:
         return recorded
-    variant = name.partition("+")[2]
-    if variant == "fine-tuned":
-        return "fine-tuned"
-    return "zero-shot" + (f"+{variant}" if variant else "")
+    base, variant = _split(name)
+    return ("fine-tuned" if base == RAG_TUNED else "zero-shot") + (f"+{variant}" if variant else "")
 
 
 def passage_tokens(rag_prompt_tokens: float | None, closed_prompt_tokens: float | None) -> float | None:
@@ -124,6 +138,7 @@ class RetrievalPrices:
 
 
 __all__ = [
+    "RAG_TUNED",
     "RetrievalPrices",
     "VECTOR_DBS",
     "VECTOR_DB_PLATFORM",
