@@ -119,6 +119,23 @@ def _short(c: dict[str, Any] | None, a: str, b: str) -> str:
     return f"{a} vs {b}: {c['text']}"
 
 
+def with_retrieval(
+    summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None
+) -> Verdict:
+    """The verdict of an evaluation with retrieval arms: the closed-book verdict (`verdict.decide` on the other
+    arms) through the guide's order (`three_way`), or prompting against RAG when no closed-book arm is
+    fine-tuned (`prompting_or_rag`)."""
+    closed = summary.model_copy(update={"arms": [a for a in summary.arms if not is_rag_arm(a.name)]})
+    if not closed.arms:
+        raise TunewiseError(
+            "the evaluation has only retrieval arms",
+            hint="evaluate the closed-book arms beside them: --arms zero-shot,rag,fine-tuned,rag+fine-tuned",
+        )
+    if fine_tuned is None and not any(a.kind == "fine-tuned" for a in closed.arms):
+        return prompting_or_rag(summary, econ, catalog)
+    return three_way(summary, _verdict_helpers().decide(closed, econ, catalog, fine_tuned), econ, catalog)
+
+
 def price_arms(
     summary: EvalSummary, arms: Mapping[str, ArmResult | None], econ: Economics, catalog: Catalog
 ) -> tuple[dict[str, CostOption | None], list[str]]:
@@ -525,4 +542,11 @@ def _diagnose(
     return lines
 
 
-__all__: Sequence[str] = ["GUIDE_ORDER", "MISTAKE_1", "price_arms", "prompting_or_rag", "three_way"]
+__all__: Sequence[str] = [
+    "GUIDE_ORDER",
+    "MISTAKE_1",
+    "price_arms",
+    "prompting_or_rag",
+    "three_way",
+    "with_retrieval",
+]

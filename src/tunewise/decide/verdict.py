@@ -54,7 +54,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunewise.decide.rag import prompting_or_rag, three_way
+from tunewise.decide.rag import with_retrieval
 from tunewise.decide.rules import Finding, Situation, apply_rules, closed_platforms, hourly_hosting
 from tunewise.economics.cost import break_even, monthly_cost
 from tunewise.economics.plan import ArmTokens, CostRequest, build_options
@@ -190,28 +190,11 @@ def _cost_options(tuned: ArmResult, prompted: ArmResult, econ: Economics, catalo
 
 
 def decide(summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None) -> Verdict:
-    """Apply the verdict rules: fine-tune, keep prompting, use RAG, RAG + fine-tuning or not yet (see the module
-    docstring). Without retrieval arms the decision is between the closed-book arms alone; with them, the
-    closed-book verdict is taken through the guide's order (`three_way`)."""
-    rag_arms = [a for a in summary.arms if is_rag_arm(a.name)]
-    if not rag_arms:
-        return _closed_book(summary, econ, catalog, fine_tuned)
-    closed = summary.model_copy(update={"arms": [a for a in summary.arms if not is_rag_arm(a.name)]})
-    if not closed.arms:
-        raise TunewiseError(
-            "the evaluation has only retrieval arms",
-            hint="evaluate the closed-book arms beside them: --arms zero-shot,rag,fine-tuned,rag+fine-tuned",
-        )
-    if fine_tuned is None and not any(a.kind == "fine-tuned" for a in closed.arms):
-        return prompting_or_rag(summary, econ, catalog)
-    return three_way(summary, _closed_book(closed, econ, catalog, fine_tuned), econ, catalog)
-
-
-def _closed_book(
-    summary: EvalSummary, econ: Economics, catalog: Catalog, fine_tuned: str | None = None
-) -> Verdict:
-    """The verdict among the closed-book arms: fine-tune, keep prompting or not yet."""
+    """Apply the verdict rules: fine-tune, keep prompting or not yet (see the module docstring)."""
     tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
+    if any(is_rag_arm(a.name) for a in summary.arms):
+        # With retrieval arms, the closed-book verdict is taken through the guide's order (`decide.rag`).
+        return with_retrieval(summary, econ, catalog, fine_tuned)
     if fine_tuned is not None:
         tuned = summary.arm(fine_tuned)
     elif tuned_arms:
