@@ -306,3 +306,43 @@ def test_exact_match_is_the_primary_metric_where_the_arms_have_it():
     # flipped: without the exact-match record, the arms' exact-match intervals overlap -> close, cheaper: RAG
     raw["paired"][-1].pop("exact_match_diff")
     assert run(raw, ECON.model_copy(update={"queries_per_day": 50})).recommendation == "use RAG"
+
+
+def measured_knowledge_demo() -> dict:
+    """The knowledge demo's first 12 held-out questions, measured (SmolLM2-135M, `tunewise eval --arms
+    zero-shot,rag --limit 12`): retrieval finds every gold document, but the prompted model answers in sentences,
+    so exact match stays at 0 while token F1 rises."""
+    wilson12 = {"value": 0.0, "low": 0.0, "high": 0.2424940066552408, "n": 12}
+    return {
+        "task": "company-knowledge", "n_examples": 12, "contract": "text",
+        "arms": [
+            {"name": "zero-shot", "kind": "prompted", "accuracy": wilson12, "exact_match": wilson12,
+             "token_f1": {"value": 0.01515, "low": 0.0, "high": 0.04545, "n": 12},
+             "prompt_tokens": 81.0, "completion_tokens": 16.0},
+            {"name": "rag", "kind": "prompted", "accuracy": wilson12, "exact_match": wilson12,
+             "token_f1": {"value": 0.14564, "low": 0.05411, "high": 0.24832, "n": 12},
+             "recall_at_k": {"value": 1.0, "low": 0.7575, "high": 1.0, "n": 12}, "k": 2,
+             "prompt_tokens": 330.0, "completion_tokens": 15.9},
+        ],
+        "paired": [
+            {"a": "zero-shot", "b": "rag", "metric": "accuracy", "diff": 0.0, "low": 0.0, "high": 0.0,
+             "mcnemar_p": 1.0, "exact_match_diff": {"value": 0.0, "low": 0.0, "high": 0.0},
+             "exact_match_mcnemar_p": 1.0,
+             "token_f1_diff": {"value": -0.13049, "low": -0.23611, "high": -0.03896}},
+        ],
+    }  # fmt: skip
+
+
+def test_measured_demo_retrieval_finds_the_facts_but_not_the_form():
+    v = run(measured_knowledge_demo())
+    assert v.recommendation == "not yet" and v.fine_tuned_arm is None
+    knowledge = rule(v, "retrieval vs closed book")
+    # exact match is not significantly better (0 vs 0); token F1 is: rag - zero-shot = +13.0 [+3.9, +23.6]
+    assert knowledge.passed is True and knowledge.numbers["comparison"]["measure"] == "token_f1"
+    assert knowledge.numbers["comparison"]["low"] == pytest.approx(0.03896)
+    line = next(d for d in v.diagnosis if d.startswith("rag vs zero-shot (retrieval)"))
+    assert "exact match 0.0% -> 0.0% (+0.0 points [+0.0, +0.0])" in line
+    assert "token F1 1.5% -> 14.6% (+13.0 points [+3.9, +23.6])" in line and "recall@2 100.0%" in line
+    assert line.endswith("which fine-tuning with passages (rag+fine-tuned) can fix")
+    # a tie on the bars goes to the arm that found the facts
+    assert v.reason.startswith("no option meets the bars; rag is the closest")

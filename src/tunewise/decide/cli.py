@@ -302,8 +302,10 @@ def decide(
     # One sentence and its reason first, then the rules behind it.
     out.print(f"verdict: {verdict.recommendation}: {verdict.reason}", highlight=False)
     arms = f"  fine-tuned arm: {verdict.fine_tuned_arm or 'none evaluated'}; best prompted arm: {verdict.best_prompted_arm}"
-    if verdict.rag_arm or verdict.rag_fine_tuned_arm:
-        arms += f"; rag arm: {verdict.rag_arm}; rag+fine-tuned arm: {verdict.rag_fine_tuned_arm}"
+    if verdict.rag_arm:
+        arms += f"; rag arm: {verdict.rag_arm}"
+    if verdict.rag_fine_tuned_arm:
+        arms += f"; rag+fine-tuned arm: {verdict.rag_fine_tuned_arm}"
     out.print(arms, highlight=False)
     for mistake in verdict.mistakes:
         out.print(f"mistake: {mistake}", highlight=False, markup=False)

@@ -69,18 +69,52 @@ def _exact_match(arm: ArmResult) -> Mapping[str, Any] | None:
     return em if isinstance(em, Mapping) and isinstance(em.get("value"), (int, float)) else None
 
 
-def _paired_exact_match(summary: EvalSummary, a: str, b: str) -> dict[str, float] | None:
-    """a - b in exact match from the summary's paired record (either order), flipped to read a - b."""
+def _paired_extra(summary: EvalSummary, a: str, b: str, key: str) -> dict[str, Any] | None:
+    """a - b of a knowledge measure (`exact_match_diff`, `token_f1_diff`) from the summary's paired record of the
+    two arms (either order), flipped to read a - b; with McNemar's p where the record has it."""
     for p in summary.paired:
-        d = (p.model_extra or {}).get("exact_match_diff")
+        extra = p.model_extra or {}
+        d = extra.get(key)
         if p.metric != "accuracy" or not isinstance(d, Mapping) or None in (d.get("low"), d.get("high")):
             continue
-        p_value = (p.model_extra or {}).get("exact_match_mcnemar_p")
+        p_value = extra.get(key.replace("_diff", "_mcnemar_p"))
         if (p.a, p.b) == (a, b):
             return {"diff": d["value"], "low": d["low"], "high": d["high"], "p": p_value}
         if (p.a, p.b) == (b, a):
-            return {"diff": -d["value"], "low": -d["high"], "high": -d["low"], "p": p_value}
+            # 0.0 - x, not -x: a flipped zero reads 0.0, not -0.0
+            return {"diff": 0.0 - d["value"], "low": 0.0 - d["high"], "high": 0.0 - d["low"], "p": p_value}
     return None
+
+
+def _paired_record(measure: str, label: str, a: str, b: str, p: Mapping[str, Any]) -> dict[str, Any]:
+    text = (
+        f"{a} - {b} {label} = {100 * p['diff']:+.1f} points, 95% interval [{100 * p['low']:+.1f}, "
+        f"{100 * p['high']:+.1f}]"
+    ) + (f", McNemar p = {p['p']:.2g}" if p.get("p") is not None else "")
+    return {
+        "measure": measure, "test": "paired", "diff": p["diff"], "low": p["low"], "high": p["high"],
+        "mcnemar_p": p.get("p"), "better": p["low"] > 0, "worse": p["high"] < 0, "text": text,
+        "short": f"{label} {100 * p['diff']:+.1f} points (paired interval [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}])",
+    }  # fmt: skip
+
+
+def _token_f1(summary: EvalSummary, a: ArmResult, b: ArmResult) -> dict[str, Any] | None:
+    """a against b in token F1 (the paired record), None where the summary has none."""
+    p = _paired_extra(summary, a.name, b.name, "token_f1_diff")
+    return _paired_record("token_f1", "token F1", a.name, b.name, p) if p is not None else None
+
+
+def knowledge_gain(summary: EvalSummary, rag: ArmResult, closed: ArmResult) -> dict[str, Any] | None:
+    """Does retrieval fix knowledge? The retrieval arm against its closed-book arm: significantly better on the
+    primary metric, else on token F1 (the facts are in the answers, not yet in the expected form); the primary
+    metric's comparison when neither is."""
+    primary = _accuracy(summary, rag, closed)
+    if primary is not None and primary["better"]:
+        return primary
+    f1 = _token_f1(summary, rag, closed)
+    if f1 is not None and f1["better"]:
+        return f1
+    return primary or f1
 
 
 def _accuracy(summary: EvalSummary, a: ArmResult, b: ArmResult) -> dict[str, Any] | None:
@@ -89,17 +123,9 @@ def _accuracy(summary: EvalSummary, a: ArmResult, b: ArmResult) -> dict[str, Any
     ea, eb = _exact_match(a), _exact_match(b)
     if ea is None or eb is None:
         return _verdict_helpers()._compare(summary, a, b, "accuracy")
-    p = _paired_exact_match(summary, a.name, b.name)
+    p = _paired_extra(summary, a.name, b.name, "exact_match_diff")
     if p is not None:
-        text = (
-            f"{a.name} - {b.name} exact match = {100 * p['diff']:+.1f} points, 95% interval "
-            f"[{100 * p['low']:+.1f}, {100 * p['high']:+.1f}]"
-        ) + (f", McNemar p = {p['p']:.2g}" if p["p"] is not None else "")
-        return {
-            "measure": "exact_match", "test": "paired", "diff": p["diff"], "low": p["low"], "high": p["high"],
-            "mcnemar_p": p["p"], "better": p["low"] > 0, "worse": p["high"] < 0, "text": text,
-            "short": f"exact match {100 * p['diff']:+.1f} points (paired interval [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}])",
-        }  # fmt: skip
+        return _paired_record("exact_match", "exact match", a.name, b.name, p)
     if None in (ea.get("low"), ea.get("high"), eb.get("low"), eb.get("high")):
         return None
     better, worse = ea["low"] > eb["high"], ea["high"] < eb["low"]
@@ -205,7 +231,7 @@ def three_way(summary: EvalSummary, base: Verdict, econ: Economics, catalog: Cat
         cb = next(
             (a for a in summary.arms if a.name == closed_book(R.name, summary.arm_info.get(R.name))), None
         )
-        knowledge = _accuracy(summary, R, cb) if cb is not None else None
+        knowledge = knowledge_gain(summary, R, cb) if cb is not None else None
     rag_vs_ft = _accuracy(summary, R, T) if R is not None and T is not None else None
     close = rag_vs_ft is not None and not rag_vs_ft["worse"]
     if R is not None and T is not None:
@@ -337,7 +363,7 @@ def prompting_or_rag(summary: EvalSummary, econ: Economics, catalog: Catalog) ->
         )
     P, R = summary.arm(best_p["name"]), summary.arm(best_r["name"])
     cb = next((a for a in summary.arms if a.name == closed_book(R.name, summary.arm_info.get(R.name))), P)
-    knowledge = _accuracy(summary, R, cb)
+    knowledge = knowledge_gain(summary, R, cb)
     q = econ.queries_per_day
     priced, skipped = price_arms(summary, {"P": P, "R": R}, econ, catalog)
     meets_p, meets_r = v.meets_bars(P.model_dump()), v.meets_bars(R.model_dump())
@@ -374,7 +400,9 @@ def prompting_or_rag(summary: EvalSummary, econ: Economics, catalog: Catalog) ->
         )
     else:
         rec = "not yet"
-        closest = min((P, R), key=v._distance)
+        # A tie goes to the retrieval arm when it found the facts (knowledge gain), else to prompting.
+        found = knowledge is not None and knowledge["better"]
+        closest = min((P, R), key=lambda a: (v._distance(a), not (found and a is R)))
         reason = (
             f"no option meets the bars; {closest.name} is the closest "
             f"({v._missed_text(v.missed_bars(closest.model_dump()))}); {untested}"
@@ -519,10 +547,32 @@ def _closest_retrieval(
     )
 
 
+def _knowledge_change(summary: EvalSummary, a: ArmResult, b: ArmResult) -> str | None:
+    """'exact match 0.0% -> 40.0% (+40.0 points [+25.0, +55.0]), token F1 1.5% -> 52.0% (...), recall@2 100.0%'
+    for b -> a, where the arms have the knowledge measures; None where they do not."""
+    v = _verdict_helpers()
+    parts = []
+    for key, label in (("exact_match", "exact match"), ("token_f1", "token F1")):
+        ma, mb = (a.model_extra or {}).get(key), (b.model_extra or {}).get(key)
+        if not isinstance(ma, Mapping) or not isinstance(mb, Mapping):
+            continue
+        text = f"{label} {v._pct(mb.get('value'))} -> {v._pct(ma.get('value'))}"
+        p = _paired_extra(summary, a.name, b.name, f"{key}_diff")
+        if p is not None:
+            text += f" ({100 * p['diff']:+.1f} points [{100 * p['low']:+.1f}, {100 * p['high']:+.1f}])"
+        parts.append(text)
+    recall = (a.model_extra or {}).get("recall_at_k")
+    if isinstance(recall, Mapping) and recall.get("value") is not None:
+        parts.append(f"recall@{(a.model_extra or {}).get('k', 'k')} {v._pct(recall['value'])}")
+    return ", ".join(parts) or None
+
+
 def _diagnose(
     summary: EvalSummary, R: ArmResult | None, RT: ArmResult | None, T: ArmResult | None
 ) -> list[str]:
-    """Which problem retrieval fixes: each retrieval arm against its closed-book arm, and RT against R."""
+    """Which problem retrieval fixes: each retrieval arm against its closed-book arm, and RT against R. With the
+    knowledge measures: better exact match fixes knowledge; better token F1 alone finds the facts but not the
+    expected form of the answer (a behaviour problem)."""
     v = _verdict_helpers()
     lines = []
     by_name = {a.name: a for a in summary.arms}
@@ -530,15 +580,33 @@ def _diagnose(
         cb = by_name.get(closed_book(arm.name, summary.arm_info.get(arm.name)) or "")
         if cb is None:
             continue
-        lines.append(
-            f"{arm.name} vs {cb.name} (retrieval): {v._change(summary, arm, cb)}: "
-            f"{v._fixes(None, summary.paired_diff(arm.name, cb.name))}"
-        )
+        change = _knowledge_change(summary, arm, cb)
+        if change is None:
+            what = v._fixes(None, summary.paired_diff(arm.name, cb.name))
+            change = v._change(summary, arm, cb)
+        else:
+            gain = knowledge_gain(summary, arm, cb)
+            if gain is not None and gain["better"] and gain["measure"] != "token_f1":
+                what = "fixes knowledge: the facts the closed-book arm cannot know"
+            elif gain is not None and gain["better"]:
+                what = (
+                    "finds the facts (token F1 up) but not in the expected form (exact match unchanged): the "
+                    "answers' form is a behaviour problem, which fine-tuning with passages (rag+fine-tuned) can fix"
+                )
+            else:
+                what = "no significant change"
+        lines.append(f"{arm.name} vs {cb.name} (retrieval): {change}: {what}")
     if RT is not None and R is not None:
-        lines.append(
-            f"{RT.name} vs {R.name} (fine-tuning with passages): {v._change(summary, RT, R)}: "
-            f"{v._fixes(None, summary.paired_diff(RT.name, R.name))}"
+        change = _knowledge_change(summary, RT, R) or v._change(summary, RT, R)
+        gain = _accuracy(summary, RT, R)
+        what = (
+            "fine-tuning with passages fixes how the model answers from them"
+            if gain is not None and gain["better"]
+            else "lowers the primary metric"
+            if gain is not None and gain["worse"]
+            else "no significant change"
         )
+        lines.append(f"{RT.name} vs {R.name} (fine-tuning with passages): {change}: {what}")
     return lines
 
 
