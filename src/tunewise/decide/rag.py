@@ -20,7 +20,8 @@ record). In order:
 2. RAG + fine-tuning  RT meets the bars and both help, one of:
                         a. RT is significantly better than R and than T (each adds to the other), or
                         b. knowledge plus behaviour: R is significantly better than its closed-book arm on
-                           accuracy (retrieval fixes knowledge), T is significantly better than P on format
+                           the primary metric, or on token F1 where the summary has it (retrieval fixes
+                           knowledge: the facts reach the answers), T is significantly better than P on format
                            compliance or consistency (fine-tuning fixes behaviour), and RT is significantly worse
                            than neither R nor T, or
                         c. RT meets the bars while neither R nor T does;
