@@ -103,7 +103,7 @@ def test_the_scaffolded_spec_loads(tmp_path):
     folder = write_knowledge_project(tmp_path / "k")
     raw = yaml.safe_load((folder / "tunewise.yaml").read_text(encoding="utf-8"))
     knowledge = KnowledgeSpec.model_validate(raw["knowledge"])
-    assert knowledge.docs == ["docs"] and knowledge.top_k == 2
+    assert knowledge.docs == ["docs"] and knowledge.top_k == 1
     assert raw["evaluation"]["arms"] == ["zero-shot", "rag", "fine-tuned", "rag+fine-tuned"]
     # Everything but the retrieval arms loads with the spec as it is; the arms load once they are built in.
     closed = dict(raw, evaluation=dict(raw["evaluation"], arms=["zero-shot", "fine-tuned"]))
