@@ -180,3 +180,18 @@ def test_variants_of_the_retrieval_arms():
     s = summary()
     s.arm_info = {"rag": {"retrieval": {"index": "abc", "tokens": 4321}}}
     assert corpus_tokens(s) == 4321.0  # the index's size, as the evaluation records it
+
+
+def test_given_rag_tuned_cost_is_hosted_like_the_fine_tuned_model():
+    request = CostRequest(
+        queries_per_day=500, prompted_cost=0.08, tuned_cost=0.02, rag_cost=0.09, rag_tuned_cost=0.025,
+        platforms=["together"], vector_db_per_month=75.0, data_preparation_cost=3000,
+    )  # fmt: skip
+    monthly = {m.option: m for m in cost_report(request, CATALOG).monthly}
+    # 0.025 x 15,000 + Together's $150 hosting + the $75 vector database
+    assert monthly["rag+fine-tuned @ together"].total == pytest.approx(375 + 150 + 75)
+    assert monthly["rag"].total == pytest.approx(1350 + 75)
+    # without a fine-tuned cost there is no hosting to copy: skipped, with the flag to give
+    report = cost_report(CostRequest(queries_per_day=500, prompted_cost=0.08, rag_tuned_cost=0.025), CATALOG)
+    assert [o.name for o in report.options] == ["prompted"]
+    assert "rag+fine-tuned: give --tuned-cost too" in report.skipped[0]
