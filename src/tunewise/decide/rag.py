@@ -31,7 +31,11 @@ record). In order:
                       significantly worse than T and not dearer at the stated volume (an unknown cost never decides:
                       the guide's order does, RAG before fine-tuning)
 4. otherwise          the closed-book verdict stands. When it is "fine-tune" and R measured close (not
-                      significantly worse than T), the verdict names the guide's mistake 1.
+                      significantly worse than T), the verdict names the guide's mistake 1. When it is "not yet"
+                      and a retrieval arm is closer to the bars than every closed-book arm, the sentence says so.
+
+Without a closed-book fine-tuned arm (`tunewise eval --arms zero-shot,rag`), `prompting_or_rag` decides between
+prompting and RAG alone (keep prompting, use RAG or not yet) and says that fine-tuning was not evaluated.
 """
 
 from __future__ import annotations
