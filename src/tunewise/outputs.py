@@ -164,13 +164,14 @@ class RuleRecord(BaseModel):
 
 
 class Verdict(BaseModel):
-    """The decision (fine-tune | keep prompting | not yet): its sentence, every rule with its numbers, the bars and
-    the best prompted arm it judged against."""
+    """The decision (fine-tune | keep prompting | use RAG | RAG + fine-tuning | not yet): its sentence, every rule
+    with its numbers, the bars and the arms it judged."""
 
     model_config = ConfigDict(extra="allow")
 
-    # fine-tune | keep prompting (the best prompted arm meets the bars) | not yet (no arm is ready)
-    recommendation: Literal["fine-tune", "keep prompting", "not yet"]
+    # fine-tune | keep prompting (the best prompted arm meets the bars) | use RAG (the retrieval arm meets them and
+    # fine-tuning does not earn its place over it) | RAG + fine-tuning (both help) | not yet (no arm is ready)
+    recommendation: Literal["fine-tune", "keep prompting", "use RAG", "RAG + fine-tuning", "not yet"]
     headline: str  # "<Recommendation>: <reason>", one sentence
     reason: str = ""  # the headline's reason alone
     fine_tuned_arm: str | None
@@ -185,6 +186,10 @@ class Verdict(BaseModel):
     diagnosis: list[str] = Field(default_factory=list)  # which problem each option fixes
     # The platform and team rules that fired (or are undecided), each with its source sentence and date.
     platform_rules: list[dict[str, Any]] = Field(default_factory=list)
+    # The retrieval arms judged (None when the evaluation has none), and the guide's mistakes the verdict names.
+    rag_arm: str | None = None
+    rag_fine_tuned_arm: str | None = None
+    mistakes: list[str] = Field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -481,6 +481,21 @@ class EconomicsSpec(_Strict):
         description="People on the team: the platform and team rules (docs/rules.md) need it; unset, they stay "
         "undecided.",
     )
+    vector_db: Literal["embedded", "managed"] = Field(
+        default="embedded",
+        description="The vector index the retrieval arms are priced with: embedded (FAISS on the serving machine, "
+        "$0/month) or managed (a vector database server; the catalog's vector-db/managed figure).",
+    )
+    vector_db_per_month: float | None = Field(
+        default=None,
+        ge=0,
+        description="Dollars per month for the vector index; unset, the catalog's figure for vector_db.",
+    )
+    embedding_per_million_tokens: float = Field(
+        default=0.0,
+        ge=0,
+        description="An embedding API's price per million tokens; 0 for the self-hosted embedder.",
+    )
 
 
 class Spec(_Strict):

@@ -125,9 +125,29 @@ class Advice:
     recommendation: Recommendation
     reasons: list[Reason]
     measure_next: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)  # the tunewise commands that measure the advice
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The retrieval arms measured beside the closed-book ones: the verdict then applies the guide's order.
+RAG_ARMS = "zero-shot,rag,fine-tuned,rag+fine-tuned"
+
+
+def rag_commands() -> list[str]:
+    """The commands that measure retrieval against prompting and fine-tuning on the same held-out set.
+
+    >>> rag_commands()[0]
+    'tunewise demo --task knowledge   # see it work first: generated documents about a fictional company'
+    """
+    return [
+        "tunewise demo --task knowledge   # see it work first: generated documents about a fictional company",
+        "then add your documents to tunewise.yaml: knowledge: {docs: docs/}   (Markdown, text, HTML)",
+        "tunewise eval --arms zero-shot,rag   # prompting vs RAG on the same held-out set, no training",
+        f"tunewise run   # with evaluation.arms: [{RAG_ARMS.replace(',', ', ')}]: all four arms, then the "
+        "three-way verdict",
+    ]
 
 
 def advise(answers: Answers) -> Advice:
@@ -168,7 +188,7 @@ def advise(answers: Answers) -> Advice:
         measure.append(
             "Build retrieval over your documents and measure answer accuracy and unsupported content on 100+ held-out questions"
         )
-        return Advice("RAG", reasons, measure)
+        return Advice("RAG", reasons, measure, rag_commands())
     add(
         "problem",
         "behaviour problem: fine-tuning is the right tool once prompting hits a documented ceiling"
@@ -378,7 +398,8 @@ def advise(answers: Answers) -> Advice:
             "Train, evaluate against the best prompted arm on the same held-out set, then run `tunewise decide`: "
             "fine-tuning must show a significant gain, 85%+ accuracy, 95%+ consistency and pay at your volume"
         )
-    return Advice(recommendation, reasons, list(dict.fromkeys(measure)))
+    commands = rag_commands() if recommendation in ("RAG", "RAG + fine-tuning") else []
+    return Advice(recommendation, reasons, list(dict.fromkeys(measure)), commands)
 
 
 def _platform_and_team_rules(a: Answers, reasons: list[Reason], measure: list[str]) -> None:
@@ -426,4 +447,4 @@ def _platform_and_team_rules(a: Answers, reasons: list[Reason], measure: list[st
         )  # fmt: skip
 
 
-__all__ = ["Advice", "Answers", "QUESTIONS", "Reason", "advise"]
+__all__ = ["Advice", "Answers", "QUESTIONS", "RAG_ARMS", "Reason", "advise", "rag_commands"]

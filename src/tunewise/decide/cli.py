@@ -194,6 +194,10 @@ def advise(
     out.print("measure next:", highlight=False)
     for m in advice.measure_next:
         out.print(f"  - {m}", highlight=False)
+    if advice.commands:
+        out.print("measure it with tunewise:", highlight=False)
+        for c in advice.commands:
+            out.print(f"  {'$ ' if c.startswith('tunewise ') else ''}{c}", highlight=False, markup=False)
 
 
 def _print_platform_rules(findings: list[dict]) -> None:
@@ -214,7 +218,7 @@ def _print_platform_rules(findings: list[dict]) -> None:
         )
 
 
-DECIDE_HELP = """The verdict after evaluation: fine-tune, keep prompting, or not yet. Every arm faces the same bars
+DECIDE_HELP = """The verdict after evaluation: fine-tune, keep prompting, use RAG, RAG + fine-tuning, or not yet. Every arm faces the same bars
 (accuracy >= 85%, consistency >= 95%). Fine-tune when the fine-tuned arm meets them, is significantly better than the
 best prompted arm on accuracy, consistency or format compliance (or equal at lower cost and latency), does not raise
 unsupported content, and its monthly cost at the stated volume is lower or the value of the gain covers it (unknown
@@ -222,7 +226,9 @@ prices leave the cost rule undecided, naming the figures to set). Keep prompting
 bars; otherwise not yet, naming the closest option and what to fix first. Prints that sentence, then the guide's
 platform and team rules that apply (each with its source sentence and date; a platform they close is not priced),
 every rule with its numbers, the cheapest option among those that meet the bars, the break-even volume and the weakest point of the
-evidence.
+evidence. With retrieval arms (rag, rag+fine-tuned) the guide's order applies: prompting first, RAG second
+(recommended over fine-tuning when not significantly worse and not dearer), fine-tuning third; RAG + fine-tuning when
+both help; choosing fine-tuning where RAG measured close names the guide's mistake 1 (docs/economics.md).
 
 Example: tunewise decide reports/eval_summary.json --prompted-cost 0.03 --tuned-cost 0.02 --platform together --queries-per-day 500 --value-per-point 40"""
 
@@ -248,6 +254,13 @@ def decide(
     training_cost: float | None = typer.Option(
         None, "--training-cost", help="One-time training cost, dollars."
     ),
+    rag_cost: float | None = typer.Option(None, "--rag-cost", help="Dollars per query, rag arm."),
+    rag_tuned_cost: float | None = typer.Option(
+        None, "--rag-tuned-cost", help="Dollars per query, rag+fine-tuned arm."
+    ),
+    vector_db: str | None = typer.Option(
+        None, "--vector-db", help="Vector index priced: embedded ($0/month, the default) or managed."
+    ),
     value_per_point: float | None = typer.Option(
         None, "--value-per-point", help="Dollars per accuracy point per month."
     ),
@@ -270,8 +283,11 @@ def decide(
         platforms=platform,
         value_per_accuracy_point=value_per_point,
         team_size=team_size,
+        vector_db=vector_db,
         prompted_cost=prompted_cost,
         tuned_cost=tuned_cost,
+        rag_cost=rag_cost,
+        rag_tuned_cost=rag_tuned_cost,
         hosting_per_hour=hosting_per_hour,
         hosting_per_month=hosting_per_month,
         training_cost=training_cost,
@@ -285,10 +301,14 @@ def decide(
         return
     # One sentence and its reason first, then the rules behind it.
     out.print(f"verdict: {verdict.recommendation}: {verdict.reason}", highlight=False)
-    out.print(
-        f"  fine-tuned arm: {verdict.fine_tuned_arm}; best prompted arm: {verdict.best_prompted_arm}",
-        highlight=False,
-    )
+    arms = f"  fine-tuned arm: {verdict.fine_tuned_arm or 'none evaluated'}; best prompted arm: {verdict.best_prompted_arm}"
+    if verdict.rag_arm:
+        arms += f"; rag arm: {verdict.rag_arm}"
+    if verdict.rag_fine_tuned_arm:
+        arms += f"; rag+fine-tuned arm: {verdict.rag_fine_tuned_arm}"
+    out.print(arms, highlight=False)
+    for mistake in verdict.mistakes:
+        out.print(f"mistake: {mistake}", highlight=False, markup=False)
     _print_platform_rules(verdict.platform_rules)
     out.print("rules:", highlight=False)
     for r in verdict.rules:
@@ -318,14 +338,15 @@ def decide(
 
 def _all_in(summary, econ, catalog) -> tuple[list, str | None]:
     """Every arm's all-in cost per query on each platform (economics.plan), or why it could not be priced."""
-    from tunewise.economics.plan import ArmTokens, cost_report
+    from tunewise.economics.plan import arm_tokens, corpus_tokens, cost_report
     from tunewise.errors import TunewiseError
 
-    direct = econ.prompted_cost is not None or econ.tuned_cost is not None
-    arms = [
-        ArmTokens(a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0, pricing=a.pricing)
-        for a in summary.arms
-    ]
+    direct = any(
+        c is not None for c in (econ.prompted_cost, econ.tuned_cost, econ.rag_cost, econ.rag_tuned_cost)
+    )
+    arms = arm_tokens(summary)
+    if econ.corpus_tokens is None:
+        econ = econ.model_copy(update={"corpus_tokens": corpus_tokens(summary)})
     try:
         report = cost_report(econ.cost_request(() if direct else arms), catalog)
     except TunewiseError as exc:

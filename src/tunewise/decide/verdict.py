@@ -1,4 +1,8 @@
-"""The verdict, after evaluation: fine-tune, keep prompting, or not yet, and why.
+"""The verdict, after evaluation: fine-tune, keep prompting, use RAG, RAG + fine-tuning, or not yet, and why.
+
+This module decides among the closed-book arms (prompted against fine-tuned); when the evaluation has retrieval
+arms (`rag`, `rag+fine-tuned`), `tunewise.decide.rag` then takes that verdict through the guide's order
+(prompting first, RAG second, fine-tuning third) and adds the outcomes use RAG and RAG + fine-tuning.
 
 Reads an evaluation summary (the evaluation stage writes it) and applies the guide's rules, every one returned
 as a record with the numbers it used. Every arm faces the same quality bars (`BARS`):
@@ -31,6 +35,7 @@ The outcome (`Verdict.recommendation`), one of `RECOMMENDATIONS`:
                      and the cost rule did not fail (an undecided cost rule is said, not counted)
     keep prompting   otherwise, when the best prompted arm meets the bars
     not yet          otherwise: no arm is ready; the verdict names the closest option and what to fix first
+    use RAG, RAG + fine-tuning    with retrieval arms only (`tunewise.decide.rag`)
 
 The guide's platform and team rules (`tunewise.decide.rules`: Azure for small teams at low volume, OpenAI closed
 to new users, no public fine-tuning for Claude, the small-team and low-volume warnings, hourly hosting at low
@@ -49,10 +54,12 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tunewise.decide.rag import with_retrieval
 from tunewise.decide.rules import Finding, Situation, apply_rules, closed_platforms, hourly_hosting
 from tunewise.economics.cost import break_even, monthly_cost
 from tunewise.economics.plan import ArmTokens, CostRequest, build_options
 from tunewise.economics.pricing import Catalog
+from tunewise.economics.retrieval import is_rag_arm
 from tunewise.economics.settings import Economics
 from tunewise.errors import TunewiseError
 from tunewise.evaluate.curve import learning_curve_advice
@@ -66,7 +73,7 @@ BARS = Bars(
     format=0.95,  # "95%+ format compliance": at or above it, format is not the problem
 )
 # The outcomes, as `Verdict.recommendation` spells them.
-RECOMMENDATIONS = ("fine-tune", "keep prompting", "not yet")
+RECOMMENDATIONS = ("fine-tune", "keep prompting", "use RAG", "RAG + fine-tuning", "not yet")
 SMALL_EVAL_SET = 100  # a consistency gap "that persists across 100+ prompted generations"
 WIDE_INTERVAL = 0.10  # a 95% interval wider than 10 accuracy points cannot separate close arms
 
@@ -193,6 +200,9 @@ def decide(
     """Apply the verdict rules: fine-tune, keep prompting or not yet (see the module docstring). A learning curve
     (`evaluate.curve`) tells a "not yet" whether more labelled data is likely to pay."""
     tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
+    if any(is_rag_arm(a.name) for a in summary.arms):
+        # With retrieval arms, the closed-book verdict is taken through the guide's order (`decide.rag`).
+        return with_retrieval(summary, econ, catalog, fine_tuned, learning_curve)
     if fine_tuned is not None:
         tuned = summary.arm(fine_tuned)
     elif tuned_arms:

@@ -17,7 +17,12 @@ break-even q = (fixed_B - fixed_A) / (30 x (per_query_A - per_query_B)).
 
 Example (the worked example of the practitioner's guide, docs/guide.md): tunewise cost --prompted-cost 0.08 --tuned-cost 0.02 --platform azure-openai,together --queries-per-day 500
 
+Retrieval (rag arms): + vector database per month (--vector-db embedded: $0, FAISS on the serving machine; managed:
+the catalog's figure, the guide's $50-200/month range) + corpus embedding (one-off, amortised like training) + query
+embedding per query; the passages' extra prompt tokens are measured against the closed-book arm.
+
 Also: tunewise cost --prompted-cost 0.08 --tuned-cost 0.02 --hosting-per-hour 1.70 --queries-per-day 500
+      tunewise cost --prompted-cost 0.08 --rag-cost 0.09 --tuned-cost 0.02 --platform together --vector-db managed --queries-per-day 500
       tunewise cost --spec tunewise.yaml --eval reports/eval_summary.json --plot reports/cost"""
 
 
@@ -34,16 +39,22 @@ def render_cost(report) -> None:
     """Print a CostReport as plain aligned text (stable under any terminal width)."""
     q = report.queries_per_day
     width = max(len("option"), *(len(m.option) for m in report.monthly))
+    rag = any(o.retrieval for o in report.options)
     out.print(f"Monthly cost at {_vol(q)} queries/day (30-day month)", highlight=False)
-    header = f"  {'option':<{width}}  {'$/query':>9}  {'usage/mo':>12}  {'hosting/mo':>11}  {'training/mo':>11}  {'total/mo':>12}"
-    out.print(header, highlight=False)
+    header = (
+        f"  {'option':<{width}}  {'$/query':>9}  {'usage/mo':>12}  {'hosting/mo':>11}  {'training/mo':>11}"
+    )
+    header += f"  {'retrieval/mo':>12}" if rag else ""
+    out.print(header + f"  {'total/mo':>12}", highlight=False)
     for m in report.monthly:
-        out.print(
+        row = (
             f"  {m.option:<{width}}  {_usd(m.per_query, 4):>9}  {_usd(m.usage):>12}  {_usd(m.hosting):>11}  "
-            f"{_usd(m.training):>11}  {_usd(m.total):>12}",
-            highlight=False,
+            f"{_usd(m.training):>11}"
         )
+        row += f"  {_usd(m.retrieval):>12}" if rag else ""
+        out.print(row + f"  {_usd(m.total):>12}", highlight=False)
     render_all_in(report.all_in, q)
+    render_retrieval(report)
     if report.break_evens:
         out.print("Break-even volumes", highlight=False)
     for be in report.break_evens:
@@ -80,18 +91,40 @@ def render_all_in(all_in, queries_per_day: float) -> None:
     if not all_in:
         return
     width = max(len("option"), *(len(a.option) for a in all_in))
+    rag = any(a.retrieval or a.passages for a in all_in)
     out.print(
         f"All-in cost per query at {_vol(queries_per_day)} queries/day (fixed costs shared by the queries)",
         highlight=False,
     )
-    out.print(
-        f"  {'option':<{width}}  {'inference':>10}  {'hosting':>10}  {'training':>10}  {'data prep':>10}  {'all-in':>10}",
-        highlight=False,
-    )
+    header = f"  {'option':<{width}}  {'inference':>10}  {'hosting':>10}  {'training':>10}  {'data prep':>10}"
+    out.print(header + (f"  {'retrieval':>10}" if rag else "") + f"  {'all-in':>10}", highlight=False)
     for a in all_in:
-        out.print(
+        row = (
             f"  {a.option:<{width}}  {_usd(a.inference, 4):>10}  {_usd(a.hosting, 4):>10}  "
-            f"{_usd(a.training, 4):>10}  {_usd(a.data_preparation, 4):>10}  {_usd(a.total, 4):>10}",
+            f"{_usd(a.training, 4):>10}  {_usd(a.data_preparation, 4):>10}"
+        )
+        out.print(
+            row + (f"  {_usd(a.retrieval, 4):>10}" if rag else "") + f"  {_usd(a.total, 4):>10}",
+            highlight=False,
+        )
+
+
+def render_retrieval(report) -> None:
+    """What retrieval adds to each rag option: passages, query embedding, vector database, corpus embedding."""
+    rows = [o for o in report.options if o.retrieval]
+    if not rows:
+        return
+    out.print("RAG components (what retrieval adds to each rag option)", highlight=False)
+    for o in rows:
+        passages = (
+            f"passages +{o.passage_tokens:,.0f} prompt tokens/query ({_usd(o.passage_cost, 6)}/query, in inference)"
+            if o.passage_tokens
+            else "passages: in the per-query cost given"
+        )
+        out.print(
+            f"  {o.name}: {passages}; query embedding {_usd(o.embedding_per_query, 6)}/query; vector database "
+            f"{_usd(o.vector_db_per_month)}/month; corpus embedding {_usd(o.corpus_embedding_cost)} one-off "
+            f"(re-indexed every {o.retrain_every_days:g} days)",
             highlight=False,
         )
 
@@ -142,6 +175,26 @@ def cost(
     training_cost: float | None = typer.Option(
         None, "--training-cost", help="One-time training cost in dollars."
     ),
+    rag_cost: float | None = typer.Option(
+        None, "--rag-cost", help="Dollars per query of the rag arm (prompted model + passages)."
+    ),
+    rag_tuned_cost: float | None = typer.Option(
+        None, "--rag-tuned-cost", help="Dollars per query of the rag+fine-tuned arm."
+    ),
+    vector_db: str | None = typer.Option(
+        None, "--vector-db", help="Vector index priced: embedded ($0/month, the default) or managed."
+    ),
+    vector_db_per_month: float | None = typer.Option(
+        None, "--vector-db-per-month", help="Vector index, $/month (instead of the catalog's figure)."
+    ),
+    embedding_per_million: float | None = typer.Option(
+        None,
+        "--embedding-per-million",
+        help="An embedding API's $ per million tokens (default 0: self-hosted).",
+    ),
+    corpus_tokens: float | None = typer.Option(
+        None, "--corpus-tokens", help="Tokens in the indexed documents (default: the evaluation's record)."
+    ),
     training_tokens: float | None = typer.Option(
         None, "--training-tokens", help="Training tokens per epoch (priced per platform)."
     ),
@@ -155,28 +208,34 @@ def cost(
     plot: Path | None = typer.Option(None, "--plot", help="Write the volume sweep to PATH.png and PATH.svg."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    from tunewise.economics.plan import ArmTokens, cost_report
+    from tunewise.economics.plan import arm_tokens, cost_report
+    from tunewise.economics.plan import corpus_tokens as recorded_corpus
 
+    arms, summary = [], None
+    if eval_summary is not None:
+        from tunewise.outputs import load_summary
+
+        summary = load_summary(eval_summary)
+        arms = arm_tokens(summary)
     econ = economics_settings(
         *spec_economics(spec),
         queries_per_day=queries_per_day,
         platforms=platform,
         retrain_every_days=retrain_every_days,
+        vector_db=vector_db,
+        vector_db_per_month=vector_db_per_month,
+        embedding_per_million_tokens=embedding_per_million,
         prompted_cost=prompted_cost,
         tuned_cost=tuned_cost,
+        rag_cost=rag_cost,
+        rag_tuned_cost=rag_tuned_cost,
         hosting_per_hour=hosting_per_hour,
         hosting_per_month=hosting_per_month,
         training_cost=training_cost,
+        corpus_tokens=corpus_tokens
+        if corpus_tokens is not None
+        else (recorded_corpus(summary) if summary else None),
     )
-    arms = []
-    if eval_summary is not None:
-        from tunewise.outputs import load_summary
-
-        summary = load_summary(eval_summary)
-        arms = [
-            ArmTokens(a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0)
-            for a in summary.arms
-        ]
     report = cost_report(
         econ.cost_request(arms, training_tokens=training_tokens, epochs=epochs), econ.catalog(pricing)
     )

@@ -22,6 +22,12 @@ and amortised like training. Payback of the one-off costs (training + data prepa
 saving of running costs (usage + hosting) between two options:
 
     months = (one_off_B - one_off_A) / (running_A(q) - running_B(q))
+
+Retrieval (RAG) options add a vector database per month (a fixed cost, $0 for the embedded index), embedding
+the corpus (one-off, amortised like training) and embedding each query (part of the per-query cost); the
+passages' extra prompt tokens are already in the measured per-query cost (`retrieval.py`).
+
+    retrieval per month = vector_db_per_month + corpus_embedding x 30 / retrain_every_days
 """
 
 from __future__ import annotations
@@ -143,9 +149,23 @@ class CostOption:
     # One-off, paid again at every retraining like training; fine-tuned options only. Counted in the all-in
     # cost per query and the payback, not in the monthly bill the guide's break-even volumes are read from.
     data_preparation_cost: float = 0.0
+    # Retrieval options only. The vector database is a running cost; embedding the corpus is one-off (paid again
+    # at every re-indexing, amortised like training); the query embedding and the passages' tokens are already
+    # part of `per_query` and kept here to show them.
+    vector_db_per_month: float = 0.0
+    corpus_embedding_cost: float = 0.0
+    embedding_per_query: float = 0.0
+    passage_tokens: float = 0.0
+    passage_cost: float = 0.0
 
     def __post_init__(self) -> None:
         _check("cost per query", self.per_query, f"option '{self.name}'")
+        for label, value in (
+            ("vector database per month", self.vector_db_per_month),
+            ("corpus embedding cost", self.corpus_embedding_cost),
+            ("embedding cost per query", self.embedding_per_query),
+        ):
+            _check(label, value, f"option '{self.name}'")
         _check("data preparation cost", self.data_preparation_cost, f"option '{self.name}'")
         _check("hosting per month", self.hosting_per_month, f"option '{self.name}'")
         _check("training cost", self.training_cost, f"option '{self.name}'")
@@ -158,17 +178,35 @@ class CostOption:
         return self.training_cost * DAYS_PER_MONTH / self.retrain_every_days
 
     @property
+    def retrieval_per_month(self) -> float:
+        """The vector database plus the corpus embedding amortised over the cadence (0 without retrieval)."""
+        return (
+            self.vector_db_per_month + self.corpus_embedding_cost * DAYS_PER_MONTH / self.retrain_every_days
+        )
+
+    @property
     def fixed_per_month(self) -> float:
-        return self.hosting_per_month + self.training_per_month
+        return self.hosting_per_month + self.training_per_month + self.retrieval_per_month
+
+    @property
+    def retrieval(self) -> bool:
+        """Whether the option serves a retrieval arm (`rag`, `rag+...`)."""
+        from tunewise.economics.retrieval import is_rag_arm
+
+        return is_rag_arm(self.arm)
 
     @property
     def one_off(self) -> float:
-        """What each training cycle costs once: training plus data preparation."""
-        return self.training_cost + self.data_preparation_cost
+        """What each cycle costs once: training, data preparation and embedding the corpus."""
+        return self.training_cost + self.data_preparation_cost + self.corpus_embedding_cost
 
     def running_per_month(self, queries_per_day: float) -> float:
-        """Usage plus hosting: what the option costs a month once trained."""
-        return self.per_query * queries_per_day * DAYS_PER_MONTH + self.hosting_per_month
+        """Usage, hosting and the vector database: what the option costs a month once trained and indexed."""
+        return (
+            self.per_query * queries_per_day * DAYS_PER_MONTH
+            + self.hosting_per_month
+            + self.vector_db_per_month
+        )
 
 
 @dataclass(frozen=True)
@@ -182,6 +220,9 @@ class AllInCost:
     training: float  # training / (retrain_every_days x q)
     data_preparation: float  # data preparation / (retrain_every_days x q)
     total: float
+    # vector DB / (30 q) + corpus embedding / (retrain_every_days x q) + query embedding; 0 without retrieval
+    retrieval: float = 0.0
+    passages: float = 0.0  # what the passages' extra prompt tokens cost, a part of `inference`
 
 
 def all_in_cost(option: CostOption, queries_per_day: float) -> AllInCost:
@@ -201,14 +242,23 @@ def all_in_cost(option: CostOption, queries_per_day: float) -> AllInCost:
     hosting = option.hosting_per_month / (DAYS_PER_MONTH * q)
     training = option.training_cost / (option.retrain_every_days * q)
     data = option.data_preparation_cost / (option.retrain_every_days * q)
+    retrieval = (
+        option.vector_db_per_month / (DAYS_PER_MONTH * q)
+        + option.corpus_embedding_cost / (option.retrain_every_days * q)
+        + option.embedding_per_query
+    )
     return AllInCost(
         option=option.name,
         queries_per_day=q,
-        inference=round(option.per_query, 12),
+        inference=round(option.per_query - option.embedding_per_query, 12),
         hosting=round(hosting, 12),
         training=round(training, 12),
         data_preparation=round(data, 12),
-        total=round(option.per_query + hosting + training + data, 12),
+        total=round(
+            option.per_query - option.embedding_per_query + hosting + training + data + retrieval, 12
+        ),
+        retrieval=round(retrieval, 12),
+        passages=round(option.passage_cost, 12),
     )
 
 
@@ -240,7 +290,7 @@ def payback(a: CostOption, b: CostOption, queries_per_day: float) -> Payback | N
     extra = invest.one_off - base.one_off
     saving = base.running_per_month(queries_per_day) - invest.running_per_month(queries_per_day)
     formula = (
-        f"months = (training + data preparation) / monthly saving = {_money(extra)} / "
+        f"months = (training + data preparation{' + corpus embedding' if invest.corpus_embedding_cost else ''}) / monthly saving = {_money(extra)} / "
         f"({_money(base.running_per_month(queries_per_day))} - {_money(invest.running_per_month(queries_per_day))})"
     )
     if saving <= 0:
@@ -264,6 +314,7 @@ class MonthlyCost:
     hosting: float
     training: float  # amortized
     total: float
+    retrieval: float = 0.0  # vector database + corpus embedding amortized
 
 
 def monthly_cost(option: CostOption, queries_per_day: float) -> MonthlyCost:
@@ -285,6 +336,7 @@ def monthly_cost(option: CostOption, queries_per_day: float) -> MonthlyCost:
         hosting=round(option.hosting_per_month, 6),
         training=round(option.training_per_month, 6),
         total=round(total, 6),
+        retrieval=round(option.retrieval_per_month, 6),
     )
 
 
@@ -444,7 +496,7 @@ def break_even_all_in(a: CostOption, b: CostOption) -> float | None:
     from dataclasses import replace
 
     def folded(o: CostOption) -> CostOption:
-        return replace(o, training_cost=o.one_off, data_preparation_cost=0.0)
+        return replace(o, training_cost=o.one_off, data_preparation_cost=0.0, corpus_embedding_cost=0.0)
 
     return break_even(folded(a), folded(b)).volume
 

@@ -6,6 +6,11 @@ Two ways in:
   catalog for each named platform: the guide's worked example;
 - measured tokens per arm (from an evaluation summary) x each platform's per-token prices.
 
+A retrieval arm (`rag`, `rag+...`) is priced like its closed-book counterpart plus what retrieval adds
+(`retrieval.py`): the vector database per month, the corpus embedding (one-off) and the query embedding; the
+passages' extra prompt tokens (measured against the closed-book counterpart) are shown apart. Given directly,
+`rag_cost` and `rag_tuned_cost` are the retrieval arms' dollars per query, passages included.
+
 A platform whose needed figure is unknown is skipped with a reason naming the entry and the field; when no
 option is left, the first reason becomes the error.
 """
@@ -33,6 +38,14 @@ from tunewise.economics.cost import (
     training_cost,
 )
 from tunewise.economics.pricing import Catalog, Entry
+from tunewise.economics.retrieval import (
+    VECTOR_DB_PLATFORM,
+    RetrievalPrices,
+    closed_book,
+    is_rag_arm,
+    is_rag_tuned,
+    passage_tokens,
+)
 from tunewise.errors import TunewiseError
 
 
@@ -47,6 +60,48 @@ class ArmTokens:
     # An endpoint arm is priced by its own catalog entry (e.g. azure-openai/gpt-4o), not by the platforms that
     # would host the open model.
     pricing: str | None = None
+    # A retrieval arm's extra prompt tokens over its closed-book counterpart (None: not a retrieval arm, or
+    # unmeasured), and the question's own tokens, which the query embedding bills.
+    passage_tokens: float | None = None
+    query_tokens: float | None = None
+
+    @property
+    def retrieval(self) -> bool:
+        return is_rag_arm(self.name)
+
+
+def arm_tokens(summary: Any) -> list[ArmTokens]:
+    """Every arm of an evaluation summary (`outputs.EvalSummary`) with its measured mean tokens; a retrieval arm
+    also gets its passages' extra prompt tokens over its closed-book counterpart, where that arm was evaluated.
+    The query's tokens are the closed-book prompt's (the question with its instructions: an upper bound)."""
+    by_name = {a.name: a for a in summary.arms}
+    rows = []
+    for a in summary.arms:
+        extra = query = None
+        closed = by_name.get(closed_book(a.name, summary.arm_info.get(a.name)) or "")
+        if closed is not None:
+            extra = passage_tokens(a.prompt_tokens, closed.prompt_tokens)
+            query = closed.prompt_tokens
+        rows.append(
+            ArmTokens(
+                a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0, pricing=a.pricing,
+                passage_tokens=extra, query_tokens=query,
+            )
+        )  # fmt: skip
+    return rows
+
+
+def corpus_tokens(summary: Any) -> float | None:
+    """The indexed corpus's tokens, where the evaluation recorded them for a retrieval arm: `arm_info[arm]`'s
+    `corpus_tokens`, or its `retrieval` record's `corpus_tokens` or `tokens` (the index's size)."""
+    for name, info in summary.arm_info.items():
+        if not is_rag_arm(name) or not isinstance(info, dict):
+            continue
+        retrieval = info.get("retrieval") if isinstance(info.get("retrieval"), dict) else {}
+        for value in (info.get("corpus_tokens"), retrieval.get("corpus_tokens"), retrieval.get("tokens")):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+                return float(value)
+    return None
 
 
 @dataclass
@@ -66,6 +121,14 @@ class CostRequest:
         None  # the run's measured hours, for platforms that bill training by the hour
     )
     data_preparation_cost: float = 0.0  # one-off, fine-tuned options only
+    # Retrieval: the arms' dollars per query when given directly (passages included), which vector index is
+    # priced (a `vector-db/...` catalog entry, or the monthly figure given), the embedding price and corpus size.
+    rag_cost: float | None = None
+    rag_tuned_cost: float | None = None
+    vector_db: str = "embedded"
+    vector_db_per_month: float | None = None
+    embedding_per_million_tokens: float = 0.0
+    corpus_tokens: float | None = None
 
 
 @dataclass
@@ -92,7 +155,57 @@ class CostReport:
             "prices": self.prices,
             "skipped": self.skipped,
             "notes": self.notes,
+            "retrieval": [retrieval_row(o) for o in self.options if o.retrieval],
         }
+
+
+def retrieval_row(option: CostOption) -> dict[str, Any]:
+    """What retrieval adds to one option: the passages' tokens and their cost per query, the query embedding,
+    the vector database per month and the corpus embedding (one-off)."""
+    return {
+        "option": option.name,
+        "passage_tokens": option.passage_tokens,
+        "passage_cost_per_query": option.passage_cost,
+        "embedding_per_query": option.embedding_per_query,
+        "vector_db_per_month": option.vector_db_per_month,
+        "corpus_embedding": option.corpus_embedding_cost,
+    }
+
+
+def retrieval_prices(request: CostRequest, catalog: Catalog) -> RetrievalPrices:
+    """The vector index priced (its catalog entry's monthly figure unless one was given) and the embedding."""
+    if request.vector_db_per_month is not None:
+        monthly, source = request.vector_db_per_month, "given (economics.vector_db_per_month)"
+    else:
+        entry = catalog.get(f"{VECTOR_DB_PLATFORM}/{request.vector_db}")
+        monthly = entry.hosting_monthly()
+        fig = entry.hosting_per_month
+        source = f"{entry.id}: {fig.source} ({fig.date})"
+    return RetrievalPrices(
+        vector_db=request.vector_db,
+        vector_db_per_month=monthly,
+        vector_db_source=source,
+        embedding_per_million_tokens=request.embedding_per_million_tokens,
+        corpus_tokens=request.corpus_tokens,
+    )
+
+
+def _with_retrieval(
+    option: CostOption, prices: RetrievalPrices, query_tokens: float, extra_tokens: float, input_per_m: float
+) -> CostOption:
+    """`option` plus what retrieval adds: the query embedding per query, the vector database, the corpus."""
+    from dataclasses import replace
+
+    embed = prices.query_embedding(query_tokens)
+    return replace(
+        option,
+        per_query=round(option.per_query + embed, 12),
+        vector_db_per_month=prices.vector_db_per_month,
+        corpus_embedding_cost=prices.corpus_embedding,
+        embedding_per_query=embed,
+        passage_tokens=extra_tokens,
+        passage_cost=round(extra_tokens * input_per_m / 1e6, 12),
+    )
 
 
 def _training(request: CostRequest, entry: Entry | None) -> float:
@@ -161,7 +274,8 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
     explicit_hosting = request.hosting_per_hour is not None or request.hosting_per_month is not None
     cadence = request.retrain_every_days
 
-    if request.prompted_cost is not None or request.tuned_cost is not None:
+    direct = (request.prompted_cost, request.tuned_cost, request.rag_cost, request.rag_tuned_cost)
+    if any(c is not None for c in direct):
         if request.arms:
             notes.append("per-query costs given directly: the evaluation's measured tokens are not used")
         if request.prompted_cost is not None:
@@ -201,12 +315,40 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
                     )
                 except TunewiseError as exc:
                     skipped.append(exc.message)
+        if request.rag_cost is not None or request.rag_tuned_cost is not None:
+            rag = retrieval_prices(request, catalog)
+            # A fine-tuned retrieval arm is hosted like the fine-tuned one: on each platform's hosting, or the
+            # hosting given.
+            tuned_hosts = [(o.name.partition(" @ ")[2], o) for o in options if o.arm == "fine-tuned"]
+            if request.rag_cost is not None:
+                options.append(
+                    _with_retrieval(
+                        CostOption("rag", request.rag_cost, arm="rag", retrain_every_days=cadence),
+                        rag,
+                        0,
+                        0,
+                        0,
+                    )
+                )
+            if request.rag_tuned_cost is not None:
+                if not tuned_hosts:
+                    skipped.append(
+                        "rag+fine-tuned: give --tuned-cost too (its hosting is the fine-tuned model's)"
+                    )
+                for where, host in tuned_hosts:
+                    base = CostOption(
+                        "rag+fine-tuned" + (f" @ {where}" if where else ""), request.rag_tuned_cost,
+                        host.hosting_per_month, host.training_cost, cadence, arm="rag+fine-tuned",
+                        platform=host.platform, data_preparation_cost=host.data_preparation_cost,
+                    )  # fmt: skip
+                    options.append(_with_retrieval(base, rag, 0, 0, 0))
     elif request.arms:
         if not entries and any(a.kind != "endpoint" for a in request.arms):
             raise TunewiseError(
                 "measured tokens need platforms to price them",
                 hint="pass --platform azure-openai,together (or list economics.platforms in tunewise.yaml)",
             )
+        rag = retrieval_prices(request, catalog) if any(a.retrieval for a in request.arms) else None
         for arm in request.arms:
             if arm.kind == "endpoint":
                 option, reason = _endpoint_option(arm, catalog, cadence)
@@ -215,28 +357,32 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
                 else:
                     skipped.append(reason)
                 continue
-            tuned = arm.kind == "fine-tuned"
+            tuned = arm.kind == "fine-tuned" or is_rag_tuned(arm.name)
             for entry in entries:
                 try:
+                    input_per_m = entry.require("inference_input_per_million_tokens")
                     per_query = per_query_cost(
                         arm.prompt_tokens,
                         arm.completion_tokens,
-                        entry.require("inference_input_per_million_tokens"),
+                        input_per_m,
                         entry.require("inference_output_per_million_tokens"),
                     )
                     pays_hosting = tuned or entry.hosting_applies_to == "all"
-                    options.append(
-                        CostOption(
-                            f"{arm.name} @ {entry.platform}",
-                            per_query,
-                            entry.hosting_monthly() if pays_hosting else 0.0,
-                            _training(request, entry) if tuned else 0.0,
-                            cadence,
-                            arm=arm.name,
-                            platform=entry.id,
-                            data_preparation_cost=request.data_preparation_cost if tuned else 0.0,
-                        )
+                    option = CostOption(
+                        f"{arm.name} @ {entry.platform}",
+                        per_query,
+                        entry.hosting_monthly() if pays_hosting else 0.0,
+                        _training(request, entry) if tuned else 0.0,
+                        cadence,
+                        arm=arm.name,
+                        platform=entry.id,
+                        data_preparation_cost=request.data_preparation_cost if tuned else 0.0,
                     )
+                    if rag is not None and arm.retrieval:
+                        option = _with_retrieval(
+                            option, rag, arm.query_tokens or 0.0, arm.passage_tokens or 0.0, input_per_m
+                        )
+                    options.append(option)
                 except TunewiseError as exc:
                     skipped.append(f"{arm.name} @ {entry.platform}: {exc.message}")
                     continue
@@ -342,7 +488,7 @@ def cost_report(request: CostRequest, catalog: Catalog) -> CostReport:
         skipped=skipped,
         notes=notes,
         all_in=[all_in_cost(o, q) for o in options] if q > 0 else [],
-        prices=prices_used(options, catalog),
+        prices=prices_used(options, catalog, request),
     )
 
 
@@ -357,9 +503,27 @@ _USED_FIELDS = (
 )
 
 
-def prices_used(options: list[CostOption], catalog: Catalog) -> list[dict[str, Any]]:
+def prices_used(
+    options: list[CostOption], catalog: Catalog, request: CostRequest | None = None
+) -> list[dict[str, Any]]:
     """Each known catalog figure behind the options, once, with its source and date: what a reader checks."""
     rows: list[dict[str, Any]] = []
+    if (
+        request is not None
+        and request.vector_db_per_month is None
+        and any(o.retrieval or is_rag_arm(o.arm) for o in options)
+    ):
+        entry = catalog.get(f"{VECTOR_DB_PLATFORM}/{request.vector_db}")
+        fig = entry.hosting_per_month
+        rows.append(
+            {
+                "entry": entry.id,
+                "field": "hosting_per_month",
+                "value": fig.value,
+                "source": fig.source,
+                "date": fig.date,
+            }
+        )
     seen: set[str] = set()
     for option in options:
         if option.platform is None or option.platform in seen:
@@ -383,6 +547,10 @@ def prices_used(options: list[CostOption], catalog: Catalog) -> list[dict[str, A
 
 __all__ = [
     "ArmTokens",
+    "arm_tokens",
+    "corpus_tokens",
+    "retrieval_prices",
+    "retrieval_row",
     "CostReport",
     "CostRequest",
     "TrainingEstimate",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -40,6 +40,14 @@ class Economics(BaseModel):
     hosting_per_hour: float | None = None
     hosting_per_month: float | None = None
     training_cost: float | None = None
+    # Retrieval (the rag arms): given per-query costs, the vector index priced, the embedding price and the
+    # corpus size (from the evaluation's record, or --corpus-tokens).
+    rag_cost: float | None = None
+    rag_tuned_cost: float | None = None
+    vector_db: Literal["embedded", "managed"] = "embedded"
+    vector_db_per_month: float | None = Field(default=None, ge=0)
+    embedding_per_million_tokens: float = Field(default=0.0, ge=0)
+    corpus_tokens: float | None = Field(default=None, ge=0)
 
     def catalog(self, override: Path | None = None) -> Catalog:
         """The built-in pricing catalog with the spec's pricing file, then `override`, applied."""
@@ -71,6 +79,12 @@ class Economics(BaseModel):
             retrain_every_days=self.retrain_every_days,
             training_hours=training_hours,
             data_preparation_cost=self.data_preparation_cost,
+            rag_cost=self.rag_cost,
+            rag_tuned_cost=self.rag_tuned_cost,
+            vector_db=self.vector_db,
+            vector_db_per_month=self.vector_db_per_month,
+            embedding_per_million_tokens=self.embedding_per_million_tokens,
+            corpus_tokens=self.corpus_tokens,
         )
 
 
@@ -103,12 +117,15 @@ def economics_settings(
     retrain_every_days: float | None = None,
     value_per_accuracy_point: float | None = None,
     team_size: int | None = None,
+    vector_db: str | None = None,
+    vector_db_per_month: float | None = None,
+    embedding_per_million_tokens: float | None = None,
     **costs: Any,
 ) -> Economics:
     """The settings in force: each flag given wins over the spec's value, which wins over the default.
 
-    `costs` are the direct prices (prompted_cost, tuned_cost, hosting_per_hour, hosting_per_month,
-    training_cost). Without --platform, the spec's platforms are priced unless hosting was given directly.
+    `costs` are the direct prices (prompted_cost, tuned_cost, rag_cost, rag_tuned_cost, hosting_per_hour,
+    hosting_per_month, training_cost) and corpus_tokens. Without --platform, the spec's platforms are priced unless hosting was given directly.
 
     >>> from tunewise.spec import EconomicsSpec
     >>> s = economics_settings(EconomicsSpec(queries_per_day=200), platforms="together", queries_per_day=50)
@@ -124,6 +141,14 @@ def economics_settings(
             costs.get("hosting_per_hour") is not None or costs.get("hosting_per_month") is not None
         )
         chosen = list(spec.platforms) if spec is not None and not explicit_hosting else []
+    if vector_db is not None and vector_db not in ("embedded", "managed"):
+        from tunewise.errors import nearest
+
+        guess = nearest(vector_db, ["embedded", "managed"])
+        raise TunewiseError(
+            f"unknown vector database '{vector_db}'" + (f" (did you mean '{guess}'?)" if guess else ""),
+            hint="--vector-db embedded (FAISS on the serving machine, $0/month) or managed (a vector database server)",
+        )
     pricing_file = None
     if spec is not None and spec.pricing_file:
         pricing_file = (root or Path.cwd()) / spec.pricing_file
@@ -139,6 +164,13 @@ def economics_settings(
         pricing_file=pricing_file,
         data_preparation_cost=spec.data_preparation_cost if spec is not None else DATA_PREPARATION_COST,
         team_size=team_size if team_size is not None else (spec.team_size if spec is not None else None),
+        vector_db=vector_db or (spec.vector_db if spec is not None else "embedded"),
+        vector_db_per_month=vector_db_per_month
+        if vector_db_per_month is not None
+        else (spec.vector_db_per_month if spec is not None else None),
+        embedding_per_million_tokens=embedding_per_million_tokens
+        if embedding_per_million_tokens is not None
+        else (spec.embedding_per_million_tokens if spec is not None else 0.0),
         **costs,
     )
 

@@ -94,21 +94,46 @@ def run(
     _run(spec, from_stage, only, as_json, learning_curve)
 
 
+DEMO_TASKS = ("support", "knowledge")
+
+
 @app.command(
-    help="The built-in demo: a support-ticket task (ticket in, JSON with category, priority and reference out) "
-    "run through the whole pipeline on the embedded SmolLM2-135M-Instruct.\n\nExample: tunewise demo --dir demo-project"
+    help="The built-in demo, run through the whole pipeline on the embedded SmolLM2-135M-Instruct. --task support "
+    "(the default): support tickets in, JSON with category, priority and reference out. --task knowledge: questions "
+    "about a fictional company's documents, answered closed-book and with retrieval (zero-shot, rag, fine-tuned, "
+    "rag+fine-tuned side by side).\n\nExample: tunewise demo --dir demo-project\n\n"
+    "Also: tunewise demo --task knowledge --dir knowledge-demo"
 )
 def demo(
-    folder: Path = typer.Option(Path("demo-project"), "--dir", help="Where to create the demo project."),
+    folder: Path = typer.Option(
+        None, "--dir", help="Where to create the demo project (default: demo-project, or knowledge-demo)."
+    ),
+    task: str = typer.Option(
+        "support", "--task", help="support (tickets to JSON) or knowledge (questions on documents)."
+    ),
     fresh: bool = typer.Option(False, "--fresh", help="Delete the folder's earlier state first."),
     as_json: bool = typer.Option(False, "--json", help="Print the stages and the verdict as JSON."),
 ) -> None:
     import shutil
 
-    from tunewise.data.demo import write_demo_project
+    if task not in DEMO_TASKS:
+        from tunewise.errors import nearest
 
+        guess = nearest(task, list(DEMO_TASKS))
+        raise TunewiseError(
+            f"unknown demo task '{task}'" + (f" (did you mean '{guess}'?)" if guess else ""),
+            hint="tunewise demo --task support, or --task knowledge",
+        )
+    folder = folder or Path("knowledge-demo" if task == "knowledge" else "demo-project")
     if fresh and folder.exists():
         shutil.rmtree(folder)
-    write_demo_project(folder)
+    if task == "knowledge":
+        from tunewise.data.demo_knowledge import write_knowledge_project
+
+        write_knowledge_project(folder)
+    else:
+        from tunewise.data.demo import write_demo_project
+
+        write_demo_project(folder)
     err.print(f"demo project: {folder.resolve()}", highlight=False)
     _run(folder / "tunewise.yaml", None, None, as_json)

@@ -801,20 +801,18 @@ class Pipeline:
         return economics_settings(self.spec.economics, self.project.root)
 
     def _run_economics(self) -> EconomicsOutput:
-        from tunewise.economics.plan import ArmTokens, cost_report
+        from tunewise.economics.plan import arm_tokens, corpus_tokens, cost_report
         from tunewise.economics.plot import plot_sweep
 
         summary = self.outputs["evaluate"].summary()
         if summary is None:
             return EconomicsOutput(skipped="nothing was evaluated")
-        arms = [
-            ArmTokens(a.name, a.kind, a.prompt_tokens or 0.0, a.completion_tokens or 0.0, pricing=a.pricing)
-            for a in summary.arms
-        ]
+        arms = arm_tokens(summary)  # rag arms also get their passages' extra tokens
         data = json.loads(self.outputs["data"].report_path.read_text())
         tokens = (data.get("stats") or {}).get("tokens") or {}
         run = self.outputs["train"].result
         econ = self._economics()
+        econ = econ.model_copy(update={"corpus_tokens": corpus_tokens(summary)})
         try:
             report = cost_report(
                 econ.cost_request(
