@@ -224,3 +224,30 @@ def test_passages_count_as_input_for_unsupported_content():
         {"type": "text"},
     )[0]
     assert closed["unsupported"] is True and rag["unsupported"] is False
+
+
+# --- training with passages -----------------------------------------------------------------------------
+
+
+def test_training_prompts_carry_the_passages_and_train_only_the_reply():
+    from tunewise.models.loading import load_tokenizer
+    from tunewise.train.data import tokenize_example, with_retrieved_passages
+
+    tok = load_tokenizer("tiny:random")
+    retriever = FixedRetriever({"Who founded it?": [Passage("f.md", 0, "Ada Quill founded Zorblat.", 1.0)]})
+    cache = PassageCache(retriever, k=4)
+    examples = [
+        _ex("Who founded it?", "Ada Quill"),
+        _ex("Who founded it?", "Ada Quill"),
+        {"messages": [{"role": "assistant", "content": "no question"}]},
+    ]
+    out = with_retrieved_passages(examples, cache)
+    assert retriever.calls == [("Who founded it?", 4)]  # once per distinct question
+    assert out[2] == examples[2] and examples[0]["messages"][0]["content"] == "Who founded it?"
+    # the same layout the rag arms are asked with
+    assert out[0]["messages"][:1] == with_passages(examples[0]["messages"][:1], cache("Who founded it?"))
+    closed = tokenize_example(tok, examples[0]["messages"])
+    rag = tokenize_example(tok, out[0]["messages"])
+    trained = lambda e: [t for t, m in zip(e.input_ids, e.mask, strict=True) if m]  # noqa: E731
+    assert trained(rag) == trained(closed) and len(rag) > len(closed) + 8
+    assert "Ada Quill founded Zorblat." in tok.decode(rag.input_ids)

@@ -22,6 +22,7 @@ accuracy to the run's key figures (`tunewise runs`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -130,10 +131,21 @@ def load_fine_tuned(project: Project, run: str, base: str | None = None) -> tupl
         model = load_model(str(tuned.folder))
     model.eval()
     run_dir = str(tuned.run_dir) if tuned.run_dir is not None else None
+    # A run trained with passages in its prompts (the pipeline's rag+fine-tuned run) says so beside its weights.
+    retrieval = tuned.run_dir / "retrieval.json" if tuned.run_dir is not None else None
+    trained_with = (
+        json.loads(retrieval.read_text()) if retrieval is not None and retrieval.is_file() else None
+    )
     return (
         model,
         tokenizer,
-        {"run_id": tuned.name, "run_dir": run_dir, "base": tuned.base, "folder": str(tuned.folder)},
+        {
+            "run_id": tuned.name,
+            "run_dir": run_dir,
+            "base": tuned.base,
+            "folder": str(tuned.folder),
+            "trained_with_retrieval": trained_with,
+        },
     )
 
 
@@ -255,7 +267,7 @@ def run_evaluation(
         run = record.run
         run_id, run_dir = run.id, run.path
         base_engine = None
-        tuned: dict[str, tuple[Any, str]] = {}  # training run -> (engine, run id): each loaded once
+        tuned: dict[str, tuple[Any, str, Any]] = {}  # run -> (engine, run id, its retrieval): loaded once
         for name in arms:
             # `few-shot+scored` is the few-shot prompt, answered by label scoring (see the module docstring).
             arm, variant = (name, None) if name in endpoints else split_arm(name)
@@ -264,9 +276,13 @@ def run_evaluation(
                 assert ref is not None
                 if ref not in tuned:
                     model, tok, info = load_fine_tuned(project, ref, base)
-                    tuned[ref] = (LocalEngine(model, tok), info["run_id"])
-                engine, tuned_run = tuned[ref]
+                    tuned[ref] = (LocalEngine(model, tok), info["run_id"], info.get("trained_with_retrieval"))
+                engine, tuned_run, trained_with = tuned[ref]
                 arm_info[name] = {"kind": "fine-tuned", "constrained": False, "run": tuned_run}
+                if arm == RAG_TUNED_ARM:
+                    arm_info[name]["trained_with_retrieval"] = trained_with
+                    if trained_with is None:
+                        say(f"{name}: run {tuned_run} was trained without passages; it is asked with them")
             elif arm in endpoints:
                 engine = _endpoint_engine(endpoints[arm])
                 name = arm

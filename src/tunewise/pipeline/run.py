@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from tunewise import __version__
 from tunewise.economics.settings import Economics, economics_settings
 from tunewise.errors import TunewiseError
-from tunewise.evaluate.arms import is_tuned_arm
+from tunewise.evaluate.arms import is_rag_arm, is_tuned_arm
 from tunewise.fileio import atomic_write_text, sha256_file
 from tunewise.outputs import (
     STAGE_OUTPUTS,
@@ -342,6 +342,12 @@ class Pipeline:
             "hyperparameters": s.hyperparameters.model_dump(),
             "seed": s.data.seed,
             "wanted": bool(self._tuned_arms()),
+            # rag+fine-tuned trains a second run with passages in its prompts (see _run_train)
+            **(
+                {"knowledge": s.knowledge.model_dump() if s.knowledge else None}
+                if any(is_rag_arm(a) for a in self._tuned_arms())
+                else {}
+            ),
         }
 
     def _inputs_evaluate(self) -> Any:
@@ -457,12 +463,63 @@ class Pipeline:
         )
 
     def _run_train(self) -> TrainOutput:
+        """The fine-tuned arms' training: closed-book for `fine-tuned`, with the retrieved passages in every
+        training prompt for `rag+fine-tuned` (so the model learns to answer from context); both runs when both
+        arms are asked, each evaluated with its own arm. Without a closed-book arm the rag run is the run."""
+        tuned = self._tuned_arms()
+        if not tuned:
+            return TrainOutput(skipped="fine-tuned is not in evaluation.arms")
+        fit, validation = self._carve_validation(self.spec.hyperparameters.validation_fraction)
+        closed = self._train_run(fit, validation) if any(not is_rag_arm(a) for a in tuned) else None
+        rag = None
+        if any(is_rag_arm(a) for a in tuned):
+            self.say("  training with retrieved passages in the prompts (the rag+fine-tuned arm)")
+            rag = self._train_with_passages(fit, validation)
+        result = closed or rag
+        assert result is not None
+        return TrainOutput(
+            run_id=result.run_id,
+            run_dir=result.run_dir,
+            output_path=result.output,
+            fit=fit,
+            validation=validation,
+            result=TrainingRun.model_validate(result.to_dict()),
+            rag_run_id=rag.run_id if rag is not None else None,
+        )
+
+    def _train_with_passages(self, fit: DatasetPart, validation: DatasetPart | None) -> Any:
+        """Train on copies of `fit` and `validation` whose prompts carry the passages retrieved for each
+        question (`train.data.with_retrieved_passages`); the run folder's retrieval.json names the index."""
+        from tunewise.data.load import load_examples
+        from tunewise.data.versions import save_version
+        from tunewise.evaluate.knowledge import PassageCache, open_knowledge
+        from tunewise.train.data import with_retrieved_passages
+
+        assert self.spec.knowledge is not None  # the spec refuses a rag arm without it
+        cache = PassageCache(
+            open_knowledge(self.spec, self.project.root, self.project.state_dir), self.spec.knowledge.top_k
+        )
+        retrieval = {"index": cache.version, "top_k": cache.k, "retriever": self.spec.knowledge.retriever}
+        parts: list[DatasetPart | None] = []
+        for name, part in (("fit-rag", fit), ("validation-rag", validation)):
+            if part is None or part.path is None:
+                parts.append(None)
+                continue
+            examples = with_retrieved_passages(load_examples(part.path), cache)
+            vid, path, _ = save_version(
+                self.project, name, examples, [str(part.path)], {"examples": len(examples), **retrieval}
+            )
+            parts.append(DatasetPart(version=vid, examples=len(examples), path=path))
+        assert parts[0] is not None
+        result = self._train_run(parts[0], parts[1])
+        atomic_write_text(Path(result.run_dir) / "retrieval.json", json.dumps(retrieval, indent=2) + "\n")
+        return result
+
+    def _train_run(self, fit: DatasetPart, validation: DatasetPart | None) -> Any:
+        """One training run on `fit` (validation picks the weights kept); an interrupted one is resumed."""
         from tunewise.train.config import TrainConfig
         from tunewise.train.loop import run as train_run
 
-        if not self._tuned_arms():
-            return TrainOutput(skipped="fine-tuned is not in evaluation.arms")
-        fit, validation = self._carve_validation(self.spec.hyperparameters.validation_fraction)
         config = TrainConfig.from_spec(
             self.spec,
             data=[str(fit.path)],
@@ -486,14 +543,7 @@ class Pipeline:
                 f"training run {result.run_id} {result.status}: {result.error}",
                 hint=f"see {result.run_dir}/result.json",
             )
-        return TrainOutput(
-            run_id=result.run_id,
-            run_dir=result.run_dir,
-            output_path=result.output,
-            fit=fit,
-            validation=validation,
-            result=TrainingRun.model_validate(result.to_dict()),
-        )
+        return result
 
     def _carve_validation(self, fraction: float) -> tuple[DatasetPart, DatasetPart | None]:
         """Hold `fraction` of the training split out of training as the validation set (at most
@@ -564,6 +614,7 @@ class Pipeline:
                 held,
                 self._tuned_arms(),
                 fine_tuned_run=train.run_id,
+                rag_fine_tuned_run=train.rag_run_id,
                 dataset_version=self.outputs["split"].eval.version,
                 narrate=self.say,
                 seed=self.spec.data.seed,
