@@ -58,6 +58,7 @@ COMMAND_MODULES = (
     "tunewise.commands",  # init
     "tunewise.pipeline.cli",  # demo, run
     "tunewise.data.cli",  # data check/split/versions/convert
+    "tunewise.rag.cli",  # knowledge check/index/search
     "tunewise.train.cli",  # train
     "tunewise.evaluate.cli",  # eval
     "tunewise.economics.cli",  # cost, pricing

@@ -248,6 +248,15 @@ class KnowledgeSpec(_Strict):
         default="hybrid",
         description="hybrid: BM25 and dense embeddings fused by reciprocal rank; bm25 or dense alone.",
     )
+    vector_store: Literal["faiss", "qdrant"] = Field(
+        default="faiss",
+        description="Where the dense embeddings are searched: faiss (embedded, in the state folder) or qdrant.",
+    )
+    qdrant_url: str | None = Field(
+        default=None,
+        description="The Qdrant server (http://host:6333) when vector_store is qdrant; ':memory:' runs one "
+        "in-process. Its API key, if any, is read from QDRANT_API_KEY.",
+    )
 
     @field_validator("docs", mode="before")
     @classmethod
@@ -255,10 +264,14 @@ class KnowledgeSpec(_Strict):
         return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
-    def _overlap_fits(self) -> KnowledgeSpec:
+    def _settings_fit(self) -> KnowledgeSpec:
         if self.overlap >= self.chunk_tokens:
             raise ValueError(
                 f"knowledge.overlap ({self.overlap}) must be smaller than knowledge.chunk_tokens ({self.chunk_tokens})"
+            )
+        if self.vector_store == "qdrant" and not self.qdrant_url:
+            raise ValueError(
+                "knowledge.vector_store is qdrant but knowledge.qdrant_url is missing (e.g. http://localhost:6333)"
             )
         return self
 

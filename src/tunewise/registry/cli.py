@@ -10,9 +10,9 @@ import typer
 from tunewise.cli import app, out, print_json
 from tunewise.errors import TunewiseError, nearest
 
-RUNS_HELP = """List the project's runs, newest first: training, evaluation, pipeline (`tunewise run`) and fine-tuning job runs, with status, start, duration, dataset versions, key figures and folder.
+RUNS_HELP = """List the project's runs, newest first: training, evaluation, pipeline (`tunewise run`), fine-tuning job and retrieval index runs, with status, start, duration, dataset versions, key figures and folder.
 
-Key figures: training: last training loss, held-out (validation) loss, tokens trained on, seconds; evaluation: accuracy per arm; pipeline: the verdict.
+Key figures: training: last training loss, held-out (validation) loss, tokens trained on, seconds; evaluation: accuracy per arm; pipeline: the verdict; index: version, documents, chunks, build seconds.
 
 Example: tunewise runs --kind train --limit 5"""
 
@@ -79,7 +79,7 @@ def _folder(run: Any, root: Path) -> str:
 def runs(
     ctx: typer.Context,
     kind: str | None = typer.Option(
-        None, "--kind", "-k", help="Only runs of this kind: train, eval, pipeline, job."
+        None, "--kind", "-k", help="Only runs of this kind: train, eval, pipeline, job, index."
     ),
     status: str | None = typer.Option(
         None, "--status", "-s", help="Only runs with this status: running, succeeded, failed, cancelled."

@@ -6,6 +6,7 @@ A run is a folder `.tunewise/runs/<id>/` and a row of the registry's `runs` tabl
     eval       `tunewise eval` (evaluate/run.py), and the pipeline's baseline and evaluate stages
     pipeline   `tunewise run`, from its first stage to its last (pipeline/run.py)
     job        a fine-tuning job of the jobs API (serve/runner.py); its id is the job's id
+    index      a build of the retrieval index over the knowledge documents (rag/index.py); reuse records none
 
 The folder holds `config.json` (what the run was asked), the files the run writes (`metrics.jsonl`,
 `records.jsonl`, `summary.json`, ...) and `result.json` (status, error, final numbers), written even when the run
@@ -32,7 +33,7 @@ from tunewise.fileio import append_jsonl, atomic_write_json, atomic_write_jsonl
 from tunewise.project import Project
 from tunewise.registry.db import Registry, utc_now
 
-KINDS = ("train", "eval", "pipeline", "job")
+KINDS = ("train", "eval", "pipeline", "job", "index")
 STATUSES = ("running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
 SHOWN_MATCHES = 10  # ids listed when a prefix is ambiguous
@@ -411,8 +412,14 @@ def describe_figures(kind: str, figures: Mapping[str, Any]) -> str:
     'verdict: keep prompting'
     >>> describe_figures("pipeline", {"verdict": None, "stages": {"data": "ran"}})
     'no verdict'
+    >>> describe_figures("index", {"version": "0a1b2c3d4e5f6a7b", "documents": 92, "chunks": 2410,
+    ...                            "seconds": 95.2})
+    'version 0a1b2c3d4e5f6a7b, 92 documents, 2,410 chunks, 95 s'
     """
     parts: list[str] = []
+    if kind == "index":
+        parts += [f"version {figures['version']}"] if "version" in figures else []
+        parts += [f"{figures[k]:,} {k}" for k in ("documents", "chunks") if k in figures]
     if "train_loss" in figures:
         parts.append(f"loss {figures['train_loss']:.3f}")
     if "validation_loss" in figures:
