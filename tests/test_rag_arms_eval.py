@@ -153,3 +153,31 @@ def test_rag_fine_tuned_reads_the_same_passages_without_a_system_prompt(tmp_path
         "Answer the question using the passages below.\n\n[1] founders.md"
     )
     assert result.summary["arm_info"]["rag+fine-tuned"]["retrieval"]["index"] == "idx-fixed"
+
+
+def test_eval_with_the_real_index_retrieves_the_gold_document(tmp_path, run_cli):
+    """The rag arm over the project's own documents (BM25 index, built on first use): the passage that holds the
+    answer is in the prompt, so recall@k is 1 and the records name the gold document first."""
+    root = tmp_path / "p"
+    _write_project(root)
+    (root / "docs" / "founders.md").write_text(
+        "# Founders\n\nThe company was founded by Ada Quill in a barn.\n"
+    )
+    (root / "docs" / "office.md").write_text("# Office\n\nZorblat is in Port Vell, behind the harbour.\n")
+    (root / "docs" / "menu.md").write_text("# Menu\n\nThe canteen serves soup on Fridays.\n")
+    (root / "tunewise.yaml").write_text(
+        SPEC.replace(
+            "knowledge: {docs: docs, top_k: 2}", "knowledge: {docs: docs, top_k: 2, retriever: bm25}"
+        )
+    )
+    code, out, err = run_cli("eval", "--arms", "rag", "--samples", "1", "--json", cwd=root)
+    assert code == 0, err
+    rag = json.loads(out)["arms"][0]
+    assert rag["recall_at_k"]["value"] == 1.0 and rag["mrr"]["value"] == 1.0
+    assert rag["retrieval"]["retriever"] == "bm25" and rag["retrieval"]["index"]
+    records = [
+        json.loads(line)
+        for line in next((root / ".tunewise" / "runs").glob("eval-*/records.jsonl")).read_text().splitlines()
+    ]
+    assert [r["passages"][0]["doc"] for r in records] == ["founders.md", "office.md"]
+    assert "Ada Quill" in records[0]["passages"][0]["text"]
