@@ -181,3 +181,35 @@ def test_eval_with_the_real_index_retrieves_the_gold_document(tmp_path, run_cli)
     ]
     assert [r["passages"][0]["doc"] for r in records] == ["founders.md", "office.md"]
     assert "Ada Quill" in records[0]["passages"][0]["text"]
+
+
+def test_train_with_passages_reads_copies_that_carry_them(tmp_path, run_cli, monkeypatch):
+    """`tunewise train --with-passages` trains on recorded copies of the data whose prompts hold the passages."""
+    from tunewise.evaluate import knowledge
+
+    root = tmp_path / "p"
+    _write_project(root)
+    retriever = FixedRetriever()
+    for i in range(4):
+        monkeypatch.setitem(PASSAGES, f"q{i}", [Passage("founders.md", i, f"passage {i}", 1.0)])
+    monkeypatch.setattr(knowledge, "open_knowledge", lambda spec, root, state_dir=None: retriever)
+    code, out, err = run_cli("train", "--with-passages", "--dry-run", "--json", cwd=root)
+    assert code == 0, err
+    assert sorted(set(retriever.calls)) == [
+        "Where is Zorblat?",
+        "Who founded Zorblat?",
+        "q0",
+        "q1",
+        "q2",
+        "q3",
+    ]
+    copies = sorted((root / ".tunewise").rglob("train-rag.jsonl"))
+    assert len(copies) == 1
+    first = json.loads(copies[0].read_text().splitlines()[0])["messages"]
+    assert first[0]["content"].endswith("[1] founders.md\npassage 0\n\nQuestion: q0")
+    assert first[1] == {"role": "assistant", "content": "a0"}
+    (root / "tunewise.yaml").write_text(
+        SPEC.replace("knowledge: {docs: docs, top_k: 2}\n", "").replace(", rag]", "]")
+    )
+    code, _, err = run_cli("train", "--with-passages", "--dry-run", cwd=root)
+    assert code == 1 and "--with-passages needs the spec's knowledge section" in err
