@@ -322,11 +322,22 @@ class Pipeline:
         """The fine-tuned arm and any variant of it the spec names (`fine-tuned+scored`)."""
         return [a for a in self.spec.evaluation.arms if is_tuned_arm(a)]
 
+    def _knowledge(self) -> Any:
+        """The knowledge settings and every document's content: a changed document redoes the rag arms."""
+        from tunewise.rag.ingest import resolve
+
+        k = self.spec.knowledge
+        if k is None:
+            return None
+        found, _ = resolve(k.docs, self.project.root)
+        return {"settings": k.model_dump(), "docs": {name: sha256_file(path) for name, path in found}}
+
     def _inputs_baseline(self) -> Any:
         s = self.spec
         return {
             "split": self._made("split"),
             "arms": self._arms(),
+            **({"knowledge": self._knowledge()} if any(is_rag_arm(a) for a in self._arms()) else {}),
             "system_prompt": s.system_prompt,
             "contract": s.contract.model_dump(by_alias=True),
             "evaluation": s.evaluation.model_dump(),
@@ -343,11 +354,7 @@ class Pipeline:
             "seed": s.data.seed,
             "wanted": bool(self._tuned_arms()),
             # rag+fine-tuned trains a second run with passages in its prompts (see _run_train)
-            **(
-                {"knowledge": s.knowledge.model_dump() if s.knowledge else None}
-                if any(is_rag_arm(a) for a in self._tuned_arms())
-                else {}
-            ),
+            **({"knowledge": self._knowledge()} if any(is_rag_arm(a) for a in self._tuned_arms()) else {}),
         }
 
     def _inputs_evaluate(self) -> Any:
