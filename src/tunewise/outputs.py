@@ -316,6 +316,7 @@ class TrainOutput(StageOutput):
     fit: DatasetPart | None = None
     validation: DatasetPart | None = None
     result: TrainingRun | None = None
+    rag_run_id: str | None = None  # the run trained with retrieved passages, for rag+fine-tuned
 
 
 class EvaluateOutput(StageOutput):

@@ -335,8 +335,23 @@ class Hyperparameters(_Strict):
     keep_best: bool = True
 
 
-BUILTIN_ARMS = ("zero-shot", "few-shot", "retrieved", "fine-tuned")
+BUILTIN_ARMS = ("zero-shot", "few-shot", "retrieved", "fine-tuned", "rag", "rag+fine-tuned")
 ARM_VARIANTS = ("scored", "constrained")  # label scoring; schema-constrained decoding (evaluate/constrain.py)
+# The arms that put passages retrieved from the `knowledge` documents in the prompt (evaluate/knowledge.py).
+RAG_ARMS = ("rag", "rag+fine-tuned")
+
+
+def split_arm_name(arm: str) -> tuple[str, str]:
+    """(base arm, variant or '') of an arm name; `rag+fine-tuned` is one base arm, not rag with a variant.
+
+    >>> split_arm_name("few-shot+scored"), split_arm_name("rag+fine-tuned"), split_arm_name("rag+fine-tuned+scored")
+    (('few-shot', 'scored'), ('rag+fine-tuned', ''), ('rag+fine-tuned', 'scored'))
+    """
+    for compound in ("rag+fine-tuned",):
+        if arm == compound or arm.startswith(compound + "+"):
+            return compound, arm[len(compound) + 1 :]
+    base, _, variant = arm.partition("+")
+    return base, variant
 
 
 class EndpointArm(_Strict):
@@ -360,7 +375,7 @@ class EndpointArm(_Strict):
     @field_validator("name")
     @classmethod
     def _not_builtin(cls, name: str) -> str:
-        if name in {"zero-shot", "few-shot", "retrieved", "fine-tuned"}:
+        if name in BUILTIN_ARMS:
             raise ValueError(f"'{name}' is a built-in arm; give the endpoint its own name")
         return name
 
@@ -381,14 +396,15 @@ class EvaluationSpec(_Strict):
     arms: list[str] = Field(
         default_factory=lambda: ["zero-shot", "few-shot", "retrieved", "fine-tuned"],
         description="Built-in arms, each optionally with a variant: `few-shot+scored` (label contracts), "
-        "`few-shot+constrained` (json and regex).",
+        "`few-shot+constrained` (json and regex). `rag` and `rag+fine-tuned` put passages retrieved from the "
+        "`knowledge` documents in the prompt.",
     )
 
     @field_validator("arms")
     @classmethod
     def _known_arms(cls, arms: list[str]) -> list[str]:
         for arm in arms:
-            base, _, variant = arm.partition("+")
+            base, variant = split_arm_name(arm)
             if base not in BUILTIN_ARMS:
                 guess = nearest(base, list(BUILTIN_ARMS))
                 tip = f" (did you mean '{guess}'?)" if guess else f" (arms: {', '.join(BUILTIN_ARMS)})"
@@ -516,12 +532,22 @@ class Spec(_Strict):
     def _variants_fit_the_contract(self) -> Spec:
         fits = {"label": "scored", "json": "constrained", "regex": "constrained"}.get(self.contract.type)
         for arm in self.evaluation.arms:
-            variant = arm.partition("+")[2]
+            variant = split_arm_name(arm)[1]
             if variant and variant != fits:
                 raise ValueError(
                     f"evaluation.arms: '{arm}' does not fit a {self.contract.type} contract"
                     + (f" (use +{fits})" if fits else " (a text contract has no format to enforce)")
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _rag_needs_knowledge(self) -> Spec:
+        rag = [a for a in self.evaluation.arms if split_arm_name(a)[0] in RAG_ARMS]
+        if rag and self.knowledge is None:
+            raise ValueError(
+                f"evaluation.arms: '{rag[0]}' retrieves from documents but the spec has no knowledge section "
+                "(add `knowledge: {docs: FOLDER}`)"
+            )
         return self
 
     @model_validator(mode="after")

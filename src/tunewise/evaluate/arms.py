@@ -7,6 +7,8 @@ Every arm gets a fair chance, or the verdict is worthless:
   and bounded by a token budget; by default 5 to 10 of them (`few_shot_k`);
 - retrieved examples are the k training inputs nearest to the query by BM25, never the query itself.
 The fine-tuned arm is prompted exactly as its training examples were: no long instructions.
+The rag arms are the zero-shot and fine-tuned prompts with the retrieved passages put in the question's
+message (`evaluate.knowledge.with_passages`).
 """
 
 from __future__ import annotations
@@ -23,20 +25,42 @@ from typing import Any
 from tunewise.data.formats import completion
 from tunewise.spec import JsonContract, LabelContract, RegexContract, Spec
 
-PROMPTED_ARMS = ("zero-shot", "few-shot", "retrieved")
+PROMPTED_ARMS = ("zero-shot", "few-shot", "retrieved", "rag")
 TUNED_ARM = "fine-tuned"
+RAG_TUNED_ARM = "rag+fine-tuned"  # the fine-tuned model with retrieved passages in its prompt
+
+
+def base_arm(name: str) -> str:
+    """An arm name without its variant and training run: `rag+fine-tuned+scored:RUN` -> `rag+fine-tuned`.
+
+    >>> base_arm("few-shot+scored"), base_arm("fine-tuned:train-1"), base_arm("rag+fine-tuned:train-2")
+    ('few-shot', 'fine-tuned', 'rag+fine-tuned')
+    """
+    from tunewise.spec import split_arm_name
+
+    return split_arm_name(name.split(":", 1)[0])[0]
 
 
 def is_tuned_arm(name: str) -> bool:
-    """Whether an arm name means the fine-tuned model: `fine-tuned`, a variant of it (`fine-tuned+scored`),
-    either naming its training run (`fine-tuned:RUN`). An endpoint called `fine-tuned-gpt` is not one.
+    """Whether an arm name means a fine-tuned model: `fine-tuned` or `rag+fine-tuned`, a variant of either
+    (`fine-tuned+scored`), either naming its training run (`fine-tuned:RUN`). An endpoint called
+    `fine-tuned-gpt` is not one.
 
-    >>> [is_tuned_arm(a) for a in ("fine-tuned", "fine-tuned+scored", "fine-tuned+scored:train-1")]
-    [True, True, True]
-    >>> [is_tuned_arm(a) for a in ("few-shot", "few-shot+scored", "fine-tuned-gpt", "my-fine-tuned")]
-    [False, False, False, False]
+    >>> [is_tuned_arm(a) for a in ("fine-tuned", "fine-tuned+scored", "fine-tuned+scored:train-1", "rag+fine-tuned")]
+    [True, True, True, True]
+    >>> [is_tuned_arm(a) for a in ("few-shot", "few-shot+scored", "fine-tuned-gpt", "my-fine-tuned", "rag")]
+    [False, False, False, False, False]
     """
-    return re.split(r"[+:]", name, maxsplit=1)[0] == TUNED_ARM
+    return base_arm(name) in (TUNED_ARM, RAG_TUNED_ARM)
+
+
+def is_rag_arm(name: str) -> bool:
+    """Whether an arm puts retrieved passages in its prompt: `rag`, `rag+fine-tuned` and their variants.
+
+    >>> [is_rag_arm(a) for a in ("rag", "rag+scored", "rag+fine-tuned:train-1", "retrieved", "fine-tuned")]
+    [True, True, True, False, False]
+    """
+    return base_arm(name) in ("rag", RAG_TUNED_ARM)
 
 
 def contract_instruction(spec: Spec) -> str:
@@ -200,6 +224,9 @@ def build_prompters(
         ),
         # The fine-tuned model saw no system prompt in training: ask it the same way.
         "fine-tuned": ArmPrompter("fine-tuned", None, []),
+        # The rag arms: these messages with the question's passages put in (`knowledge.with_passages`).
+        "rag": ArmPrompter("rag", system, []),
+        RAG_TUNED_ARM: ArmPrompter(RAG_TUNED_ARM, None, []),
     }
     return prompters
 

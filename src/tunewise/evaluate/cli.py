@@ -46,14 +46,40 @@ def render_arms(summary: dict) -> None:
             f"{arm['completion_tokens']:.1f}" if arm.get("completion_tokens") is not None else "-",
         )
     out.print(table)
+    knowledge = [a for a in summary["arms"] if a.get("exact_match") or a.get("recall_at_k")]
+    if knowledge:
+        render_knowledge(summary["task"], knowledge)
+
+
+def render_knowledge(task: str, arms: list[dict]) -> None:
+    """Short-answer and retrieval measures (knowledge tasks): exact match, token F1, groundedness, recall@k, MRR."""
+    from rich.table import Table
+
+    table = Table(title=f"{task}: answers and retrieval (95% intervals)")
+    for column in ("arm", "exact match", "token F1", "grounded", "recall@k", "MRR"):
+        table.add_column(column, justify="left" if column == "arm" else "right")
+    for arm in arms:
+        k = arm.get("k")
+        recall = _interval(arm.get("recall_at_k"))
+        table.add_row(
+            arm["name"],
+            _interval(arm.get("exact_match")),
+            _interval(arm.get("token_f1")),
+            _interval(arm.get("grounded_rate")),
+            f"{recall} (k={k})" if arm.get("recall_at_k") else "-",
+            _interval(arm.get("mrr")),
+        )
+    out.print(table)
 
 
 @app.command(
     name="eval",
-    help="Evaluate arms on the held-out split: zero-shot, few-shot, retrieved, fine-tuned:RUN, and the\n"
+    help="Evaluate arms on the held-out split: zero-shot, few-shot, retrieved, fine-tuned:RUN, rag,\n"
+    "rag+fine-tuned:RUN (passages from the spec's knowledge documents in the prompt), and the\n"
     "OpenAI-compatible endpoints named in evaluation.endpoints.\n\n"
     "Examples:\n\n"
     "  tunewise eval --arms zero-shot,few-shot,fine-tuned:train-20261129-0623 --limit 50\n\n"
+    "  tunewise eval --arms zero-shot,rag,rag+fine-tuned:train-20261130-0912\n\n"
     "  tunewise eval --arms few-shot,gpt-4o   (gpt-4o: an endpoint in tunewise.yaml)",
 )
 def eval_command(
@@ -61,7 +87,7 @@ def eval_command(
         None,
         "--arms",
         help="Comma-separated arms; fine-tuned:RUN names a training run, fine-tuned:PATH a PEFT adapter folder "
-        "trained anywhere; an endpoint by its name; ARM+scored (label contracts) or ARM+constrained (json, "
+        "trained anywhere; rag+fine-tuned:RUN the run (trained with passages) the rag arm fine-tuned uses; an endpoint by its name; ARM+scored (label contracts) or ARM+constrained (json, "
         "regex) a variant that meets the contract by construction (evaluation.constrained: auto runs each "
         "prompted arm's beside it). "
         "Default: the spec's prompted arms and endpoints.",
@@ -76,7 +102,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     from tunewise.data.load import load_spec_split
-    from tunewise.evaluate.arms import is_tuned_arm
+    from tunewise.evaluate.arms import is_rag_arm, is_tuned_arm
     from tunewise.evaluate.run import run_evaluation
     from tunewise.project import find_project
     from tunewise.spec import load_spec
@@ -92,10 +118,14 @@ def eval_command(
             [a for a in spec.evaluation.arms if not is_tuned_arm(a)]
             + [e.name for e in spec.evaluation.endpoints]
         )
-    names, run = [], None
+    names, run, rag_run = [], None, None
     for item in (a.strip() for a in arms.split(",") if a.strip()):
-        if is_tuned_arm(item) and ":" in item:  # fine-tuned:RUN, fine-tuned+scored:RUN
-            arm, run = item.split(":", 1)
+        if is_tuned_arm(item) and ":" in item:  # fine-tuned:RUN, fine-tuned+scored:RUN, rag+fine-tuned:RUN
+            arm, ref = item.split(":", 1)
+            if is_rag_arm(arm):
+                rag_run = ref
+            else:
+                run = ref
             names.append(arm)
         elif is_tuned_arm(item):
             raise TunewiseError(
@@ -112,6 +142,7 @@ def eval_command(
         held,
         names,
         fine_tuned_run=run,
+        rag_fine_tuned_run=rag_run,
         narrate=lambda m: err.print(m, highlight=False, markup=False),
         seed=spec.data.seed,
     )

@@ -75,12 +75,14 @@ def variant_for_contract(contract: Any) -> str | None:
 
 
 def split_arm(name: str) -> tuple[str, str | None]:
-    """('few-shot', 'scored') for 'few-shot+scored'; (name, None) for a free arm.
+    """('few-shot', 'scored') for 'few-shot+scored'; (name, None) for a free arm; `rag+fine-tuned` is one arm.
 
-    >>> split_arm("few-shot+constrained"), split_arm("zero-shot")
-    (('few-shot', 'constrained'), ('zero-shot', None))
+    >>> split_arm("few-shot+constrained"), split_arm("zero-shot"), split_arm("rag+fine-tuned")
+    (('few-shot', 'constrained'), ('zero-shot', None), ('rag+fine-tuned', None))
     """
-    base, _, variant = name.partition("+")
+    from tunewise.spec import split_arm_name
+
+    base, variant = split_arm_name(name)
     return base, (variant or None)
 
 

@@ -2,6 +2,9 @@
 
     zero-shot / few-shot / retrieved   the base model, prompted (evaluate/arms.py)
     fine-tuned                         a training run's adapter merged into the base (or its full model)
+    rag / rag+fine-tuned               the zero-shot / fine-tuned prompt with the top_k passages retrieved from
+                                       the spec's knowledge documents (evaluate/knowledge.py); retrieval runs
+                                       once per held-out question and every rag arm reads the same passages
 
 Each arm answers every held-out example once, greedily (the scored answer), and `consistency_samples` more
 times at `temperature` (the consistency rate).
@@ -19,6 +22,7 @@ accuracy to the run's key figures (`tunewise runs`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -27,7 +31,14 @@ from typing import Any
 
 from tunewise.data.formats import completion
 from tunewise.errors import TunewiseError
-from tunewise.evaluate.arms import PROMPTED_ARMS, build_prompters, query_messages
+from tunewise.evaluate.arms import (
+    PROMPTED_ARMS,
+    RAG_TUNED_ARM,
+    build_prompters,
+    is_rag_arm,
+    is_tuned_arm,
+    query_messages,
+)
 from tunewise.evaluate.constrain import (
     CONSTRAINED,
     SCORED,
@@ -80,12 +91,12 @@ def plan_arms(
     """
     allowed = variant_for_contract(contract)
     local = [a for a in arms if a not in endpoints]
-    unknown = [a for a in local if split_arm(a)[0] not in (*PROMPTED_ARMS, "fine-tuned")]
+    unknown = [a for a in local if split_arm(a)[0] not in (*PROMPTED_ARMS, "fine-tuned", RAG_TUNED_ARM)]
     if unknown:
         raise TunewiseError(
             f"unknown arm(s): {', '.join(unknown)}",
-            hint="use zero-shot, few-shot, retrieved, fine-tuned (optionally +scored for a label contract, "
-            "+constrained for json or regex), or an endpoint named in evaluation.endpoints",
+            hint="use zero-shot, few-shot, retrieved, rag, fine-tuned, rag+fine-tuned (optionally +scored for a "
+            "label contract, +constrained for json or regex), or an endpoint named in evaluation.endpoints",
         )
     bad = [a for a in local if split_arm(a)[1] not in (None, allowed)]
     if bad:
@@ -98,7 +109,7 @@ def plan_arms(
     for arm in arms:
         planned.append(arm)
         base, variant = split_arm(arm)
-        wanted = constrained is True or (constrained == "auto" and base != "fine-tuned")
+        wanted = constrained is True or (constrained == "auto" and not is_tuned_arm(base))
         if arm not in endpoints and variant is None and allowed and wanted:
             planned.append(f"{base}+{allowed}")
     return list(dict.fromkeys(planned))
@@ -120,10 +131,21 @@ def load_fine_tuned(project: Project, run: str, base: str | None = None) -> tupl
         model = load_model(str(tuned.folder))
     model.eval()
     run_dir = str(tuned.run_dir) if tuned.run_dir is not None else None
+    # A run trained with passages in its prompts (the pipeline's rag+fine-tuned run) says so beside its weights.
+    retrieval = tuned.run_dir / "retrieval.json" if tuned.run_dir is not None else None
+    trained_with = (
+        json.loads(retrieval.read_text()) if retrieval is not None and retrieval.is_file() else None
+    )
     return (
         model,
         tokenizer,
-        {"run_id": tuned.name, "run_dir": run_dir, "base": tuned.base, "folder": str(tuned.folder)},
+        {
+            "run_id": tuned.name,
+            "run_dir": run_dir,
+            "base": tuned.base,
+            "folder": str(tuned.folder),
+            "trained_with_retrieval": trained_with,
+        },
     )
 
 
@@ -153,8 +175,22 @@ def run_evaluation(
     dataset_version: str | None = None,
     narrate: Callable[[str], None] | None = None,
     seed: int = 0,
+    retriever: Any | None = None,
+    rag_fine_tuned_run: str | None = None,
 ) -> EvalResult:
+    """Every arm on `held_out`. `fine_tuned_run` is the training run of the fine-tuned arms,
+    `rag_fine_tuned_run` the one of `rag+fine-tuned` when it differs (a run trained with passages; default
+    `fine_tuned_run`). `retriever` (a `tunewise.rag.passages.Retriever`) serves the rag arms; None opens the
+    spec's knowledge index."""
     from tunewise.evaluate.engine import LocalEngine
+    from tunewise.evaluate.knowledge import (
+        PassageCache,
+        meta_for,
+        open_knowledge,
+        passage_records,
+        question_of,
+        with_passages,
+    )
     from tunewise.evaluate.summary import build_summary
     from tunewise.models.loading import load_model, load_tokenizer
     from tunewise.runtime import tune_process
@@ -164,14 +200,29 @@ def run_evaluation(
     say = narrate or log.info
     endpoints = {e.name: e for e in spec.evaluation.endpoints}
     arms = plan_arms(list(arms), spec.contract, spec.evaluation.constrained, endpoints)
-    if any(a not in endpoints and split_arm(a)[0] == "fine-tuned" for a in arms) and not fine_tuned_run:
-        raise TunewiseError(
-            "the fine-tuned arm needs a training run", hint="pass fine-tuned:RUN_ID, or train first"
-        )
+    rag_fine_tuned_run = rag_fine_tuned_run or fine_tuned_run
+    for a in arms:
+        if (
+            a not in endpoints
+            and is_tuned_arm(a)
+            and not (rag_fine_tuned_run if is_rag_arm(a) else fine_tuned_run)
+        ):
+            raise TunewiseError(
+                f"the {split_arm(a)[0]} arm needs a training run",
+                hint=f"pass {split_arm(a)[0]}:RUN_ID, or train first",
+            )
     if spec.evaluation.limit:
         held_out = held_out[: spec.evaluation.limit]
     if not held_out:
         raise TunewiseError("no held-out examples to evaluate on", hint="set data.eval or data.eval_fraction")
+    cache = None
+    if any(a not in endpoints and is_rag_arm(a) for a in arms):
+        if retriever is None:
+            retriever = open_knowledge(spec, project.root, project.state_dir)
+        top_k = spec.knowledge.top_k if spec.knowledge is not None else 4
+        cache = PassageCache(retriever, top_k)
+    # Acceptable answers and gold documents (keys on the examples or sidecar files beside the data).
+    metas = meta_for(held_out, [project.root / p for p in (*spec.data.eval, *spec.data.train)])
     base = spec.model.base
     tokenizer = load_tokenizer(base, spec.model.trust_remote_code)
 
@@ -204,6 +255,8 @@ def run_evaluation(
         "constrained": spec.evaluation.constrained,
         "dataset_version": dataset_version,
         "seed": seed,
+        **({"rag_fine_tuned_run": rag_fine_tuned_run} if rag_fine_tuned_run != fine_tuned_run else {}),
+        **({"index_version": cache.version, "top_k": cache.k} if cache is not None else {}),
     }
     store = RunStore(project)
     records: list[dict[str, Any]] = []
@@ -213,16 +266,23 @@ def run_evaluation(
     with store.recording("eval", config, name=spec.task.name, dataset_versions=[dataset_version]) as record:
         run = record.run
         run_id, run_dir = run.id, run.path
-        base_engine = tuned_engine = tuned_run = None
+        base_engine = None
+        tuned: dict[str, tuple[Any, str, Any]] = {}  # run -> (engine, run id, its retrieval): loaded once
         for name in arms:
             # `few-shot+scored` is the few-shot prompt, answered by label scoring (see the module docstring).
             arm, variant = (name, None) if name in endpoints else split_arm(name)
-            if arm == "fine-tuned":
-                if tuned_engine is None:
-                    model, tok, info = load_fine_tuned(project, fine_tuned_run, base)
-                    tuned_engine, tuned_run = LocalEngine(model, tok), info["run_id"]
-                engine = tuned_engine
+            if arm in ("fine-tuned", RAG_TUNED_ARM):
+                ref = rag_fine_tuned_run if arm == RAG_TUNED_ARM else fine_tuned_run
+                assert ref is not None
+                if ref not in tuned:
+                    model, tok, info = load_fine_tuned(project, ref, base)
+                    tuned[ref] = (LocalEngine(model, tok), info["run_id"], info.get("trained_with_retrieval"))
+                engine, tuned_run, trained_with = tuned[ref]
                 arm_info[name] = {"kind": "fine-tuned", "constrained": False, "run": tuned_run}
+                if arm == RAG_TUNED_ARM:
+                    arm_info[name]["trained_with_retrieval"] = trained_with
+                    if trained_with is None:
+                        say(f"{name}: run {tuned_run} was trained without passages; it is asked with them")
             elif arm in endpoints:
                 engine = _endpoint_engine(endpoints[arm])
                 name = arm
@@ -254,6 +314,15 @@ def run_evaluation(
                 continue
             prompter = prompters[endpoints[arm].prompt if arm in endpoints else arm]
             prompts = [prompter.messages(ex) for ex in held_out]
+            found: list[list[Any]] = [[] for _ in held_out]
+            if cache is not None and arm not in endpoints and is_rag_arm(arm):
+                found = [cache(question_of(ex["messages"])) for ex in held_out]
+                prompts = [with_passages(p, f) for p, f in zip(prompts, found, strict=True)]
+                arm_info[name]["retrieval"] = {
+                    "index": cache.version,
+                    "top_k": cache.k,
+                    "retriever": spec.knowledge.retriever if spec.knowledge is not None else None,
+                }
             if variant == SCORED:
                 how = spec.evaluation.label_scoring
                 say(f"{name}: {len(prompts)} prompts, {len(labels)} labels ranked by likelihood ({how})")
@@ -310,6 +379,15 @@ def run_evaluation(
                         **({"guard_rewinds": rewinds} if (rewinds := getattr(answer, "rewinds", 0)) else {}),
                         **({"guard_refusals": n} if (n := getattr(answer, "refusals", 0)) else {}),
                         **({"label_scores": answer.scores} if variant == SCORED else {}),
+                        **metas[i],
+                        **(
+                            {
+                                "passages": passage_records(found[i]),
+                                "retrieval_ms": cache.latency_ms(question_of(ex["messages"])),
+                            }
+                            if found[i] or (cache is not None and is_rag_arm(name))
+                            else {}
+                        ),
                     }
                 )
                 calls.append(

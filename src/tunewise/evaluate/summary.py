@@ -12,6 +12,12 @@ deterministic it would only dilute disagreement); latency and token fields
 may be None (an endpoint that reports no usage). Optional keys `kind` ("prompted" | "fine-tuned" |
 "endpoint") and `constrained` (bool) describe the arm; `arm_info` passed to `build_summary` wins over them.
 
+Knowledge tasks add optional keys (evaluate/knowledge.py): `answers` (acceptable answers; default the reference),
+`gold_doc` (the document that holds the answer) and, for the rag arms, `passages` (`[{"doc", "chunk", "score",
+"text"}]`, in prompt order) and `retrieval_ms`. A text contract's arms then get exact match and token F1, the rag
+arms groundedness and, with `gold_doc`, recall@k and MRR; a rag arm's passages count as its input for the
+unsupported-content rate.
+
 The summary's shape is `EvalSummary` (see `build_summary`). Every rate carries a 95% interval: Wilson for proportions,
 percentile bootstrap for field F1 and for paired differences. `cost_per_query` is left null for the economics
 stage to fill.
@@ -27,6 +33,7 @@ import numpy as np
 
 from tunewise.errors import TunewiseError
 from tunewise.evaluate.arms import PROMPTED_ARMS, is_tuned_arm
+from tunewise.evaluate.knowledge import exact_match, grounded, reciprocal_rank, token_f1
 from tunewise.evaluate.scorers import as_contract, consistency, label_metrics, score
 from tunewise.evaluate.stats import (
     bootstrap_mean,
@@ -103,6 +110,10 @@ def score_records(records: Iterable[Mapping[str, Any]], contract: Any) -> list[d
                 hint="each record needs id, input, reference, arm and output",
             )
         s = score(record["output"], record["reference"], c)
+        passages = [p["text"] for p in record.get("passages") or []]
+        docs = [p["doc"] for p in record.get("passages") or []]
+        answers = list(record.get("answers") or [record["reference"]])
+        gold = record.get("gold_doc")
         samples = list(record.get("samples") or [])
         agree = consistency(samples, c) if len(samples) >= 2 else None
         row = dict(record)
@@ -120,7 +131,15 @@ def score_records(records: Iterable[Mapping[str, Any]], contract: Any) -> list[d
             consistent_structure=agree.structure if agree else None,
             consistent_answer=agree.answer if agree else None,
             consistent=agree.both if agree else None,
-            unsupported=is_unsupported(record["output"], record["input"], record["reference"], vocabulary),
+            # A rag arm was handed its passages: a value found in them is not made up.
+            unsupported=is_unsupported(
+                record["output"], "\n".join([record["input"], *passages]), record["reference"], vocabulary
+            ),
+            exact_match=exact_match(record["output"], answers) if c.type == "text" else None,
+            token_f1=token_f1(record["output"], answers) if c.type == "text" else None,
+            grounded=grounded(record["output"], passages) if "passages" in record else None,
+            retrieval_hit=(gold in docs) if "passages" in record and gold else None,
+            retrieval_rr=reciprocal_rank(docs, gold) if "passages" in record and gold else None,
         )
         out.append(row)
     return out
@@ -144,6 +163,11 @@ def _latency(values: Iterable[float | None]) -> dict[str, float] | None:
         return None
     p50, p95 = np.percentile(known, [50, 95])  # linear interpolation between order statistics
     return {"p50": float(p50), "p95": float(p95)}
+
+
+def _bootstrap(values: Iterable[float | None], seed: int = 0) -> dict[str, float] | None:
+    known = [float(v) for v in values if v is not None]
+    return {**bootstrap_mean(known, seed=seed).as_dict(), "n": len(known)} if known else None
 
 
 def _ratio(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None, key: str) -> float | None:
@@ -187,6 +211,18 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
             "format_right_answer": sum(1 for r in malformed if r["correct_lenient"]),
             "content": len(wrong) - len(malformed),
         }
+    if contract_type == "text":
+        # Short answers: SQuAD-normalised exact match (Wilson) and token F1 (bootstrap), best over the answers.
+        arm["exact_match"] = _rate([r["exact_match"] for r in rows])
+        arm["token_f1"] = _bootstrap(r["token_f1"] for r in rows)
+    if any("passages" in r for r in rows):
+        # The rag arms: is the answer in the passages (lexical, see evaluate/knowledge.py), did retrieval find
+        # the gold document among the k passages (recall@k), and how high (MRR).
+        arm["grounded_rate"] = _rate([r["grounded"] for r in rows])
+        arm["recall_at_k"] = _rate([r["retrieval_hit"] for r in rows])
+        arm["mrr"] = _bootstrap(r["retrieval_rr"] for r in rows)
+        arm["k"] = max(len(r.get("passages") or []) for r in rows)
+        arm["retrieval_latency_ms"] = _latency(r.get("retrieval_ms") for r in rows)
     if contract_type == "label":
         metrics = label_metrics(
             [r["reference"].strip() for r in rows], [r["answer"] for r in rows], info.get("labels")
@@ -281,6 +317,8 @@ def build_summary(
         name: {r["id"]: r["text_similarity"] for r in rows if r.get("text_similarity") is not None}
         for name, rows in by_arm.items()
     }
+    em = {name: {r["id"]: r["exact_match"] for r in rows} for name, rows in by_arm.items()}
+    f1 = {name: {r["id"]: r["token_f1"] for r in rows} for name, rows in by_arm.items()}
     by_name = {arm["name"]: arm for arm in arms}
     paired = []
     for a, b in itertools.permutations(by_arm, 2):
@@ -298,8 +336,20 @@ def build_summary(
             if both
             else None
         )
+        knowledge: dict[str, Any] = {}
+        if c.type == "text":
+            ea, eb = [float(em[a][i]) for i in common], [float(em[b][i]) for i in common]
+            knowledge = {
+                # Exact match and token F1 of a minus b, paired bootstrap; McNemar on exact match.
+                "exact_match_diff": bootstrap_paired_difference(ea, eb, seed=seed).as_dict(),
+                "exact_match_mcnemar_p": mcnemar_exact(ea, eb),
+                "token_f1_diff": bootstrap_paired_difference(
+                    [f1[a][i] for i in common], [f1[b][i] for i in common], seed=seed
+                ).as_dict(),
+            }
         paired.append(
             {
+                **knowledge,
                 "a": a,
                 "b": b,
                 "metric": "accuracy",

@@ -41,7 +41,7 @@ from pydantic import ValidationError
 from tunewise import __version__
 from tunewise.economics.settings import Economics, economics_settings
 from tunewise.errors import TunewiseError
-from tunewise.evaluate.arms import is_tuned_arm
+from tunewise.evaluate.arms import is_rag_arm, is_tuned_arm
 from tunewise.fileio import atomic_write_text, sha256_file
 from tunewise.outputs import (
     STAGE_OUTPUTS,
@@ -347,11 +347,22 @@ class Pipeline:
         """The fine-tuned arm and any variant of it the spec names (`fine-tuned+scored`)."""
         return [a for a in self.spec.evaluation.arms if is_tuned_arm(a)]
 
+    def _knowledge(self) -> Any:
+        """The knowledge settings and every document's content: a changed document redoes the rag arms."""
+        from tunewise.rag.ingest import resolve
+
+        k = self.spec.knowledge
+        if k is None:
+            return None
+        found, _ = resolve(k.docs, self.project.root)
+        return {"settings": k.model_dump(), "docs": {name: sha256_file(path) for name, path in found}}
+
     def _inputs_baseline(self) -> Any:
         s = self.spec
         return {
             "split": self._made("split"),
             "arms": self._arms(),
+            **({"knowledge": self._knowledge()} if any(is_rag_arm(a) for a in self._arms()) else {}),
             "system_prompt": s.system_prompt,
             "contract": s.contract.model_dump(by_alias=True),
             "evaluation": self._evaluation_settings(),
@@ -371,6 +382,8 @@ class Pipeline:
             "hyperparameters": s.hyperparameters.model_dump(),
             "seed": s.data.seed,
             "wanted": bool(self._tuned_arms()),
+            # rag+fine-tuned trains a second run with passages in its prompts (see _run_train)
+            **({"knowledge": self._knowledge()} if any(is_rag_arm(a) for a in self._tuned_arms()) else {}),
         }
 
     def _inputs_evaluate(self) -> Any:
@@ -511,10 +524,20 @@ class Pipeline:
         )
 
     def _run_train(self) -> TrainOutput:
-        if not self._tuned_arms():
+        """The fine-tuned arms' training: closed-book for `fine-tuned`, with the retrieved passages in every
+        training prompt for `rag+fine-tuned` (so the model learns to answer from context); both runs when both
+        arms are asked, each evaluated with its own arm. Without a closed-book arm the rag run is the run."""
+        tuned = self._tuned_arms()
+        if not tuned:
             return TrainOutput(skipped="fine-tuned is not in evaluation.arms")
         fit, validation = self._carve_validation(self.spec.hyperparameters.validation_fraction)
-        result = self._train(fit, validation)
+        closed = self._train(fit, validation) if any(not is_rag_arm(a) for a in tuned) else None
+        rag = None
+        if any(is_rag_arm(a) for a in tuned):
+            self.say("  training with retrieved passages in the prompts (the rag+fine-tuned arm)")
+            rag = self._train_with_passages(fit, validation)
+        result = closed or rag
+        assert result is not None
         return TrainOutput(
             run_id=result.run_id,
             run_dir=result.run_dir,
@@ -522,7 +545,36 @@ class Pipeline:
             fit=fit,
             validation=validation,
             result=TrainingRun.model_validate(result.to_dict()),
+            rag_run_id=rag.run_id if rag is not None else None,
         )
+
+    def _train_with_passages(self, fit: DatasetPart, validation: DatasetPart | None) -> TrainResult:
+        """Train on copies of `fit` and `validation` whose prompts carry the passages retrieved for each
+        question (`train.data.with_retrieved_passages`); the run folder's retrieval.json names the index."""
+        from tunewise.data.load import load_examples
+        from tunewise.data.versions import save_version
+        from tunewise.evaluate.knowledge import PassageCache, open_knowledge
+        from tunewise.train.data import with_retrieved_passages
+
+        assert self.spec.knowledge is not None  # the spec refuses a rag arm without it
+        cache = PassageCache(
+            open_knowledge(self.spec, self.project.root, self.project.state_dir), self.spec.knowledge.top_k
+        )
+        retrieval = {"index": cache.version, "top_k": cache.k, "retriever": self.spec.knowledge.retriever}
+        parts: list[DatasetPart | None] = []
+        for name, part in (("fit-rag", fit), ("validation-rag", validation)):
+            if part is None or part.path is None:
+                parts.append(None)
+                continue
+            examples = with_retrieved_passages(load_examples(part.path), cache)
+            vid, path, _ = save_version(
+                self.project, name, examples, [str(part.path)], {"examples": len(examples), **retrieval}
+            )
+            parts.append(DatasetPart(version=vid, examples=len(examples), path=path))
+        assert parts[0] is not None
+        result = self._train(parts[0], parts[1])
+        atomic_write_text(Path(result.run_dir) / "retrieval.json", json.dumps(retrieval, indent=2) + "\n")
+        return result
 
     def _train(self, fit: DatasetPart, validation: DatasetPart | None) -> TrainResult:
         """One training run of the spec's settings on `fit`, choosing on `validation`; an interrupted run with
@@ -643,6 +695,7 @@ class Pipeline:
                 held,
                 self._tuned_arms(),
                 fine_tuned_run=train.run_id,
+                rag_fine_tuned_run=train.rag_run_id,
                 dataset_version=self.outputs["split"].eval.version,
                 narrate=self.say,
                 seed=self.spec.data.seed,

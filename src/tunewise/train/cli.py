@@ -177,6 +177,12 @@ def train(
     resume: str | None = typer.Option(
         None, "--resume", metavar="RUN", help="Continue run RUN from its last checkpoint."
     ),
+    with_passages: bool = typer.Option(
+        False,
+        "--with-passages",
+        help="Put the passages retrieved from the spec's knowledge documents in every training prompt, as the "
+        "rag arms ask (for `tunewise eval --arms rag+fine-tuned:RUN`).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result (or plan) as JSON on stdout."),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
 ) -> None:
@@ -216,6 +222,7 @@ def train(
         values["keep_best"] = loaded_spec.hyperparameters.keep_best
     values.update({k: v for k, v in flags.items() if v is not None})
     values["progress"] = not no_progress
+    retrieval = _add_passages(values, project, loaded_spec) if with_passages else None
     config = TrainConfig.from_dict(values)
     if dry_run:
         catalog, platforms = dry_run_pricing(loaded_spec, project.root, platform, pricing)
@@ -224,7 +231,42 @@ def train(
     )
     if dry_run:
         price_plan(result, catalog, platforms)
+    elif retrieval is not None and getattr(result, "status", None) == "succeeded":
+        import json
+
+        from tunewise.fileio import atomic_write_text
+
+        atomic_write_text(Path(result.run_dir) / "retrieval.json", json.dumps(retrieval, indent=2) + "\n")
     _render(result, json_out)
+
+
+def _add_passages(values: dict[str, Any], project: Any, spec: Any) -> dict[str, Any]:
+    """Replace the training (and validation) files by copies whose prompts carry the retrieved passages, recorded
+    as dataset versions; returns what the run's retrieval.json records."""
+    from tunewise.data.load import load_examples
+    from tunewise.data.versions import save_version
+    from tunewise.evaluate.knowledge import PassageCache, open_knowledge
+    from tunewise.train.data import with_retrieved_passages
+
+    if spec is None or spec.knowledge is None:
+        raise TunewiseError(
+            "--with-passages needs the spec's knowledge section",
+            hint="add `knowledge: {docs: DOCS_FOLDER}` to tunewise.yaml",
+        )
+    cache = PassageCache(open_knowledge(spec, project.root, project.state_dir), spec.knowledge.top_k)
+    retrieval = {"index": cache.version, "top_k": cache.k, "retriever": spec.knowledge.retriever}
+    for key in ("data", "eval_data"):
+        paths = []
+        for path in values.get(key) or []:
+            examples = with_retrieved_passages(load_examples(Path(path)), cache)
+            name = f"{Path(path).stem}-rag"
+            _, copy, _ = save_version(
+                project, name, examples, [str(path)], {"examples": len(examples), **retrieval}
+            )
+            paths.append(str(copy))
+        values[key] = paths
+    err.print(f"training prompts carry the top {cache.k} passages of index {cache.version}", highlight=False)
+    return retrieval
 
 
 def _render(result: Any, json_out: bool) -> None:

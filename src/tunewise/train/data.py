@@ -128,6 +128,33 @@ def tokenize_example(tokenizer: Any, messages: list[dict[str, Any]], source: str
     return Example(ids, mask, source)
 
 
+def with_retrieved_passages(examples: Iterable[dict[str, Any]], retrieve: Any) -> list[dict[str, Any]]:
+    """Training examples whose question carries the passages retrieved for it, in the rag arms' layout
+    (`tunewise.evaluate.knowledge.with_passages`), so a model fine-tuned on them learns to answer from context
+    and is asked the same way by `rag+fine-tuned`. `retrieve(question)` returns the passages (a
+    `knowledge.PassageCache`: one retrieval per distinct question). Only the last user message before the final
+    reply changes; an example without one is kept as it is.
+
+    >>> from tunewise.rag.passages import Passage
+    >>> ex = {"messages": [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Ada"}]}
+    >>> out = with_retrieved_passages([ex], lambda q: [Passage("a.md", 0, "Ada did it.", 1.0)])
+    >>> out[0]["messages"][0]["content"].splitlines()[-1], out[0]["messages"][1]
+    ('Question: Who?', {'role': 'assistant', 'content': 'Ada'})
+    """
+    from tunewise.evaluate.knowledge import question_of, with_passages
+
+    out = []
+    for ex in examples:
+        messages = ex["messages"]
+        last_reply = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last_reply is None or not any(m["role"] == "user" for m in messages[:last_reply]):
+            out.append(ex)
+            continue
+        head = with_passages(messages[:last_reply], retrieve(question_of(messages)))
+        out.append({**ex, "messages": [*head, *(dict(m) for m in messages[last_reply:])]})
+    return out
+
+
 @dataclass
 class TokenizedData:
     examples: list[Example]
