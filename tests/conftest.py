@@ -78,3 +78,41 @@ def tiny():
         initializer_range=1.0,
     )
     return LlamaForCausalLM(config).eval(), tokenizer
+
+
+TICKET_TEXTS = {
+    "billing": "my invoice shows a wrong charge",
+    "delivery": "the parcel did not arrive yet",
+    "refund": "please return my money",
+    "other": "how do I change my avatar",
+}
+
+
+def tiny_label_project(root: Path, examples: int, samples: int, evaluation: str = ""):
+    """A scaffolded project on the tiny random model: `examples` labelled tickets (seeded), the zero-shot and
+    fine-tuned arms, `samples` consistency samples, 1 epoch; `evaluation` adds lines to the evaluation section."""
+    import json
+    import random
+
+    from tunewise.scaffold import scaffold
+
+    project = scaffold(root)
+    rng = random.Random(0)
+    rows = []
+    for i in range(examples):
+        label = rng.choice(sorted(TICKET_TEXTS))
+        messages = [
+            {"role": "user", "content": f"{TICKET_TEXTS[label]} #{i}"},
+            {"role": "assistant", "content": label},
+        ]
+        rows.append({"messages": messages})
+    (project.root / "data" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    spec = project.spec_path.read_text()
+    spec = spec.replace("base: embedded:smollm2-135m-instruct", 'base: "tiny:random"')
+    spec = spec.replace(
+        "arms: [zero-shot, few-shot, retrieved, fine-tuned]",
+        "arms: [zero-shot, fine-tuned]\n  max_new_tokens: 4" + evaluation,
+    )
+    spec = spec.replace("consistency_samples: 5", f"consistency_samples: {samples}")
+    project.spec_path.write_text(spec.replace("epochs: auto", "epochs: 1"))
+    return project

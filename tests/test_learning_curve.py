@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import tiny_label_project
 
 from tunewise.decide.verdict import Economics, decide
 from tunewise.economics.pricing import load_builtin
@@ -23,7 +24,6 @@ from tunewise.evaluate.curve import (
 from tunewise.outputs import CurvePoint, EvalSummary, Interval, LearningCurve
 from tunewise.pipeline.run import STAGES, Pipeline, stages_for
 from tunewise.project import Project
-from tunewise.scaffold import scaffold
 from tunewise.spec import load_spec, parse_spec
 
 # --- nested, stratified subsets ---------------------------------------------------------------------------------
@@ -295,41 +295,10 @@ def test_the_report_plots_the_curve_and_reads_it(tmp_path: Path):
 
 # --- the curve stage on the tiny model ----------------------------------------------------------------------
 
-TEXTS = {
-    "billing": "my invoice shows a wrong charge",
-    "delivery": "the parcel did not arrive yet",
-    "refund": "please return my money",
-    "other": "how do I change my avatar",
-}
-
 
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
-    project = scaffold(tmp_path / "p")
-    rng = random.Random(0)
-    rows = []
-    for i in range(80):
-        name = rng.choice(sorted(TEXTS))
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": f"{TEXTS[name]} #{i}"},
-                    {"role": "assistant", "content": name},
-                ]
-            }
-        )
-    (project.root / "data" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    spec = project.spec_path.read_text()
-    spec = spec.replace("base: embedded:smollm2-135m-instruct", 'base: "tiny:random"')
-    spec = spec.replace(
-        "arms: [zero-shot, few-shot, retrieved, fine-tuned]",
-        "arms: [zero-shot, fine-tuned]\n  max_new_tokens: 4\n  constrained: false",
-    )
-    spec = spec.replace("consistency_samples: 5", "consistency_samples: 1").replace(
-        "epochs: auto", "epochs: 1"
-    )
-    project.spec_path.write_text(spec)
-    return project
+    return tiny_label_project(tmp_path / "p", examples=80, samples=1, evaluation="\n  constrained: false")
 
 
 def test_the_curve_stage_trains_each_fraction_and_reuses_the_main_run(project: Project):

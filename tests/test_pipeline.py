@@ -4,52 +4,20 @@ what depends on it, and an interrupted run continues where it stopped."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
+from conftest import tiny_label_project
 
 from tunewise.pipeline.progress import NullProgress
 from tunewise.pipeline.run import STAGES, Pipeline
 from tunewise.project import Project
-from tunewise.scaffold import scaffold
 from tunewise.spec import load_spec
-
-TEXTS = {
-    "billing": "my invoice shows a wrong charge",
-    "delivery": "the parcel did not arrive yet",
-    "refund": "please return my money",
-    "other": "how do I change my avatar",
-}
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> Project:
-    project = scaffold(tmp_path / "p")
-    rng = random.Random(0)
-    rows = []
-    for i in range(60):
-        label = rng.choice(sorted(TEXTS))
-        rows.append(
-            {
-                "messages": [
-                    {"role": "user", "content": f"{TEXTS[label]} #{i}"},
-                    {"role": "assistant", "content": label},
-                ]
-            }
-        )
-    (project.root / "data" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    spec = project.spec_path.read_text()
-    spec = spec.replace("base: embedded:smollm2-135m-instruct", 'base: "tiny:random"')
-    spec = spec.replace(
-        "arms: [zero-shot, few-shot, retrieved, fine-tuned]",
-        "arms: [zero-shot, fine-tuned]\n  max_new_tokens: 4",
-    )
-    spec = spec.replace("consistency_samples: 5", "consistency_samples: 2").replace(
-        "epochs: auto", "epochs: 1"
-    )
-    project.spec_path.write_text(spec)
-    return project
+    return tiny_label_project(tmp_path / "p", examples=60, samples=2)
 
 
 def statuses(result) -> dict[str, str]:
