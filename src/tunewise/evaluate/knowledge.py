@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tunewise.errors import TunewiseError
+from tunewise.rag.metrics import first_hit
 
 __all__ = [
     "PassageCache",
@@ -218,10 +219,8 @@ def reciprocal_rank(docs: Sequence[str], gold: str) -> float:
     >>> reciprocal_rank(["a", "b", "c"], "b"), reciprocal_rank(["a"], "z")
     (0.5, 0.0)
     """
-    for rank, doc in enumerate(docs, 1):
-        if doc == gold:
-            return 1.0 / rank
-    return 0.0
+    rank = first_hit(docs, gold)
+    return 1.0 / rank if rank else 0.0
 
 
 # --- where acceptable answers come from ---------------------------------------------------------------
