@@ -480,3 +480,20 @@ def test_covidqa_test_small_retrieval_recall(shared_datasets):
     assert scores["bm25"].recall[5].value >= 0.95
     assert scores["hybrid"].recall[5].value >= 0.85
     assert scores["hybrid"].recall[1].value >= 0.78
+
+
+def test_data_versions_lists_the_knowledge_indexes_beside_the_datasets(tmp_path, fake_embedder, run_cli):
+    import json
+
+    docs = make_corpus(tmp_path)
+    (tmp_path / "tunewise.yaml").write_text("task: {name: t, target: answer}\ncontract: {type: text}\n")
+    knowledge = KnowledgeSpec(docs="docs", chunk_tokens=16, overlap=4)
+    first = open_retriever(knowledge, tmp_path)
+    (docs / "warranty.txt").write_text("The warranty lasts two years.")
+    second = open_retriever(knowledge, tmp_path)
+    code, out, _ = run_cli("data", "versions", "--json", cwd=tmp_path)
+    rows = [r for r in json.loads(out) if r["kind"] == "knowledge-index"]
+    assert code == 0 and [r["version"] for r in rows] == [second.version, first.version]  # newest first
+    assert [r["documents"] for r in rows] == [5, 4] and all(r["retriever"] == "hybrid" for r in rows)
+    code, out, _ = run_cli("data", "versions", cwd=tmp_path)
+    assert "knowledge indexes" in out and first.version[:16] in out and second.version[:16] in out

@@ -798,3 +798,50 @@ def test_not_yet_leads_and_no_failing_arm_is_marked_cheapest(tmp_path):
     # prompted $1,200 and fine-tuned $450 both miss the bars: neither carries the cheapest badge
     assert "$450.00" in p and 'badge pass">cheapest' not in p
     assert "no option meets the quality bars, so none is marked cheapest" in p
+
+
+def test_knowledge_task_shows_exact_match_retrieval_and_mistakes(tmp_path):
+    state = full_state()
+    arms = {a["name"]: a for a in state["evaluation"]["arms"]}
+    arms["fine-tuned"]["exact_match"] = {"value": 0.1, "low": 0.03, "high": 0.27}
+    arms["fine-tuned"]["token_f1"] = {"value": 0.2, "low": 0.12, "high": 0.3}
+    rag = dict(arms["zero-shot"], name="rag", kind="prompted")
+    rag.update(
+        exact_match={"value": 0.6, "low": 0.42, "high": 0.76},
+        token_f1={"value": 0.71, "low": 0.6, "high": 0.8},
+        grounded_rate={"value": 0.8, "low": 0.62, "high": 0.9},
+        recall_at_k={"value": 0.9, "low": 0.74, "high": 0.97},
+        mrr={"value": 0.85, "low": 0.7, "high": 0.95},
+        k=4,
+        retrieval={"index": "0123456789abcdef", "top_k": 4, "retriever": "hybrid"},
+        retrieval_latency_ms={"p50": 12.0, "p95": 31.0},
+    )
+    state["evaluation"]["arms"].append(rag)
+    state["evaluation"]["paired"].append(
+        {"a": "rag", "b": "fine-tuned", "n": 30, "diff": 0.0, "low": -0.1, "high": 0.1,
+         "exact_match_diff": {"value": 0.5, "low": 0.3, "high": 0.7}, "exact_match_mcnemar_p": 0.0012}
+    )  # fmt: skip
+    state["verdict"]["mistakes"] = ["Fine-tuning when RAG solves the problem."]
+    html = build_report(state, tmp_path)[0].read_text(encoding="utf-8")
+    arms_html = section(html, "arms")
+    assert "Exact match" in arms_html and "Token F1" in arms_html and "Recall@k" in arms_html
+    row = _arm_row(html, "rag")
+    assert "60.0%" in row and "42.0% – 76.0%" in row and "71.0%" in row
+    # The retrieval table: only the arm that retrieved, with its index (shortened), k, recall, MRR and latency.
+    table = arms_html[
+        arms_html.index('id="retrieval-table"') : arms_html.index(
+            "</table>", arms_html.index('id="retrieval-table"')
+        )
+    ]
+    assert table.count("<tr") == 1 + 1
+    assert "hybrid" in table and "0123456789ab<" in table and "90.0%" in table and "85.0%" in table
+    assert "12 / 31" in table
+    paired = arms_html[arms_html.index('id="paired-table"') :]
+    em_row = next(r for r in paired.split("<tr")[1:] if "exact match" in r)
+    assert "+50.0 pts" in em_row and "+30.0 to +70.0" in em_row and "0.0012" in em_row
+    mistakes = section(html, "verdict")
+    assert 'id="mistakes"' in mistakes and "Fine-tuning when RAG solves the problem." in mistakes
+
+
+def test_a_task_without_retrieval_has_no_retrieval_table(built):
+    assert 'id="retrieval-table"' not in built[0] and "Exact match" not in section(built[0], "arms")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -236,13 +237,18 @@ def versions(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
     from tunewise.cli import out, print_json
     from tunewise.project import find_project
 
-    registry = find_project().registry()
+    project = find_project()
+    registry = project.registry()
     try:
         rows = registry.dataset_versions()
     finally:
         registry.close()
+    indexes = knowledge_index_versions(project)
     if as_json:
-        print_json(rows)
+        # One list of versions; `kind` tells a dataset version from a knowledge index version.
+        print_json(
+            [{"kind": "dataset", **r} for r in rows] + [{"kind": "knowledge-index", **ix} for ix in indexes]
+        )
         return
     table = Table("version", "name", "examples", "created", "sources")
     for r in rows:
@@ -250,6 +256,38 @@ def versions(as_json: bool = typer.Option(False, "--json", help="Print as JSON."
             r["id"][:16], r["name"], str(r["n_examples"]), r["created_at"], ", ".join(r["source_paths"])
         )
     out.print(table)
+    if indexes:
+        table = Table(
+            "index version", "documents", "chunks", "retriever", "built", "docs", title="knowledge indexes"
+        )
+        for ix in indexes:
+            table.add_row(
+                ix["version"][:16], str(ix["documents"]), str(ix["chunks"]), ix["retriever"], ix["created_at"],
+                ix["docs"],
+            )  # fmt: skip
+        out.print(table)
+
+
+def knowledge_index_versions(project: Any) -> list[dict[str, Any]]:
+    """The knowledge indexes built for this project, newest first: each build is a run of kind `index`
+    (rag/index.py), versioned by the documents' content and the chunking, like a dataset version."""
+    from tunewise.registry.runs import RunStore
+
+    out = []
+    for run in RunStore(project).list(kind="index", status="succeeded"):
+        knowledge = run.config.get("knowledge") or {}
+        out.append(
+            {
+                "version": str(run.config.get("version") or (run.result or {}).get("version") or ""),
+                "documents": run.figures.get("documents"),
+                "chunks": run.figures.get("chunks"),
+                "retriever": str(knowledge.get("retriever") or ""),
+                "docs": str(knowledge.get("docs") or ""),
+                "created_at": run.created_at,
+                "run": run.id,
+            }
+        )
+    return out
 
 
 @app.command(

@@ -223,6 +223,9 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         arm["mrr"] = _bootstrap(r["retrieval_rr"] for r in rows)
         arm["k"] = max(len(r.get("passages") or []) for r in rows)
         arm["retrieval_latency_ms"] = _latency(r.get("retrieval_ms") for r in rows)
+    for key in ("retrieval", "trained_with_retrieval"):  # which index, retriever and k (evaluate/run.py)
+        if info.get(key):
+            arm[key] = info[key]
     if contract_type == "label":
         metrics = label_metrics(
             [r["reference"].strip() for r in rows], [r["answer"] for r in rows], info.get("labels")

@@ -283,6 +283,10 @@ def _arms_view(
     show_macro = any(_num(a.get("macro_f1")) is not None for a in arms)
     show_field = any(_num(a.get("field_f1")) is not None for a in arms)
     show_text = any(isinstance(a.get("text_similarity"), Mapping) for a in arms)
+    # Knowledge tasks (a text contract with short answers): exact match and token F1 for every arm; the
+    # retrieval measures only where some arm retrieved.
+    show_em = any(isinstance(a.get("exact_match"), Mapping) for a in arms)
+    show_retrieval = any(isinstance(a.get("recall_at_k"), Mapping) for a in arms)
     rows = []
     for arm in arms:
         tuned = arm.get("kind") == "fine-tuned"
@@ -320,6 +324,11 @@ def _arms_view(
             "macro_f1": _plain_cell(pct(arm.get("macro_f1"))),
             "field_f1": _plain_cell(pct(arm.get("field_f1"))),
             "text_similarity": _rate_cell(arm.get("text_similarity")),
+            "exact_match": _rate_cell(arm.get("exact_match")),
+            "token_f1": _rate_cell(arm.get("token_f1")),
+            "grounded_rate": _rate_cell(arm.get("grounded_rate")),
+            "recall_at_k": _rate_cell(arm.get("recall_at_k")),
+            "mrr": _rate_cell(arm.get("mrr")),
             "latency": _plain_cell(f"{number(latency.get('p50'), 0)} / {number(latency.get('p95'), 0)}"),
             "prompt_tokens": _plain_cell(number(arm.get("prompt_tokens"))),
             "completion_tokens": _plain_cell(number(arm.get("completion_tokens"))),
@@ -356,6 +365,17 @@ def _arms_view(
         columns.append(("field_f1", "Field-F1", "JSON contract, micro over leaves"))
     if show_text:
         columns.append(("text_similarity", "Text ROUGE-L", "free-text fields against the reference, mean F1"))
+    if show_em:
+        columns += [
+            ("exact_match", "Exact match", "normalised answer equals an acceptable answer (SQuAD rules)"),
+            ("token_f1", "Token F1", "token overlap with the best acceptable answer, mean"),
+        ]
+    if show_retrieval:
+        columns += [
+            ("grounded_rate", "Grounded", "the answer's content words are in the retrieved passages"),
+            ("recall_at_k", "Recall@k", "the gold document is among the k passages"),
+            ("mrr", "MRR", "mean reciprocal rank of the gold document"),
+        ]
     columns += [
         ("latency", "Latency ms", "p50 / p95"),
         ("prompt_tokens", "Prompt tok", "mean per query"),
@@ -373,12 +393,20 @@ def _paired_view(evaluation: Mapping[str, Any], kinds: Mapping[str, str]) -> lis
         if not isinstance(p, Mapping):
             continue
         entries.append(p)
-        text = p.get("text_similarity_diff")
-        if isinstance(text, Mapping):  # the free-text fields' ROUGE-L, compared on the same examples
-            entries.append(
-                {"a": p.get("a"), "b": p.get("b"), "metric": "text ROUGE-L", "n": p.get("n"),
-                 "diff": text.get("value"), "low": text.get("low"), "high": text.get("high")}
-            )  # fmt: skip
+        # Measures compared on the same examples beside accuracy: the free-text fields' ROUGE-L, and a knowledge
+        # task's exact match (with its McNemar p) and token F1.
+        for key, metric, p_key in (
+            ("text_similarity_diff", "text ROUGE-L", None),
+            ("exact_match_diff", "exact match", "exact_match_mcnemar_p"),
+            ("token_f1_diff", "token F1", None),
+        ):
+            d = p.get(key)
+            if isinstance(d, Mapping):
+                entries.append(
+                    {"a": p.get("a"), "b": p.get("b"), "metric": metric, "n": p.get("n"),
+                     "diff": d.get("value"), "low": d.get("low"), "high": d.get("high"),
+                     "mcnemar_p": p.get(p_key) if p_key else None}
+                )  # fmt: skip
     for p in entries:
         key = (str(p.get("metric", "accuracy")), frozenset((str(p.get("a")), str(p.get("b")))))
         current = chosen.get(key)
@@ -455,6 +483,8 @@ def _verdict_view(verdict: Mapping[str, Any]) -> dict[str, Any]:
         "break_even": be,
         "weakest_point": verdict.get("weakest_point"),
         "reasons": [str(x) for x in verdict.get("reasons") or []],
+        # the guide's common mistakes this verdict would make if followed blindly (decide/rag.py)
+        "mistakes": [str(x) for x in verdict.get("mistakes") or [] if x],
         # the platform and team rules that fired (docs/rules.md), each with its source sentence and date
         "platform_rules": [
             {
@@ -811,6 +841,7 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
         "learning_curve": _learning_curve_view(state.get("learning_curve"), bar["accuracy"], plot_notes),
         "evaluation": None,
         "paired": [],
+        "retrieval": None,
         "quality_plot": None,
         "costs_from_economics": False,
     }
@@ -827,6 +858,7 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
             arms, n_examples=evaluation.get("n_examples"), contract=evaluation.get("contract")
         )
         ctx["paired"] = _paired_view(evaluation, kinds)
+        ctx["retrieval"] = _retrieval_view(evaluation["arms"])
         try:
             ctx["quality_plot"] = plots.quality_vs_cost(evaluation["arms"], bar["accuracy"])
         except TunewiseError as exc:
@@ -835,6 +867,35 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
     ctx["headline"] = _headline(ctx)
     ctx["absent"] = [MISSING[s] for s in SECTIONS if state.get(s) in (None, [], {})]
     return ctx
+
+
+# --- retrieval --------------------------------------------------------------------------------------------
+
+
+def _retrieval_view(arms: Sequence[Any]) -> list[dict[str, Any]] | None:
+    """One row per arm that retrieved passages: which index and retriever, how well it found the gold document,
+    how often the answer stood in what it found, and what the retrieval cost in time."""
+    rows = []
+    for arm in arms:
+        if not isinstance(arm, Mapping) or not isinstance(arm.get("recall_at_k"), Mapping):
+            continue
+        info = arm.get("retrieval") if isinstance(arm.get("retrieval"), Mapping) else {}
+        latency = (
+            arm.get("retrieval_latency_ms") if isinstance(arm.get("retrieval_latency_ms"), Mapping) else {}
+        )
+        rows.append(
+            {
+                "name": str(arm.get("name")),
+                "retriever": str(info.get("retriever") or "?"),
+                "index": str(info.get("index") or "?")[:12],
+                "k": arm.get("k") or info.get("top_k"),
+                "recall": _rate_cell(arm.get("recall_at_k")),
+                "mrr": _rate_cell(arm.get("mrr")),
+                "grounded": _rate_cell(arm.get("grounded_rate")),
+                "latency": f"{number(latency.get('p50'), 0)} / {number(latency.get('p95'), 0)}",
+            }
+        )
+    return rows or None
 
 
 # --- the learning curve -------------------------------------------------------------------------------------
