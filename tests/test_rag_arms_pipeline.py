@@ -79,6 +79,9 @@ def test_rag_fine_tuned_trains_its_own_run_with_passages(tmp_path: Path, monkeyp
     assert arms["fine-tuned"]["run"] == train.run_id and arms["rag+fine-tuned"]["run"] == train.rag_run_id
     assert arms["rag+fine-tuned"]["trained_with_retrieval"]["index"] == "idx-one"
     assert arms["rag"]["recall_at_k"] is None  # no gold document named
+    # The economics price the passage run from its own size: its prompts carry the passage, so more tokens.
+    size = pipeline._rag_training_size(1000.0)
+    assert size["rag_training_hours"] > 0 and size["rag_training_tokens"] > 1000.0
     # the 8 training questions once; the 2 held-out ones once per evaluation run (baseline: rag; evaluate:
     # rag+fine-tuned), the same passages both times
     assert sorted(retriever.calls) == sorted(

@@ -195,3 +195,29 @@ def test_given_rag_tuned_cost_is_hosted_like_the_fine_tuned_model():
     report = cost_report(CostRequest(queries_per_day=500, prompted_cost=0.08, rag_tuned_cost=0.025), CATALOG)
     assert [o.name for o in report.options] == ["prompted"]
     assert "rag+fine-tuned: give --tuned-cost too" in report.skipped[0]
+
+
+def test_the_run_trained_with_passages_is_priced_from_its_own_tokens_and_hours(tmp_path):
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "entries:\n  - id: together/lora-up-to-16b\n    inference_input_per_million_tokens: 0.2\n"
+        "    inference_output_per_million_tokens: 0.6\n    training_per_million_tokens: 0.5\n"
+        "  - id: hf-endpoints/t4\n    inference_input_per_million_tokens: 0\n"
+        "    inference_output_per_million_tokens: 0\n    training_per_hour: 0.4\n    hosting_per_hour: 0.5\n"
+    )
+    catalog = load_catalog(prices)
+    base = dict(queries_per_day=1000, arms=arm_tokens(summary()), vector_db_per_month=0.0, epochs=3)
+    closed_only = dict(training_tokens=200_000, training_hours=0.5)
+    with_rag = dict(closed_only, rag_training_tokens=1_400_000, rag_training_hours=2.0)
+    for platform, closed_cost, rag_cost in (("together", 0.3, 2.1), ("hf-endpoints", 0.2, 0.8)):
+        # per token: 200,000 x 3 epochs x $0.5/M = $0.30 closed-book; 1,400,000 x 3 x 0.5/M = $2.10 with passages
+        # per hour: 0.5 h x $0.40 = $0.20; 2 h x $0.40 = $0.80
+        report = cost_report(CostRequest(platforms=[platform], **base, **with_rag), catalog)
+        opts = {o.arm: o for o in report.options}
+        assert opts["fine-tuned"].training_cost == pytest.approx(closed_cost)
+        assert opts["rag+fine-tuned"].training_cost == pytest.approx(rag_cost)
+        assert opts["rag"].training_cost == 0.0
+        # Without the passage run's own figures, both arms are priced from the closed-book run.
+        report = cost_report(CostRequest(platforms=[platform], **base, **closed_only), catalog)
+        opts = {o.arm: o for o in report.options}
+        assert opts["rag+fine-tuned"].training_cost == pytest.approx(closed_cost)

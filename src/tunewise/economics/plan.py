@@ -120,6 +120,10 @@ class CostRequest:
     training_hours: float | None = (
         None  # the run's measured hours, for platforms that bill training by the hour
     )
+    # The run trained with retrieved passages in its prompts (rag+fine-tuned) reads several times the tokens of
+    # the closed-book run; its own tokens per epoch and hours, where known, price that arm's training.
+    rag_training_tokens: float | None = None
+    rag_training_hours: float | None = None
     data_preparation_cost: float = 0.0  # one-off, fine-tuned options only
     # Retrieval: the arms' dollars per query when given directly (passages included), which vector index is
     # priced (a `vector-db/...` catalog entry, or the monthly figure given), the embedding price and corpus size.
@@ -208,22 +212,26 @@ def _with_retrieval(
     )
 
 
-def _training(request: CostRequest, entry: Entry | None) -> float:
+def _training(request: CostRequest, entry: Entry | None, with_passages: bool = False) -> float:
+    """One training run's dollars on `entry`; `with_passages`: the run whose prompts carry retrieved passages,
+    priced from its own tokens and hours where the request has them."""
     if request.training_cost is not None:
         return request.training_cost
-    if request.training_tokens is None or entry is None:
+    tokens, hours = request.training_tokens, request.training_hours
+    if with_passages:
+        tokens = request.rag_training_tokens if request.rag_training_tokens is not None else tokens
+        hours = request.rag_training_hours if request.rag_training_hours is not None else hours
+    if tokens is None or entry is None:
         return 0.0
     if entry.training_per_million_tokens.known:
-        return training_cost(
-            request.training_tokens, request.epochs, entry.require("training_per_million_tokens")
-        )
+        return training_cost(tokens, request.epochs, entry.require("training_per_million_tokens"))
     if entry.training_per_hour.known:
-        if request.training_hours is None:
+        if hours is None:
             raise TunewiseError(
                 f"pricing entry '{entry.id}' bills training by the hour and the run's hours are unknown",
                 hint="give --training-cost DOLLARS, or price a trained run (the pipeline passes its hours)",
             )
-        return round(request.training_hours * entry.require("training_per_hour"), 10)
+        return round(hours * entry.require("training_per_hour"), 10)
     entry.require("training_per_million_tokens")  # raises, naming the entry and field
     return 0.0
 
@@ -372,7 +380,7 @@ def build_options(request: CostRequest, catalog: Catalog) -> tuple[list[CostOpti
                         f"{arm.name} @ {entry.platform}",
                         per_query,
                         entry.hosting_monthly() if pays_hosting else 0.0,
-                        _training(request, entry) if tuned else 0.0,
+                        _training(request, entry, with_passages=is_rag_tuned(arm.name)) if tuned else 0.0,
                         cadence,
                         arm=arm.name,
                         platform=entry.id,

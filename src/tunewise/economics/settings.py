@@ -61,6 +61,8 @@ class Economics(BaseModel):
         training_tokens: float | None = None,
         epochs: float = 1.0,
         training_hours: float | None = None,
+        rag_training_tokens: float | None = None,
+        rag_training_hours: float | None = None,
     ) -> CostRequest:
         """The economics API's request for these settings and, optionally, measured tokens per arm."""
         from tunewise.economics.plan import CostRequest
@@ -78,6 +80,8 @@ class Economics(BaseModel):
             epochs=epochs,
             retrain_every_days=self.retrain_every_days,
             training_hours=training_hours,
+            rag_training_tokens=rag_training_tokens,
+            rag_training_hours=rag_training_hours,
             data_preparation_cost=self.data_preparation_cost,
             rag_cost=self.rag_cost,
             rag_tuned_cost=self.rag_tuned_cost,

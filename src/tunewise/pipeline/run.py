@@ -866,14 +866,16 @@ class Pipeline:
         run = self.outputs["train"].result
         econ = self._economics()
         econ = econ.model_copy(update={"corpus_tokens": corpus_tokens(summary)})
+        training_tokens = tokens.get("estimated_training_tokens")
         try:
             report = cost_report(
                 econ.cost_request(
                     arms,
-                    training_tokens=tokens.get("estimated_training_tokens"),
+                    training_tokens=training_tokens,
                     epochs=(run.epochs if run else None) or 3,
                     # Platforms that bill training by the hour are priced from the run's measured time.
                     training_hours=(run.wall_s / 3600 if getattr(run, "wall_s", None) else None),
+                    **self._rag_training_size(training_tokens),
                 ),
                 econ.catalog(),
             )
@@ -887,6 +889,25 @@ class Pipeline:
         plots = plot_sweep(report.options, self.project.reports_dir / "cost-sweep", econ.queries_per_day)
         self.say(f"  {cheapest_meeting_bars(report, summary)}")
         return EconomicsOutput(economics_path=path, sweep_png_path=plots[0])
+
+    def _rag_training_size(self, training_tokens: float | None) -> dict[str, float]:
+        """The run trained with passages, sized for pricing: the closed-book estimate scaled by the two runs'
+        measured tokens per epoch (their records' plans), and its own hours. Empty when there was no such run."""
+        train = self.outputs["train"]
+        if train.rag_run_id is None or train.run_id is None:
+            return {}
+        from tunewise.registry.runs import RunStore
+
+        store = RunStore(self.project)
+        rag, closed = (store.get(i).result or {} for i in (train.rag_run_id, train.run_id))
+        size: dict[str, float] = {}
+        if rag.get("wall_s"):
+            size["rag_training_hours"] = rag["wall_s"] / 3600
+        rag_tokens = (rag.get("plan") or {}).get("tokens_per_epoch")
+        closed_tokens = (closed.get("plan") or {}).get("tokens_per_epoch")
+        if training_tokens and rag_tokens and closed_tokens:
+            size["rag_training_tokens"] = training_tokens * rag_tokens / closed_tokens
+        return size
 
     def _run_verdict(self) -> VerdictOutput:
         from tunewise.decide.verdict import decide
