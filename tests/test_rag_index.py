@@ -101,6 +101,44 @@ def test_pdf_is_read_with_pypdf_or_skipped_naming_it(tmp_path):
         assert skipped.reason.startswith("unreadable PDF")
 
 
+def minimal_pdf(text: str) -> bytes:
+    """A one-page PDF whose page draws `text` in Helvetica: the smallest file a PDF reader extracts text from."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for i, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_a_pdf_page_is_read_chunked_and_found(tmp_path, fake_embedder):
+    pytest.importorskip("pypdf", reason="PDF documents need pypdf (the rag extra installs it)")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "warranty.pdf").write_bytes(minimal_pdf("The Quillmere warranty lasts 27 months."))
+    (tmp_path / "docs" / "travel.md").write_text("Travel is booked through the office.")
+    report = ingest(["docs"], tmp_path)
+    assert report.skipped == []
+    pdf = next(d for d in report.documents if d.name == "warranty.pdf")
+    assert pdf.kind == "pdf" and pdf.text.strip() == "The Quillmere warranty lasts 27 months."
+    retriever = open_retriever(
+        KnowledgeSpec(docs="docs", chunk_tokens=16, overlap=4, retriever="bm25"), tmp_path
+    )
+    assert retriever.retrieve("How long is the warranty?", 1)[0].doc == "warranty.pdf"
+
+
 def test_html_keeps_the_visible_text_only(tmp_path):
     markup = (
         "<html><head><title>T</title><style>.x {color: red}</style></head><body>"
