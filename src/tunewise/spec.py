@@ -527,6 +527,19 @@ class Spec(_Strict):
     knowledge: KnowledgeSpec | None = Field(
         default=None, description="Documents for the retrieval (rag) arms."
     )
+    registry: str | None = Field(
+        default=None,
+        description="Where the registry lives: left out, the embedded SQLite file in .tunewise/; "
+        "postgresql://USER@HOST:PORT/DATABASE for one that a team's servers and workers share (a password goes "
+        "in ~/.pgpass or the TUNEWISE_REGISTRY environment variable, not in the spec).",
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_is_postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"'{value}' is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE)")
+        return value
 
     @model_validator(mode="after")
     def _variants_fit_the_contract(self) -> Spec:

@@ -1,0 +1,309 @@
+"""The registry on a real PostgreSQL server that the test starts (tests/postgres_server.py): every migration
+applies and gives the schema SQLite has; datasets, runs, keys, files and jobs round-trip through the same code;
+servers starting together migrate once; and the SQL dialect rewrite on its own."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+
+import pytest
+from postgres_server import postgres_server
+
+import tunewise.registry.db as db
+from tunewise.project import Project
+from tunewise.registry import Registry, open_registry
+from tunewise.registry.dialect import to_postgres
+from tunewise.registry.migrations import MIGRATIONS
+
+pg = pytest.fixture(scope="module")(postgres_server)
+
+
+def _columns_sqlite(conn: sqlite3.Connection) -> dict[str, set[str]]:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return {
+        t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables if t != "sqlite_sequence"
+    }
+
+
+def _columns_pg(registry: Registry) -> dict[str, set[str]]:
+    rows = registry.conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+    ).fetchall()
+    out: dict[str, set[str]] = {}
+    for table, column in rows:
+        if column != "rowid":  # SQLite's implicit rowid, a column on PostgreSQL (registry/dialect.py)
+            out.setdefault(table, set()).add(column)
+    return out
+
+
+def _indexes_pg(registry: Registry) -> set[str]:
+    # Those made by CREATE INDEX (a primary key's or a UNIQUE constraint's has the constraint's name).
+    rows = registry.conn.execute(
+        "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+        " AND indexname NOT IN (SELECT conname FROM pg_constraint)"
+    )
+    return {r[0] for r in rows}
+
+
+def test_every_migration_applies_and_gives_sqlites_schema(pg, tmp_path):
+    url = pg.new_database()
+    registry = open_registry(tmp_path, url)
+    assert registry.dialect == "postgresql"
+    assert registry.applied_migrations() == [name for name, _ in MIGRATIONS]
+    assert registry.migrate() == []
+    on_pg, pg_indexes = _columns_pg(registry), _indexes_pg(registry)
+    registry.close()
+    assert open_registry(tmp_path, url).migrate() == []  # a second open applies nothing
+    assert not (tmp_path / "registry.sqlite3").exists()  # nothing written to the embedded file
+
+    open_registry(tmp_path).close()
+    raw = sqlite3.connect(tmp_path / "registry.sqlite3")
+    on_sqlite = _columns_sqlite(raw)
+    sqlite_indexes = {
+        r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")
+    }
+    assert on_pg == on_sqlite
+    assert "fine_tuning_jobs" in on_pg and {"worker", "heartbeat_at"} <= on_pg["fine_tuning_jobs"]
+    assert pg_indexes == sqlite_indexes
+
+
+def test_run_store_migration_gives_the_same_figures_on_both(pg, tmp_path):
+    """007_run_store computes runs' figures with SQLite's JSON functions; PostgreSQL runs its equivalent. Both,
+    given the same rows of the schema before it, record the same runs."""
+    before = [n for n, _ in MIGRATIONS if n < "007"]
+    summary = {
+        "arms": [{"name": "base", "accuracy": {"value": 0.5}}, {"name": "tuned", "accuracy": {"value": 0.75}}]
+    }
+    result = {"steps": 12, "train_loss_last": 0.25, "eval_after": {"eval_loss": 0.5}, "wall_s": 3.5}
+    rows = [
+        ("train-1", "train", "succeeded", "2025-01-01T00:00:00", "ds1", json.dumps(result)),
+        ("eval-1", "eval", "succeeded", "2025-01-01T00:01:00", None, "{}"),
+        ("eval-2", "eval", "failed", "2025-01-01T00:02:00", None, None),
+    ]
+    recorded = {}
+    for name, url in (("sqlite", None), ("postgresql", pg.new_database())):
+        folder = tmp_path / name
+        kept = db.MIGRATIONS
+        db.MIGRATIONS = [(n, sql) for n, sql in kept if n in before]  # the registry as it was before 007
+        try:
+            registry = open_registry(folder, url)
+        finally:
+            db.MIGRATIONS = kept
+        with registry.transaction() as conn:
+            conn.execute("INSERT INTO dataset_versions VALUES ('ds1', 'train', 't', '[]', 3, '{}', 'p')")
+            for id, kind, status, created, version, res in rows:
+                conn.execute(
+                    "INSERT INTO runs (id, kind, status, created_at, dataset_version, config, result, path)"
+                    " VALUES (?, ?, ?, ?, ?, '{}', ?, ?)",
+                    (id, kind, status, created, version, res, f"/runs/{id}"),
+                )
+            conn.execute(
+                "INSERT INTO evaluations VALUES ('eval-1', 'ds1', '[\"base\", \"tuned\"]', ?)",
+                (json.dumps(summary),),
+            )
+            conn.execute(
+                "INSERT INTO model_calls (run_id, arm, example_id, sample, created_at) VALUES ('eval-1', 'base',"
+                " 'e1', 0, 't')"
+            )
+        assert registry.migrate()[0] == "007_run_store"
+        recorded[name] = {
+            r["id"]: (json.loads(r["figures"]), json.loads(r["dataset_versions"]))
+            for r in registry.conn.execute("SELECT * FROM runs").fetchall()
+        }
+        # The rebuilt model_calls table goes on numbering after the row it kept.
+        with registry.transaction() as conn:
+            conn.execute(
+                "INSERT INTO model_calls (run_id, arm, example_id, sample, created_at) VALUES ('eval-1', 'tuned',"
+                " 'e1', 0, 't')"
+            )
+        ids = [r[0] for r in registry.conn.execute("SELECT id FROM model_calls ORDER BY id").fetchall()]
+        assert ids == [1, 2], name
+        registry.close()
+    assert recorded["postgresql"] == recorded["sqlite"]
+    assert recorded["sqlite"] == {
+        "train-1": ({"steps": 12, "train_loss": 0.25, "validation_loss": 0.5, "seconds": 3.5}, ["ds1"]),
+        "eval-1": ({"accuracy": {"base": 0.5, "tuned": 0.75}}, []),
+        "eval-2": ({}, []),
+    }
+
+
+def test_servers_starting_together_migrate_once(pg, tmp_path):
+    url = pg.new_database()
+    applied: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        try:
+            registry = open_registry(tmp_path, url)
+            applied.append(registry.applied_migrations())
+            registry.close()
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert applied == [[n for n, _ in MIGRATIONS]] * 4
+    registry = open_registry(tmp_path, url)
+    count = registry.conn.execute("SELECT count(*) FROM _migrations").fetchone()[0]
+    registry.close()
+    assert count == len(MIGRATIONS)
+
+
+def test_datasets_and_runs_round_trip(pg, tmp_path):
+    from tunewise.registry.runs import ModelCall, RunStore
+
+    project = Project(tmp_path, registry_url=pg.new_database())
+    registry = project.registry()
+    assert registry.add_dataset_version("abc123", "train", ["a.jsonl"], 3, {"examples": 3}, "p")
+    assert not registry.add_dataset_version("abc123", "train", ["b.jsonl"], 3, {"examples": 3}, "p")
+    assert registry.add_dataset_version("abd999", "eval", ["e.jsonl"], 2, {"examples": 2}, "q")
+    assert registry.dataset_version("abc")["source_paths"] == ["a.jsonl"]
+    assert registry.dataset_version("ab") is None  # ambiguous
+    assert sorted(d["id"] for d in registry.dataset_versions()) == ["abc123", "abd999"]
+    registry.close()
+
+    store = RunStore(project)
+    first = store.create("train", {"lr": 0.001}, name="support", dataset_versions=["abc123"])
+    second = store.create("eval", {"arms": ["base"]}, dataset_versions=["abc123", "abd999"])
+    store.log_calls(
+        second,
+        [
+            ModelCall("base", "e1", 0, 10, 2, 5.0),
+            ModelCall("base", "e2", 0, 20, 4, 7.0),
+            ModelCall("tuned", "e1", 0, 11, 3, 6.0),
+        ],
+    )
+    totals = store.call_totals(second)
+    assert totals == {
+        "base": {"calls": 2, "prompt_tokens": 30, "completion_tokens": 6, "latency_ms": 6.0},
+        "tuned": {"calls": 1, "prompt_tokens": 11, "completion_tokens": 3, "latency_ms": 6.0},
+    }
+    assert json.dumps(totals)  # plain numbers, as SQLite gives them
+    done = store.finish(first, "succeeded", {"train_loss_last": 0.5}, figures={"train_loss": 0.5})
+    assert done.status == "succeeded" and done.figures == {"train_loss": 0.5}
+    assert json.loads((first.path / "result.json").read_text())["status"] == "succeeded"
+    # Newest first; in the same second, the later recorded first (SQLite's rowid order, a column on PostgreSQL).
+    assert [r.id for r in store.list()] == [second.id, first.id]
+    assert [r.id for r in store.list(kind="train")] == [first.id]
+    assert store.get(first.id[:-2]).id == first.id
+    assert store.get(second.id).dataset_versions == ["abc123", "abd999"]
+    again = store.register("train", {"lr": 0.002}, run_id=first.id, name="other")  # a resumed run
+    assert (again.status, again.name, again.config) == ("running", "support", {"lr": 0.002})
+
+
+class ApiServer:
+    """uvicorn serving the API over `project` in a thread, without a job worker (jobs stay queued)."""
+
+    def __init__(self, project: Project):
+        import uvicorn
+
+        from tunewise.serve.app import create_app
+        from tunewise.serve.inference import ServeSettings
+
+        app = create_app(project, settings=ServeSettings(base="tiny:random"), start_worker=False)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ApiServer:
+        from test_serve_jobs import wait_for
+
+        self.thread.start()
+        wait_for(lambda: self.server.started, 30, 0.05, "the server to start")
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def test_keys_files_and_jobs_through_the_api(pg, tmp_path):
+    """The API server on a PostgreSQL registry: keys, uploads, job creation, listing with `after`, events and
+    cancelling run the same code as on SQLite, and each key sees only its own."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from test_serve_jobs import chat_lines, supervised, upload
+
+    from tunewise.serve.auth import create_key, list_keys, revoke_key
+
+    project = Project(tmp_path, registry_url=pg.new_database())
+    row, key = create_key(project, "team")
+    other = create_key(project, "other")[1]
+    assert [(k["id"], k["name"]) for k in list_keys(project)] == [(1, "team"), (2, "other")] and row[
+        "id"
+    ] == 1
+    assert "salt" not in row and "rowid" not in row
+    with ApiServer(project) as server:
+        base = f"http://127.0.0.1:{server.port}/v1"
+        client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
+        theirs = openai.OpenAI(base_url=base, api_key=other, max_retries=0)
+        train = upload(client, chat_lines(8))
+        assert [f.id for f in client.files.list()] == [train.id]
+        assert list(theirs.files.list()) == []
+        jobs = [
+            client.fine_tuning.jobs.create(
+                model="tiny:random", training_file=train.id, method=supervised(n_epochs=1), suffix=f"s{i}"
+            )
+            for i in range(3)
+        ]
+        listed = client.fine_tuning.jobs.list(limit=2)
+        assert [j.id for j in listed.data] == [jobs[2].id, jobs[1].id] and listed.has_more
+        after = client.fine_tuning.jobs.list(limit=2, after=jobs[1].id)
+        assert [j.id for j in after.data] == [jobs[0].id] and not after.has_more
+        assert {j.status for j in listed.data} == {"queued"}
+        with pytest.raises(openai.NotFoundError):
+            theirs.fine_tuning.jobs.retrieve(jobs[0].id)
+        events = client.fine_tuning.jobs.list_events(jobs[0].id, limit=1)
+        assert events.data[0].message == "Fine-tuning job queued" and events.has_more
+        older = client.fine_tuning.jobs.list_events(jobs[0].id, after=events.data[0].id)
+        assert [e.message for e in older.data] == [f"Validated training file: {train.id}"]
+        assert client.fine_tuning.jobs.cancel(jobs[0].id).status == "cancelled"
+        with pytest.raises(openai.BadRequestError, match="file_in_use|used by the active"):
+            client.files.delete(train.id)
+        revoke_key(project, "2")
+        with pytest.raises(openai.AuthenticationError):
+            theirs.files.list()
+
+
+def test_the_dialect_rewrite():
+    # Comments go (an apostrophe or '?' in one must not start a string or a parameter); strings stay as written.
+    assert to_postgres("SELECT 'it''s ?' -- the job's ?\n FROM t WHERE a = ?") == (
+        "SELECT 'it''s ?' \n FROM t WHERE a = %s"
+    )
+    assert to_postgres("SELECT x::text FROM t WHERE id = :id") == "SELECT x::text FROM t WHERE id = %(id)s"
+    assert to_postgres("BEGIN IMMEDIATE") == "BEGIN"
+    assert to_postgres("INSERT OR IGNORE INTO t (a) VALUES (?) RETURNING id") == (
+        "INSERT INTO t (a) VALUES (%s) ON CONFLICT DO NOTHING RETURNING id"
+    )
+    assert to_postgres("CREATE TABLE e (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER NOT NULL)") == (
+        "CREATE TABLE e (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, n BIGINT NOT NULL,"
+        " rowid BIGINT GENERATED BY DEFAULT AS IDENTITY)"
+    )
+    assert to_postgres("CREATE TABLE k AS SELECT * FROM e") == "CREATE TABLE k AS SELECT * FROM e"
+    assert to_postgres("ALTER TABLE t ADD COLUMN at INTEGER;  -- unix seconds") == (
+        "ALTER TABLE t ADD COLUMN at BIGINT"
+    )
+    with pytest.raises(ValueError, match="ON CONFLICT"):
+        to_postgres("INSERT OR REPLACE INTO t VALUES (?)")
+
+
+def test_a_registry_that_is_not_postgres_is_refused(tmp_path, monkeypatch):
+    from tunewise.errors import TunewiseError
+
+    monkeypatch.setenv("TUNEWISE_REGISTRY", "mysql://db/x")
+    with pytest.raises(TunewiseError, match="not a PostgreSQL URL"):
+        Project(tmp_path).registry()
+    monkeypatch.delenv("TUNEWISE_REGISTRY")
+    (tmp_path / "tunewise.yaml").write_text("task: {name: t}\nregistry: postgresql://team@db.invalid/t\n")
+    assert Project(tmp_path).registry_location() == "postgresql://team@db.invalid/t"
+    assert Project(tmp_path, registry_url="postgresql://a@b/c").registry_location() == "postgresql://a@b/c"
+    with pytest.raises(
+        TunewiseError, match="cannot reach the registry at postgresql://team:\\*\\*\\*@127.0.0.1:1/t"
+    ):
+        Project(tmp_path, registry_url="postgresql://team:secret@127.0.0.1:1/t").registry()
