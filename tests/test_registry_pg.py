@@ -307,3 +307,16 @@ def test_a_registry_that_is_not_postgres_is_refused(tmp_path, monkeypatch):
         TunewiseError, match="cannot reach the registry at postgresql://team:\\*\\*\\*@127.0.0.1:1/t"
     ):
         Project(tmp_path, registry_url="postgresql://team:secret@127.0.0.1:1/t").registry()
+
+
+def test_the_spec_checks_its_registry_key(tmp_path):
+    from tunewise.errors import ConfigError
+    from tunewise.spec import load_spec
+
+    spec = tmp_path / "tunewise.yaml"
+    head = "task: {name: t, target: reply with the ticket's label}\ndata: {train: train.jsonl}\n"
+    spec.write_text(head + "registry: postgresql://team@db.internal/tunewise\n")
+    assert load_spec(spec).registry == "postgresql://team@db.internal/tunewise"
+    spec.write_text(head + "registry: sqlite:///tmp/r.db\n")
+    with pytest.raises(ConfigError, match=r"line 3.*registry.*not a PostgreSQL URL"):
+        load_spec(spec)

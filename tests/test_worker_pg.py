@@ -107,6 +107,19 @@ def test_two_workers_claim_distinct_jobs_and_take_over_a_stale_one(project):
         "The job's worker on gpu-a stopped (no heartbeat for over 30 s); resuming the job on gpu-b"
     )
 
+    # b is stopped (Ctrl+C, SIGTERM) while it runs that job: it releases the job, and a takes it at once.
+    b._proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    b._job_id = jobs[0]
+    b.stop()
+    b.run_forever()  # returns at once: it stops the job's process and releases the job
+    assert b._proc is None and _job(project, jobs[0])["heartbeat_at"] == 0
+    taken = a._claim()
+    assert taken["id"] == jobs[0] and taken["worker"] == a.worker_id and taken["attempts"] == 3
+    assert (
+        _events(project, jobs[0])[-1]["message"]
+        == "The job's worker on gpu-b was stopped; resuming the job on gpu-a"
+    )
+
 
 def _start_worker(project: Project, name: str, tmp_path: Path) -> subprocess.Popen:
     """`tunewise worker` in a session of its own (so that a SIGKILL to its group takes its runner too)."""

@@ -57,7 +57,9 @@ class Project:
         """The PostgreSQL URL of the project's registry, or None for the embedded SQLite file: --registry, else
         the TUNEWISE_REGISTRY environment variable, else `registry:` in tunewise.yaml."""
         url = self.registry_url or os.environ.get(REGISTRY_ENV) or _spec_registry(self.spec_path)
-        if url and not url.startswith(("postgresql://", "postgres://")):
+        from tunewise.registry.postgres import is_url
+
+        if url and not is_url(url):
             raise TunewiseError(
                 f"registry '{url}' is not a PostgreSQL URL",
                 hint="write postgresql://USER@HOST:PORT/DATABASE, or leave it out for the embedded SQLite file",

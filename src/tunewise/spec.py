@@ -537,7 +537,9 @@ class Spec(_Strict):
     @field_validator("registry")
     @classmethod
     def _registry_is_postgres(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+        from tunewise.registry.postgres import is_url
+
+        if value is not None and not is_url(value):
             raise ValueError(f"'{value}' is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE)")
         return value
 

@@ -19,6 +19,10 @@ from tunewise.registry.migrations import MIGRATIONS
 
 # Any fixed number: the key of the PostgreSQL advisory lock that makes servers starting together migrate in turn.
 MIGRATION_LOCK = 7461_5821
+# PostgreSQL registries this process has brought up to date (URL, migrations known): a server or worker opens the
+# registry for each short transaction, and over the network the check costs round trips each time. Migrations only
+# append, so a database once current stays current for this process's code.
+_CURRENT: set[tuple[str, int]] = set()
 
 
 def utc_now() -> str:
@@ -36,6 +40,8 @@ class Registry:
         self.conn: Any
         if url:
             self.conn = postgres.Connection(url)
+            if (url, len(MIGRATIONS)) in _CURRENT:
+                return
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: we open transactions explicitly, so a migration is all-or-nothing.
@@ -106,6 +112,8 @@ class Registry:
                     postgres.sync_identities(conn)
                 conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, utc_now()))
             applied.append(name)
+        if self.url:
+            _CURRENT.add((self.url, len(MIGRATIONS)))
         return applied
 
     # --- dataset versions ---------------------------------------------------------------------------

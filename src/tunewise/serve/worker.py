@@ -185,13 +185,16 @@ class JobWorker:
             log.info("stopping job %s for shutdown; it resumes when the server starts again", job_id)
             self._terminate()
             # Stale at once: a worker on another host need not wait out the timeout to take the job over.
-            with_registry(
-                self.project,
-                lambda conn: conn.execute(
-                    "UPDATE fine_tuning_jobs SET heartbeat_at = 0 WHERE id = ? AND worker = ?",
-                    (job_id, self.worker_id),
-                ),
-            )
+            try:
+                with_registry(
+                    self.project,
+                    lambda conn: conn.execute(
+                        "UPDATE fine_tuning_jobs SET heartbeat_at = 0 WHERE id = ? AND worker = ?",
+                        (job_id, self.worker_id),
+                    ),
+                )
+            except Exception:  # the registry unreachable: the job is taken over once the timeout passes
+                log.exception("job %s: could not release it", job_id)
 
     def run_forever(self) -> None:
         """Run jobs in this thread until stop() is called (from a signal handler) or the process is interrupted."""
@@ -216,11 +219,19 @@ class JobWorker:
                 return claim_in(conn, registry.skip_locked, int(time.time()))
 
         def claim_in(conn: Any, skip_locked: str, now: int) -> dict[str, Any] | None:
+            columns = "id, owner, attempts, worker, heartbeat_at"
             for row in conn.execute(
-                "SELECT id, owner, attempts, worker, heartbeat_at FROM fine_tuning_jobs WHERE status = 'running'"
-                " ORDER BY rowid" + skip_locked
+                f"SELECT {columns} FROM fine_tuning_jobs WHERE status = 'running' ORDER BY rowid"
             ).fetchall():
                 if not self._orphaned(row, now):
+                    continue
+                # Lock only a job to take over, and look again once locked: another worker may have taken it.
+                row = conn.execute(
+                    f"SELECT {columns} FROM fine_tuning_jobs WHERE id = ? AND status = 'running'"
+                    + skip_locked,
+                    (row["id"],),
+                ).fetchone()
+                if row is None or not self._orphaned(row, now):
                     continue
                 if row["attempts"] >= MAX_ATTEMPTS:
                     message = public_message(
@@ -242,6 +253,8 @@ class JobWorker:
                 previous = row["worker"].rsplit(":", 2)[0] if row["worker"] else None
                 if previous is None or previous == self.host:
                     reason = "The job's training process stopped (server restart); resuming the job"
+                elif row["heartbeat_at"] == 0:
+                    reason = f"The job's worker on {previous} was stopped; resuming the job on {self.host}"
                 else:
                     reason = (
                         f"The job's worker on {previous} stopped (no heartbeat for over "
