@@ -188,3 +188,16 @@ def test_a_killed_workers_job_resumes_on_another_worker(project, tmp_path):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def test_the_worker_command_refuses_bad_settings_in_one_line(run_cli, tmp_path):
+    code, _, err = run_cli("worker", "--heartbeat", "10", "--stale-after", "5", "--project", str(tmp_path))
+    assert code == 1 and "error: --stale-after 5 must be longer than --heartbeat 10" in err
+    assert "Traceback" not in err
+    code, _, err = run_cli("worker", "--name", "gpu:1", "--project", str(tmp_path))
+    assert code == 1 and "error: --name 'gpu:1' must be a non-empty name without ':'" in err
+    code, _, err = run_cli(
+        "worker", "--registry", "postgresql://team:secret@127.0.0.1:1/t", "--project", str(tmp_path)
+    )
+    assert code == 1 and "cannot reach the registry at postgresql://team:***@127.0.0.1:1/t" in err
+    assert "secret" not in err
