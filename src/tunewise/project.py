@@ -14,7 +14,7 @@ my-task/
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunewise.errors import TunewiseError
@@ -29,9 +29,9 @@ REGISTRY_ENV = "TUNEWISE_REGISTRY"
 @dataclass(frozen=True)
 class Project:
     root: Path
-    registry_url: str | None = (
-        None  # --registry: a PostgreSQL URL that overrides the environment and the spec
-    )
+    # --registry: a PostgreSQL URL that overrides the environment and the spec. Keyword-only, so that a
+    # subclass's own fields stay where they were in positional construction.
+    registry_url: str | None = field(default=None, kw_only=True)
 
     @property
     def spec_path(self) -> Path:
