@@ -72,6 +72,14 @@ class Registry:
             self.conn.execute("COMMIT")
 
     @property
+    def clock(self) -> str:
+        """An SQL expression for the database's time in unix seconds: machines sharing a registry compare times
+        by one clock, the server's."""
+        if self.dialect == "postgresql":
+            return "CAST(extract(epoch FROM now()) AS BIGINT)"
+        return "CAST(strftime('%s', 'now') AS INTEGER)"
+
+    @property
     def skip_locked(self) -> str:
         """The clause that locks the rows a claim reads and skips those another claim holds: row locks on
         PostgreSQL; nothing on SQLite, where the transaction already holds the only write lock."""

@@ -216,7 +216,9 @@ class JobWorker:
 
         def claim(registry: Any) -> dict[str, Any] | None:
             with registry.transaction() as conn:
-                return claim_in(conn, registry.skip_locked, int(time.time()))
+                # The database's clock, not this machine's: heartbeats from several machines are compared.
+                now = conn.execute(f"SELECT {registry.clock}").fetchone()[0]
+                return claim_in(conn, registry.skip_locked, int(now))
 
         def claim_in(conn: Any, skip_locked: str, now: int) -> dict[str, Any] | None:
             columns = "id, owner, attempts, worker, heartbeat_at"
@@ -340,14 +342,15 @@ class JobWorker:
                 log.info("job %s: %s; stopping its process", self._job_id, job and job["status"])
                 self._terminate()
             elif time.monotonic() - self._beat >= self.heartbeat_s:
-                job_id = self._job_id
-                with_registry(
-                    self.project,
-                    lambda conn: conn.execute(
-                        "UPDATE fine_tuning_jobs SET heartbeat_at = ? WHERE id = ? AND worker = ?",
-                        (int(time.time()), job_id, self.worker_id),
-                    ),
-                )
+                registry = self.project.registry()
+                try:
+                    with registry.transaction() as conn:
+                        conn.execute(
+                            f"UPDATE fine_tuning_jobs SET heartbeat_at = {registry.clock} WHERE id = ? AND worker = ?",
+                            (self._job_id, self.worker_id),
+                        )
+                finally:
+                    registry.close()
                 self._beat = time.monotonic()
             return
         job_id, self._proc, self._job_id = self._job_id, None, None
