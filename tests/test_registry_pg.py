@@ -375,3 +375,66 @@ def test_every_statement_in_the_code_is_valid_on_postgres(pg, tmp_path):
             problems.append(f"{where}: {str(exc).splitlines()[0]}: {sql[:100]}")
     registry.close()
     assert problems == []
+
+
+def test_a_file_deleted_while_a_job_is_created_on_another_server(pg, tmp_path):
+    """Two servers on one registry: deleting a file and creating a job with it lock the file's row, so either the
+    deletion sees the job (and refuses) or the creation sees the file gone (and refuses); never a job whose
+    file was deleted."""
+    openai = pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from test_serve_jobs import chat_lines, supervised, upload
+
+    from tunewise.serve.auth import create_key
+
+    project = Project(tmp_path, registry_url=pg.new_database())
+    key = create_key(project, "team")[1]
+    with ApiServer(project) as server:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key=key, max_retries=0)
+        kept, dropped = upload(client, chat_lines(8)), upload(client, chat_lines(8))
+        outcome: list = []
+
+        def attempt(call) -> None:
+            try:
+                outcome.append(call())
+            except openai.APIStatusError as exc:
+                outcome.append(exc)
+
+        # A job being created elsewhere holds the file (as create_job's transaction does): the deletion waits,
+        # then sees the job.
+        other = project.registry()
+        with other.transaction() as conn:
+            conn.execute("SELECT id FROM files WHERE id = ? FOR SHARE", (kept.id,))
+            deleting = threading.Thread(target=attempt, args=(lambda: client.files.delete(kept.id),))
+            deleting.start()
+            deleting.join(1.0)
+            assert deleting.is_alive()  # waiting on the lock
+            conn.execute(
+                "INSERT INTO fine_tuning_jobs (id, created_at, model, status, training_file, hyperparameters, seed,"
+                " model_name, run_id) VALUES ('ftjob-elsewhere', 0, 'tiny:random', 'queued', ?, '{}', 0, 'm', 'r')",
+                (kept.id,),
+            )
+        deleting.join()
+        other.close()
+        assert isinstance(outcome[-1], openai.BadRequestError) and "ftjob-elsewhere" in str(outcome[-1])
+
+        # A deletion in progress elsewhere: the job's creation waits, then finds the file gone.
+        other = project.registry()
+        with other.transaction() as conn:
+            conn.execute("SELECT id FROM files WHERE id = ? FOR UPDATE", (dropped.id,))
+            creating = threading.Thread(
+                target=attempt,
+                args=(
+                    lambda: client.fine_tuning.jobs.create(
+                        model="tiny:random", training_file=dropped.id, method=supervised()
+                    ),
+                ),
+            )
+            creating.start()
+            creating.join(1.0)
+            assert creating.is_alive()
+            conn.execute("DELETE FROM files WHERE id = ?", (dropped.id,))
+        creating.join()
+        other.close()
+        assert isinstance(outcome[-1], openai.NotFoundError) and "it was deleted" in str(outcome[-1])
+        assert [j.id for j in client.fine_tuning.jobs.list()] == []  # ftjob-elsewhere has no owner key: not listed

@@ -148,6 +148,12 @@ class Registry:
         return _decode(rows[0], ("source_paths", "stats")) if len(rows) == 1 else None
 
 
+def lock_rows(conn: Any, mode: str = "UPDATE") -> str:
+    """The clause that locks the rows a SELECT reads until the transaction ends (`FOR UPDATE`, `FOR SHARE`) on
+    PostgreSQL; nothing on SQLite, where a transaction already holds the only write lock (BEGIN IMMEDIATE)."""
+    return f" FOR {mode}" if isinstance(conn, postgres.Connection) else ""
+
+
 def split_statements(sql: str) -> list[str]:
     r"""SQL statements of a script, split where sqlite says a statement is complete (so a ';' inside a
     comment or a string does not split it).

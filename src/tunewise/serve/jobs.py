@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import nearest
 from tunewise.project import Project
+from tunewise.registry.db import lock_rows
 from tunewise.serve.auth import Caller, caller, require_key
 from tunewise.serve.errors import APIError
 from tunewise.serve.files import require_file
@@ -464,6 +465,18 @@ def create_job(request: Request, body: JobRequest) -> dict:
     }
 
     def insert(conn: Any) -> None:
+        # The files, locked until the job is recorded: a deletion on another server waits and then sees the job.
+        files = [f for f in (body.training_file, body.validation_file) if f]
+        present = conn.execute(
+            f"SELECT id FROM files WHERE id IN ({', '.join('?' * len(files))})" + lock_rows(conn, "SHARE"),
+            files,
+        ).fetchall()
+        gone = sorted(set(files) - {r["id"] for r in present})
+        if gone:
+            param = "training_file" if gone[0] == body.training_file else "validation_file"
+            raise APIError(
+                404, f"no file with id '{gone[0]}' (it was deleted)", param=param, code="file_not_found"
+            )
         cols = list(job)
         conn.execute(
             f"INSERT INTO fine_tuning_jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
