@@ -437,4 +437,47 @@ def test_a_file_deleted_while_a_job_is_created_on_another_server(pg, tmp_path):
         creating.join()
         other.close()
         assert isinstance(outcome[-1], openai.NotFoundError) and "it was deleted" in str(outcome[-1])
-        assert [j.id for j in client.fine_tuning.jobs.list()] == []  # ftjob-elsewhere has no owner key: not listed
+        assert [
+            j.id for j in client.fine_tuning.jobs.list()
+        ] == []  # ftjob-elsewhere has no owner key: not listed
+
+
+def test_a_connection_the_server_closed_is_replaced(pg, tmp_path):
+    """A server restart or failover closes every connection: a read or a new transaction goes on with a new
+    connection; a transaction cut in the middle fails, records nothing, and the next one works."""
+    import psycopg
+
+    from tunewise.serve.auth import KeyStore, create_key
+
+    url = pg.new_database()
+    admin = psycopg.connect(url, autocommit=True)
+
+    def cut(conn) -> None:
+        # The second argument makes the call wait (up to 10 s) until the backend is gone.
+        assert admin.execute(
+            "SELECT pg_terminate_backend(%s, 10000)", (conn._conn.info.backend_pid,)
+        ).fetchone()[0]
+
+    registry = open_registry(tmp_path, url)
+    cut(registry.conn)
+    assert registry.conn.execute("SELECT count(*) FROM dataset_versions").fetchone()[0] == 0
+    cut(registry.conn)
+    with registry.transaction() as conn:
+        conn.execute("INSERT INTO dataset_versions VALUES ('d1', 'train', 't', '[]', 1, '{}', 'p')")
+    with pytest.raises(psycopg.OperationalError):
+        with registry.transaction() as conn:
+            conn.execute("INSERT INTO dataset_versions VALUES ('d2', 'train', 't', '[]', 1, '{}', 'p')")
+            cut(registry.conn)
+            conn.execute("INSERT INTO dataset_versions VALUES ('d3', 'train', 't', '[]', 1, '{}', 'p')")
+    assert registry.add_dataset_version("d4", "eval", [], 1, {}, "p")
+    assert sorted(d["id"] for d in registry.dataset_versions()) == ["d1", "d4"]
+    registry.close()
+
+    project = Project(tmp_path, registry_url=url)
+    key = create_key(project, "team")[1]
+    keys = KeyStore(tmp_path / "registry.sqlite3", url)
+    assert keys.verify(key)["name"] == "team"
+    cut(keys._conn)
+    assert keys.verify(key)["name"] == "team"  # the server's next request after a restart is served
+    keys.close()
+    admin.close()

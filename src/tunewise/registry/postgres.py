@@ -98,9 +98,18 @@ def _row_factory(cursor: Any) -> Any:
 
 class Connection:
     """A psycopg connection with sqlite3's calling convention: `execute(sql, params)` returns the cursor,
-    `in_transaction`, `close()`."""
+    `in_transaction`, `close()`.
+
+    A connection the server closed (a restart, a failover, an idle timeout) is replaced: before the next
+    statement, and at once for a BEGIN or a SELECT outside a transaction, which are retried on the new one (they
+    changed nothing). A statement inside a transaction is not retried: its error reaches the caller, the
+    transaction is gone, and the next one starts on a new connection."""
 
     def __init__(self, url: str):
+        self.url = url
+        self._conn = self._connect()
+
+    def _connect(self) -> Any:
         try:
             import psycopg
         except ImportError:
@@ -118,29 +127,53 @@ class Connection:
                 return int(value) if value == value.to_integral_value() else float(value)
 
         try:
-            self._conn = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=30)
+            conn = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory, connect_timeout=30)
         except psycopg.OperationalError as exc:
             raise TunewiseError(
-                f"cannot reach the registry at {redact(url)}: {str(exc).strip().splitlines()[-1]}",
+                f"cannot reach the registry at {redact(self.url)}: {str(exc).strip().splitlines()[-1]}",
                 hint="check the URL (registry: in tunewise.yaml, TUNEWISE_REGISTRY or --registry) and that the "
                 "server accepts this machine",
             ) from None
-        self._conn.adapters.register_loader("numeric", NumberLoader)
-        self.url = url
+        conn.adapters.register_loader("numeric", NumberLoader)
+        return conn
+
+    def _reconnect(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            self._conn = self._connect()
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
+        import psycopg
+
+        query = to_postgres(sql)
         # Parameters always given (an empty tuple when none) so that psycopg reads '%%' as '%' in every statement.
-        return self._conn.execute(to_postgres(sql), params if params is not None else ())
+        args = params if params is not None else ()
+        if self._conn.broken:
+            self._reconnect()
+        idle = not self.in_transaction
+        try:
+            return self._conn.execute(query, args)
+        except psycopg.OperationalError:
+            if not (self._conn.broken and idle and query.split()[0].upper() in ("BEGIN", "SELECT")):
+                raise
+            self._reconnect()
+            return self._conn.execute(query, args)
 
     def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Any:
+        if self._conn.broken:
+            self._reconnect()
         cursor = self._conn.cursor()
         cursor.executemany(to_postgres(sql), list(seq))
         return cursor
 
     @property
     def in_transaction(self) -> bool:
+        """Whether a transaction is open (one on a connection the server closed is gone, so no)."""
         from psycopg.pq import TransactionStatus
 
+        if self._conn.broken:
+            return False
         return self._conn.info.transaction_status != TransactionStatus.IDLE
 
     def close(self) -> None:
