@@ -527,6 +527,21 @@ class Spec(_Strict):
     knowledge: KnowledgeSpec | None = Field(
         default=None, description="Documents for the retrieval (rag) arms."
     )
+    registry: str | None = Field(
+        default=None,
+        description="Where the registry lives: left out, the embedded SQLite file in .tunewise/; "
+        "postgresql://USER@HOST:PORT/DATABASE for one that a team's servers and workers share (a password goes "
+        "in ~/.pgpass or the TUNEWISE_REGISTRY environment variable, not in the spec).",
+    )
+
+    @field_validator("registry")
+    @classmethod
+    def _registry_is_postgres(cls, value: str | None) -> str | None:
+        from tunewise.registry.postgres import is_url
+
+        if value is not None and not is_url(value):
+            raise ValueError(f"'{value}' is not a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE)")
+        return value
 
     @model_validator(mode="after")
     def _variants_fit_the_contract(self) -> Spec:

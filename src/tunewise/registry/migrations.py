@@ -248,3 +248,17 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Workers on several machines share one registry (PostgreSQL): a `running` job names the worker that claimed it
+# (`host:pid:start-time`, serve/worker.py) and when that worker last said it was alive. A job whose worker's
+# heartbeat is older than the stated timeout is taken over by another worker, which resumes it from its last
+# checkpoint.
+MIGRATIONS.append(
+    (
+        "012_job_heartbeats",
+        """
+        ALTER TABLE fine_tuning_jobs ADD COLUMN worker TEXT;
+        ALTER TABLE fine_tuning_jobs ADD COLUMN heartbeat_at INTEGER;  -- unix seconds
+        """,
+    )
+)

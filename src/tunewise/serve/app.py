@@ -72,7 +72,7 @@ def create_app(
     app.state.project = project
     app.state.settings = settings
     app.state.no_auth = no_auth
-    app.state.keys = KeyStore(Path(project.state_dir) / "registry.sqlite3")
+    app.state.keys = KeyStore(Path(project.state_dir) / "registry.sqlite3", project.registry_location())
     app.state.inference = InferenceService(project, settings)
     app.state.trainable = trainable_bases(app.state.inference.pool.base, settings.train_bases)
     install_handlers(app)

@@ -50,11 +50,11 @@ def create_key(project: Any, name: str = "default", admin: bool = False) -> tupl
     registry = project.registry()
     try:
         with registry.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO api_keys (name, prefix, salt, hash, created_at, admin) VALUES (?, ?, ?, ?, ?, ?)",
+            key_id = conn.execute(
+                "INSERT INTO api_keys (name, prefix, salt, hash, created_at, admin) VALUES (?, ?, ?, ?, ?, ?)"
+                " RETURNING id",
                 (name, key[:_VISIBLE], salt.hex(), _hash(salt, key), utc_now(), int(admin)),
-            )
-            key_id = cur.lastrowid
+            ).fetchone()[0]
         row = _public(registry.conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone())
     finally:
         registry.close()
@@ -94,7 +94,7 @@ def revoke_key(project: Any, key_id: str) -> dict[str, Any]:
         registry.close()
 
 
-def _public(row: sqlite3.Row) -> dict[str, Any]:
+def _public(row: Any) -> dict[str, Any]:
     out = dict(row)
     out.pop("salt", None)
     out.pop("hash", None)
@@ -105,9 +105,17 @@ class KeyStore:
     """Checks keys against the registry from any thread (one connection, a lock; the server checks a key per
     request, so it keeps the connection open instead of reopening and migrating the registry each time)."""
 
-    def __init__(self, registry_path: Path):
-        self._conn = sqlite3.connect(registry_path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.row_factory = sqlite3.Row
+    def __init__(self, registry_path: Path, url: str | None = None):
+        """The registry's SQLite file at `registry_path`, or the PostgreSQL server `url` when given."""
+        if url:
+            from tunewise.registry.postgres import Connection
+
+            self._conn: Any = Connection(url)
+        else:
+            self._conn = sqlite3.connect(
+                registry_path, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         self._touched: dict[int, float] = {}
 

@@ -155,6 +155,63 @@ def serve(
     server.run(sockets=[sock])
 
 
+WORKER_HELP = """Run queued fine-tuning jobs from the project's registry, one at a time, each in its own process,
+without serving anything: start one on each GPU machine. Workers share a PostgreSQL registry (--registry, the
+TUNEWISE_REGISTRY environment variable, or `registry:` in tunewise.yaml) and the project folder (a shared
+mount at the same path). A job whose worker stops sending heartbeats for --stale-after seconds is taken over by
+another worker and resumes from its last checkpoint. Ctrl+C stops the worker; its job resumes elsewhere.
+
+Examples:
+
+  TUNEWISE_REGISTRY=postgresql://team@db.internal/tunewise tunewise worker --project /mnt/shared/support
+
+  tunewise worker --registry postgresql://team@db.internal/tunewise --name gpu-3 --stale-after 120"""
+
+
+@app.command(help=WORKER_HELP)
+def worker(
+    registry: str | None = typer.Option(
+        None, "--registry", help="The registry's PostgreSQL URL (default: TUNEWISE_REGISTRY, then the spec)."
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="This machine's name in the jobs' `worker` column (default: the host name)."
+    ),
+    heartbeat: float = typer.Option(10.0, "--heartbeat", min=0.1, help="Seconds between heartbeats."),
+    stale_after: float = typer.Option(
+        60.0,
+        "--stale-after",
+        help="Seconds without a heartbeat after which another host's job is taken over.",
+    ),
+    poll: float = typer.Option(0.5, "--poll", min=0.05, help="Seconds between looks at the queue."),
+    project_dir: Path | None = typer.Option(
+        None, "--project", help="Project folder (default: found upward)."
+    ),
+) -> None:
+    import dataclasses
+    import signal
+
+    from tunewise.registry.postgres import redact
+    from tunewise.serve.worker import JobWorker
+
+    if stale_after <= heartbeat:
+        raise TunewiseError(
+            f"--stale-after {stale_after:g} must be longer than --heartbeat {heartbeat:g}",
+            hint="a few heartbeats long, e.g. --heartbeat 10 --stale-after 60",
+        )
+    if name is not None and (not name.strip() or ":" in name):
+        raise TunewiseError(f"--name {name!r} must be a non-empty name without ':'", hint="e.g. --name gpu-3")
+    project = dataclasses.replace(_project(project_dir), registry_url=registry)
+    project.registry().close()  # reach the registry (and migrate it) before waiting for work
+    jobs = JobWorker(project, poll, host=name, heartbeat_s=heartbeat, stale_after_s=stale_after)
+    location = project.registry_location()
+    where = redact(location) if location else str(project.state_dir / "registry.sqlite3")
+    err.print(f"tunewise worker {jobs.worker_id}: taking jobs from {where}; Ctrl+C stops", highlight=False)
+    # Both signals end the loop between polls, so the running job is stopped and released, not abandoned.
+    signal.signal(signal.SIGTERM, lambda *_: jobs.stop())
+    signal.signal(signal.SIGINT, lambda *_: jobs.stop())
+    jobs.run_forever()
+
+
 @keys_app.command(
     "create",
     help="Create an API key; it is printed once and only its hash is stored. A key sees only the files, jobs and "

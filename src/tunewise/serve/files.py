@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunewise.fileio import publish, temp_path
 from tunewise.project import Project
+from tunewise.registry.db import lock_rows
 from tunewise.serve.auth import Caller, caller, require_key
 from tunewise.serve.errors import APIError
 
@@ -302,6 +303,9 @@ def delete_file(request: Request, file_id: str) -> dict:
     registry = project.registry()
     try:
         with registry.transaction() as conn:
+            # Locked, so that a job being created with it on another server waits, then finds it gone; or
+            # commits first, and is then among the users below.
+            conn.execute("SELECT id FROM files WHERE id = ?" + lock_rows(conn), (file_id,))
             users = conn.execute(
                 "SELECT id FROM fine_tuning_jobs WHERE status IN ('validating_files', 'queued', 'running')"
                 " AND (training_file = ? OR validation_file = ?)",

@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tunewise.errors import nearest
 from tunewise.project import Project
+from tunewise.registry.db import lock_rows
 from tunewise.serve.auth import Caller, caller, require_key
 from tunewise.serve.errors import APIError
 from tunewise.serve.files import require_file
@@ -214,7 +215,7 @@ def fine_tuned_models(project: Project) -> list[dict[str, Any]]:
     `model/` for full fine-tuning), and `base`, `job_id`, `method`, `api_key_id` (the key that owns it; None: the
     operator).
     """
-    if not (project.state_dir / "registry.sqlite3").is_file():
+    if project.registry_location() is None and not (project.state_dir / "registry.sqlite3").is_file():
         return []
 
     def rows(conn: Any) -> list[dict[str, Any]]:
@@ -464,6 +465,18 @@ def create_job(request: Request, body: JobRequest) -> dict:
     }
 
     def insert(conn: Any) -> None:
+        # The files, locked until the job is recorded: a deletion on another server waits and then sees the job.
+        files = [f for f in (body.training_file, body.validation_file) if f]
+        present = conn.execute(
+            f"SELECT id FROM files WHERE id IN ({', '.join('?' * len(files))})" + lock_rows(conn, "SHARE"),
+            files,
+        ).fetchall()
+        gone = sorted(set(files) - {r["id"] for r in present})
+        if gone:
+            param = "training_file" if gone[0] == body.training_file else "validation_file"
+            raise APIError(
+                404, f"no file with id '{gone[0]}' (it was deleted)", param=param, code="file_not_found"
+            )
         cols = list(job)
         conn.execute(
             f"INSERT INTO fine_tuning_jobs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
@@ -495,13 +508,22 @@ def _check_limit(limit: int) -> None:
         raise APIError(400, f"limit must be in 1..100 (got {limit})", param="limit")
 
 
-def _page(table: str, where: str, args: list[Any], after_rowid: Any, limit: int, project: Project) -> Any:
-    """Rows newest first after the row `after_rowid` (an SQL expression giving a rowid, or None)."""
+def _page(
+    table: str,
+    where: str,
+    args: list[Any],
+    after_rowid: Any,
+    limit: int,
+    project: Project,
+    key: str = "rowid",
+) -> Any:
+    """Rows newest first after the row `after_rowid` (an SQL expression giving its `key`, or None). `key` orders
+    the rows: the insertion order (rowid), or an id that follows it."""
     sql = f"SELECT * FROM {table} WHERE {where}"
     if after_rowid is not None:
-        sql += f" AND rowid < ({after_rowid[0]})"
+        sql += f" AND {key} < ({after_rowid[0]})"
         args = [*args, *after_rowid[1]]
-    sql += " ORDER BY rowid DESC LIMIT ?"
+    sql += f" ORDER BY {key} DESC LIMIT ?"
     rows = read_registry(project, lambda conn: conn.execute(sql, (*args, limit + 1)).fetchall())
     return [_decode(r) for r in rows[:limit]], len(rows) > limit
 
@@ -558,7 +580,8 @@ def list_events(request: Request, job_id: str, after: str | None = None, limit: 
         if not number.isdigit():
             raise APIError(400, f"after must be an event id like ftevent-12 (got '{after}')", param="after")
         after_rowid = ("?", [int(number)])
-    rows, more = _page("fine_tuning_events", "job_id = ?", [job_id], after_rowid, limit, project)
+    # Events page by their id (an autoincrement, so in insertion order), which their API ids carry.
+    rows, more = _page("fine_tuning_events", "job_id = ?", [job_id], after_rowid, limit, project, key="id")
     return {"object": "list", "data": [event_object(r) for r in rows], "has_more": more}
 
 

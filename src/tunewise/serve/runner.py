@@ -226,9 +226,11 @@ class JobRun:
         metrics = {"step": step, "train_loss": record["loss"], **self._eval_at(step)}
         name = f"{self.job['model_name']}:ckpt-step-{step}"
         conn.execute(
-            "INSERT OR REPLACE INTO fine_tuning_checkpoints"
+            "INSERT INTO fine_tuning_checkpoints"
             " (id, job_id, created_at, step_number, metrics, fine_tuned_model_checkpoint, path)"
-            " VALUES (?, ?, ?, ?, json(?), ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, step_number) DO UPDATE SET id = excluded.id,"
+            " created_at = excluded.created_at, metrics = excluded.metrics,"
+            " fine_tuned_model_checkpoint = excluded.fine_tuned_model_checkpoint, path = excluded.path",
             (f"ftckpt-{secrets.token_hex(12)}", self.job_id, int(time.time()), step,
              json.dumps(metrics), name, str(path)),
         )  # fmt: skip

@@ -17,6 +17,16 @@ The registry is the only shared state. A job row's `owner` names the process tha
 `stop()` (server shutdown) terminates the running process and leaves its job `running`: the next server on the
 project resumes it. A runner also gets SIGTERM when the server dies without a shutdown (PR_SET_PDEATHSIG on
 Linux), so no training keeps running unsupervised.
+
+Several workers, on several machines, can share one registry (PostgreSQL; `tunewise worker`). Each claims in
+its own transaction, locking the rows it reads (`FOR UPDATE SKIP LOCKED`), so two workers never take the same
+job. A job's `worker` column names its worker as `host:pid:start-time`, and the worker writes `heartbeat_at` every
+`heartbeat_s` while the job runs. A `running` job is orphaned when its runner process is gone (a worker on the
+same host checks the process table, as above) or, for a worker on another host, when its heartbeat is older than
+`stale_after_s`: another worker then takes it over and resumes it from its last checkpoint. The project folder
+(uploaded files, run directories, checkpoints) must be the same shared folder on every machine. A worker that
+finds its job taken over (it was cut off longer than the timeout) kills its runner at once, without recording
+anything, so that only the new owner writes the run.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +56,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5  # process starts per job (the first and the resumes) before the worker gives up on it
 TERMINATE_GRACE_S = 5.0  # after SIGTERM (the runner writes result.json and exits), SIGKILL
+HEARTBEAT_S = 10.0  # how often a worker says it is alive while it runs a job
+STALE_AFTER_S = 60.0  # a job whose worker on another host has been silent this long is taken over
 
 
 def process_identity(pid: int) -> str | None:
@@ -111,15 +124,32 @@ def log_path(project: Project, job_id: str) -> Path:
 class JobWorker:
     """Runs the project's fine-tuning jobs, one at a time, each in its own process."""
 
-    def __init__(self, project: Project, poll_s: float = 0.5):
+    def __init__(
+        self,
+        project: Project,
+        poll_s: float = 0.5,
+        *,
+        host: str | None = None,
+        heartbeat_s: float = HEARTBEAT_S,
+        stale_after_s: float = STALE_AFTER_S,
+    ):
+        """`host`: the machine's name in the `worker` column (default: its host name); workers that give the same
+        name must run on the same machine, since they check each other's processes in its process table."""
+        if stale_after_s <= heartbeat_s:
+            raise ValueError(f"stale_after_s ({stale_after_s}) must exceed heartbeat_s ({heartbeat_s})")
         self.project = project
         self.poll_s = poll_s
+        self.heartbeat_s = heartbeat_s
+        self.stale_after_s = stale_after_s
+        self.host = host or socket.gethostname()
         self.identity = process_identity(os.getpid()) or f"{os.getpid()}:?"
+        self.worker_id = f"{self.host}:{self.identity}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._proc: subprocess.Popen | None = None
         self._job_id: str | None = None
         self._child_owner: str | None = None
+        self._beat = 0.0  # time.monotonic() of the last heartbeat written
 
     def start(self) -> None:
         if self._thread is not None:
@@ -151,17 +181,59 @@ class JobWorker:
                 log.exception("job worker error")
             self._stop.wait(self.poll_s)
         if self._proc is not None:
-            log.info("stopping job %s for shutdown; it resumes when the server starts again", self._job_id)
+            job_id = self._job_id
+            log.info("stopping job %s for shutdown; it resumes when the server starts again", job_id)
             self._terminate()
+            # Stale at once: a worker on another host need not wait out the timeout to take the job over.
+            try:
+                with_registry(
+                    self.project,
+                    lambda conn: conn.execute(
+                        "UPDATE fine_tuning_jobs SET heartbeat_at = 0 WHERE id = ? AND worker = ?",
+                        (job_id, self.worker_id),
+                    ),
+                )
+            except Exception:  # the registry unreachable: the job is taken over once the timeout passes
+                log.exception("job %s: could not release it", job_id)
+
+    def run_forever(self) -> None:
+        """Run jobs in this thread until stop() is called (from a signal handler) or the process is interrupted."""
+        try:
+            self._loop()
+        finally:
+            self._stop.set()
+
+    def _orphaned(self, row: Any, now: float) -> bool:
+        """Whether a `running` job has lost its worker: its process is gone (same host), or its worker's
+        heartbeat is older than the timeout (another host)."""
+        host = row["worker"].rsplit(":", 2)[0] if row["worker"] else None
+        if host is None or host == self.host:
+            return not owner_alive(row["owner"])
+        return row["heartbeat_at"] is None or row["heartbeat_at"] < now - self.stale_after_s
 
     def _claim(self) -> dict[str, Any] | None:
         """Take the next job: an orphaned `running` one (resume) before the oldest `queued` one."""
 
-        def claim(conn: Any) -> dict[str, Any] | None:
+        def claim(registry: Any) -> dict[str, Any] | None:
+            with registry.transaction() as conn:
+                # The database's clock, not this machine's: heartbeats from several machines are compared.
+                now = conn.execute(f"SELECT {registry.clock}").fetchone()[0]
+                return claim_in(conn, registry.skip_locked, int(now))
+
+        def claim_in(conn: Any, skip_locked: str, now: int) -> dict[str, Any] | None:
+            columns = "id, owner, attempts, worker, heartbeat_at"
             for row in conn.execute(
-                "SELECT id, owner, attempts FROM fine_tuning_jobs WHERE status = 'running' ORDER BY rowid"
+                f"SELECT {columns} FROM fine_tuning_jobs WHERE status = 'running' ORDER BY rowid"
             ).fetchall():
-                if owner_alive(row["owner"]):
+                if not self._orphaned(row, now):
+                    continue
+                # Lock only a job to take over, and look again once locked: another worker may have taken it.
+                row = conn.execute(
+                    f"SELECT {columns} FROM fine_tuning_jobs WHERE id = ? AND status = 'running'"
+                    + skip_locked,
+                    (row["id"],),
+                ).fetchone()
+                if row is None or not self._orphaned(row, now):
                     continue
                 if row["attempts"] >= MAX_ATTEMPTS:
                     message = public_message(
@@ -176,19 +248,31 @@ class JobWorker:
                     add_event(conn, row["id"], message, level="error")
                     continue
                 conn.execute(
-                    "UPDATE fine_tuning_jobs SET owner = ?, attempts = attempts + 1 WHERE id = ?",
-                    (self.identity, row["id"]),
+                    "UPDATE fine_tuning_jobs SET owner = ?, worker = ?, heartbeat_at = ?, attempts = attempts + 1"
+                    " WHERE id = ?",
+                    (self.identity, self.worker_id, now, row["id"]),
                 )
-                add_event(
-                    conn, row["id"], "The job's training process stopped (server restart); resuming the job"
-                )
+                previous = row["worker"].rsplit(":", 2)[0] if row["worker"] else None
+                if previous is None or previous == self.host:
+                    reason = "The job's training process stopped (server restart); resuming the job"
+                elif row["heartbeat_at"] == 0:
+                    reason = f"The job's worker on {previous} was stopped; resuming the job on {self.host}"
+                else:
+                    reason = (
+                        f"The job's worker on {previous} stopped (no heartbeat for over "
+                        f"{self.stale_after_s:g} s); resuming the job on {self.host}"
+                    )
+                add_event(conn, row["id"], reason)
                 return get_job(conn, row["id"])
             row = conn.execute(
-                "SELECT id FROM fine_tuning_jobs WHERE status = 'queued' ORDER BY rowid LIMIT 1"
+                "SELECT id FROM fine_tuning_jobs WHERE status = 'queued' ORDER BY rowid LIMIT 1" + skip_locked
             ).fetchone()
             if row is None:
                 return None
-            update_job(conn, row["id"], ("queued",), status="running", owner=self.identity)
+            update_job(
+                conn, row["id"], ("queued",), status="running", owner=self.identity, worker=self.worker_id,
+                heartbeat_at=now,
+            )  # fmt: skip
             conn.execute("UPDATE fine_tuning_jobs SET attempts = attempts + 1 WHERE id = ?", (row["id"],))
             return get_job(conn, row["id"])
 
@@ -198,8 +282,18 @@ class JobWorker:
                 "SELECT 1 FROM fine_tuning_jobs WHERE status IN ('queued', 'running') LIMIT 1"
             ).fetchone(),
         )
-        # Idle polls only read: the write lock is taken when there is something to claim.
-        return with_registry(self.project, claim) if waiting else None
+        if not waiting:
+            return None
+        # Idle polls only read: the write lock (SQLite) or the row locks (PostgreSQL) are taken when there is
+        # something to claim.
+        registry = self.project.registry()
+        try:
+            job = claim(registry)
+        finally:
+            registry.close()
+        if job is not None:
+            self._beat = time.monotonic()
+        return job
 
     def _start_next(self) -> None:
         job = self._claim()
@@ -212,6 +306,9 @@ class JobWorker:
             "--parent", str(os.getpid()),
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        location = self.project.registry_location()
+        if location:  # --registry reaches the runner by the environment, never its command line (a password)
+            env["TUNEWISE_REGISTRY"] = location
         with open(path, "ab") as out:
             self._proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
@@ -233,9 +330,28 @@ class JobWorker:
         code = self._proc.poll()
         job = read_registry(self.project, lambda conn: get_job(conn, self._job_id))
         if code is None:
-            if job is None or job["status"] != "running":  # cancelled through the API
+            if job is not None and job["status"] == "running" and job["worker"] not in (None, self.worker_id):
+                # Cut off past the timeout: another worker resumed the job. Kill, do not terminate: the runner
+                # would record an interruption over the new owner's run.
+                log.warning("job %s: taken over by %s; killing its process", self._job_id, job["worker"])
+                assert self._proc is not None
+                self._proc.kill()
+                self._proc.wait()
+                self._proc, self._job_id = None, None
+            elif job is None or job["status"] != "running":  # cancelled through the API
                 log.info("job %s: %s; stopping its process", self._job_id, job and job["status"])
                 self._terminate()
+            elif time.monotonic() - self._beat >= self.heartbeat_s:
+                registry = self.project.registry()
+                try:
+                    with registry.transaction() as conn:
+                        conn.execute(
+                            f"UPDATE fine_tuning_jobs SET heartbeat_at = {registry.clock} WHERE id = ? AND worker = ?",
+                            (self._job_id, self.worker_id),
+                        )
+                finally:
+                    registry.close()
+                self._beat = time.monotonic()
             return
         job_id, self._proc, self._job_id = self._job_id, None, None
         if job is not None and job["status"] == "running" and job["owner"] == self._child_owner:

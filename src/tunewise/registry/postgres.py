@@ -1,0 +1,207 @@
+"""The registry on PostgreSQL: a connection that runs the registry's SQLite SQL (through `dialect.to_postgres`)
+and reads rows back as `sqlite3.Row` does, by position and by name.
+
+A team points every server and worker at one database (`registry: postgresql://...` in tunewise.yaml, or
+TUNEWISE_REGISTRY); the schema is the same named migrations as the embedded SQLite file. Statements run in
+autocommit mode unless inside `Registry.transaction()`, as they do on SQLite with `isolation_level=None`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from tunewise.errors import TunewiseError
+from tunewise.registry.dialect import to_postgres
+
+SCHEMES = ("postgresql://", "postgres://")
+
+# Statements of shipped migrations that use SQLite's own functions (its JSON1 extension), each with its
+# PostgreSQL equivalent: (migration, how the statement starts) -> the statement PostgreSQL runs instead.
+# On a registry created on PostgreSQL these copy from tables that are still empty, but they must parse.
+EQUIVALENTS: dict[tuple[str, str], str] = {
+    (
+        "007_run_store",
+        "INSERT INTO runs_new",
+    ): """
+        INSERT INTO runs_new (id, kind, name, status, created_at, finished_at, dataset_versions, config, result,
+                              figures, path)
+            SELECT id, kind, NULL, status, created_at, finished_at,
+                   CASE WHEN dataset_version IS NULL THEN '[]' ELSE json_build_array(dataset_version)::text END,
+                   config, result,
+                   CASE
+                       WHEN kind = 'train' AND result IS NOT NULL THEN json_build_object(
+                           'steps', result::jsonb #> '{steps}',
+                           'train_loss', result::jsonb #> '{train_loss_last}',
+                           'validation_loss', result::jsonb #> '{eval_after,eval_loss}',
+                           'seconds', result::jsonb #> '{wall_s}')::text
+                       WHEN kind = 'eval' THEN coalesce(
+                           (SELECT json_build_object('accuracy', json_object_agg(
+                                       arm.value ->> 'name', arm.value #> '{accuracy,value}'))::text
+                            FROM evaluations AS e, jsonb_array_elements(e.summary::jsonb -> 'arms') AS arm(value)
+                            WHERE e.run_id = runs.id
+                            HAVING count(*) > 0),
+                           '{}')
+                       ELSE '{}'
+                   END,
+                   path
+            FROM runs
+    """,
+}
+
+
+def is_url(location: str | None) -> bool:
+    """Whether a registry location names a PostgreSQL server.
+
+    >>> is_url("postgresql://tunewise@db.internal/tunewise"), is_url(None), is_url("registry.sqlite3")
+    (True, False, False)
+    """
+    return bool(location) and location.startswith(SCHEMES)
+
+
+def statement_for(migration: str, statement: str) -> str:
+    """The statement of `migration` that PostgreSQL runs: its equivalent when SQLite's own functions need one."""
+    head = " ".join(statement.split())
+    for (name, start), equivalent in EQUIVALENTS.items():
+        if name == migration and head.startswith(start):
+            return equivalent
+    return statement
+
+
+class Row(tuple):
+    """A row read by position or by column name, as `sqlite3.Row`; the hidden `rowid` column (see
+    `dialect`) is left out of `keys()` and so of `dict(row)`, as SQLite leaves it out of `SELECT *`."""
+
+    _names: tuple[str, ...]
+
+    def __new__(cls, names: tuple[str, ...], values: Sequence[Any]) -> Row:
+        row = super().__new__(cls, values)
+        row._names = names
+        return row
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            try:
+                return tuple.__getitem__(self, self._names.index(key))
+            except ValueError:
+                raise IndexError(f"no column {key!r}") from None
+        return tuple.__getitem__(self, key)
+
+    def keys(self) -> list[str]:
+        return [n for n in self._names if n != "rowid"]
+
+
+def _row_factory(cursor: Any) -> Any:
+    names = tuple(c.name for c in cursor.description or ())
+    return lambda values: Row(names, values)
+
+
+class Connection:
+    """A psycopg connection with sqlite3's calling convention: `execute(sql, params)` returns the cursor,
+    `in_transaction`, `close()`.
+
+    A connection the server closed (a restart, a failover, an idle timeout) is replaced: before the next
+    statement, and at once for a BEGIN or a SELECT outside a transaction, which are retried on the new one (they
+    changed nothing). A statement inside a transaction is not retried: its error reaches the caller, the
+    transaction is gone, and the next one starts on a new connection."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._conn = self._connect()
+
+    def _connect(self) -> Any:
+        try:
+            import psycopg
+        except ImportError:
+            raise TunewiseError(
+                "a PostgreSQL registry needs psycopg, which is not installed",
+                hint="pip install 'tunewise[postgres]'",
+            ) from None
+        from psycopg.types.numeric import NumericLoader
+
+        class NumberLoader(NumericLoader):
+            # sum() and avg() over integers are numeric on PostgreSQL (Decimal in Python): read them as SQLite
+            # returns them, an int when whole, else a float, so that they serialize as JSON.
+            def load(self, data: Any) -> Any:
+                value = super().load(data)
+                return int(value) if value == value.to_integral_value() else float(value)
+
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, row_factory=_row_factory, connect_timeout=30)
+        except psycopg.OperationalError as exc:
+            raise TunewiseError(
+                f"cannot reach the registry at {redact(self.url)}: {str(exc).strip().splitlines()[-1]}",
+                hint="check the URL (registry: in tunewise.yaml, TUNEWISE_REGISTRY or --registry) and that the "
+                "server accepts this machine",
+            ) from None
+        conn.adapters.register_loader("numeric", NumberLoader)
+        return conn
+
+    def _reconnect(self) -> None:
+        try:
+            self._conn.close()
+        finally:
+            self._conn = self._connect()
+
+    def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Any:
+        import psycopg
+
+        query = to_postgres(sql)
+        # Parameters always given (an empty tuple when none) so that psycopg reads '%%' as '%' in every statement.
+        args = params if params is not None else ()
+        if self._conn.broken:
+            self._reconnect()
+        idle = not self.in_transaction
+        try:
+            return self._conn.execute(query, args)
+        except psycopg.OperationalError:
+            if not (self._conn.broken and idle and query.split()[0].upper() in ("BEGIN", "SELECT")):
+                raise
+            self._reconnect()
+            return self._conn.execute(query, args)
+
+    def executemany(self, sql: str, seq: Iterable[Sequence[Any]]) -> Any:
+        if self._conn.broken:
+            self._reconnect()
+        cursor = self._conn.cursor()
+        cursor.executemany(to_postgres(sql), list(seq))
+        return cursor
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open (one on a connection the server closed is gone, so no)."""
+        from psycopg.pq import TransactionStatus
+
+        if self._conn.broken:
+            return False
+        return self._conn.info.transaction_status != TransactionStatus.IDLE
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def sync_identities(conn: Connection) -> None:
+    """Move each identity column's sequence past the largest value in it: a migration that copies rows with
+    their ids (rebuilding a table, as SQLite needs to drop a column) leaves the sequence behind them."""
+    rows = conn.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND is_identity = 'YES'"
+    ).fetchall()
+    for table, column in rows:
+        conn.execute(
+            f'SELECT setval(pg_get_serial_sequence(?, ?), coalesce(max("{column}"), 0) + 1, false) FROM "{table}"',
+            (f'"{table}"', column),
+        )
+
+
+def redact(url: str) -> str:
+    """The URL without its password, to show in messages.
+
+    >>> redact("postgresql://team:s3cret@db:5432/tunewise")
+    'postgresql://team:***@db:5432/tunewise'
+    """
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
