@@ -12,6 +12,7 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any, 
     )
     model.config.use_cache = False  # no KV cache in training: it only costs memory
     choice = choose_kernels(config.kernels, device, getattr(model.config, "model_type", None))
-    set_attention(model, choice.attention)
+    choice = replace(choice, attention=set_attention(model, choice.attention))
     if choice.enabled:
         private_weights(model)
         use_fused_swiglu(model)  # the MLP keeps two tensors for backward, not three (see train/swiglu.py)
