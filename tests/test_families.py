@@ -214,3 +214,13 @@ def test_lora_trains_and_evaluates_each_family(tmp_path, families, family):
         assert kernels == {
             "enabled": False, "attention": "eager" if family == "gemma2" else "sdpa", "reason": f"auto: not tested on the {family} family"
         }  # fmt: skip
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_memory_estimate_counts_each_familys_parameters(families, family):
+    """The estimate reads the parameter count from config.json alone; it equals the loaded model's."""
+    from tunewise.models.loading import load_model
+    from tunewise.train.memory import ModelShape
+
+    model = load_model(str(families[family]))
+    assert ModelShape.from_folder(families[family]).params == sum(p.numel() for p in model.parameters())
