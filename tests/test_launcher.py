@@ -108,6 +108,14 @@ def test_fsdp_is_refused_with_the_reason(tmp_path, run_cli):
     assert code == 1 and "--main-port 0 is not a port" in err
     code, _, err = run_cli("train", "--spec", spec, "--launcher-config", "mpirun")
     assert code == 1 and "unknown launcher 'mpirun'" in err and "accelerate, torchrun" in err
+    code, _, err = run_cli(
+        "train", "--spec", spec, "--launcher-config", "accelerate", "--cpu", "--processes", "2"
+    )
+    assert (
+        code == 1
+        and "accelerate runs several CPU processes only through MPI" in err
+        and "torchrun --cpu" in err
+    )
     assert not (tmp_path / ".tunewise" / "launch").exists()
 
 

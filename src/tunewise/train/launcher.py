@@ -64,6 +64,11 @@ class Launch:
                 hint="processes and machines are at least 1; --machine-rank is 0 .. machines - 1",
             )
 
+        if self.launcher == "accelerate" and self.cpu and self.world_size > 1:
+            raise TunewiseError(
+                "accelerate runs several CPU processes only through MPI",
+                hint="use --launcher-config torchrun --cpu (gloo, no MPI needed)",
+            )
         if not 0 < self.main_port < 65536:  # every process must know the port in advance: 0 cannot be shared
             raise TunewiseError(
                 f"--main-port {self.main_port} is not a port", hint="use a free port, e.g. 29500"
@@ -84,10 +89,7 @@ def accelerate_yaml(launch: Launch) -> str:
     num_processes: 4
     ...
     """
-    if launch.world_size == 1:
-        distributed = "NO"
-    else:
-        distributed = "MULTI_CPU" if launch.cpu else "MULTI_GPU"
+    distributed = "MULTI_GPU" if launch.world_size > 1 else "NO"
     lines = [
         "compute_environment: LOCAL_MACHINE",
         f"distributed_type: {distributed}",
