@@ -224,3 +224,13 @@ def test_the_memory_estimate_counts_each_familys_parameters(families, family):
 
     model = load_model(str(families[family]))
     assert ModelShape.from_folder(families[family]).params == sum(p.numel() for p in model.parameters())
+
+
+def test_the_plan_says_the_kernels_are_off_for_an_untested_family_and_why(tmp_path, families, run_cli):
+    data = write_chat(tmp_path / "train.jsonl", 8)
+    code, out, err = run_cli(
+        "train", "--data", data, "--base", families["qwen2"], "--dry-run", "--precision", "float32", cwd=tmp_path
+    )  # fmt: skip
+    assert code == 0, err
+    assert "compute: transformers + PEFT, sdpa attention (auto: not tested on the qwen2 family)" in out
+    assert "memory estimate (cpu, lora):" in out

@@ -233,3 +233,31 @@ def test_cuda_lora_in_bf16_follows_the_cpu_losses(tmp_path):
     environment = json.loads((result.run_dir / "environment.json").read_text())
     assert environment["precision"]["dtype"] == "bfloat16"
     assert json.loads((result.run_dir / "config.json").read_text())["kernels"]["enabled"] is False
+
+
+def _qlora_ready() -> bool:
+    import importlib.util
+
+    torch = pytest.importorskip("torch")
+    return torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+
+
+@pytest.mark.skipif(not _qlora_ready(), reason="needs a CUDA GPU and bitsandbytes: QLoRA's 4-bit NF4 base")
+def test_qlora_trains_adapters_over_a_4_bit_base_on_cuda(tmp_path):
+    from test_families import build_family
+
+    from tunewise.models.loading import load_tokenizer
+    from tunewise.train import run
+    from tunewise.train.config import Resolved
+    from tunewise.train.model import build_model
+
+    base = build_family(tmp_path / "qwen2", "qwen2")
+    files = write_chat(tmp_path / "train.jsonl", 16), write_chat(tmp_path / "eval.jsonl", 4, seed=1)
+    c = config(files, base=str(base), method="qlora", precision="auto", epochs=2)
+    model = build_model(c, Resolved(1, 1e-3, 4, 8, 16.0, 64, {}), load_tokenizer(str(base)), "cuda")
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "Linear4bit" in kinds  # the frozen base is NF4
+    result = run(c, Project(tmp_path / "run"))
+    assert result.status == "succeeded", result.error
+    assert result.eval_after["eval_loss"] < result.eval_before["eval_loss"]
+    assert (tmp_path / "run").exists() and result.output.endswith("adapter")

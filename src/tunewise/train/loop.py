@@ -367,6 +367,8 @@ def _plan(ctx: RunContext, recorded: dict[str, Any] | None, dry_run: bool) -> Pl
         precision=precision.to_dict(),
         micro_batch_tokens=ctx.micro_tokens,
         micro_batch_workers=ctx.workers.workers,
+        kernels=kernels.to_dict(),
+        gradient_checkpointing=list(getattr(model, "tunewise_checkpointing", (False, "off"))),
     )
     if ctx.rank == 0 and not dry_run:  # a dry run returns the plan: the CLI prints it on stdout
         ctx.say(plan.describe())

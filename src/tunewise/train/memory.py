@@ -216,6 +216,8 @@ def available_gb(device: str) -> float | None:
     if device == "cuda":
         import torch
 
+        if not torch.cuda.is_available():
+            return None
         free, _total = torch.cuda.mem_get_info()
         return free / GB
     try:

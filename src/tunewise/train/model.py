@@ -112,7 +112,9 @@ def cuda_bf16(precision: str) -> bool:
 
     if precision in ("float32", "fp32"):
         return False
-    return precision in ("bfloat16", "bf16") or bool(torch.cuda.is_bf16_supported())
+    if precision in ("bfloat16", "bf16"):
+        return True
+    return torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
 
 
 def checkpointing_for(
@@ -132,6 +134,8 @@ def checkpointing_for(
         return False, "auto: tunewise's CPU kernels keep their own activations"
     dtype = "bfloat16" if device == "cuda" and cuda_bf16(config.precision) else "float32"
     free = available_gb(device)
+    if free is None:
+        return False, f"auto: the free memory of {device} cannot be read"
     without, with_ = (
         run_memory(config, resolved, model_config, device, dtype, c, free) for c in (False, True)
     )

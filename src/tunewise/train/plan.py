@@ -44,6 +44,10 @@ class Plan:
     measured_tokens_per_s: float | None = None
     estimated_time_s: float | None = None
     peak_memory_gb: float | None = None
+    # What computes the run: tunewise's CPU kernels or plain transformers + PEFT, the attention, and why
+    # (train/kernels.py `KernelChoice.to_dict`); gradient checkpointing as [on, why].
+    kernels: dict[str, Any] | None = None
+    gradient_checkpointing: list[Any] | None = None
     # The memory estimate (train/memory.py `MemoryEstimate.to_dict`), set by a dry run before its timed step.
     memory: dict[str, Any] | None = None
     # One training run's price per chosen platform (economics.plan.training_estimates), set by `tunewise train
@@ -71,6 +75,12 @@ class Plan:
             f"micro-batches of up to {self.micro_batch_tokens} tokens"
             + (f", {self.micro_batch_workers} at a time" if self.micro_batch_workers > 1 else ""),
         ]
+        if self.kernels is not None:
+            k = self.kernels
+            line = f"  compute: {'tunewise CPU kernels' if k['enabled'] else 'transformers + PEFT'}, {k['attention']} attention ({k['reason']})"
+            if self.gradient_checkpointing and self.gradient_checkpointing[0]:
+                line += f"; gradient checkpointing ({self.gradient_checkpointing[1]})"
+            lines.append(line)
         if self.measured_step_s is not None:
             lines.append(
                 f"  measured: one step {self.measured_step_s:.2f} s, {self.measured_tokens_per_s:.0f} tokens/s -> "
