@@ -155,3 +155,26 @@ def test_tunewise_checks_keys_and_models_then_forwards_to_vllm(tmp_path, upstrea
             assert stream.headers["content-type"].startswith("text/event-stream")
             text = "".join(stream.iter_text())
         assert text.endswith("data: [DONE]\n\n") and '"content": "hi"' in text
+
+
+def test_an_engine_that_does_not_answer_is_a_502(tmp_path):
+    import socket
+
+    from fastapi.testclient import TestClient
+
+    from tunewise.project import Project
+    from tunewise.serve.app import create_app
+    from tunewise.serve.inference import ServeSettings
+    from tunewise.serve.vllm import Upstream
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = create_app(Project(tmp_path), no_auth=True, settings=ServeSettings(base="tiny:random", preload=False),
+                     start_worker=False)  # fmt: skip
+    app.state.upstream = Upstream(f"http://127.0.0.1:{port}")
+    ask = {"model": "tiny:random", "messages": [{"role": "user", "content": "hello"}]}
+    with TestClient(app) as client:
+        answer = client.post("/v1/chat/completions", json=ask)
+    assert answer.status_code == 502
+    assert answer.json()["error"]["message"] == "the serving engine (vLLM) is not answering: ConnectError"

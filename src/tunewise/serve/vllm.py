@@ -169,14 +169,29 @@ class Upstream:
 
     async def chat(self, body: dict[str, Any], stream: bool) -> Any:
         """Forward a checked chat completion request; the engine's answer (status, JSON or event stream) is
-        passed back as it is."""
+        passed back as it is. An engine that does not answer, or answers with something other than JSON, is
+        a 502 for the client, not a traceback."""
+        import httpx
         from fastapi.responses import JSONResponse, StreamingResponse
 
+        from tunewise.serve.errors import APIError
+
+        try:
+            if not stream:
+                response = await self.client.post("/v1/chat/completions", json=body)
+            else:
+                request = self.client.build_request("POST", "/v1/chat/completions", json=body)
+                response = await self.client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise APIError(502, f"the serving engine (vLLM) is not answering: {type(exc).__name__}") from None
         if not stream:
-            response = await self.client.post("/v1/chat/completions", json=body)
-            return JSONResponse(response.json(), status_code=response.status_code)
-        request = self.client.build_request("POST", "/v1/chat/completions", json=body)
-        response = await self.client.send(request, stream=True)
+            try:
+                return JSONResponse(response.json(), status_code=response.status_code)
+            except ValueError:
+                raise APIError(
+                    502,
+                    f"the serving engine answered {response.status_code} without JSON: {response.text[:200]}",
+                ) from None
 
         async def relay() -> AsyncIterator[bytes]:
             try:
