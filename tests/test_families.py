@@ -234,3 +234,28 @@ def test_the_plan_says_the_kernels_are_off_for_an_untested_family_and_why(tmp_pa
     assert code == 0, err
     assert "compute: transformers + PEFT, sdpa attention (auto: not tested on the qwen2 family)" in out
     assert "memory estimate (cpu, lora):" in out
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_the_evaluation_engine_decodes_each_family_as_transformers_does(families, family):
+    """tunewise's batched decoding (evaluate/engine.py, its KV cache shared across prompts) gives each family the
+    tokens of transformers' own greedy `generate`, for two prompts decoded together."""
+    import torch
+
+    from tunewise.evaluate.engine import LocalEngine
+    from tunewise.models.loading import load_model, load_tokenizer
+
+    base = str(families[family])
+    tokenizer = load_tokenizer(base)
+    model = load_model(base).eval()
+    engine = LocalEngine(model, tokenizer, stop_token_ids=[-1])  # no early stop: compare all 6 tokens
+    chats = [CONVERSATION[1:2], [{"role": "user", "content": "and a second, longer question here"}]]
+    got = engine.generate(chats, max_new_tokens=6)
+    for chat, generation in zip(chats, got, strict=True):
+        ids = torch.tensor([engine.encode(chat)])
+        with torch.no_grad():
+            expected = model.generate(
+                ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                eos_token_id=None, pad_token_id=tokenizer.pad_token_id,
+            )[0, ids.shape[1] :].tolist()  # fmt: skip
+        assert list(generation.token_ids) == expected
