@@ -215,9 +215,14 @@ def measure_plan(plan: Plan, ctx: RunContext) -> Plan:
     plan.measured_step_s = seconds
     plan.measured_tokens_per_s = tokens / seconds
     plan.estimated_time_s = plan.tokens_per_epoch * plan.epochs / plan.measured_tokens_per_s
-    # Peak RSS so far (weights, activations, gradients) plus what AdamW adds: two fp32 moments per parameter.
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    plan.peak_memory_gb = (peak_rss + 2 * 4 * plan.trainable_params) / 1e9
+    # Peak memory so far (weights, activations, gradients) plus what AdamW adds: two fp32 moments per parameter.
+    if ctx.device == "cuda":  # the GPU's memory is what a CUDA run is bounded by, not the process's RSS
+        import torch
+
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    plan.peak_memory_gb = (peak + 2 * 4 * plan.trainable_params) / 1e9
     return plan
 
 
