@@ -327,6 +327,8 @@ class Hyperparameters(_Strict):
     # auto: tunewise's CPU training kernels where they are tested (a CPU, the Llama family); off: plain
     # transformers + PEFT (train/kernels.py says what each runs).
     kernels: Literal["auto", "off"] = "auto"
+    # Recompute activations in the backward pass; auto: where the memory estimate needs it (train/memory.py).
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
     # `tunewise run` holds this share of the training split out of training (at most 200 examples, none when
     # it would be fewer than 10) as the validation set: its loss is the training curve's held-out loss, and
     # an earlier step's adapter is kept when its loss is lower than the last step's beyond the noise. The
@@ -520,7 +522,7 @@ class Spec(_Strict):
     system_prompt: str = Field(default="", description="The system prompt of the prompted arms.")
     data: DataSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
-    method: Literal["lora", "full"] = "lora"
+    method: Literal["lora", "qlora", "full"] = "lora"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     economics: EconomicsSpec = Field(default_factory=EconomicsSpec)

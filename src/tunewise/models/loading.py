@@ -167,15 +167,32 @@ def load_model(
     trust_remote_code: bool = False,
     tokenizer: PreTrainedTokenizerBase | None = None,
     seed: int = 0,
+    quantize: str | None = None,
 ) -> PreTrainedModel:
     """A causal LM from `base` in `dtype` ("float32" or "bfloat16"), safetensors only.
 
-    `tokenizer` and `seed` matter only for `tiny:random`, whose weights are drawn from `seed`.
+    `tokenizer` and `seed` matter only for `tiny:random`, whose weights are drawn from `seed`. `quantize="nf4"`
+    loads the linear layers in bitsandbytes' 4-bit NF4 with double-quantized scales, computing in `dtype`, on
+    the current CUDA device (QLoRA; `qlora_unavailable` says where it cannot run).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
+    extra: dict[str, Any] = {}
+    if quantize is not None:
+        why = qlora_unavailable("cuda" if torch.cuda.is_available() else "cpu")
+        if why is not None:
+            raise TunewiseError(f"method qlora cannot run here: {why}", hint=QLORA_HINT)
+        from transformers import BitsAndBytesConfig
+
+        extra["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=getattr(torch, dtype),
+        )  # fmt: skip
+        extra["device_map"] = {"": torch.cuda.current_device()}
     if base == TINY_MODEL:
+        if quantize is not None:  # a random model has no checkpoint to quantize while loading
+            raise TunewiseError("method qlora needs a model folder or Hub id, not tiny:random")
         return tiny_model(tokenizer or load_tokenizer(base), seed=seed).to(getattr(torch, dtype))
     source = resolve_base(base)
     started = time.perf_counter()
@@ -186,6 +203,7 @@ def load_model(
             dtype=getattr(torch, dtype),
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **extra,
         )
     except OSError as exc:
         if Path(source).is_dir():
@@ -200,6 +218,28 @@ def load_model(
         raise
     log.info("loaded %s in %.1f s", base, time.perf_counter() - started)
     return model
+
+
+QLORA_HINT = (
+    "use method: lora (the same adapters over a 16- or 32-bit base), or run on a machine with an NVIDIA GPU and "
+    "`pip install bitsandbytes`"
+)
+
+
+def qlora_unavailable(device: str) -> str | None:
+    """Why QLoRA (a 4-bit NF4 base from bitsandbytes) cannot run on `device`, or None when it can. There is no
+    fallback: a QLoRA run that silently trained in 16 bits would need 4x the memory it was planned with.
+
+    >>> qlora_unavailable("cpu")
+    'it needs a CUDA GPU (bitsandbytes 4-bit NF4), and this machine has none'
+    """
+    import importlib.util
+
+    if device != "cuda":
+        return "it needs a CUDA GPU (bitsandbytes 4-bit NF4), and this machine has none"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "the bitsandbytes package is not installed (pip install bitsandbytes)"
+    return None
 
 
 def tiny_model(

@@ -59,6 +59,8 @@ def create_app(
                 worker.stop()
             app.state.inference.stop()
             app.state.keys.close()
+            if getattr(app.state, "upstream", None) is not None:
+                await app.state.upstream.close()
 
     # The built-in /docs, /redoc and /openapi.json are public; the routes below serve them behind a key.
     app = FastAPI(
@@ -132,6 +134,11 @@ async def retrieve_model(model_id: str, request: Request) -> dict[str, Any]:
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     """OpenAI's chat completions: validated and tokenized here, decoded by the batcher with other requests."""
     service: InferenceService = request.app.state.inference
+    upstream = getattr(request.app.state, "upstream", None)
+    if upstream is not None:  # --engine vllm: checked here, decoded by vLLM (serve/vllm.py)
+        from tunewise.serve.vllm import forward_chat
+
+        return await forward_chat(upstream, service.pool, body, caller(request))
     job = service.prepare(body, caller(request))
     service.submit(job)
     if body.stream:

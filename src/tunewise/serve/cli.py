@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -51,6 +52,8 @@ Examples:
 
   tunewise serve --no-auth --adapter mine=./my-lora   (a PEFT adapter folder trained anywhere)
 
+  tunewise serve --engine vllm --adapter support=train-20250101-120000-ab12   (vLLM decodes, on a GPU)
+
 Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).chat.completions.create(model=..., messages=[...])"""
 
 
@@ -91,6 +94,20 @@ def serve(
         help="A base fine-tuning jobs may name besides the served one (embedded:..., or a model folder); "
         "repeatable. Clients never pick a path.",
     ),
+    engine: str = typer.Option(
+        "local",
+        "--engine",
+        metavar="local|vllm",
+        help="local: tunewise's own batched decoding; vllm: vLLM's OpenAI server decodes the base and the "
+        "adapters (the vllm package, a GPU), tunewise keeps keys, models and jobs in front.",
+    ),
+    engine_arg: list[str] | None = typer.Option(
+        None,
+        "--engine-arg",
+        metavar="ARG",
+        help="With --engine vllm: an argument for vLLM's server, e.g. --engine-arg=--gpu-memory-utilization=0.8; "
+        "repeatable.",
+    ),
     header_timeout: float = typer.Option(
         10.0, "--header-timeout", help="Seconds a request's headers may take from its first byte (then 408)."
     ),
@@ -113,6 +130,12 @@ def serve(
     from tunewise.serve.auth import list_keys
     from tunewise.serve.inference import ServeSettings
 
+    if engine not in ("local", "vllm"):
+        raise TunewiseError(f"unknown engine '{engine}'", hint="use --engine local or --engine vllm")
+    if engine == "vllm":
+        from tunewise.serve.vllm import check_vllm
+
+        check_vllm()  # before a port is bound or a model read
     check_auth(host, no_auth)
     project = _project(project_dir)
     settings = ServeSettings(
@@ -124,7 +147,7 @@ def serve(
         max_tokens_cap=max_tokens_cap,
         threads=threads,
         json_guard=json_guard,
-        preload=True,
+        preload=engine == "local",  # with vLLM, tunewise loads no weights to decode
         train_bases=tuple(train_base or ()),
         header_timeout_s=header_timeout,
         body_timeout_s=body_timeout,
@@ -151,8 +174,43 @@ def serve(
         highlight=False,
         markup=False,
     )
-    err.print("loading the model, then serving; Ctrl+C stops", highlight=False)
-    server.run(sockets=[sock])
+    if engine == "local":
+        err.print("loading the model, then serving; Ctrl+C stops", highlight=False)
+        server.run(sockets=[sock])
+        return
+    process = _start_vllm(server.config.app, engine_arg or [])
+    try:
+        err.print("vLLM is up; serving; Ctrl+C stops", highlight=False)
+        server.run(sockets=[sock])
+    finally:
+        from tunewise.serve.vllm import stop_vllm
+
+        stop_vllm(process)
+
+
+def _start_vllm(app: Any, extra: list[str]) -> Any:
+    """Start vLLM on a free loopback port with the base and the --adapter adapters; the app forwards to it."""
+    import socket
+
+    from tunewise.models.loading import resolve_base
+    from tunewise.serve.vllm import Upstream, start_vllm, vllm_command
+
+    pool = app.state.inference.pool
+    full = [name for name, served in pool.explicit.items() if served.kind == "full"]
+    if full:
+        raise TunewiseError(
+            f"--adapter {full[0]} is a model fine-tuned in full; --engine vllm serves the base and its adapters",
+            hint="serve it with the local engine, or as a base of its own: --base FOLDER",
+        )
+    adapters = {name: served.weights for name, served in pool.explicit.items()}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = vllm_command(resolve_base(pool.base), pool.base, adapters, port, extra=extra)
+    err.print("starting vLLM: " + " ".join(argv), highlight=False, markup=False)
+    process = start_vllm(argv, port)
+    app.state.upstream = Upstream(f"http://127.0.0.1:{port}", loaded=set(adapters))
+    return process
 
 
 WORKER_HELP = """Run queued fine-tuning jobs from the project's registry, one at a time, each in its own process,

@@ -162,4 +162,5 @@ def use_packed_attention(model: Any, enabled: bool = True) -> None:
     """Switch a (possibly PEFT-wrapped) transformers model to per-example attention over packed rows, or back."""
     register()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.set_attn_implementation(NAME if enabled else "sdpa")
+    plain = "sdpa" if getattr(base, "_supports_sdpa", True) else "eager"  # Gemma 2 has no SDPA path
+    base.set_attn_implementation(NAME if enabled else plain)

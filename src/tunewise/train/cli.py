@@ -108,7 +108,9 @@ def train(
     base: str | None = typer.Option(
         None, "--base", metavar="MODEL", help="embedded:smollm2-135m-instruct, a folder or a Hub id."
     ),
-    method: str | None = typer.Option(None, "--method", metavar="lora|full", help="lora or full."),
+    method: str | None = typer.Option(
+        None, "--method", metavar="lora|qlora|full", help="lora, qlora (4-bit base, CUDA) or full."
+    ),
     epochs: str | None = typer.Option(None, "--epochs", metavar="N|auto", help="Number of epochs, or auto."),
     lr: str | None = typer.Option(None, "--lr", metavar="RATE|auto", help="Peak learning rate, or auto."),
     batch_size: str | None = typer.Option(
@@ -158,6 +160,34 @@ def train(
     threads: int | None = typer.Option(
         None, "--threads", metavar="N", help="torch threads (default: torch's choice)."
     ),
+    gradient_checkpointing: str | None = typer.Option(
+        None,
+        "--gradient-checkpointing",
+        metavar="auto|on|off",
+        help="Recompute activations in the backward pass; auto: where the memory estimate needs it.",
+    ),
+    launcher_config: str | None = typer.Option(
+        None,
+        "--launcher-config",
+        metavar="accelerate|torchrun",
+        help="Write that launcher's config for a multi-process run (under .tunewise/launch) and print the "
+        "command that starts it with the other flags given here; do not train.",
+    ),
+    strategy: str = typer.Option("ddp", "--strategy", metavar="ddp", help="With --launcher-config: ddp."),
+    processes: int = typer.Option(
+        1, "--processes", metavar="N", help="With --launcher-config: processes per machine (one per GPU)."
+    ),
+    machines: int = typer.Option(1, "--machines", metavar="N", help="With --launcher-config: machines."),
+    machine_rank: int = typer.Option(
+        0, "--machine-rank", metavar="N", help="With --launcher-config: this machine's number (0 first)."
+    ),
+    main_address: str = typer.Option(
+        "127.0.0.1", "--main-address", metavar="HOST", help="With --launcher-config: machine 0's address."
+    ),
+    main_port: int = typer.Option(
+        29500, "--main-port", metavar="PORT", help="With --launcher-config: its port."
+    ),
+    cpu: bool = typer.Option(False, "--cpu", help="With --launcher-config: CPU processes (gloo), not GPUs."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan with a measured step; do not train."
     ),
@@ -216,6 +246,7 @@ def train(
         "checkpoint_every": checkpoint_every,
         "precision": precision,
         "threads": threads,
+        "gradient_checkpointing": gradient_checkpointing,
     }
     if eval_data and keep_best is None and loaded_spec is not None:
         # --eval names a validation set, not the spec's test set: the spec's choice holds again.
@@ -224,6 +255,14 @@ def train(
     values["progress"] = not no_progress
     retrieval = _add_passages(values, project, loaded_spec) if with_passages else None
     config = TrainConfig.from_dict(values)
+    if launcher_config is not None:  # after the flags are checked: each process would fail on a bad one
+        from tunewise.train.launcher import Launch
+
+        launch = Launch(
+            launcher_config, strategy, processes, machines, machine_rank, main_address, main_port, cpu
+        )  # fmt: skip
+        _write_launcher(launch, project)
+        return
     if dry_run:
         catalog, platforms = dry_run_pricing(loaded_spec, project.root, platform, pricing)
     result = run(
@@ -238,6 +277,48 @@ def train(
 
         atomic_write_text(Path(result.run_dir) / "retrieval.json", json.dumps(retrieval, indent=2) + "\n")
     _render(result, json_out)
+
+
+# Flags that describe the launch, not the run: left out of the command each process runs.
+LAUNCH_OPTIONS = ("--launcher-config", "--strategy", "--processes", "--machines", "--machine-rank",
+                  "--main-address", "--main-port")  # fmt: skip
+
+
+def train_args(argv: list[str]) -> list[str]:
+    """The `tunewise train` arguments each launched process gets: `argv` without the launch's own flags.
+
+    >>> train_args(["--spec", "t.yaml", "--launcher-config", "torchrun", "--processes=4", "--cpu", "--epochs", "2"])
+    ['--spec', 't.yaml', '--epochs', '2']
+    """
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_OPTIONS:
+            skip = True
+        elif arg == "--cpu" or arg.split("=", 1)[0] in LAUNCH_OPTIONS:
+            continue
+        else:
+            kept.append(arg)
+    return kept
+
+
+def _write_launcher(launch: Any, project: Any) -> None:
+    import shlex
+    import sys
+
+    from tunewise.train.launcher import write_launcher
+
+    argv = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else []
+    path, command = write_launcher(launch, Path(project.state_dir) / "launch", train_args(argv))
+    err.print(
+        f"{launch.launcher} config for {launch.world_size} process(es) ({launch.strategy}) written to {path}; "
+        f"run this on each machine{' (NODE_RANK=N for machine N)' if launch.launcher == 'torchrun' else ''}:",
+        highlight=False,
+        markup=False,
+    )
+    out.print(shlex.join(command), highlight=False, markup=False, soft_wrap=True)
 
 
 def _add_passages(values: dict[str, Any], project: Any, spec: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 AUTO = "auto"
 
-Method = Literal["lora", "full"]
+Method = Literal["lora", "qlora", "full"]
 Schedule = Literal["cosine", "linear", "constant"]
 
 
@@ -70,6 +70,10 @@ class TrainConfig(BaseModel):
     micro_batch_workers: Auto | MicroBatchWorkers = AUTO
     # auto: tunewise's CPU training kernels where they are known to help; off: plain transformers + PEFT.
     kernels: Literal["auto", "off"] = AUTO
+    # Recompute each layer's activations in the backward pass instead of keeping them (about a third more
+    # compute, a layer's input kept instead of ~9 of its widths). auto: on when the memory estimate
+    # (train/memory.py) does not fit the device without it and does with it; needs kernels off (on a GPU they are).
+    gradient_checkpointing: Literal["auto", "on", "off"] = AUTO
     schedule: Schedule = "cosine"
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     weight_decay: float = 0.0
@@ -114,6 +118,11 @@ class TrainConfig(BaseModel):
                 "(set micro_batch_workers: 1 or auto, or kernels: auto)"
             )
         return self
+
+    @property
+    def lora(self) -> bool:
+        """Whether the run trains adapters (lora, or qlora on a 4-bit base) rather than every weight."""
+        return self.method in ("lora", "qlora")
 
     @classmethod
     def from_spec(cls, spec: Spec, **overrides: Any) -> TrainConfig:
@@ -174,7 +183,7 @@ def micro_batch_tokens(config: TrainConfig, dtype: str) -> int:
     """
     if config.micro_batch_tokens != AUTO:
         return int(config.micro_batch_tokens)
-    return 768 if config.method == "lora" and dtype == "bfloat16" else 256
+    return 768 if config.lora and dtype == "bfloat16" else 256
 
 
 @dataclass(frozen=True)
@@ -242,7 +251,7 @@ def auto_learning_rate(method: str, n_params: int) -> float:
     >>> auto_learning_rate("full", 7_000_000_000)
     1e-05
     """
-    if method == "lora":
+    if method in ("lora", "qlora"):
         if n_params < 1_000_000_000:
             return 1e-3
         return 2e-4 if n_params <= 3_000_000_000 else 1e-4
@@ -288,7 +297,7 @@ def auto_hyperparameters(
         sources[name] = AUTO if value == AUTO else "user"
         return rule() if value == AUTO else value
 
-    lora = config.method == "lora"
+    lora = config.lora
     rank = pick("lora_rank", config.lora_rank, lambda: auto_lora_rank(n_examples)) if lora else None
     return Resolved(
         epochs=pick("epochs", config.epochs, lambda: auto_epochs(n_examples)),

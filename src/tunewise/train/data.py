@@ -90,30 +90,58 @@ def _render(tokenizer: Any, messages: list[dict[str, Any]], add_generation_promp
 
 
 def trained_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans [start, end) that are trained."""
+    """The rendered conversation and the character spans [start, end) that are trained.
+
+    Each trained span ends with the template's end-of-turn marker (`models.tokenizer.end_of_turn`). A template
+    that renders an earlier reply differently once later turns follow (Qwen3 drops the empty `<think>` block
+    of replies before the last question) is not prefix-stable; there each trained reply's content is found in
+    the whole conversation in message order instead."""
     full = _render(tokenizer, messages)
-    eot = tokenizer.eos_token or ""
+    eot = _end_of_turn(tokenizer)
     spans: list[tuple[int, int]] = []
+    cursor = 0  # where the next message's content is searched for, when prefixes do not hold
     for i, message in enumerate(messages):
+        content = message["content"]
+        found = full.find(content, cursor) if content else -1
+        if found != -1:
+            cursor = found + len(content)
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
         turn = _render(tokenizer, messages[: i + 1])
         if i:
             prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
         else:  # an assistant message first: templates may add a default system prompt, so find the content
-            prompt = turn[: turn.rfind(message["content"])] if message["content"] else turn
-        if not turn.startswith(prompt) or not full.startswith(turn):
+            prompt = turn[: turn.rfind(content)] if content else turn
+        if turn.startswith(prompt) and full.startswith(turn):
+            start, end = len(prompt), len(turn)
+        elif found != -1:
+            start, end = found, found + len(content)
+            end += len(eot) if eot and full.startswith(eot, end) else 0
+        else:
             raise TunewiseError(
                 "the model's chat template does not render conversations prefix-stably, so the assistant "
                 "tokens cannot be located",
                 hint="use a model whose chat template appends each message without rewriting earlier ones",
             )
-        start, end = len(prompt), len(turn)
-        cut = turn.rfind(eot, start, end) if eot else -1
+        cut = full.rfind(eot, start, end) if eot else -1
         if cut != -1:
-            end = cut + len(eot)  # include the end-of-turn token, drop the separator after it
+            end = cut + len(eot)  # include the end-of-turn marker, drop the separator after it
         spans.append((start, end))
     return full, spans
+
+
+_eot_cache: dict[int, tuple[Any, str]] = {}
+
+
+def _end_of_turn(tokenizer: Any) -> str:
+    """The end-of-turn marker of `tokenizer`'s chat template, found once per tokenizer."""
+    from tunewise.models.tokenizer import end_of_turn
+
+    cached = _eot_cache.get(id(tokenizer))
+    if cached is None or cached[0] is not tokenizer:
+        cached = (tokenizer, end_of_turn(lambda ms: _render(tokenizer, ms), tokenizer.eos_token))
+        _eot_cache[id(tokenizer)] = cached
+    return cached[1]
 
 
 def tokenize_example(tokenizer: Any, messages: list[dict[str, Any]], source: str = "") -> Example:

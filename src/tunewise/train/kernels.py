@@ -97,15 +97,20 @@ def flash_attention_available() -> bool:
     return bool(is_flash_attn_2_available())
 
 
-def set_attention(model: Any, name: str) -> None:
-    """Switch a (possibly PEFT-wrapped) transformers model to attention implementation `name`."""
+def set_attention(model: Any, name: str) -> str:
+    """Switch a (possibly PEFT-wrapped) transformers model to attention implementation `name`; returns the one
+    set: a family without an SDPA path in transformers (Gemma 2's logit soft-capping) gets its eager attention,
+    which handles packed rows the same way (a block-diagonal mask from the restarting position ids)."""
     from tunewise.train.attention import use_packed_attention
 
     if name == PACKED_ATTENTION:
         use_packed_attention(model)
-        return
+        return name
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if name == "sdpa" and not getattr(base, "_supports_sdpa", True):
+        name = "eager"
     base.set_attn_implementation(name)
+    return name
 
 
 def model_kernels(model: Any) -> KernelChoice | None:

@@ -343,8 +343,7 @@ def _plan(ctx: RunContext, recorded: dict[str, Any] | None, dry_run: bool) -> Pl
         precision = shared[0]
     if device == "cuda":  # flash-attention takes 16-bit inputs only: chosen once the precision is known
         flash = attention_for(device, kernels.enabled, precision.dtype, flash_attention_available())
-        kernels = replace(kernels, attention=flash)
-        set_attention(model, kernels.attention)
+        kernels = replace(kernels, attention=set_attention(model, flash))
         model.tunewise_kernels = kernels
     if mixed.frozen_base_in_bf16(config.method, precision.dtype, kernels.enabled):
         mixed.store_frozen(model, torch.bfloat16)
@@ -368,6 +367,8 @@ def _plan(ctx: RunContext, recorded: dict[str, Any] | None, dry_run: bool) -> Pl
         precision=precision.to_dict(),
         micro_batch_tokens=ctx.micro_tokens,
         micro_batch_workers=ctx.workers.workers,
+        kernels=kernels.to_dict(),
+        gradient_checkpointing=list(getattr(model, "tunewise_checkpointing", (False, "off"))),
     )
     if ctx.rank == 0 and not dry_run:  # a dry run returns the plan: the CLI prints it on stdout
         ctx.say(plan.describe())

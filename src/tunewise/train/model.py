@@ -12,9 +12,11 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from tunewise.errors import TunewiseError
 from tunewise.fileio import publish
 from tunewise.train.attention import use_packed_attention
 from tunewise.train.config import Resolved, TrainConfig
@@ -28,23 +30,46 @@ from tunewise.train.workers import MicroBatchWorkers
 
 
 def build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any, device: str = "cpu") -> Any:
-    """The base model, wrapped with LoRA adapters for method lora; every parameter trainable for full.
+    """The base model, wrapped with LoRA adapters for methods lora and qlora; every parameter trainable for full.
 
     With tunewise's kernels (`config.kernels`, train/kernels.py) its modules get the fused forwards; without,
-    it is the model transformers and PEFT build, on transformers' attention. The choice is kept on the model
-    (`kernels.model_kernels`)."""
+    it is the model transformers and PEFT build, on transformers' attention. On a CUDA GPU computing in bf16,
+    a LoRA base is loaded in bf16 (the adapters stay fp32), a QLoRA base in 4-bit NF4. Gradient checkpointing
+    is turned on where `config.gradient_checkpointing` asks or the memory estimate needs it
+    (`checkpointing_for`). The choices are kept on the model (`kernels.model_kernels`,
+    `model.tunewise_checkpointing`)."""
     import torch
 
-    from tunewise.models.loading import load_model
+    from tunewise.models.loading import QLORA_HINT, load_model, qlora_unavailable
 
+    if config.method == "qlora":  # before any weight is read: no silent fallback to a 16-bit base
+        why = qlora_unavailable(device)
+        if why is not None:
+            raise TunewiseError(f"method qlora cannot run here: {why}", hint=QLORA_HINT)
+    bf16_base = config.lora and device == "cuda" and cuda_bf16(config.precision)
     # The same seed before loading and wrapping, so LoRA's random A matrices are identical run to run.
     torch.manual_seed(config.seed)
     model = load_model(
-        config.base, "float32", config.trust_remote_code, tokenizer=tokenizer, seed=config.seed
-    )
+        config.base, "bfloat16" if bf16_base else "float32", config.trust_remote_code, tokenizer=tokenizer,
+        seed=config.seed, quantize="nf4" if config.method == "qlora" else None,
+    )  # fmt: skip
     model.config.use_cache = False  # no KV cache in training: it only costs memory
     choice = choose_kernels(config.kernels, device, getattr(model.config, "model_type", None))
-    set_attention(model, choice.attention)
+    if choice.enabled and config.gradient_checkpointing == "on":
+        off = choose_kernels("off", device, None)
+        choice = replace(off, reason="gradient_checkpointing: on runs plain transformers + PEFT")
+    choice = replace(choice, attention=set_attention(model, choice.attention))
+    checkpointing = checkpointing_for(config, resolved, model.config.to_dict(), device, choice.enabled)
+    model.tunewise_checkpointing = checkpointing
+    if config.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # Norms and the head in fp32 for stable 4-bit training; checkpointing as decided above.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=checkpointing[0], activation_checkpointing_kwargs=NON_REENTRANT
+        )
+    elif checkpointing[0]:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=NON_REENTRANT)
     if choice.enabled:
         private_weights(model)
         use_fused_swiglu(model)  # the MLP keeps two tensors for backward, not three (see train/swiglu.py)
@@ -66,12 +91,78 @@ def build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any, 
     torch.manual_seed(config.seed)
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; harmless, noisy
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        model = get_peft_model(model, lora)
+        model = get_peft_model(
+            model, lora
+        )  # adapters in fp32 over a bf16 base (peft's autocast_adapter_dtype)
     if choice.enabled:
         use_fused_lora(model)
         use_fused_layers(model)  # after the LoRA wrap: the fused layers take over LoRA projections
     model.tunewise_kernels = choice
+    model.tunewise_checkpointing = checkpointing
     return model
+
+
+# Non-reentrant checkpointing needs no input that requires grad, which a frozen embedding under LoRA does not give.
+NON_REENTRANT = {"use_reentrant": False}
+
+
+def cuda_bf16(precision: str) -> bool:
+    """Whether a CUDA run with `precision` computes in bf16: asked for, or auto on a GPU with native bf16."""
+    import torch
+
+    if precision in ("float32", "fp32"):
+        return False
+    if precision in ("bfloat16", "bf16"):
+        return True
+    return torch.cuda.is_available() and bool(torch.cuda.is_bf16_supported())
+
+
+def checkpointing_for(
+    config: TrainConfig, resolved: Resolved | None, model_config: dict[str, Any], device: str, kernels: bool
+) -> tuple[bool, str]:
+    """(gradient checkpointing on, why): as asked, or with `auto` on when the memory estimate
+    (train/memory.py) of one micro-batch does not fit the free memory without it and does with it. The CPU
+    kernels keep their own, smaller activations and run without it."""
+    from tunewise.train.memory import available_gb
+
+    if config.gradient_checkpointing != "auto":
+        return (
+            config.gradient_checkpointing == "on",
+            f"gradient_checkpointing: {config.gradient_checkpointing}",
+        )
+    if kernels:
+        return False, "auto: tunewise's CPU kernels keep their own activations"
+    dtype = "bfloat16" if device == "cuda" and cuda_bf16(config.precision) else "float32"
+    free = available_gb(device)
+    if free is None:
+        return False, f"auto: the free memory of {device} cannot be read"
+    without, with_ = (
+        run_memory(config, resolved, model_config, device, dtype, c, free) for c in (False, True)
+    )
+    if without.fits or not with_.fits:
+        return False, f"auto: {'fits' if without.fits else 'does not fit either way'} without it"
+    return (
+        True,
+        f"auto: {without.total_gb:.1f} GB without it, {with_.total_gb:.1f} GB with it, {free:.1f} GB free",
+    )
+
+
+def run_memory(
+    config: TrainConfig, resolved: Resolved | None, model_config: dict[str, Any], device: str, dtype: str,
+    checkpointing: bool, available: float | None, micro_tokens: int | None = None, at_once: int = 1,
+    kernels: bool = False,
+) -> Any:  # fmt: skip
+    """The memory estimate (train/memory.py) of this run's model, method and micro-batches."""
+    from tunewise.train.config import micro_batch_tokens
+    from tunewise.train.memory import ModelShape, estimate
+
+    return estimate(
+        ModelShape.from_config(model_config), config.method, device, dtype,
+        micro_tokens or micro_batch_tokens(config, dtype),
+        lora_rank=resolved.lora_rank if resolved is not None else None, micro_batches_at_once=at_once,
+        checkpointing=checkpointing, chunked_loss=kernels, available_gb=available,
+        bf16_base=dtype == "bfloat16" and (device == "cuda" or kernels),  # else autocast over an fp32 base
+    )  # fmt: skip
 
 
 def private_weights(model: Any) -> None:
@@ -229,14 +320,18 @@ def evaluate_examples(
 def param_count_hint(config: TrainConfig) -> int:
     """Parameter count for the auto rule, read from the model's config without loading weights."""
     from tunewise.models.loading import TINY_MODEL, resolve_base
+    from tunewise.train.memory import ModelShape
 
     if config.base == TINY_MODEL:
         return 3_400_000
     folder = Path(resolve_base(config.base))
-    index = folder / "model.safetensors"
-    if index.is_file():
-        return index.stat().st_size // 4  # fp32 on disk: 4 bytes per parameter (an estimate is enough here)
-    return sum(p.stat().st_size for p in folder.glob("*.safetensors")) // 2
+    try:
+        return ModelShape.from_folder(folder).params
+    except (OSError, KeyError, ValueError, TypeError):  # an unusual config: size the weights on disk instead
+        index = folder / "model.safetensors"
+        if index.is_file():
+            return index.stat().st_size // 4  # fp32 on disk: 4 bytes per parameter (an estimate is enough)
+        return sum(p.stat().st_size for p in folder.glob("*.safetensors")) // 2
 
 
 def load_trainable(model: Any, path: Path) -> None:
@@ -253,7 +348,7 @@ def load_trainable(model: Any, path: Path) -> None:
 
 def save_output(model: Any, tokenizer: Any, config: TrainConfig, run_dir: Path) -> Path:
     """The adapter in PEFT layout (lora) or a safetensors model folder (full), written then renamed."""
-    name = "adapter" if config.method == "lora" else "model"
+    name = "adapter" if config.lora else "model"
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

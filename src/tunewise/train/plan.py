@@ -14,7 +14,8 @@ from tunewise.train import mixed
 from tunewise.train.config import Resolved, TrainConfig, micro_batch_tokens
 from tunewise.train.data import micro_batches, partition, step_batches
 from tunewise.train.kernels import model_kernels
-from tunewise.train.model import loss_of, trainable_params
+from tunewise.train.memory import MemoryEstimate, available_gb, check_fits
+from tunewise.train.model import loss_of, run_memory, trainable_params
 from tunewise.train.workers import MicroBatchWorkers
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ class Plan:
     measured_tokens_per_s: float | None = None
     estimated_time_s: float | None = None
     peak_memory_gb: float | None = None
+    # What computes the run: tunewise's CPU kernels or plain transformers + PEFT, the attention, and why
+    # (train/kernels.py `KernelChoice.to_dict`); gradient checkpointing as [on, why].
+    kernels: dict[str, Any] | None = None
+    gradient_checkpointing: list[Any] | None = None
+    # The memory estimate (train/memory.py `MemoryEstimate.to_dict`), set by a dry run before its timed step.
+    memory: dict[str, Any] | None = None
     # One training run's price per chosen platform (economics.plan.training_estimates), set by `tunewise train
     # --dry-run`: {"platform", "dollars" (None when unknown), "basis"}.
     training_costs: list[dict[str, Any]] = field(default_factory=list)
@@ -68,13 +75,21 @@ class Plan:
             f"micro-batches of up to {self.micro_batch_tokens} tokens"
             + (f", {self.micro_batch_workers} at a time" if self.micro_batch_workers > 1 else ""),
         ]
+        if self.kernels is not None:
+            k = self.kernels
+            line = f"  compute: {'tunewise CPU kernels' if k['enabled'] else 'transformers + PEFT'}, {k['attention']} attention ({k['reason']})"
+            if self.gradient_checkpointing and self.gradient_checkpointing[0]:
+                line += f"; gradient checkpointing ({self.gradient_checkpointing[1]})"
+            lines.append(line)
         if self.measured_step_s is not None:
             lines.append(
                 f"  measured: one step {self.measured_step_s:.2f} s, {self.measured_tokens_per_s:.0f} tokens/s -> "
                 f"about {_duration(self.estimated_time_s or 0)} for the run"
             )
+        if self.memory is not None:
+            lines.append(f"  {self.memory['describe']}")
         if self.peak_memory_gb is not None:
-            lines.append(f"  peak memory estimate: {self.peak_memory_gb:.2f} GB")
+            lines.append(f"  peak memory estimate: {self.peak_memory_gb:.2f} GB (measured step, AdamW added)")
         if self.training_costs:
             lines.append(
                 "  estimated training cost (this model's tokenizer counts the tokens; check current prices):"
@@ -179,7 +194,11 @@ def time_step(
 
 
 def measure_plan(plan: Plan, ctx: RunContext) -> Plan:
-    """Time one real forward+backward step (after a warm-up one) and extrapolate; no weight is updated."""
+    """Estimate the run's memory and refuse it when it does not fit (train/memory.py); then time one real
+    forward+backward step (after a warm-up one) and extrapolate; no weight is updated."""
+    memory = plan_memory(plan, ctx)
+    plan.memory = {**memory.to_dict(), "describe": memory.describe()}
+    check_fits(memory)
     model, examples = ctx.model, ctx.prepared.train.examples
     _, groups = step_groups(ctx.prepared, ctx.resolved, 0, ctx.steps.per_epoch, ctx.micro_tokens)
     step_loss, params = loss_of(model, examples, ctx.autocast_dtype), trainable_params(model)
@@ -196,7 +215,25 @@ def measure_plan(plan: Plan, ctx: RunContext) -> Plan:
     plan.measured_step_s = seconds
     plan.measured_tokens_per_s = tokens / seconds
     plan.estimated_time_s = plan.tokens_per_epoch * plan.epochs / plan.measured_tokens_per_s
-    # Peak RSS so far (weights, activations, gradients) plus what AdamW adds: two fp32 moments per parameter.
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    plan.peak_memory_gb = (peak_rss + 2 * 4 * plan.trainable_params) / 1e9
+    # Peak memory so far (weights, activations, gradients) plus what AdamW adds: two fp32 moments per parameter.
+    if ctx.device == "cuda":  # the GPU's memory is what a CUDA run is bounded by, not the process's RSS
+        import torch
+
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    plan.peak_memory_gb = (peak + 2 * 4 * plan.trainable_params) / 1e9
     return plan
+
+
+def plan_memory(plan: Plan, ctx: RunContext) -> MemoryEstimate:
+    """The memory estimate of the planned run, against what its device has free now."""
+    kernels = model_kernels(ctx.model)
+    enabled = kernels is None or kernels.enabled
+    checkpointing = getattr(ctx.model, "tunewise_checkpointing", (False, ""))[0]
+    base = ctx.model.get_base_model() if hasattr(ctx.model, "get_base_model") else ctx.model
+    return run_memory(
+        ctx.config, ctx.resolved, base.config.to_dict(), ctx.device, plan.precision["dtype"], checkpointing,
+        available_gb(ctx.device), micro_tokens=plan.micro_batch_tokens, at_once=plan.micro_batch_workers,
+        kernels=enabled,
+    )  # fmt: skip
