@@ -32,7 +32,7 @@ data:
 model:
   base: embedded:smollm2-135m-instruct   # or a local Hugging Face folder
 
-method: lora          # lora or full
+method: lora          # lora, qlora (4-bit base, CUDA) or full
 hyperparameters:      # every value defaults to auto (rules in docs/training.md)
   epochs: auto
   learning_rate: auto
