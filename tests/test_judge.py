@@ -57,7 +57,9 @@ def test_a_win_counts_only_when_both_orders_agree(tmp_path):
     # ex-4: neither is good, the judge picks whichever is first in both orders: a tie, not a win for a.
     assert outcomes == {"ex-0": "a", "ex-1": "a", "ex-2": "a", "ex-3": "b", "ex-4": "tie", "ex-5": None}
     assert judge.asked == 12  # both orders of 6 pairs
-    assert res["preference"]["wins"] == 3 and res["preference"]["losses"] == 1 and res["preference"]["ties"] == 1
+    assert (
+        res["preference"]["wins"] == 3 and res["preference"]["losses"] == 1 and res["preference"]["ties"] == 1
+    )
     assert res["unusable"] == 1
     # The judge's cost is recorded with the evaluation's model calls: 12 calls of 100 prompt tokens.
     registry = project.registry()
@@ -93,8 +95,19 @@ def test_a_judge_that_only_answers_garbage_is_a_clear_error(tmp_path):
 
 
 def test_parse_and_combine():
-    assert [parse_choice(t) for t in ("A", "b", "TIE.", "A and B", "neither")] == ["A", "B", "tie", None, None]
-    assert [combine(x, y) for x, y in (("A", "B"), ("B", "A"), ("B", "B"), ("A", None))] == ["a", "b", "tie", None]
+    assert [parse_choice(t) for t in ("A", "b", "TIE.", "A and B", "neither")] == [
+        "A",
+        "B",
+        "tie",
+        None,
+        None,
+    ]
+    assert [combine(x, y) for x, y in (("A", "B"), ("B", "A"), ("B", "B"), ("A", None))] == [
+        "a",
+        "b",
+        "tie",
+        None,
+    ]
 
 
 # --- an endpoint judge against a scripted OpenAI-compatible server ---------------------------------------
@@ -113,7 +126,9 @@ def _server(answer):
         body = await request.json()
         status, text = answer(body["messages"][0]["content"])
         if status != 200:
-            return JSONResponse({"error": {"message": text, "type": "invalid_request_error"}}, status_code=status)
+            return JSONResponse(
+                {"error": {"message": text, "type": "invalid_request_error"}}, status_code=status
+            )
         return {
             "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],

@@ -31,7 +31,9 @@ def test_double_submission_and_a_taken_name_are_refused_without_counting_twice(r
     state = client.get("/api/state", headers=headers).json()
     assert state["done"] == 0 and state["item"]["position"] == 0
     assert set(state["item"]) == {"position", "input", "reference", "left", "right"}
-    assert client.post("/api/choice", json={"position": 0, "choice": "left"}, headers=headers).status_code == 200
+    assert (
+        client.post("/api/choice", json={"position": 0, "choice": "left"}, headers=headers).status_code == 200
+    )
     again = client.post("/api/choice", json={"position": 0, "choice": "right"}, headers=headers)
     assert again.status_code == 409 and "already has your choice" in again.json()["error"]
     assert len(ReviewStore(project).choices(review["id"])) == 1
@@ -39,7 +41,9 @@ def test_double_submission_and_a_taken_name_are_refused_without_counting_twice(r
     assert taken.status_code == 409 and "already takes part" in taken.json()["error"]
     bad = client.post("/api/choice", json={"position": 1, "choice": "maybe"}, headers=headers)
     assert bad.status_code == 400 and "unknown choice" in bad.json()["error"]
-    assert client.post("/api/choice", json={"position": 9, "choice": "tie"}, headers=headers).status_code == 404
+    assert (
+        client.post("/api/choice", json={"position": 9, "choice": "tie"}, headers=headers).status_code == 404
+    )
     assert client.get("/api/state", headers={"X-Reviewer": "forged"}).status_code == 401
     assert client.post("/api/undo", headers=headers).json()["done"] == 0
     assert client.post("/api/undo", headers=headers).status_code == 409  # nothing left to undo
@@ -83,7 +87,9 @@ def test_results_and_export_map_choices_back_to_arms(reviewed, run_cli):
     code, out, _ = run_cli("review", "results", "--json", "--project", str(project.root))
     res = json.loads(out)
     # Item majorities: a, a, a, tie (Ada a, Bo b) -> 3 wins of 3 decisive items.
-    assert res["preference"]["wins"] == 3 and res["preference"]["ties"] == 1 and res["preference"]["losses"] == 0
+    assert (
+        res["preference"]["wins"] == 3 and res["preference"]["ties"] == 1 and res["preference"]["losses"] == 0
+    )
     # Cohen: p_o = 3/4; Ada a x4, Bo a x3 b x1 -> p_e = 12/16 = 0.75 -> kappa 0.
     assert res["agreement"]["measure"] == "cohen" and res["agreement"]["kappa"] == pytest.approx(0.0)
     assert res["position_bias"]["decisive"] == 8

@@ -112,7 +112,9 @@ def test_a_reviewer_clicks_types_undoes_and_resumes(tmp_path, browser):
         other.goto(url)
         other.fill("#name", "ada")
         other.click("#join")
-        other.wait_for_function("document.getElementById('message').textContent.includes('already takes part')")
+        other.wait_for_function(
+            "document.getElementById('message').textContent.includes('already takes part')"
+        )
         other.fill("#name", "Grace")
         other.click("#join")
         other.wait_for_selector("#item-view:not(.hidden)")

@@ -106,8 +106,8 @@ def fleiss_kappa(table: Sequence[Mapping[str, int]]) -> float | None:
     P_i = (sum_j n_ij^2 - n) / (n (n - 1)), P = mean P_i, p_j = sum_i n_ij / (N n), P_e = sum_j p_j^2,
     kappa = (P - P_e) / (1 - P_e).
 
-    >>> fleiss_kappa([{"a": 2}, {"b": 2}, {"a": 1, "b": 1}])  # P = 2/3, P_e = 1/2
-    0.3333333333333333
+    >>> round(fleiss_kappa([{"a": 2}, {"b": 2}, {"a": 1, "b": 1}]), 4)  # P = 2/3, P_e = 1/2
+    0.3333
     """
     rows = [dict(r) for r in table if sum(r.values())]
     if not rows:
