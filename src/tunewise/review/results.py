@@ -132,3 +132,91 @@ def judge_comparison(
             {"example_id": i, "people": p, "judge": m} for i, p, m in zip(common, people, model) if p != m
         ]
     return out
+
+
+def preference_for(
+    project: Project, eval_run: str, tuned: str, prompted: str, contract: Any = None
+) -> dict[str, Any] | None:
+    """The fine-tuned arm's blind win rate over the prompted arm, from the best source there is: the reviewers
+    when a review of the pair holds at least `MIN_REVIEWED_ITEMS` reviewed items, else the model judge, else the
+    reference metrics (per example, the arm whose answer scores the higher ROUGE-L against the reference wins;
+    for a json contract, over its free-text fields). None when the evaluation has no such answers."""
+    base = {"tuned": tuned, "prompted": prompted, "min_reviewed_items": MIN_REVIEWED_ITEMS}
+    store = ReviewStore(project)
+    best: tuple[int, dict[str, str]] | None = None
+    for review in store.list():
+        if review["eval_run"] != eval_run or set(review["arms"]) != {tuned, prompted}:
+            continue
+        outcomes = item_outcomes(store.choices(review["id"]))
+        if review["arms"][0] != tuned:  # seen from the fine-tuned arm's side
+            outcomes = {i: {"a": "b", "b": "a"}.get(o, o) for i, o in outcomes.items()}
+        if best is None or len(outcomes) > best[0]:
+            best = (len(outcomes), outcomes)
+    judged = judge_comparison(project, eval_run, tuned, prompted, best[1] if best else None)
+    if best is not None and best[0] >= MIN_REVIEWED_ITEMS:
+        return {
+            **base,
+            "source": "reviewers",
+            "measured_by": f"{best[0]} blindly reviewed items (majority of their reviewers)",
+            **stats.preference(list(best[1].values())),
+            "judge": judged,
+        }
+    if judged is not None and judged["preference"]["n"]:
+        return {
+            **base,
+            "source": "the judge",
+            "measured_by": f"the model judge ({', '.join(judged['judge'])}) on {judged['preference']['n']} items, "
+            f"both orders; {best[0] if best else 0} reviewed items, fewer than the {MIN_REVIEWED_ITEMS} needed",
+            **judged["preference"],
+            "judge": judged,
+        }
+    outcomes = _metric_outcomes(project, eval_run, tuned, prompted, contract)
+    if not outcomes:
+        return None
+    return {
+        **base,
+        "source": "the reference metrics",
+        "measured_by": "ROUGE-L against the reference, per example (no review or judge of the pair yet)",
+        **stats.preference(outcomes),
+    }
+
+
+def _metric_outcomes(project: Project, eval_run: str, tuned: str, prompted: str, contract: Any) -> list[str]:
+    from tunewise.evaluate.scorers import as_contract, score
+    from tunewise.fileio import read_jsonl
+    from tunewise.registry.runs import RunStore
+
+    path = RunStore(project).get(eval_run, kinds=("eval",)).path / "records.jsonl"
+    if not path.is_file():
+        return []
+    c = as_contract(contract or "text")
+    by_arm: dict[str, dict[str, Any]] = {}
+    for r in read_jsonl(path):
+        if r["arm"] in (tuned, prompted):
+            s = score(r["output"], r["reference"], c)
+            by_arm.setdefault(r["arm"], {})[str(r["id"])] = (
+                s.rouge_l if c.type == "text" else s.text_similarity
+            )
+    common = [i for i in by_arm.get(tuned, {}) if i in by_arm.get(prompted, {})]
+    out = []
+    for i in common:
+        x, y = by_arm[tuned][i], by_arm[prompted][i]
+        if x is None or y is None:
+            continue
+        out.append("a" if x > y else "b" if y > x else "tie")
+    return out
+
+
+def applies_to(spec: Any) -> bool:
+    """Whether the blind preference is a free-text task's quality rule: a text contract that is not short answers
+    over documents (those keep exact match), or any spec that names a judge (`evaluation.judge`).
+
+    >>> from types import SimpleNamespace as S
+    >>> applies_to(S(contract=S(type="text"), knowledge=None, evaluation=S(judge=None)))
+    True
+    >>> applies_to(S(contract=S(type="json"), knowledge=None, evaluation=S(judge=None)))
+    False
+    """
+    if spec.evaluation.judge is not None:
+        return True
+    return spec.contract.type == "text" and spec.knowledge is None
