@@ -3,8 +3,8 @@ plainly when low), the items where they disagree, and ROUGE-L and chrF beside ex
 
 from __future__ import annotations
 
-from tests.test_review_verdict import pref, prose
 from tests.test_rag_verdict import CATALOG, ECON
+from tests.test_review_verdict import pref, prose
 from tunewise.decide.verdict import decide
 from tunewise.report.build import build_report
 
