@@ -39,7 +39,10 @@ def create(
     seed: int = typer.Option(0, "--seed", help="Seed of the sample."),
     project_dir: Path | None = ProjectOpt,
 ) -> None:
-    """Create a review of two arms' held-out answers."""
+    """Create a review of two arms' held-out answers.
+
+    Example: tunewise review create --arms few-shot,fine-tuned --sample 50
+    """
     from tunewise.review.store import ReviewStore
 
     review = ReviewStore(_project(project_dir)).create(arms.split(","), eval_run, sample, seed)
@@ -56,7 +59,10 @@ def serve(
     port: int = typer.Option(8100, "--port", min=0, max=65535, help="Port (0: any free port)."),
     project_dir: Path | None = ProjectOpt,
 ) -> None:
-    """Serve the review page: reviewers open it, enter a name and choose between Left and Right."""
+    """Serve the review page: reviewers open it, enter a name and choose between Left and Right.
+
+    Example: tunewise review serve --port 8100   (off loopback, reviewers need a key of `tunewise keys create`)
+    """
     from tunewise.review.app import make_server
     from tunewise.review.store import ReviewStore
     from tunewise.serve.app import bind, is_loopback
@@ -87,7 +93,10 @@ def results(
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     project_dir: Path | None = ProjectOpt,
 ) -> None:
-    """Win rate (Wilson interval), ties, agreement between reviewers and with the judge, position bias."""
+    """Win rate (Wilson interval), ties, agreement between reviewers and with the judge, position bias.
+
+    Example: tunewise review results --json
+    """
     from tunewise.review.results import review_results
 
     res = review_results(_project(project_dir), review_id)
@@ -131,7 +140,10 @@ def export(
     output: Path | None = typer.Option(None, "--output", "-o", help="File to write (default: stdout)."),
     project_dir: Path | None = ProjectOpt,
 ) -> None:
-    """Every choice with its reviewer, item, the side each arm was on and the outcome."""
+    """Every choice with its reviewer, item, the side each arm was on and the outcome.
+
+    Example: tunewise review export --format csv -o reviews.csv
+    """
     from tunewise.fileio import atomic_write_text
     from tunewise.review.store import ReviewStore
 
@@ -178,7 +190,10 @@ def judge(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     project_dir: Path | None = ProjectOpt,
 ) -> None:
-    """Ask the spec's judge (evaluation.judge) which answer is better, in both orders."""
+    """Ask the spec's judge (evaluation.judge) which answer is better, in both orders.
+
+    Example: tunewise review judge --arms fine-tuned,few-shot
+    """
     from tunewise.evaluate.judge import judge_engine, run_judge
     from tunewise.registry.runs import RunStore
     from tunewise.spec import load_spec
