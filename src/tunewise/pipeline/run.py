@@ -926,6 +926,23 @@ class Pipeline:
         tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
         tuned = max(tuned_arms, key=lambda a: (meets_bars(a.model_dump()), a.accuracy.value))  # as `decide`
         prompted = best_prompted(summary)
+        judge = self.spec.evaluation.judge
+        if judge is not None:  # asks only the pairs not judged yet (evaluate/judge.py)
+            from tunewise.evaluate.judge import judge_engine, run_judge
+
+            engine, name = judge_engine(self.project, self.spec)
+            pair = (tuned.name, prompted.name)
+            res = run_judge(
+                self.project,
+                records.parent.name,
+                pair,
+                engine,
+                name,
+                self.spec.task.target,
+                judge.rubric,
+                self.say,
+            )
+            self.say(f"  judge {name}: {res.get('reading', '')}")
         return preference_for(
             self.project, records.parent.name, tuned.name, prompted.name, self.spec.contract
         )
