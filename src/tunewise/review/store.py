@@ -334,11 +334,13 @@ class ReviewStore:
 
 def _task_text(project: Project, run: Any) -> str:
     """What reviewers are told the answers are for: the spec's behavioural target, else the task's name."""
-    try:
-        from tunewise.spec import load_spec
+    from tunewise.spec import load_spec
 
+    if not project.spec_path.is_file():
+        return str(run.name or "the task")
+    try:
         return load_spec(project.spec_path).task.target
-    except Exception:  # no or unreadable spec: the task's name still tells reviewers something
+    except TunewiseError:  # a spec that no longer loads: the task's name still tells reviewers something
         return str(run.name or "the task")
 
 
