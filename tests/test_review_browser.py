@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.review_fixtures import SECRET_ARMS, eval_project
+from tests.review_fixtures import SECRET_ARMS, bitext_project, eval_project
 from tests.test_report_browser import CHROMIUM_ARGS
 from tunewise.review.store import ReviewStore
 
@@ -89,14 +89,14 @@ def test_a_reviewer_clicks_types_undoes_and_resumes(tmp_path, browser):
         assert _shown(page)[0] == 2 and _shown(page)[1] == lefts[-1]
         expected.pop(2)
         page.keyboard.press("r")  # the reference, hidden by default
-        assert page.locator("#reference").is_visible()
+        assert page.locator("#reference-box").is_visible()
         assert page.locator("#reference").inner_text() == "Reference reply 2"
         choose("key", "left")
         page.reload()  # resume where the reviewer left off
         page.wait_for_selector("#item-view:not(.hidden)")
         assert page.locator("#count").inner_text() == "3 of 6 done"
         assert _shown(page)[0] == 3
-        assert not page.locator("#reference").is_visible()
+        assert not page.locator("#reference-box").is_visible()
         page.fill("#comment", "both miss the order number")
         page.locator("#comment").blur()
         choose("key", "both_bad")
@@ -141,3 +141,51 @@ def test_a_reviewer_clicks_types_undoes_and_resumes(tmp_path, browser):
     assert all(s.startswith(url) or not s.startswith("http") for s in seen)  # nothing fetched from elsewhere
     for shot in ("review-desktop.png", "review-phone.png"):
         assert Path(tmp_path / shot).stat().st_size > 0
+
+
+def test_a_scripted_reviewer_reviews_bitext_replies_by_keys(tmp_path, browser, shared_datasets):
+    """Real held-out support replies: a scripted reviewer opens the reference, prefers the answer whose reply is
+    closer to it (ROUGE-L), and chooses by keys only; the results name the arm that copied the reference."""
+    from tunewise.evaluate.scorers import parse_json_lenient, text_similarity
+    from tunewise.review.results import review_results
+
+    project, run_id, answers = bitext_project(tmp_path / "project", shared_datasets, n=8)
+    review = ReviewStore(project).create(list(SECRET_ARMS), run_id)
+    server, thread, url = _serve(project, review["id"])
+
+    def reply(text: str):
+        ok, value = parse_json_lenient(text)
+        return value.get("reply") if ok and isinstance(value, dict) else None
+
+    sides = []
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(url)
+        page.fill("#name", "Scripted")
+        page.keyboard.press("Enter")
+        for done in range(8):
+            page.wait_for_function(f"document.getElementById('count').textContent === '{done} of 8 done'")
+            page.keyboard.press("r")
+            reference = reply(page.locator("#reference").inner_text())
+            left, right = page.locator("#left").inner_text(), page.locator("#right").inner_text()
+            # JSON answers are shown indented: compare them as JSON.
+            sides.append(
+                json.loads(answers[page.locator("#input").inner_text()][SECRET_ARMS[0]]) == json.loads(left)
+            )
+            if done == 0:
+                page.screenshot(path=str(tmp_path / "review-bitext.png"), full_page=True)
+            closer = text_similarity(reply(left), reference) >= text_similarity(reply(right), reference)
+            page.keyboard.press("1" if closer else "2")
+        page.wait_for_selector("#done-view:not(.hidden)")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    res = review_results(project, review["id"])
+    assert (res["preference"]["wins"], res["preference"]["losses"], res["preference"]["decisive"]) == (
+        8,
+        0,
+        8,
+    )
+    assert res["preference"]["could_not_tell"] is False
+    # The sides really were drawn: "Left" won exactly where arm a was on the left.
+    assert res["position_bias"]["left"] == sum(sides)
