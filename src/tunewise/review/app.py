@@ -14,6 +14,7 @@ No response names an arm, a run or a model.
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,15 @@ def create_app(project: Project, review_id: str, *, no_auth: bool = True) -> Fas
     """The app for one review. `no_auth`: the API needs no key (loopback only; `cli.serve` checks the host)."""
     store = ReviewStore(project)
     store.get(review_id)  # an unknown review stops here, before the server starts
-    app = FastAPI(title="tunewise review", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            app.state.keys.close()
+
+    app = FastAPI(title="tunewise review", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.no_auth = no_auth
     app.state.keys = KeyStore(Path(project.state_dir) / "registry.sqlite3")
     app.state.store = store
