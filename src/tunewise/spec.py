@@ -389,6 +389,19 @@ class EndpointArm(_Strict):
         return url.rstrip("/")
 
 
+class JudgeSpec(_Strict):
+    """A pairwise model judge of free-text answers (see evaluate/judge.py)."""
+
+    model: str = Field(
+        default="local",
+        min_length=1,
+        description="`local` (the spec's base model) or the name of an entry in evaluation.endpoints.",
+    )
+    rubric: str | None = Field(
+        default=None, description="What makes one answer better; default: built from task.target."
+    )
+
+
 # A learning curve: at most this many points (each but the last is one more training run).
 MAX_CURVE_POINTS = 8
 DEFAULT_LEARNING_CURVE = (0.25, 0.5, 1.0)
@@ -455,6 +468,10 @@ class EvaluationSpec(_Strict):
         "scoring (`ARM+scored`) for label contracts, schema-constrained decoding (`ARM+constrained`) for json "
         "and regex. auto: for the prompted arms (a fair baseline before fine-tuning); true: the fine-tuned arm "
         "too; false: none.",
+    )
+    judge: JudgeSpec | None = Field(
+        default=None,
+        description="A model that compares two arms' answers, asked in both orders (`tunewise review judge`).",
     )
     learning_curve: list[Annotated[float, Field(gt=0, le=1)]] | None = Field(
         default=None,
@@ -564,6 +581,17 @@ class Spec(_Strict):
             raise ValueError(
                 f"evaluation.arms: '{rag[0]}' retrieves from documents but the spec has no knowledge section "
                 "(add `knowledge: {docs: FOLDER}`)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _judge_is_known(self) -> Spec:
+        judge = self.evaluation.judge
+        names = [e.name for e in self.evaluation.endpoints]
+        if judge is not None and judge.model != "local" and judge.model not in names:
+            raise ValueError(
+                f"evaluation.judge.model: '{judge.model}' is neither `local` nor an endpoint of "
+                f"evaluation.endpoints ({', '.join(names) or 'none'})"
             )
         return self
 

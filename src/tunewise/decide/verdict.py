@@ -196,9 +196,12 @@ def decide(
     catalog: Catalog,
     fine_tuned: str | None = None,
     learning_curve: LearningCurve | None = None,
+    preference: Mapping[str, Any] | None = None,
 ) -> Verdict:
     """Apply the verdict rules: fine-tune, keep prompting or not yet (see the module docstring). A learning curve
-    (`evaluate.curve`) tells a "not yet" whether more labelled data is likely to pay."""
+    (`evaluate.curve`) tells a "not yet" whether more labelled data is likely to pay. `preference`: for free-text
+    tasks, the blind win rate of the fine-tuned arm over the best prompted one (`review.results.preference_for`),
+    applied by `with_preference`."""
     tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
     if any(is_rag_arm(a.name) for a in summary.arms):
         # With retrieval arms, the closed-book verdict is taken through the guide's order (`decide.rag`).
@@ -310,7 +313,7 @@ def decide(
             "formula": be.formula,
             "summary": be.summary,
         }
-    return Verdict(
+    verdict = Verdict(
         recommendation=recommendation,
         headline=f"{lead}: {reason}",
         reason=reason,
@@ -324,6 +327,52 @@ def decide(
         platform_rules=[f.to_dict() for f in findings],
         **extra,
     )
+    return with_preference(verdict, preference) if preference else verdict
+
+
+def with_preference(verdict: Verdict, preference: Mapping[str, Any]) -> Verdict:
+    """The blind preference as the quality rule of a free-text task ("run blind A/B comparisons: if reviewers
+    cannot tell the difference, prompt engineering is sufficient"). `preference` (`review.results.preference_for`)
+    names its source: reviewers (enough reviewed items), else the judge, else the reference metrics. When its
+    interval includes 50% the verdict is to keep prompting, as it is when the prompted arm is preferred; a
+    preferred fine-tuned arm supports the other rules' verdict without overriding it."""
+    who, tuned, prompted = preference["source"], preference["tuned"], preference["prompted"]
+    rate = preference.get("win_rate")
+    shown = "no decisive item" if not rate else (
+        f"{tuned} won {_pct(rate['value'])} [{_pct(rate['low'])}, {_pct(rate['high'])}] of "
+        f"{preference['decisive']} decisive items, {preference['ties']} ties"
+    )  # fmt: skip
+    numbers = {
+        k: preference.get(k) for k in ("source", "win_rate", "decisive", "ties", "n", "min_reviewed_items")
+    }
+    guide = (
+        "run blind A/B comparisons: if reviewers cannot tell the difference, prompt engineering is sufficient"
+    )
+    if preference["could_not_tell"]:
+        passed = False
+        reason = (
+            f"{who} could not tell {tuned} and {prompted} apart ({shown}): prompt engineering is sufficient"
+        )
+    elif rate["value"] > 0.5:
+        passed = True
+        reason = f"{who} preferred {tuned} ({shown})"
+    else:
+        passed = False
+        reason = f"{who} preferred {prompted} ({shown})"
+    rule = _rule(
+        "blind preference", guide, numbers, passed, f"{reason}; measured by {preference['measured_by']}"
+    )
+    update: dict[str, Any] = {"rules": [*verdict.rules, rule], "preference": dict(preference)}
+    if passed:
+        update["reasons"] = [f"blind preference: {rule.detail}", *verdict.reasons]
+    else:
+        update.update(
+            recommendation="keep prompting",
+            reason=reason,
+            headline=f"Keep prompting: {reason}",
+            reasons=[f"blind preference: {rule.detail}", *verdict.reasons],
+        )
+    return verdict.model_copy(update=update)
 
 
 # --- the pieces of the verdict ---------------------------------------------------------------------------

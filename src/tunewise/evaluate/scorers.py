@@ -51,6 +51,7 @@ __all__ = [
     "parse_strict",
     "score",
     "split_text_fields",
+    "text_chrf",
     "text_similarity",
 ]
 
@@ -420,6 +421,32 @@ def text_similarity(predicted: Any, reference: Any) -> float:
     return round(_rouge.score(reference, predicted)["rougeL"].fmeasure, 4)
 
 
+_chrf: Any = None
+
+
+def text_chrf(predicted: Any, reference: Any) -> float:
+    """chrF (character n-gram F-score, sacrebleu's defaults) of a predicted text against the reference, in [0, 1].
+
+    It rewards a reply that says the same thing in nearly the same words (inflections, compounds) where ROUGE-L
+    only counts whole words in order. A missing or non-string prediction scores 0; two empty texts score 1.
+
+    >>> text_chrf("We will refund the order today", "we will refund your order")
+    0.5739
+    >>> text_chrf(None, "anything"), text_chrf("", "")
+    (0.0, 1.0)
+    """
+    global _chrf
+    if not isinstance(predicted, str) or not isinstance(reference, str):
+        return 0.0
+    if not predicted.strip() and not reference.strip():
+        return 1.0
+    if _chrf is None:
+        from sacrebleu.metrics import CHRF
+
+        _chrf = CHRF()
+    return round(_chrf.sentence_score(predicted, [reference]).score / 100.0, 4)
+
+
 # --- one output against one reference ---------------------------------------------------------------------
 
 
@@ -498,6 +525,8 @@ class Score:
     answer_lenient: Any  # the lenient parse (None when it failed)
     fields: FieldMatch | None = field(default=None)  # json contracts only
     text_similarity: float | None = None  # json contracts with text_fields: mean ROUGE-L F1 over them
+    text_chrf: float | None = None  # json: mean chrF over the text fields; text: chrF of the whole answer
+    rouge_l: float | None = None  # text contracts: ROUGE-L F1 of the whole answer
 
 
 def score(output: str, reference: str, contract: Any) -> Score:
@@ -535,6 +564,7 @@ def score(output: str, reference: str, contract: Any) -> Score:
         similarity = (
             fmean(text_similarity(texts.get(p), ref) for p, ref in ref_texts.items()) if ref_texts else None
         )
+        chrf = fmean(text_chrf(texts.get(p), ref) for p, ref in ref_texts.items()) if ref_texts else None
         return Score(
             correct=correct,
             correct_lenient=correct_lenient,
@@ -543,10 +573,19 @@ def score(output: str, reference: str, contract: Any) -> Score:
             answer_lenient=lenient if found else None,
             fields=field_match(lenient_structured, ref_structured, parsed=found),
             text_similarity=similarity,
+            text_chrf=chrf,
         )
     if c.type == "text":
         ref_norm = re.sub(r"\s+", " ", reference.casefold()).strip(_EDGE).strip()
-        return Score(output.strip() == reference.strip(), lenient == ref_norm, None, answer, lenient)
+        return Score(
+            output.strip() == reference.strip(),
+            lenient == ref_norm,
+            None,
+            answer,
+            lenient,
+            text_chrf=text_chrf(output.strip(), reference.strip()),
+            rouge_l=text_similarity(output.strip(), reference.strip()),
+        )
     ref = reference.strip()
     correct = ok and answer == ref
     correct_lenient = found and lenient == ref

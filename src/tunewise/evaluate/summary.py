@@ -128,6 +128,8 @@ def score_records(records: Iterable[Mapping[str, Any]], contract: Any) -> list[d
             field_reference=s.fields.n_reference if s.fields else None,
             field_f1=s.fields.f1 if s.fields else None,
             text_similarity=s.text_similarity,
+            text_chrf=s.text_chrf,
+            rouge_l=s.rouge_l,
             consistent_structure=agree.structure if agree else None,
             consistent_answer=agree.answer if agree else None,
             consistent=agree.both if agree else None,
@@ -215,6 +217,9 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         # Short answers: SQuAD-normalised exact match (Wilson) and token F1 (bootstrap), best over the answers.
         arm["exact_match"] = _rate([r["exact_match"] for r in rows])
         arm["token_f1"] = _bootstrap(r["token_f1"] for r in rows)
+        # Prose answers: ROUGE-L F1 and chrF against the reference (bootstrap), beside exact match.
+        arm["rouge_l"] = _bootstrap(r["rouge_l"] for r in rows)
+        arm["chrf"] = _bootstrap(r["text_chrf"] for r in rows)
     if any("passages" in r for r in rows):
         # The rag arms: is the answer in the passages (lexical, see evaluate/knowledge.py), did retrieval find
         # the gold document among the k passages (recall@k), and how high (MRR).
@@ -251,6 +256,8 @@ def _arm_summary(name: str, rows: list[dict[str, Any]], contract_type: str, info
         # The contract's free-text fields (text_fields): mean ROUGE-L F1 against the reference, with its interval.
         texts = [r["text_similarity"] for r in rows if r.get("text_similarity") is not None]
         arm["text_similarity"] = bootstrap_mean(texts).as_dict() if texts else None
+        chrfs = [r["text_chrf"] for r in rows if r.get("text_chrf") is not None]
+        arm["text_chrf"] = bootstrap_mean(chrfs).as_dict() if chrfs else None
         # How often the JSON guard (evaluate/loopguard.py) changed a greedy answer: took it back from a
         # repetition, or refused a token (a mismatched bracket, a "," in a sealed container).
         arm["json_guard"] = bool(info.get("json_guard", False))

@@ -922,7 +922,11 @@ class Pipeline:
         econ = self._economics()
         curve_out: CurveOutput | None = self.outputs.get(CURVE)
         verdict = decide(
-            summary, econ, econ.catalog(), learning_curve=curve_out.curve if curve_out is not None else None
+            summary,
+            econ,
+            econ.catalog(),
+            learning_curve=curve_out.curve if curve_out is not None else None,
+            preference=self._preference(summary),
         )
         path = self._state_path("verdict.json")
         atomic_write_text(path, json.dumps(verdict.to_dict(), indent=2) + "\n")
@@ -931,6 +935,38 @@ class Pipeline:
             if rule["fires"]:
                 self.say(f"  platform rule: {rule['detail']}: {rule['advice']} (docs/rules.md)")
         return VerdictOutput(verdict_path=path, recommendation=verdict.recommendation)
+
+    def _preference(self, summary: Any) -> dict[str, Any] | None:
+        """The blind preference the verdict reads for a free-text task (see `review.results.preference_for`)."""
+        from tunewise.decide.verdict import best_prompted, meets_bars
+        from tunewise.review.results import applies_to, preference_for
+
+        records = self.outputs["evaluate"].records_path
+        if records is None or not applies_to(self.spec):
+            return None
+        tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
+        tuned = max(tuned_arms, key=lambda a: (meets_bars(a.model_dump()), a.accuracy.value))  # as `decide`
+        prompted = best_prompted(summary)
+        judge = self.spec.evaluation.judge
+        if judge is not None:  # asks only the pairs not judged yet (evaluate/judge.py)
+            from tunewise.evaluate.judge import judge_engine, run_judge
+
+            engine, name = judge_engine(self.project, self.spec)
+            pair = (tuned.name, prompted.name)
+            res = run_judge(
+                self.project,
+                records.parent.name,
+                pair,
+                engine,
+                name,
+                self.spec.task.target,
+                judge.rubric,
+                self.say,
+            )
+            self.say(f"  judge {name}: {res.get('reading', '')}")
+        return preference_for(
+            self.project, records.parent.name, tuned.name, prompted.name, self.spec.contract
+        )
 
     def _run_report(self) -> ReportOutput:
         from tunewise.pipeline.state import assemble_state

@@ -249,6 +249,75 @@ MIGRATIONS.append(
     )
 )
 
+# Blind pairwise reviews (tunewise.review) and the model judge's verdicts on the same pairs. Ids are TEXT made by
+# the application, so the schema runs unchanged on PostgreSQL. A review's items keep the two answers under the
+# arms' positions in `reviews.arms` (a, b): pages never see arm names, only "left" and "right", and each choice
+# records which arm was on the left for that reviewer and item, and the outcome mapped back to the arms.
+MIGRATIONS.append(
+    (
+        "009_reviews",
+        """
+        CREATE TABLE reviews (
+            id TEXT PRIMARY KEY,            -- rv-<hex>: random, so a reviewer's URL names no run or arm
+            created_at TEXT NOT NULL,
+            eval_run TEXT NOT NULL,         -- the evaluation run whose answers are reviewed
+            arms TEXT NOT NULL,             -- JSON [arm a, arm b]
+            task TEXT NOT NULL,             -- the task's target, shown to reviewers
+            n_items INTEGER NOT NULL
+        );
+        CREATE TABLE review_items (
+            review_id TEXT NOT NULL REFERENCES reviews(id),
+            position INTEGER NOT NULL,      -- 0-based order in which reviewers see the items
+            example_id TEXT NOT NULL,
+            input TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            answer_a TEXT NOT NULL,
+            answer_b TEXT NOT NULL,
+            PRIMARY KEY (review_id, position)
+        );
+        CREATE TABLE reviewers (
+            id TEXT PRIMARY KEY,            -- rr-<hex>
+            review_id TEXT NOT NULL REFERENCES reviews(id),
+            name TEXT NOT NULL,
+            token_hash TEXT NOT NULL,       -- sha256 of the reviewer's resume token (the token is never stored)
+            sides_seed TEXT NOT NULL,       -- hex: draws which arm is on the left, per item
+            created_at TEXT NOT NULL,
+            UNIQUE (review_id, name)
+        );
+        CREATE TABLE review_choices (
+            id TEXT PRIMARY KEY,            -- rc-<hex>
+            review_id TEXT NOT NULL REFERENCES reviews(id),
+            reviewer_id TEXT NOT NULL REFERENCES reviewers(id),
+            position INTEGER NOT NULL,
+            seq INTEGER NOT NULL,           -- the reviewer's n-th choice: undo removes the highest
+            left_arm TEXT NOT NULL,         -- 'a' or 'b': the arm shown on the left
+            choice TEXT NOT NULL,           -- 'left', 'right', 'tie', 'both_bad'
+            outcome TEXT NOT NULL,          -- 'a', 'b', 'tie', 'both_bad'
+            comment TEXT,
+            created_at TEXT NOT NULL,
+            UNIQUE (reviewer_id, position)
+        );
+        CREATE INDEX review_choices_review ON review_choices(review_id, position);
+        CREATE TABLE judgements (
+            id TEXT PRIMARY KEY,            -- jg-<hex>
+            eval_run TEXT NOT NULL,
+            arm_a TEXT NOT NULL,
+            arm_b TEXT NOT NULL,
+            example_id TEXT NOT NULL,
+            judge TEXT NOT NULL,            -- 'local:<base>' or the endpoint's name and model
+            first TEXT,                     -- a shown first: 'A', 'B', 'tie', or NULL (no usable answer)
+            second TEXT,                    -- b shown first, in the judge's own letters
+            outcome TEXT,                   -- 'a', 'b', 'tie'; NULL when either order gave no usable answer
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            created_at TEXT NOT NULL,
+            UNIQUE (eval_run, arm_a, arm_b, example_id, judge)
+        );
+        """,
+    )
+)
+
+
 # Workers on several machines share one registry (PostgreSQL): a `running` job names the worker that claimed it
 # (`host:pid:start-time`, serve/worker.py) and when that worker last said it was alive. A job whose worker's
 # heartbeat is older than the stated timeout is taken over by another worker, which resumes it from its last

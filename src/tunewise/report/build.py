@@ -801,6 +801,75 @@ def _contract_view(contract: Any) -> dict[str, Any]:
     }
 
 
+def _rate_text(iv: Any) -> str:
+    """A rate with its interval: '62.0% [55.1%, 68.4%]', or '—'.
+
+    >>> _rate_text({"value": 0.62, "low": 0.551, "high": 0.684}), _rate_text(None)
+    ('62.0% [55.1%, 68.4%]', '—')
+    """
+    v, lo, hi = _interval(iv)
+    if v is None:
+        return "—"
+    return pct(v) if lo is None or hi is None else f"{pct(v)} [{pct(lo)}, {pct(hi)}]"
+
+
+def _preference_view(verdict: Mapping[str, Any] | None, evaluation: Mapping[str, Any] | None) -> dict | None:
+    """The free-text section: the blind preference the verdict used (reviewers, judge or reference metrics), the
+    judge's agreement with people and the items where they disagree, and each arm's reference metrics."""
+    pref = (verdict or {}).get("preference")
+    metrics = []
+    for arm in (evaluation or {}).get("arms") or []:
+        if not isinstance(arm, Mapping):
+            continue
+        row = {
+            "arm": arm.get("name"),
+            "exact_match": _rate_text(arm.get("exact_match") or arm.get("accuracy")),
+            "rouge_l": _rate_text(arm.get("rouge_l") or arm.get("text_similarity")),
+            "chrf": _rate_text(arm.get("chrf") or arm.get("text_chrf")),
+        }
+        if row["rouge_l"] != "—" or row["chrf"] != "—":
+            metrics.append(row)
+    if not isinstance(pref, Mapping) and not metrics:
+        return None
+    out: dict[str, Any] = {"metrics": metrics, "preference": None}
+    if isinstance(pref, Mapping):
+        judge = pref.get("judge") if isinstance(pref.get("judge"), Mapping) else None
+        agree = (judge or {}).get("agreement_with_people")
+        who, tuned, prompted = str(pref.get("source") or ""), pref.get("tuned"), pref.get("prompted")
+        value = _interval(pref.get("win_rate"))[0]
+        if pref.get("could_not_tell") or value is None:
+            reading = f"{who} could not tell {tuned} and {prompted} apart: prompt engineering is sufficient"
+        else:
+            reading = f"{who} preferred {tuned if value > 0.5 else prompted}"
+        out["preference"] = {
+            "reading": reading[:1].upper() + reading[1:],
+            "source": pref.get("source"),
+            "tuned": pref.get("tuned"),
+            "prompted": pref.get("prompted"),
+            "win_rate": _rate_text(pref.get("win_rate")),
+            "decisive": pref.get("decisive"),
+            "ties": pref.get("ties"),
+            "both_bad": pref.get("both_bad"),
+            "could_not_tell": bool(pref.get("could_not_tell")),
+            "measured_by": pref.get("measured_by"),
+            "min_reviewed_items": pref.get("min_reviewed_items"),
+            "judge_win_rate": _rate_text((judge or {}).get("preference", {}).get("win_rate"))
+            if judge
+            else None,
+            "judge_names": ", ".join((judge or {}).get("judge") or []),
+            "agreement": None
+            if not agree
+            else {
+                "kappa": "—" if _num(agree.get("kappa")) is None else f"{agree['kappa']:.2f}",
+                "reading": agree.get("reading"),
+                "n_items": agree.get("items"),
+                "low": bool(agree.get("low")),
+            },
+            "disagreements": list((judge or {}).get("disagreements") or []),
+        }
+    return out
+
+
 def view(state: Mapping[str, Any]) -> dict[str, Any]:
     """The template's context: every section normalized, formatted and judged; absent sections are None."""
     if not isinstance(state, Mapping):
@@ -838,6 +907,9 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
         "disagreements_total": len(disagreements or []),
         "max_disagreements": MAX_DISAGREEMENTS,
         "stage_times": _stage_times_view(stage_times) if stage_times else None,
+        "free_text": _preference_view(verdict, evaluation)
+        if (evaluation or {}).get("contract") in ("text", "json") or (verdict or {}).get("preference")
+        else None,
         "learning_curve": _learning_curve_view(state.get("learning_curve"), bar["accuracy"], plot_notes),
         "evaluation": None,
         "paired": [],
