@@ -275,3 +275,46 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# The model after launch (tunewise.lifecycle): the chat completions a served model answered, for models whose
+# capture is switched on, already redacted; where each dataset version came from (an import of labelled
+# traffic, a retrain's union of old and new); and each retrain's gate decision with its numbers.
+MIGRATIONS.append(
+    (
+        "011_traffic",
+        """
+        CREATE TABLE traffic (
+            id TEXT PRIMARY KEY,            -- tr-<hex>
+            created_at TEXT NOT NULL,       -- UTC, ISO 8601 to the microsecond (retention keeps the newest)
+            model TEXT NOT NULL,            -- the model name the client asked for
+            messages TEXT NOT NULL,         -- JSON: the request's messages, redacted
+            response TEXT NOT NULL,         -- the answer, redacted
+            latency_ms REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            finish_reason TEXT,
+            redactions INTEGER NOT NULL DEFAULT 0  -- spans masked in this row
+        );
+        CREATE INDEX traffic_model_time ON traffic(model, created_at);
+        CREATE TABLE dataset_lineage (
+            child TEXT NOT NULL,            -- a dataset version id
+            parent TEXT NOT NULL,           -- a dataset version id, or 'file:<sha256>' for an imported file
+            relation TEXT NOT NULL,         -- 'import', 'retrain'
+            created_at TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}',  -- JSON
+            PRIMARY KEY (child, parent)
+        );
+        CREATE TABLE retrain_decisions (
+            id TEXT PRIMARY KEY,            -- gate-<hex>
+            created_at TEXT NOT NULL,
+            model TEXT NOT NULL,
+            current_run TEXT NOT NULL,      -- the training run served before the retrain
+            candidate_run TEXT NOT NULL,    -- the retrained one
+            dataset_version TEXT NOT NULL,  -- what the candidate trained on
+            promoted INTEGER NOT NULL,      -- 1: the candidate replaced the current model
+            rule TEXT NOT NULL,             -- the rule, with its numbers, as printed
+            figures TEXT NOT NULL           -- JSON: accuracies and intervals on both sets
+        );
+        """,
+    )
+)
