@@ -66,6 +66,7 @@ COMMAND_MODULES = (
     "tunewise.report.cli",  # report
     "tunewise.serve.cli",  # serve, keys
     "tunewise.registry.cli",  # runs, runs show
+    "tunewise.lifecycle.cli",  # traffic export/import, drift, retrain, lineage
 )
 
 

@@ -527,6 +527,11 @@ class Spec(_Strict):
     knowledge: KnowledgeSpec | None = Field(
         default=None, description="Documents for the retrieval (rag) arms."
     )
+    retrain_every_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days after which the served model counts as due for retraining (the report warns).",
+    )
 
     @model_validator(mode="after")
     def _variants_fit_the_contract(self) -> Spec:
