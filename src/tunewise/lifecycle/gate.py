@@ -72,7 +72,8 @@ class GateDecision:
 
     @property
     def rule(self) -> str:
-        return RULE.format(neg_margin=_points(-self.margin).replace(" pts", " points"))
+        bound = f"{-self.margin * 100:.1f} points" if self.margin else "0"
+        return RULE.format(neg_margin=bound)
 
     @property
     def not_worse(self) -> bool:

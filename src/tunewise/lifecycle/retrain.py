@@ -218,6 +218,10 @@ def retrain(
         )
     old_train = [ex for p in config.data for ex in load_examples(Path(p))]
     old_train_vid = config.dataset_version or (run.dataset_versions[0] if run.dataset_versions else None)
+    if old_train_vid is None:  # a run trained from files: record them, so the lineage starts there
+        old_train_vid, _, _ = save_version(
+            project, "train", old_train, list(config.data), {"examples": len(old_train)}
+        )
     held_vid, held = held_out_set(project, spec, cur.run_id)
     say(f"new labelled examples: {len(labelled)} ({len(new_train)} to train on, {len(new_test)} to test on)")
 
