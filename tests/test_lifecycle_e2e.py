@@ -67,19 +67,27 @@ def test_capture_export_label_import_drift_retrain_lineage(tmp_path, run_cli):
         client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "mail me at eve@example.org"}], max_tokens=4
         )
+        stream = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "streamed question"}],
+            max_tokens=4,
+            stream=True,
+        )
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
         client.chat.completions.create(  # another model name: not captured
             model="tiny:random", messages=[{"role": "user", "content": "hello"}], max_tokens=4
         )
     rows = traffic(project)
-    assert len(rows) == len(sent) + 1 and {r["model"] for r in rows} == {model}
-    assert rows[-1]["messages"][0]["content"] == "mail me at [EMAIL]"
+    assert len(rows) == len(sent) + 2 and {r["model"] for r in rows} == {model}
+    assert rows[-2]["messages"][0]["content"] == "mail me at [EMAIL]"
+    assert rows[-1]["messages"][0]["content"] == "streamed question" and rows[-1]["response"] == streamed
     assert all(r["completion_tokens"] and r["latency_ms"] > 0 for r in rows)
 
     # 2. Export, label by script (the gold label replaces the draft), import.
     exported = tmp_path / "to-label.jsonl"
     code, out, err = run_cli("traffic", "export", "--to", exported, cwd=project.root)
     assert code == 0, err
-    assert f"{len(sent) + 1} exchange(s) written" in out
+    assert f"{len(sent) + 2} exchange(s) written" in out
     gold = dict(sent)
     labelled = tmp_path / "labelled.jsonl"
     lines = []
@@ -97,7 +105,7 @@ def test_capture_export_label_import_drift_retrain_lineage(tmp_path, run_cli):
     code, out, err = run_cli("drift", "--json", cwd=project.root)
     assert code == 0, err
     report = json.loads(out)
-    assert report["n_live"] == len(sent) + 1 and report["run"] == first.run_id
+    assert report["n_live"] == len(sent) + 2 and report["run"] == first.run_id
     assert report["inputs"]["moved"] and "inputs" in report["moved"]
     assert report["accuracy"]["n_live"] == len(sent)
     assert report["verdict"].startswith(("drifting", "retrain recommended"))

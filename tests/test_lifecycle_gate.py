@@ -188,3 +188,41 @@ def test_cadence_warns_when_retraining_is_more_often_than_quarterly_and_when_ove
         "retrained every 10 days on average (2 trainings): more often than quarterly"
     )
     assert "over the spec's retrain_every_days (30)" in often["warnings"][1]
+
+
+def test_report_shows_the_retraining_frequency_and_its_warnings(tmp_path):
+    from tests.test_report import full_state, section
+    from tunewise.lifecycle.cadence import cadence
+    from tunewise.report.build import render_html
+
+    state = full_state()
+    state["retraining"] = cadence(
+        ["2026-01-01T00:00:00+00:00", "2026-01-11T00:00:00+00:00"],
+        30,
+        datetime(2026, 3, 1, tzinfo=timezone.utc),
+    )
+    training = section(render_html(state), "training")
+    assert (
+        "Retraining: 2 training(s), every 10.0 days on average (36.5 a year); the last 49.0 days ago"
+        in training
+    )
+    assert (
+        "more often than quarterly" in training and "over the spec&#39;s retrain_every_days (30)" in training
+    )
+
+
+def test_report_reads_the_cadence_from_the_project(tmp_path):
+    from tests.test_report import full_state
+    from tunewise.report.build import view
+
+    project = tiny_label_project(tmp_path / "p", examples=24, samples=1)
+    state = dict(full_state(), project_path=str(project.root))
+    assert view(state)["retraining"] is None  # no training yet
+    run = _train_run(project, ["x.jsonl"])
+    got = view(state)["retraining"]
+    assert got["trainings"] == 1 and got["mean_interval_days"] is None and got["warnings"] == []
+    from tunewise.registry.runs import RunStore
+
+    assert datetime.fromisoformat(got["last"]) == datetime.fromisoformat(
+        RunStore(project).get(run).created_at
+    )

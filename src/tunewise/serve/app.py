@@ -194,6 +194,8 @@ async def _captured(project: Project, capture: Any, service: InferenceService, j
                 for c in chunk.get("choices") or []:
                     parts.append((c.get("delta") or {}).get("content") or "")
                     finish = c.get("finish_reason") or finish
+        # Without stream_options.include_usage the client got no usage chunk: count from the job itself.
+        usage = usage or {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.sent)}
         await keep("".join(parts), usage, finish)
 
     return StreamingResponse(

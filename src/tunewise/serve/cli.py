@@ -183,6 +183,13 @@ def serve(
         markup=False,
     )
     if captured.models:
+        unknown = [m for m in captured.models if m not in names]
+        if unknown:
+            err.print(
+                f"warning: --capture {', '.join(unknown)}: not a served model name ({', '.join(names)}); "
+                "its traffic is recorded only if clients send that name",
+                highlight=False,
+            )
         how = "raw" if capture_raw else "redacted"
         err.print(f"capturing traffic ({how}) of: {', '.join(captured.models)}", highlight=False)
     err.print("loading the model, then serving; Ctrl+C stops", highlight=False)
