@@ -1,10 +1,10 @@
 """The loop after launch on real data: banking77's 10-intent set, a model trained on half of the intents, then
 traffic that includes the other half.
 
-    python bench/lifecycle.py OUT [--traffic 160] [--threads 2]
+    python bench/lifecycle.py OUT [--per-intent 12] [--traffic 80] [--threads 1]
 
-1. Train the embedded SmolLM2-135M (LoRA, the spec's auto settings) on the training examples of 5 of the 10 intents
-   (`train-small.jsonl`); evaluate it on the held-out examples of those 5 (`test-small.jsonl`); promote it.
+1. Train the embedded SmolLM2-135M (LoRA, the spec's auto settings, float32, one micro-batch at a time) on
+   `--per-intent` training examples of each of 5 of the 10 intents (`train-small.jsonl`); evaluate it on the held-out examples of those 5 (`test-small.jsonl`); promote it.
 2. Serve it with capture on and send `--traffic` questions through the `openai` client, drawn from banking77's
    full training file (none of them in the small files), half from the old intents and half from the new.
 3. Export the traffic, label it with banking77's gold labels (the script plays the labeller), import it.
@@ -50,8 +50,9 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("out", type=Path)
-    parser.add_argument("--traffic", type=int, default=160)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--per-intent", type=int, default=12)
+    parser.add_argument("--traffic", type=int, default=80)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,9 @@ def main() -> None:
     labels = json.loads((DATA / "labels-small.json").read_text())
     old = sorted(labels)[::2]
     new = sorted(set(labels) - set(old))
-    train = [r for r in rows(DATA / "train-small.jsonl") if label(r) in old]
+    train = []
+    for intent in old:
+        train += [r for r in rows(DATA / "train-small.jsonl") if label(r) == intent][: args.per_intent]
     held = [r for r in rows(DATA / "test-small.jsonl") if label(r) in old]
     seen = {text(r) for r in rows(DATA / "train-small.jsonl") + rows(DATA / "test-small.jsonl")}
     pool = [r for r in rows(DATA / "train.jsonl") if label(r) in labels and text(r) not in seen]
@@ -124,7 +127,13 @@ def main() -> None:
     )
     held_v, _, _ = save_version(project, "eval", held, ["data/eval.jsonl"], {"examples": len(held)})
     config = TrainConfig.from_spec(
-        spec, data=[str(train_path)], dataset_version=train_v, threads=args.threads, progress=False
+        spec,
+        data=[str(train_path)],
+        dataset_version=train_v,
+        threads=args.threads,
+        precision="float32",
+        micro_batch_workers=1,
+        progress=False,
     )
     t0 = time.perf_counter()
     first = train_run(config, project, narrate=print)
