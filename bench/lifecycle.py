@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--per-intent", type=int, default=12)
     parser.add_argument("--traffic", type=int, default=80)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--resume", action="store_true", help="go on from the export (OUT already trained and served)"
+    )
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -75,7 +78,8 @@ def main() -> None:
                 if exc.code:
                     raise RuntimeError(f"tunewise {' '.join(argv)} exited {exc.code}") from None
         text_out = buf.getvalue()
-        (out / f"{'-'.join(a for a in argv if not a.startswith('-'))[:40]}.txt").write_text(text_out)
+        name = "-".join(a for a in argv[:2] if not a.startswith("-") and "/" not in a)
+        (out / f"{name}{'-json' if '--json' in argv else ''}.txt").write_text(text_out)
         print(f"$ tunewise {' '.join(argv)}\n{text_out}", flush=True)
         return text_out
 
@@ -98,6 +102,13 @@ def main() -> None:
         old_intents=old, new_intents=new, train=len(train), held_out=len(held), traffic=len(traffic)
     )
 
+    from tunewise.project import Project
+
+    if args.resume:  # training and traffic are there: go on from the export
+        project = Project(out / "banking")
+        summary.update(json.loads((out / "summary-first.json").read_text()))
+        loop(project, traffic, out, summary, cli, started)
+        return
     from tunewise.scaffold import scaffold
 
     project = scaffold(out / "banking")
@@ -189,6 +200,12 @@ def main() -> None:
         a.strip() == label(r) for a, r in zip(answers, traffic, strict=True) if label(r) in new
     ) / max(1, sum(label(r) in new for r in traffic))
 
+    (out / "summary-first.json").write_text(json.dumps(summary, indent=2) + "\n")
+    loop(project, traffic, out, summary, cli, started)
+
+
+def loop(project, traffic: list[dict], out: Path, summary: dict, cli, started: float) -> None:
+    """Export, label, import, drift, retrain, lineage."""
     import os
 
     os.chdir(project.root)

@@ -299,7 +299,10 @@ def _nearest_similarity(live: np.ndarray, train: np.ndarray, leave_one_out: bool
 
 
 def _top_tokens(train_texts: list[str], live_texts: list[str], k: int = 8) -> list[tuple[str, float]]:
-    """The tokens whose share of inputs containing them rose the most (for 'what moved')."""
+    """The words that moved most towards the live inputs (for 'what moved'), with the rise of their share of
+    inputs. Ranked by rise x log(live share / training share), each share smoothed by 1 point, so that a word new
+    to the traffic outranks a common word a little more frequent."""
+    import math
 
     def shares(texts: list[str]) -> Counter:
         c: Counter = Counter()
@@ -308,8 +311,13 @@ def _top_tokens(train_texts: list[str], live_texts: list[str], k: int = 8) -> li
         return Counter({w: n / len(texts) for w, n in c.items()})
 
     a, b = shares(train_texts), shares(live_texts)
-    rises = sorted(((w, b[w] - a.get(w, 0.0)) for w in b), key=lambda x: (-x[1], x[0]))
-    return [(w, round(d, 4)) for w, d in rises[:k] if d > 0]
+    scored = []
+    for w in b:
+        rise = b[w] - a.get(w, 0.0)
+        if rise > 0:
+            scored.append((rise * math.log((b[w] + 0.01) / (a.get(w, 0.0) + 0.01)), w, rise))
+    scored.sort(key=lambda x: (-x[0], x[1]))
+    return [(w, round(rise, 4)) for _, w, rise in scored[:k]]
 
 
 def compare(
