@@ -111,9 +111,9 @@ def lineage(project: Project, model: str) -> Lineage:
             "dataset_versions": r.dataset_versions,
             "figures": r.figures,
         }
-        for r in sorted(train_runs, key=lambda r: r.created_at)
+        for r in reversed(train_runs)  # oldest first (the store lists newest first, ties by insertion)
     ]
-    for r in sorted(store.list(kind="eval"), key=lambda r: r.created_at):
+    for r in reversed(store.list(kind="eval")):
         tuned = r.config.get("fine_tuned_run")
         if tuned in run_ids:
             out.evaluations.append(
