@@ -124,7 +124,9 @@ def scorer(spec: Spec, project: Project, train_examples: list[dict]) -> Evaluate
     from tunewise.evaluate.scorers import score
 
     # The gate compares accuracy alone: the scored answer, without the consistency samples.
-    spec = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(update={"consistency_samples": 1})})
+    spec = spec.model_copy(
+        update={"evaluation": spec.evaluation.model_copy(update={"consistency_samples": 1})}
+    )
 
     def evaluate(run_id: str, examples: list[dict], version: str) -> list[bool]:
         reused = _earlier_records(project, run_id, version)
