@@ -160,3 +160,19 @@ def test_export_without_traffic_says_how_to_capture(tmp_path):
     with pytest.raises(TunewiseError) as exc:
         export_traffic(Project(tmp_path), tmp_path / "x.jsonl")
     assert "--capture" in str(exc.value)
+
+
+def test_cli_errors_are_one_line_naming_what_was_typed(tmp_path, run_cli):
+    from tests.conftest import tiny_label_project
+
+    project = tiny_label_project(tmp_path / "p", examples=8, samples=1)
+    code, out, err = run_cli(
+        "traffic", "export", "--to", tmp_path / "x.jsonl", "--since", "yesterday", cwd=project.root
+    )
+    assert code == 1 and out == ""
+    assert "error: --since 'yesterday' is not a date" in err and "Traceback" not in err
+    code, _, err = run_cli("drift", cwd=project.root)
+    assert code == 1 and "no model to compare with" in err
+    for command in (["traffic", "export"], ["traffic", "import"], ["drift"], ["retrain"], ["lineage"]):
+        code, out, _ = run_cli(*command, "--help")
+        assert code == 0 and "Usage" in out
