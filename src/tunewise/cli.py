@@ -67,6 +67,7 @@ COMMAND_MODULES = (
     "tunewise.serve.cli",  # serve, keys
     "tunewise.registry.cli",  # runs, runs show
     "tunewise.review.cli",  # review create/serve/results/export/judge
+    "tunewise.lifecycle.cli",  # traffic export/import, drift, retrain, lineage
 )
 
 

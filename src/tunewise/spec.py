@@ -546,6 +546,11 @@ class Spec(_Strict):
     knowledge: KnowledgeSpec | None = Field(
         default=None, description="Documents for the retrieval (rag) arms."
     )
+    retrain_every_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days after which the served model counts as due for retraining (the report warns).",
+    )
     registry: str | None = Field(
         default=None,
         description="Where the registry lives: left out, the embedded SQLite file in .tunewise/; "

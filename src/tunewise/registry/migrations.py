@@ -318,6 +318,77 @@ MIGRATIONS.append(
 )
 
 
+# Model aliases: a name `serve` answers with a run (`tunewise promote RUN --as NAME`). The table is the log of
+# every change, never updated in place: promotions push a run, rollbacks pop back to the one before, and the
+# alias's current run is the top of that stack when the log is replayed in order (registry/aliases.py). `seq`
+# orders one name's changes; the unique pair makes two writers racing for the same name collide, not interleave.
+MIGRATIONS.append(
+    (
+        "010_model_aliases",
+        """
+        CREATE TABLE model_aliases (
+            id TEXT PRIMARY KEY,            -- alias-<hex>
+            name TEXT NOT NULL,             -- the model name clients send
+            seq INTEGER NOT NULL,           -- 1, 2, ... per name
+            action TEXT NOT NULL,           -- 'promote' or 'rollback'
+            run_id TEXT NOT NULL,           -- the run the name answers with after this change
+            previous_run_id TEXT,           -- the run it answered with before (NULL for a first promotion)
+            changed_by TEXT NOT NULL,       -- who: a user name, an API key's name, 'lifecycle', ...
+            changed_at TEXT NOT NULL,       -- UTC, ISO 8601
+            verdict TEXT,                   -- the recommendation the run was judged by, when one was found
+            forced INTEGER NOT NULL DEFAULT 0,  -- 1: promoted against a verdict that said not to fine-tune
+            reason TEXT,                    -- why (required with forced)
+            UNIQUE (name, seq)
+        );
+        CREATE INDEX model_aliases_name ON model_aliases(name, seq);
+        """,
+    )
+)
+
+# The model after launch (tunewise.lifecycle): the chat completions a served model answered, for models whose
+# capture is switched on, already redacted; where each dataset version came from (an import of labelled
+# traffic, a retrain's union of old and new); and each retrain's gate decision with its numbers.
+MIGRATIONS.append(
+    (
+        "011_traffic",
+        """
+        CREATE TABLE traffic (
+            id TEXT PRIMARY KEY,            -- tr-<hex>
+            created_at TEXT NOT NULL,       -- UTC, ISO 8601 to the microsecond (retention keeps the newest)
+            model TEXT NOT NULL,            -- the model name the client asked for
+            messages TEXT NOT NULL,         -- JSON: the request's messages, redacted
+            response TEXT NOT NULL,         -- the answer, redacted
+            latency_ms REAL,
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            finish_reason TEXT,
+            redactions INTEGER NOT NULL DEFAULT 0  -- spans masked in this row
+        );
+        CREATE INDEX traffic_model_time ON traffic(model, created_at);
+        CREATE TABLE dataset_lineage (
+            child TEXT NOT NULL,            -- a dataset version id
+            parent TEXT NOT NULL,           -- a dataset version id, or 'file:<sha256>' for an imported file
+            relation TEXT NOT NULL,         -- 'import', 'retrain'
+            created_at TEXT NOT NULL,
+            detail TEXT NOT NULL DEFAULT '{}',  -- JSON
+            PRIMARY KEY (child, parent)
+        );
+        CREATE TABLE retrain_decisions (
+            id TEXT PRIMARY KEY,            -- gate-<hex>
+            created_at TEXT NOT NULL,
+            model TEXT NOT NULL,
+            current_run TEXT NOT NULL,      -- the training run served before the retrain
+            candidate_run TEXT NOT NULL,    -- the retrained one
+            dataset_version TEXT NOT NULL,  -- what the candidate trained on
+            promoted INTEGER NOT NULL,      -- 1: the candidate replaced the current model
+            rule TEXT NOT NULL,             -- the rule, with its numbers, as printed
+            figures TEXT NOT NULL           -- JSON: accuracies and intervals on both sets
+        );
+        """,
+    )
+)
+
+
 # Workers on several machines share one registry (PostgreSQL): a `running` job names the worker that claimed it
 # (`host:pid:start-time`, serve/worker.py) and when that worker last said it was alive. A job whose worker's
 # heartbeat is older than the stated timeout is taken over by another worker, which resumes it from its last

@@ -935,6 +935,7 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
             ctx["quality_plot"] = plots.quality_vs_cost(evaluation["arms"], bar["accuracy"])
         except TunewiseError as exc:
             plot_notes.append(f"quality against cost plot: {exc.message}")
+    ctx["retraining"] = _retraining(state)
     ctx["plot_notes"] = plot_notes
     ctx["headline"] = _headline(ctx)
     ctx["absent"] = [MISSING[s] for s in SECTIONS if state.get(s) in (None, [], {})]
@@ -968,6 +969,22 @@ def _retrieval_view(arms: Sequence[Any]) -> list[dict[str, Any]] | None:
             }
         )
     return rows or None
+
+
+def _retraining(state: Mapping[str, Any]) -> dict[str, Any] | None:
+    """How often the served model is retrained and whether it is due (`lifecycle.cadence`): from the state's
+    `retraining` when it carries one, else from the project's registry; None when there is neither."""
+    if isinstance(state.get("retraining"), Mapping):
+        return dict(state["retraining"])
+    path = state.get("project_path")
+    if not path or not Path(str(path)).is_dir():
+        return None
+    from tunewise.lifecycle.cadence import project_cadence
+
+    try:
+        return project_cadence(str(path))
+    except TunewiseError:
+        return None
 
 
 # --- the learning curve -------------------------------------------------------------------------------------

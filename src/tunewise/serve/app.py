@@ -38,8 +38,10 @@ def create_app(
     no_auth: bool = False,
     settings: ServeSettings | None = None,
     start_worker: bool = True,
+    capture: Any = None,
 ) -> FastAPI:
-    """The API over `project`. `start_worker`: run the fine-tuning job worker in the lifespan."""
+    """The API over `project`. `start_worker`: run the fine-tuning job worker in the lifespan. `capture` (a
+    `lifecycle.capture.CaptureSettings`) records the chat completions of the models it names."""
     settings = settings or ServeSettings()
     _check_train_bases(settings.train_bases)
     registry = project.registry()  # creates the registry and applies pending migrations (api_keys among them)
@@ -74,6 +76,7 @@ def create_app(
     app.state.project = project
     app.state.settings = settings
     app.state.no_auth = no_auth
+    app.state.capture = capture
     app.state.keys = KeyStore(Path(project.state_dir) / "registry.sqlite3", project.registry_location())
     app.state.inference = InferenceService(project, settings)
     app.state.trainable = trainable_bases(app.state.inference.pool.base, settings.train_bases)
@@ -141,6 +144,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         return await forward_chat(upstream, service.pool, body, caller(request))
     job = service.prepare(body, caller(request))
     service.submit(job)
+    capture = request.app.state.capture
+    if capture is not None and capture.captures(body.model):
+        return await _captured(request.app.state.project, capture, service, job, body)
     if body.stream:
         return StreamingResponse(
             service.stream(job, body),
@@ -148,6 +154,62 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     return await service.complete(job, body)
+
+
+async def _captured(project: Project, capture: Any, service: InferenceService, job: Any, body: Any) -> Any:
+    """Answer as usual, then record the exchange (lifecycle/capture.py) off the event loop; a failed write is
+    logged, never the client's problem. A stream is recorded once its last chunk went out."""
+    import asyncio
+    import json
+    import time
+
+    from tunewise.lifecycle.capture import Exchange, record
+
+    started = time.perf_counter()
+    messages = [m.model_dump() if hasattr(m, "model_dump") else dict(m) for m in body.messages]
+
+    async def keep(text: str, usage: dict[str, Any] | None, finish: str | None) -> None:
+        exchange = Exchange(
+            model=body.model,
+            messages=messages,
+            response=text,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            prompt_tokens=(usage or {}).get("prompt_tokens"),
+            completion_tokens=(usage or {}).get("completion_tokens"),
+            finish_reason=finish,
+        )
+        try:
+            await asyncio.to_thread(record, project, exchange, capture)
+        except Exception:
+            log.warning("could not record a captured exchange of %s", body.model, exc_info=True)
+
+    if not body.stream:
+        answer = await service.complete(job, body)
+        choice = answer["choices"][0]
+        await keep(choice["message"].get("content") or "", answer.get("usage"), choice.get("finish_reason"))
+        return answer
+
+    async def stream() -> Any:
+        parts: list[str] = []
+        finish = usage = None
+        async for event in service.stream(job, body):
+            yield event
+            payload = event.removeprefix("data: ").strip()
+            if payload.startswith("{"):
+                chunk = json.loads(payload)
+                usage = chunk.get("usage") or usage
+                for c in chunk.get("choices") or []:
+                    parts.append((c.get("delta") or {}).get("content") or "")
+                    finish = c.get("finish_reason") or finish
+        # Without stream_options.include_usage the client got no usage chunk: count from the job itself.
+        usage = usage or {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.sent)}
+        await keep("".join(parts), usage, finish)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 def _version() -> str:
@@ -223,13 +285,14 @@ def make_server(
     no_auth: bool = False,
     access_log: bool = False,
     start_worker: bool = True,
+    capture: Any = None,
 ) -> Any:
     """A uvicorn server for the app on an already bound socket (`server.run(sockets=[sock])`)."""
     import uvicorn
 
     from tunewise.serve.limits import ConnectionLimits, guarded_protocol
 
-    app = create_app(project, no_auth=no_auth, settings=settings, start_worker=start_worker)
+    app = create_app(project, no_auth=no_auth, settings=settings, start_worker=start_worker, capture=capture)
     limits = ConnectionLimits(
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,

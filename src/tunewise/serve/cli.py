@@ -125,6 +125,23 @@ def serve(
     max_connections: int = typer.Option(
         1024, "--max-connections", help="Open connections and requests in all (then 503)."
     ),
+    capture: list[str] | None = typer.Option(
+        None,
+        "--capture",
+        help="MODEL: record this model's chat completions (redacted) for `tunewise traffic export` and "
+        "`tunewise drift`; repeatable. Off by default.",
+    ),
+    capture_raw: bool = typer.Option(
+        False,
+        "--capture-raw",
+        help="Record captured traffic without masking e-mails, phones and card numbers.",
+    ),
+    capture_max_rows: int = typer.Option(
+        100_000, "--capture-max-rows", min=1, help="Captured rows kept per model."
+    ),
+    capture_max_days: float = typer.Option(
+        90.0, "--capture-max-days", min=0.01, help="Days captured rows are kept."
+    ),
 ) -> None:
     from tunewise.serve.app import bind, check_auth, make_server
     from tunewise.serve.auth import list_keys
@@ -155,9 +172,23 @@ def serve(
         max_connections_per_client=max_connections_per_client,
         max_connections=max_connections,
     )
+    from tunewise.lifecycle.capture import CaptureSettings
+
+    captured = CaptureSettings(
+        models=tuple(capture or ()),
+        redact=not capture_raw,
+        max_rows=capture_max_rows,
+        max_days=capture_max_days,
+    )
     sock = bind(host, port)
     server = make_server(
-        project, settings, sock, no_auth=no_auth, access_log=access_log, start_worker=not no_jobs
+        project,
+        settings,
+        sock,
+        no_auth=no_auth,
+        access_log=access_log,
+        start_worker=not no_jobs,
+        capture=captured if captured.models else None,
     )
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
@@ -174,6 +205,16 @@ def serve(
         highlight=False,
         markup=False,
     )
+    if captured.models:
+        unknown = [m for m in captured.models if m not in names]
+        if unknown:
+            err.print(
+                f"warning: --capture {', '.join(unknown)}: not a served model name ({', '.join(names)}); "
+                "its traffic is recorded only if clients send that name",
+                highlight=False,
+            )
+        how = "raw" if capture_raw else "redacted"
+        err.print(f"capturing traffic ({how}) of: {', '.join(captured.models)}", highlight=False)
     if engine == "local":
         err.print("loading the model, then serving; Ctrl+C stops", highlight=False)
         server.run(sockets=[sock])
