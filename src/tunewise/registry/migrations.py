@@ -248,3 +248,30 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Model aliases: a name `serve` answers with a run (`tunewise promote RUN --as NAME`). The table is the log of
+# every change, never updated in place: promotions push a run, rollbacks pop back to the one before, and the
+# alias's current run is the top of that stack when the log is replayed in order (registry/aliases.py). `seq`
+# orders one name's changes; the unique pair makes two writers racing for the same name collide, not interleave.
+MIGRATIONS.append(
+    (
+        "010_model_aliases",
+        """
+        CREATE TABLE model_aliases (
+            id TEXT PRIMARY KEY,            -- alias-<hex>
+            name TEXT NOT NULL,             -- the model name clients send
+            seq INTEGER NOT NULL,           -- 1, 2, ... per name
+            action TEXT NOT NULL,           -- 'promote' or 'rollback'
+            run_id TEXT NOT NULL,           -- the run the name answers with after this change
+            previous_run_id TEXT,           -- the run it answered with before (NULL for a first promotion)
+            changed_by TEXT NOT NULL,       -- who: a user name, an API key's name, 'lifecycle', ...
+            changed_at TEXT NOT NULL,       -- UTC, ISO 8601
+            verdict TEXT,                   -- the recommendation the run was judged by, when one was found
+            forced INTEGER NOT NULL DEFAULT 0,  -- 1: promoted against a verdict that said not to fine-tune
+            reason TEXT,                    -- why (required with forced)
+            UNIQUE (name, seq)
+        );
+        CREATE INDEX model_aliases_name ON model_aliases(name, seq);
+        """,
+    )
+)
