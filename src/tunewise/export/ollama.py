@@ -133,7 +133,8 @@ def go_template(w: Wrappers) -> str:
 
 # --- rendering Ollama's Go templates (the subset TEMPLATE files use) ----------------------------------------
 
-_ACTION = re.compile(r"\{\{(-?)\s*(.*?)\s*(-?)\}\}", re.S)
+# An action: `{{`, an optional trim marker, the body (quoted strings may hold `}}`), `}}`.
+_ACTION = re.compile(r'\{\{(-?)\s*((?:"(?:\\.|[^"\\])*"|[^"}]|\}(?!\}))*?)\s*(-?)\}\}', re.S)
 
 
 def _tokens(template: str) -> list[tuple[str, str]]:
