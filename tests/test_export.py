@@ -244,8 +244,7 @@ def test_cli_export_errors_are_one_line(trained, tmp_path, run_cli):
 
 TRANSFORMERS4 = os.environ.get("TUNEWISE_TRANSFORMERS4_PYTHON")
 
-LOAD_IN_4X = (
-    """
+LOAD_IN_4X = """
 import json, sys, torch, transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 folder, gguf, chats = sys.argv[1], sys.argv[2] or None, json.loads(sys.argv[3])
@@ -257,13 +256,11 @@ out = []
 for chat in chats:
     ids = torch.tensor([tok(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False),
                             add_special_tokens=False)["input_ids"]])
-    gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=%d, do_sample=False,
+    gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=int(sys.argv[4]), do_sample=False,
                          eos_token_id=eos, pad_token_id=eos)
     out.append(gen[0, ids.shape[1]:].tolist())
 print(json.dumps({"version": transformers.__version__, "tokens": out}))
 """
-    % TOKENS
-)
 
 
 @pytest.mark.transformers4
@@ -278,7 +275,7 @@ def test_exports_load_in_transformers_4(trained, reference, tmp_path):
         result = do_export(trained, tmp_path, to, quant=quant, check=False)
         gguf = next((p.name for p in result.out.glob("*.gguf")), "")
         proc = subprocess.run(
-            [TRANSFORMERS4, "-c", LOAD_IN_4X, str(result.out), gguf, chats], capture_output=True, text=True,
+            [TRANSFORMERS4, "-c", LOAD_IN_4X, str(result.out), gguf, chats, str(TOKENS)], capture_output=True, text=True,
             env={**os.environ, "PYTHONPATH": ""},
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-2000:]

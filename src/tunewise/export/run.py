@@ -392,7 +392,8 @@ def export(project: Any, config: ExportConfig) -> ExportResult:
         "base": base,
         "data_versions": record.dataset_versions,
         "hyperparameters": {
-            k: asked[k]
+            # What `auto` became when the run started (config.json's `resolved`), else what was asked.
+            k: (run_config.get("resolved") or {}).get(k, asked[k])
             for k in (
                 "method",
                 "epochs",
