@@ -143,7 +143,7 @@ def test_merged_export_generates_tunewise_tokens_with_plain_transformers(trained
     check = result.info["check"]
     assert check["template"] == {"n": N, "equal": N}
     assert (check["generation"]["n"], check["generation"]["equal"]) == (N, N)
-    assert check["generation"]["prompts"] == "held-out data"
+    assert check["generation"]["prompts"] == "held-out"
     folder = result.out
     assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "export.json"} <= {
         f.name for f in folder.iterdir()
@@ -227,6 +227,9 @@ def test_peft_export_names_its_base_portably_and_generates_the_same(trained, tmp
     assert result.info["check"]["generation"]["equal"] == N
     config = json.loads((result.out / "adapter_config.json").read_text())
     assert (config["base_model_name_or_path"], config["revision"]) == ("tiny:random", "seed 0")
+    card = (result.out / "README.md").read_text()
+    assert card.startswith(f"# {trained[1]}\n") and "Exported by tunewise" in card  # not PEFT's blank card
+    assert result.info["files"]["README.md"] == len(card.encode())
 
 
 def test_cli_export_errors_are_one_line(trained, tmp_path, run_cli):

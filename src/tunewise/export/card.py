@@ -154,7 +154,7 @@ def model_card(info: dict[str, Any]) -> str:
         )
         g = check["generation"]
         lines.append(
-            f"- greedy generations equal to tunewise's on held-out prompts: {g['equal']}/{g['n']} "
+            f"- greedy generations equal to tunewise's on {g['prompts']} prompts: {g['equal']}/{g['n']} "
             f"({g['agreement']:.0%}; tokens agreeing {g['token_agreement']:.1%}; required: {g['required']})"
         )
     lines += ["", "## Files", ""] + [f"- `{f}`: {size:,} bytes" for f, size in info["files"].items()]

@@ -143,7 +143,7 @@ def _write_peft(tuned: Any, base: dict[str, Any], tmp: Path) -> None:
             f"run {tuned.name} is a full fine-tune: it has no adapter", hint="export it --to merged"
         )
     for f in tuned.folder.iterdir():
-        if f.is_file():
+        if f.is_file() and f.name != "README.md":  # PEFT's own card template; the export writes its own
             shutil.copy2(f, tmp / f.name)
     config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base["name"]  # not this machine's cache path
@@ -280,7 +280,7 @@ def run_check(
     asked = run_config.get("config", run_config)
     train_chats = _chats(asked.get("data") or [], config.n_prompts)
     held_out = _chats(asked.get("eval_data") or [], config.n_prompts)
-    source = "held-out data" if held_out else "training data (the run recorded no held-out data)"
+    source = "held-out" if held_out else "training (the run recorded no held-out data)"
     held_out = held_out or train_chats
     if not train_chats:
         raise TunewiseError(
@@ -418,7 +418,11 @@ def export(project: Any, config: ExportConfig) -> ExportResult:
     if config.to in ("gguf", "ollama"):
         meta = read_metadata(next(tmp.glob("*.gguf")))
         info["gguf_metadata"] = {k: meta[k] for k in sorted(meta) if k != "tokenizer.chat_template"}
-    info["files"] = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+    info["files"] = {
+        f.name: f.stat().st_size
+        for f in sorted(tmp.iterdir())
+        if f.is_file() and f.name not in ("README.md", "export.json")
+    }
     atomic_write_text(tmp / "README.md", card.model_card(info))
     info["files"]["README.md"] = (tmp / "README.md").stat().st_size
     atomic_write_text(tmp / "export.json", json.dumps(info, indent=2, default=str) + "\n")
