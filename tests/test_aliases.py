@@ -121,6 +121,8 @@ def test_a_run_the_verdict_judged_against_is_refused_unless_forced_with_a_reason
     judged, earlier = finished_run(project), finished_run(project)
     # The pipeline trained `earlier`, judged it, then trained `judged` and judged that one "keep prompting".
     record_stage(project, "train", "2026-12-01T10:00:00+00:00", {"run_id": earlier})
+    record_stage(project, "verdict", "2026-12-01T10:20:00+00:00", {"recommendation": "not yet"})
+    # The same run judged again later (new rules, say): the later verdict is in force.
     record_stage(project, "verdict", "2026-12-01T10:30:00+00:00", {"recommendation": "fine-tune"})
     record_stage(project, "train", "2026-12-02T10:00:00+00:00", {"run_id": judged})
     record_stage(project, "verdict", "2026-12-02T10:30:00+00:00", {"recommendation": "keep prompting"})

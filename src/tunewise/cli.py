@@ -65,6 +65,7 @@ COMMAND_MODULES = (
     "tunewise.decide.cli",  # advise, decide
     "tunewise.report.cli",  # report
     "tunewise.serve.cli",  # serve, keys
+    "tunewise.export.cli",  # export, promote, rollback, aliases
     "tunewise.registry.cli",  # runs, runs show
     "tunewise.review.cli",  # review create/serve/results/export/judge
     "tunewise.lifecycle.cli",  # traffic export/import, drift, retrain, lineage

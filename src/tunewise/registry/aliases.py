@@ -114,23 +114,20 @@ def verdict_for(registry: Registry, run_id: str) -> str | None:
     pipeline trained it (a run trained by `tunewise train`, a job) or none reached a verdict after it.
 
     The pipeline's stages are recorded in `pipeline_stages` with their outputs: the train stage names its run,
-    and the verdict that judged it is the first verdict recorded after that training started."""
+    and the verdicts that judged it are those recorded after that training started and before the next one
+    did. The latest of them is in force (a later `tunewise run` may have judged the same run again)."""
     rows = registry.conn.execute(
         "SELECT stage, started_at, output FROM pipeline_stages"
         " WHERE stage IN ('train', 'verdict') AND status='succeeded' ORDER BY started_at"
     ).fetchall()
-    trained_at = None
+    verdict, judging = None, False
     for row in rows:
         output = json.loads(row["output"]) if row["output"] else {}
-        if row["stage"] == "train" and output.get("run_id") == run_id:
-            trained_at = row["started_at"]
-    if trained_at is None:
-        return None
-    for row in rows:
-        output = json.loads(row["output"]) if row["output"] else {}
-        if row["stage"] == "verdict" and row["started_at"] >= trained_at and output.get("recommendation"):
-            return output["recommendation"]
-    return None
+        if row["stage"] == "train" and output.get("run_id"):
+            judging = output["run_id"] == run_id
+        elif row["stage"] == "verdict" and judging and output.get("recommendation"):
+            verdict = output["recommendation"]
+    return verdict
 
 
 def _promotable_run(registry: Registry, run_id: str) -> dict[str, Any]:

@@ -5,7 +5,9 @@
   LoRAX-style; the base runs with adapters disabled). A full fine-tune (a run with `model/`) is a separate model.
   Models are named: the base by its spec name (`embedded:smollm2-135m-instruct`), a fine-tuning job's model
   `ft:<base>:<suffix>:<id>` (`serve.jobs.fine_tuned_models`), an explicit run or PEFT adapter folder (trained
-  anywhere) by the name given to `tunewise serve --adapter NAME=RUN_OR_FOLDER`.
+  anywhere) by the name given to `tunewise serve --adapter NAME=RUN_OR_FOLDER`, a promoted run by its alias
+  (`tunewise promote RUN --as NAME`, read from the registry on each request, so a promotion or a rollback
+  needs no restart).
 - `InferenceService` turns a chat request into a `batcher.Job` (validated, tokenized: every 400 comes before
   queueing), runs batches for the batcher (in its worker thread, the only thread that touches the models),
   and builds the OpenAI response objects (`chat.completion`, `chat.completion.chunk`).
@@ -290,6 +292,9 @@ class ModelPool:
         self._adapters: dict[Path, str] = {}  # adapter folder -> PEFT adapter name
         self._full: dict[Path, Any] = {}  # model folder -> LocalEngine of a fully fine-tuned model
         self._resolved: dict[str, Served] = {}
+        self._alias_cache: dict[
+            tuple[str, str, str], Served | None
+        ] = {}  # (name, run, since) -> what it serves
         self.explicit = {name: self._check_run(name, run) for name, run in settings.adapters.items()}
 
     def _check_run(self, name: str, run: str) -> Served:
@@ -334,10 +339,66 @@ class ModelPool:
             )  # fmt: skip
         return out
 
+    def _aliases(self, name: str | None = None) -> list[Served]:
+        """The promoted names (`tunewise promote RUN --as NAME`, registry/aliases.py), or the one named `name`.
+        Read from the registry on every call: a promotion or a rollback is answered from the next request on,
+        with no restart. A name already taken (the base, an --adapter) keeps its meaning."""
+        if self.project is None:
+            return []
+        from tunewise.registry.aliases import current, list_aliases
+
+        registry = self.project.registry()
+        try:
+            rows = list_aliases(registry) if name is None else [a for a in [current(registry, name)] if a]
+        finally:
+            registry.close()
+        out = []
+        for row in rows:
+            if row["name"] == self.base or row["name"] in self.explicit:
+                continue
+            served = self._alias_served(row["name"], row["run_id"], row["since"])
+            if served is not None:
+                out.append(served)
+        return out
+
+    def _alias_served(self, name: str, run_id: str, since: str) -> Served | None:
+        key = (name, run_id, since)
+        if key not in self._alias_cache:
+            from datetime import datetime
+
+            from tunewise.evaluate.arms import find_fine_tuned
+
+            try:
+                tuned = find_fine_tuned(self.project, run_id, self.base)
+            except TunewiseError as exc:
+                log.warning("alias %s: run %s cannot be served: %s", name, run_id, exc.message)
+                tuned = None
+            if tuned is not None and tuned.base not in (None, self.base):
+                log.warning("alias %s: run %s was trained on %s, this server serves %s", name, run_id,
+                            tuned.base, self.base)  # fmt: skip
+                tuned = None
+            self._alias_cache[key] = (
+                None
+                if tuned is None
+                else Served(
+                    name,
+                    tuned.kind,
+                    tuned.run_dir,
+                    int(datetime.fromisoformat(since).timestamp()),
+                    folder=tuned.folder,
+                )  # fmt: skip
+            )
+        return self._alias_cache[key]
+
     def list(self, who: Caller | None = None) -> list[Served]:
         """The models `who` may use (None: all of them)."""
         fine_tuned = [m for m in self._fine_tuned() if m.visible_to(who)]
-        return [Served(self.base, "base", None, self.started), *self.explicit.values(), *fine_tuned]
+        return [
+            Served(self.base, "base", None, self.started),
+            *self.explicit.values(),
+            *self._aliases(),
+            *fine_tuned,
+        ]
 
     def resolve(self, name: str, who: Caller | None = None) -> Served:
         """The model `name`; 404 when there is none, or `who` may not use it (the same answer)."""
@@ -358,6 +419,9 @@ class ModelPool:
             return self.explicit[name]
         if name in self._resolved:
             return self._resolved[name]
+        if not name.startswith("ft:"):
+            promoted = self._aliases(name)
+            return promoted[0] if promoted else None
         if name.startswith("ft:"):
             for served in self._fine_tuned():
                 if served.id == name:
