@@ -225,16 +225,7 @@ def judge_engine(project: Project, spec: Any) -> tuple[Any, str]:
             tokenizer,
         )
         return engine, f"local:{spec.model.base}"
-    from tunewise.evaluate.endpoint import EndpointConfig, EndpointEngine
+    from tunewise.evaluate.run import endpoint_engine
 
     endpoint = next(e for e in spec.evaluation.endpoints if e.name == model)
-    config = EndpointConfig(
-        name=endpoint.name,
-        base_url=endpoint.base_url,
-        model=endpoint.model,
-        api_key_env=endpoint.api_key_env,
-        concurrency=endpoint.concurrency,
-        timeout_s=endpoint.timeout_s,
-        max_retries=endpoint.max_retries,
-    )
-    return EndpointEngine(config), f"{endpoint.name}:{endpoint.model}"
+    return endpoint_engine(endpoint), f"{endpoint.name}:{endpoint.model}"

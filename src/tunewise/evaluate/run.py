@@ -149,7 +149,8 @@ def load_fine_tuned(project: Project, run: str, base: str | None = None) -> tupl
     )
 
 
-def _endpoint_engine(endpoint: Any) -> Any:
+def endpoint_engine(endpoint: Any) -> Any:
+    """The engine that asks an `evaluation.endpoints` entry of the spec (an OpenAI-compatible server)."""
     from tunewise.evaluate.endpoint import EndpointConfig, EndpointEngine
 
     return EndpointEngine(
@@ -284,7 +285,7 @@ def run_evaluation(
                     if trained_with is None:
                         say(f"{name}: run {tuned_run} was trained without passages; it is asked with them")
             elif arm in endpoints:
-                engine = _endpoint_engine(endpoints[arm])
+                engine = endpoint_engine(endpoints[arm])
                 name = arm
                 arm_info[name] = {
                     "kind": "endpoint",
