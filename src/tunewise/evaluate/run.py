@@ -341,9 +341,9 @@ def run_evaluation(
                 if guarded and arm not in endpoints:
                     limit_to["json_guard"] = True
                 arm_info[name]["json_guard"] = guarded and arm not in endpoints
-                answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
-                samples = (
-                    engine.sample(
+                if n_samples > 1 and hasattr(engine, "generate_with_samples"):
+                    # The local engine decodes the greedy answer and the samples from one prefill per prompt.
+                    answers, samples = engine.generate_with_samples(
                         prompts,
                         n_samples,
                         temperature=spec.evaluation.temperature,
@@ -351,9 +351,20 @@ def run_evaluation(
                         max_new_tokens=max_new,
                         **limit_to,
                     )
-                    if n_samples > 1
-                    else [[] for _ in prompts]
-                )
+                else:
+                    answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
+                    samples = (
+                        engine.sample(
+                            prompts,
+                            n_samples,
+                            temperature=spec.evaluation.temperature,
+                            seed=seed,
+                            max_new_tokens=max_new,
+                            **limit_to,
+                        )
+                        if n_samples > 1
+                        else [[] for _ in prompts]
+                    )
             if arm in endpoints:
                 arm_info[name].update(failed_requests=engine.errors, retries=engine.retries)
                 if engine.errors:
