@@ -334,3 +334,17 @@ def test_embedded_model_levers_keep_greedy_outputs(shared_datasets):
     assert [g.token_ids for g in answers] == [g.token_ids for g in reference]
     assert all(len(s) == 2 for s in samples)
     assert all(g.text.strip() for g in answers)  # the trained model answers in words
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_progress_hook_counts_finished_rows_and_their_tokens(tiny, continuous):
+    """`progress(rows finished, their completion tokens)`: it ends at every row and every token generated."""
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer, max_batch_size=2)
+    engine.continuous = continuous
+    calls = []
+    engine.progress = lambda done, tokens: calls.append((done, tokens))
+    gens = engine.generate(CHATS, max_new_tokens=4)
+    assert calls[-1] == (len(CHATS), sum(g.completion_tokens for g in gens))
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)  # never goes back
+    assert len(calls) == (len(CHATS) if continuous else 3)  # each finished row, or each static batch

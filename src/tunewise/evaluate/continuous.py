@@ -141,6 +141,7 @@ def run_continuous(
     length = 0  # columns filled
     waiting = 0  # next prompt of `queue` to admit
     step_start = 0.0  # when the current decode step began (a prefill in it is charged apart)
+    finished_tokens = [0]  # completion tokens of the finished rows, for `engine.progress`
 
     def prefill(group: list[int]) -> None:
         """Prefill the distinct suffixes of `group` not yet in the stash, left-padded together."""
@@ -274,6 +275,9 @@ def run_continuous(
                     next_pos[r] = first_pos[r] + back - 1
                 continue
             members[r] = None
+            finished_tokens[0] += len(generated[i])
+            if engine.progress is not None:
+                engine.progress(len(done), finished_tokens[0])
         return still
 
     def compact_rows() -> None:

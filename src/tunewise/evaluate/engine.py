@@ -188,6 +188,9 @@ class LocalEngine:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
         self._pieces: dict[int, str] = {}
+        # Called as rows finish with (rows finished, completion tokens so far) of the current generate() call:
+        # what a progress display needs for its tokens/s and time left (evaluation sets it per arm).
+        self.progress: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> LocalEngine:
@@ -326,6 +329,8 @@ class LocalEngine:
                         refusals,
                     )
                 )
+                if self.progress is not None:
+                    self.progress(len(results), sum(len(t) for t, _ in results.values()))
         out = []
         for i, prompt_ids in enumerate(ids):
             generated, reason = results[i]
