@@ -27,7 +27,7 @@ shared with other work, `--threads 1` keeps the figures steady: two OpenMP threa
 against the other work, and one run can then take many times as long as the next.
 Narration on stderr, results on stdout.
 
-With `--levers`, it measures instead the engine's three levers on one prompted arm's evaluation workload (the
+With `--levers` (and `--cases` naming zero-shot, few-shot or both), it measures instead the engine's three levers on one prompted arm's evaluation workload (the
 greedy answer and 3 samples at temperature 0.7 per prompt, JSON loop guard on), for the zero-shot and the
 few-shot prompts: each lever alone, all together, the engine as it was before the levers (shared prefix and
 duplicate prompts merged within a static batch, greedy and samples in two calls), transformers' batched
@@ -146,8 +146,10 @@ def main() -> int:
         engine.generate(zero[:2], max_new_tokens=2, constraint=constraint)
 
     if args.levers:
+        shapes = {"zero-shot": zero, "few-shot": few}
+        named = [c for c in cases if c in shapes] if args.cases != ",".join(CASES[:4]) else list(shapes)
         return measure_levers(
-            model, tokenizer, {"zero-shot": zero, "few-shot": few}, max_new, args.max_batch_size, args.reps,
+            model, tokenizer, {c: shapes[c] for c in named}, max_new, args.max_batch_size, args.reps,
             args.json,
         )  # fmt: skip
     shapes = {"zero-shot": zero, "few-shot": few, "short": short, "no-system": bare}
