@@ -28,6 +28,12 @@ engine therefore:
    fed again at its own position; and it refuses a token that would close a JSON container with the wrong
    bracket, choosing again without it (evaluate/loopguard.py).
 
+Steps 3 and 6 describe static batches (`continuous = False`). By default (`continuous = True`) the batch is
+refilled instead: a row that finishes hands its slot to the next waiting prompt in the same step, prefilled on
+its own and copied into the batch's cache (evaluate/continuous.py), so the batch stays full while prompts wait.
+`generate_with_samples()` asks each prompt n + 1 times (the greedy row and its consistency samples), which the
+merging of identical prompts prefills once. docs/engine.md lists the levers and their switches.
+
 Why not transformers' own batched `model.generate` either (evaluate/batched.py: left-padded batches, the grammar
 and the loop guard as logits processors, identical greedy outputs): on the demo's prompts with the embedded
 model on a CPU, the engine took 2.4x to 3.4x less time for the shapes that share a long prefix (a 500-token
