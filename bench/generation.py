@@ -339,11 +339,13 @@ def torch_threads() -> int:
 
 def compute_bound(model, engine, prompts: list, outputs: tuple, batch: int) -> dict:
     """Forward passes alone: every prompt prefilled once (the shared prefix once), then the completion tokens
-    in full decode steps of `batch` rows at the mean context length; the best of 3 timings of each."""
+    in full decode steps of `batch` rows (or of all the workload's rows, when fewer) at the mean context length;
+    the best of 3 timings of each."""
     import torch
 
     greedy, drawn = outputs
     tokens = sum(g.completion_tokens for g in greedy) + sum(g.completion_tokens for r in drawn for g in r)
+    batch = min(batch, len(greedy) + sum(len(r) for r in drawn))  # a full step: every row of the workload
     steps = -(-tokens // batch)
     with torch.inference_mode():
         prefill = min(_timed(lambda: engine.generate(prompts, max_new_tokens=1)) for _ in range(3))
