@@ -26,6 +26,21 @@ or "engine slower by X%" (X: how much longer the slower side took, relative to t
 shared with other work, `--threads 1` keeps the figures steady: two OpenMP threads per process spin-wait
 against the other work, and one run can then take many times as long as the next.
 Narration on stderr, results on stdout.
+
+With `--levers` (and `--cases` naming zero-shot, few-shot or both), it measures instead the engine's three levers on one prompted arm's evaluation workload (the
+greedy answer and 3 samples at temperature 0.7 per prompt, JSON loop guard on), for the zero-shot and the
+few-shot prompts: each lever alone, all together, the engine as it was before the levers (shared prefix and
+duplicate prompts merged within a static batch, greedy and samples in two calls), transformers' batched
+`generate` (greedy, then the samples), and the compute bound: the time the forward passes alone would take
+with every prompt prefilled once and every decode step full (`max_batch_size` rows), measured on the model
+itself (a prefill forward of the prompts, and a decode forward of a full batch at the mean context length
+times the decode steps the completion tokens need). The levers:
+
+- prefix:      the prefix shared by all prompts (system prompt, few-shot block) computed once;
+- one-prefill: each prompt prefilled once for its greedy row and its samples (`generate_with_samples`);
+- continuous:  a finished row's slot refilled at once with the next prompt (evaluate/continuous.py).
+
+Greedy outputs are compared token for token with the engine before the levers.
 """
 
 from __future__ import annotations
@@ -56,6 +71,7 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=32, help="rows per batch, both sides")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
+    parser.add_argument("--levers", action="store_true", help="measure each engine lever (see above)")
     args = parser.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(cases) - set(CASES))
@@ -129,6 +145,13 @@ def main() -> int:
     for engine in engines.values():
         engine.generate(zero[:2], max_new_tokens=2, constraint=constraint)
 
+    if args.levers:
+        shapes = {"zero-shot": zero, "few-shot": few}
+        named = [c for c in cases if c in shapes] if args.cases != ",".join(CASES[:4]) else list(shapes)
+        return measure_levers(
+            model, tokenizer, {c: shapes[c] for c in named}, max_new, args.max_batch_size, args.reps,
+            args.json,
+        )  # fmt: skip
     shapes = {"zero-shot": zero, "few-shot": few, "short": short, "no-system": bare}
     encoder = engines["engine"]
     print(
@@ -215,6 +238,142 @@ def main() -> int:
             json.dumps({"max_new_tokens": max_new, "n": len(held_out), "cases": results}, indent=2)
         )
     return 0
+
+
+# Each configuration: (shared prefix, merge duplicate prompts in a batch, one prefill for greedy + samples,
+# continuous batching). "before" is the engine as it was before the last two levers.
+LEVERS = {
+    "none": (False, False, False, False),
+    "prefix": (True, False, False, False),
+    "one-prefill": (False, True, True, False),
+    "continuous": (False, False, False, True),
+    "before": (True, True, False, False),
+    "all": (True, True, True, True),
+}
+SAMPLES, TEMPERATURE = 3, 0.7
+
+
+def measure_levers(
+    model, tokenizer, shapes: dict, max_new: int, batch: int, reps: int, out: Path | None
+) -> int:
+    """Each lever alone and together, transformers' batched generate, and the compute bound (module docstring)."""
+    from tunewise.evaluate.batched import GenerateEngine
+    from tunewise.evaluate.engine import LocalEngine
+
+    def engine_for(levers: tuple) -> LocalEngine:
+        prefix, merge, one, continuous = levers
+        engine = LocalEngine(
+            model, tokenizer, max_batch_size=batch, max_batch_tokens=1 << 30,
+            min_shared_prefix=16 if prefix else 1 << 30,
+        )  # fmt: skip
+        engine._merge_duplicates, engine.one_prefill, engine.continuous = merge, one, continuous
+        return engine
+
+    engines = {name: engine_for(levers) for name, levers in LEVERS.items()}
+    reference = GenerateEngine(model, tokenizer, max_batch_size=batch, max_batch_tokens=1 << 30)
+
+    def run(name: str, prompts: list) -> tuple[list, list]:
+        if name == "generate":
+            greedy = reference.generate(prompts, max_new_tokens=max_new, json_guard=True)
+            drawn = reference.sample(
+                prompts, SAMPLES, temperature=TEMPERATURE, max_new_tokens=max_new, json_guard=True
+            )
+            return greedy, drawn
+        return engines[name].generate_with_samples(
+            prompts, SAMPLES, temperature=TEMPERATURE, max_new_tokens=max_new, json_guard=True
+        )
+
+    print(
+        f"# levers: greedy + {SAMPLES} samples (temperature {TEMPERATURE}) per prompt, JSON loop guard on, "
+        f"max_new_tokens {max_new}, batches of at most {batch} rows, fp32, {torch_threads()} threads; "
+        "load average at start: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
+    results: dict = {}
+    for shape, prompts in shapes.items():
+        names = [*LEVERS, "generate"]
+        times: dict[str, list[float]] = {n: [] for n in names}
+        outputs: dict[str, tuple] = {}
+        for rep in range(reps):
+            for name in names if rep % 2 == 0 else names[::-1]:
+                print(f"{shape}: {name}, round {rep + 1}/{reps}...", file=sys.stderr)
+                start = time.perf_counter()
+                outputs[name] = run(name, prompts)
+                times[name].append(time.perf_counter() - start)
+        bound = compute_bound(model, engines["all"], prompts, outputs["all"], batch)
+        rows = {}
+        print(f"{shape}: {len(prompts)} prompts x (1 greedy + {SAMPLES} samples)")
+        for name in names:
+            greedy, drawn = outputs[name]
+            tokens = sum(g.completion_tokens for g in greedy) + sum(
+                g.completion_tokens for r in drawn for g in r
+            )
+            best = min(times[name])
+            same = [a.token_ids == b.token_ids for a, b in zip(greedy, outputs["before"][0], strict=True)]
+            rows[name] = {
+                "seconds": times[name], "best_s": best, "tokens": tokens, "tokens_per_s": tokens / best,
+                "greedy_identical_to_before": sum(same), "rows": len(same),
+            }  # fmt: skip
+            print(
+                f"  {name:12s} best {best:6.1f} s (runs {', '.join(f'{t:.1f}' for t in times[name])})  "
+                f"{tokens} tokens = {tokens / best:6.1f} tokens/s  greedy = before's: {sum(same)}/{len(same)}  "
+                f"x{min(times['before']) / best:.2f} vs before, x{min(times['generate']) / best:.2f} vs generate"
+            )
+        print(
+            f"  {'bound':12s} {bound['seconds']:6.1f} s (prefill {bound['prefill_s']:.1f} s + "
+            f"{bound['decode_steps']} full decode steps x {1000 * bound['step_s']:.0f} ms)  "
+            f"= {rows['all']['tokens'] / bound['seconds']:6.1f} tokens/s; all levers reach "
+            f"{bound['seconds'] / rows['all']['best_s']:.0%} of it"
+        )
+        sys.stdout.flush()
+        results[shape] = {"configs": rows, "bound": bound}
+    if out:
+        out.write_text(json.dumps({"max_new_tokens": max_new, "levers": results}, indent=2))
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def compute_bound(model, engine, prompts: list, outputs: tuple, batch: int) -> dict:
+    """Forward passes alone: every prompt prefilled once (the shared prefix once), then the completion tokens
+    in full decode steps of `batch` rows (or of all the workload's rows, when fewer) at the mean context length;
+    the best of 3 timings of each."""
+    import torch
+
+    greedy, drawn = outputs
+    tokens = sum(g.completion_tokens for g in greedy) + sum(g.completion_tokens for r in drawn for g in r)
+    batch = min(batch, len(greedy) + sum(len(r) for r in drawn))  # a full step: every row of the workload
+    steps = -(-tokens // batch)
+    with torch.inference_mode():
+        prefill = min(_timed(lambda: engine.generate(prompts, max_new_tokens=1)) for _ in range(3))
+        context = sum(g.prompt_tokens + g.completion_tokens / 2 for g in greedy) / len(greedy)
+        cache = engine._new_cache(capacity=int(context) + 8)
+        x = torch.randint(0, 1000, (batch, int(context)))
+        model(input_ids=x, use_cache=True, **{engine._cache_arg: cache})
+        one = torch.randint(0, 1000, (batch, 1))
+
+        def step() -> None:
+            model(input_ids=one, use_cache=True, **{engine._cache_arg: cache}, logits_to_keep=1)
+            for layer in cache.layers:  # stay at the same context length
+                layer.length -= 1
+                layer._expose()
+
+        step_s = min(_timed(step) for _ in range(5))
+    return {
+        "seconds": prefill + steps * step_s,
+        "prefill_s": prefill,
+        "decode_steps": steps,
+        "step_s": step_s,
+    }
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 if __name__ == "__main__":

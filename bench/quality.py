@@ -3,6 +3,11 @@
 
     .venv/bin/python bench/quality.py                       # all six datasets (about an hour on 2 cores)
     .venv/bin/python bench/quality.py --datasets sst2,restaurant8k --limit 50
+    .venv/bin/python bench/quality.py --datasets restaurant8k --limit 20 --until baseline --levers off
+
+`--until baseline` runs the stages up to the baseline only (the prompted arms), each forced to run again;
+`--levers off` evaluates with the generation engine as it was before its last two levers (static batches,
+the greedy answers and the consistency samples in two calls), to measure the baseline stage before and after.
 
 For each dataset it writes a project under bench/out/quality/<name>/ (the spec, with the instruction the
 dataset's SOURCE.md suggests as the system prompt), runs `tunewise run` on it, and prints every arm's strict and
@@ -165,11 +170,11 @@ def write_project(
     (folder / "prices.yaml").write_text(DEMO_PRICES_YAML)
 
 
-def run_one(name: str, folder: Path) -> dict:
+def run_one(name: str, folder: Path, until: str | None = None) -> dict:
     from rich.console import Console
 
     from tunewise.pipeline.progress import PlainProgress
-    from tunewise.pipeline.run import Pipeline
+    from tunewise.pipeline.run import Pipeline, PipelineResult
     from tunewise.project import Project
     from tunewise.spec import load_spec
 
@@ -184,6 +189,25 @@ def run_one(name: str, folder: Path) -> dict:
     progress = PlainProgress(Console(stderr=True, soft_wrap=True, highlight=False))
     pipeline = Pipeline(project, spec, narrate=say, progress=progress)
     started = time.perf_counter()
+    if until is not None:
+        # Each stage up to `until` forced to run again, the later ones not run at all.
+        from tunewise.pipeline.run import STAGES
+
+        outcomes = []
+        for stage in STAGES[: STAGES.index(until) + 1]:
+            outcomes += pipeline.run(only=stage).outcomes
+        result = PipelineResult(outcomes)
+        baseline = pipeline.outputs.get("baseline")
+        path = baseline.records_path.parent / "summary.json" if baseline and baseline.records_path else None
+        summary_dict = json.loads(path.read_text()) if path else {}
+        return {
+            "dataset": name,
+            "contract": spec.contract.type,
+            "seconds": time.perf_counter() - started,
+            "stages": {o.stage: {"status": o.status, "seconds": o.seconds} for o in result.outcomes},
+            "summary": summary_dict,
+            "verdict": None,
+        }
     result = pipeline.run()
     evaluate = pipeline.outputs.get("evaluate")
     summary = evaluate.summary() if evaluate is not None else None
@@ -287,6 +311,13 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=None, help="consistency samples (default: the spec's)")
     parser.add_argument("--fresh", action="store_true", help="delete earlier state and start over")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--until", choices=("baseline",), help="stop after this stage (no targets checked)")
+    parser.add_argument(
+        "--levers",
+        choices=("on", "off"),
+        default="on",
+        help="the engine's continuous batching and one prefill",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -303,6 +334,10 @@ def main() -> int:
     if unknown:
         print(f"unknown dataset(s): {', '.join(unknown)}; known: {', '.join(TASKS)}", file=sys.stderr)
         return 2
+    if args.levers == "off":
+        from tunewise.evaluate.engine import LocalEngine
+
+        LocalEngine.continuous = LocalEngine.one_prefill = False
     rows = []
     for name in names:
         folder = args.out / name
@@ -310,9 +345,11 @@ def main() -> int:
             shutil.rmtree(folder)
         write_project(name, folder, args.limit, args.samples, args.set)
         print(f"== {name}", file=sys.stderr, flush=True)
-        rows.append(run_one(name, folder))
+        rows.append(run_one(name, folder, args.until))
         (args.out / "results.json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
     render(rows)
+    if args.until:
+        return 0
     missed = [m for row in rows for m in check_targets(row)]
     print()
     for m in missed:

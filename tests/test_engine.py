@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tunewise.errors import TunewiseError  # noqa: E402
-from tunewise.evaluate.engine import LocalEngine  # noqa: E402
+from tunewise.evaluate.engine import LocalEngine, SamplingParams, _sample_seed  # noqa: E402
 
 MAX_NEW = 8
 SYSTEM = "You classify banking messages into exactly one intent. Reply with the intent name only."
@@ -211,3 +211,140 @@ def test_embedded_model_batched_equals_per_example(shared_datasets):
             assert list(g.token_ids) == _reference(model, ids, stop, engine.pad_token_id, 10)
     # A trained model answers in words, not in the random model's noise.
     assert all(g.text.strip() for g in gens)
+
+
+def _prefill_rows(model):
+    """Record the rows of every forward that feeds more than one token (the prefix and the prompts' prefills),
+    and count the decode forwards (one token per row)."""
+    seen = {"prefill": [], "decode": 0}
+
+    def record(module, args, kwargs):
+        x = kwargs["input_ids"]
+        if x.shape[1] > 1:
+            seen["prefill"].append(x.shape[0])
+        else:
+            seen["decode"] += 1
+
+    return seen, model.register_forward_pre_hook(record, with_kwargs=True)
+
+
+@pytest.mark.parametrize("slack", [None, 1])
+def test_continuous_batching_refills_slots_with_the_same_outputs(tiny, stop_setup, slack):
+    """Two rows at a time for six prompts: a finished row takes the next prompt at once (prefilled alone), the
+    outputs are per-example generate's, and fewer decode steps run than with static batches. Slack 1 makes the
+    cache drop its unread columns at almost every step."""
+    model, tokenizer = tiny
+    stop, references = stop_setup
+    static = LocalEngine(model, tokenizer, max_batch_size=2, stop_token_ids=stop)
+    static.continuous = False
+    engine = LocalEngine(model, tokenizer, max_batch_size=2, stop_token_ids=stop)
+    engine._column_slack = slack
+    assert [list(g.token_ids) for g in engine.generate(CHATS, max_new_tokens=MAX_NEW)] == references
+    # Longest prompt first: 5 (2 tokens), 1 (8), 3 (2), 0 (3: it meets the stop token), 4 (2), 2 (8). Static
+    # batches of two run 7 + 2 + 7 decode forwards. Refilled, a prompt's first token comes from its prefill in
+    # the step its slot freed: one slot runs 5 (steps 1-2), 3 (2-3), 0 (3-5), 4 (5-6), 2 (6-13) while the other
+    # runs 1 (1-8): 13 steps, 12 forwards.
+    params = [SamplingParams(max_new_tokens=k) for k in (8, 8, 8, 2, 2, 2)]
+    seen, handle = _prefill_rows(model)
+    try:
+        before = static.generate(CHATS, params=params)
+        static_seen = {"prefill": list(seen["prefill"]), "decode": seen["decode"]}
+        seen["prefill"].clear()
+        seen["decode"] = 0
+        gens = engine.generate(CHATS, params=params)
+    finally:
+        handle.remove()
+    assert [g.token_ids for g in gens] == [g.token_ids for g in before]
+    assert [g.finish_reason for g in gens] == [g.finish_reason for g in before]
+    assert static_seen["prefill"] == [1, 2, 2, 2]  # the shared prefix, then three static batches
+    # The shared prefix, the first two prompts, then one prompt per refill: each prompt prefilled once.
+    assert seen["prefill"] == [1, 2, 1, 1, 1, 1]
+    assert (static_seen["decode"], seen["decode"]) == (16, 12)
+    assert all(g.latency_ms > 0 for g in gens)
+
+
+def test_greedy_and_samples_share_one_prefill(tiny):
+    """generate_with_samples(): the greedy answers are generate()'s, each prompt is prefilled once for its
+    greedy row and its n samples, and the samples are seeded (same seed, same samples; another seed, others)."""
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    greedy = engine.generate(CHATS[:4], max_new_tokens=6)
+    seen, handle = _prefill_rows(model)
+    try:
+        answers, samples = engine.generate_with_samples(
+            CHATS[:4], 3, temperature=1.0, seed=5, max_new_tokens=6
+        )
+        assert seen["prefill"] == [1, 4]  # the shared prefix, then 4 prompts for 16 rows
+        seen["prefill"].clear()
+        engine.one_prefill = False
+        two_calls = engine.generate_with_samples(CHATS[:4], 3, temperature=1.0, seed=5, max_new_tokens=6)
+        assert seen["prefill"] == [1, 4, 1, 4]  # greedy, then the samples: each prompt prefilled twice
+    finally:
+        handle.remove()
+    engine.one_prefill = True
+    assert (
+        [g.token_ids for g in answers] == [g.token_ids for g in greedy] == [g.token_ids for g in two_calls[0]]
+    )
+    assert [len(s) for s in samples] == [3, 3, 3, 3]
+    again = engine.generate_with_samples(CHATS[:4], 3, temperature=1.0, seed=5, max_new_tokens=6)[1]
+    other = engine.generate_with_samples(CHATS[:4], 3, temperature=1.0, seed=6, max_new_tokens=6)[1]
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    assert ids(samples) == ids(again) and ids(samples) != ids(other)
+    assert len({g.token_ids for g in samples[0]}) > 1  # a prompt's samples differ from each other
+    # A sample does not depend on its batch: alone, prompt 2's samples are the same.
+    alone = engine.generate(
+        [CHATS[2]] * 3,
+        params=[
+            SamplingParams(max_new_tokens=6, temperature=1.0, seed=_sample_seed(5, 2, j)) for j in (1, 2, 3)
+        ],
+    )
+    assert [g.token_ids for g in alone] == [g.token_ids for g in samples[2]]
+    assert engine.generate_with_samples(CHATS[:2], 1, max_new_tokens=6)[1] == [[], []]  # n < 2: no samples
+
+
+@pytest.mark.embedded
+def test_embedded_model_levers_keep_greedy_outputs(shared_datasets):
+    """The real SmolLM2-135M (fp32) on restaurant8k prompts: continuous batching with slots refilled, and the
+    greedy row decoded beside the consistency samples from one prefill, give the static engine's greedy
+    answers token for token."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunewise.models.embedded import model_dir
+
+    try:
+        folder = model_dir()
+    except TunewiseError as exc:
+        pytest.skip(f"the embedded model is unavailable: {exc.message}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    lines = (shared_datasets / "restaurant8k" / "test-small.jsonl").read_text().splitlines()[:4]
+    system = {
+        "role": "system",
+        "content": "Extract the booking slots from the message as one line of JSON "
+        '(keys among "date", "time", "people", "first_name", "last_name").',
+    }
+    chats = [[system, *[m for m in json.loads(line)["messages"] if m["role"] == "user"]] for line in lines]
+    static = LocalEngine(model, tokenizer, max_batch_size=4)
+    static.continuous = False
+    reference = static.generate(chats, max_new_tokens=24, json_guard=True)
+    engine = LocalEngine(model, tokenizer, max_batch_size=4)
+    answers, samples = engine.generate_with_samples(chats, 2, seed=0, max_new_tokens=24, json_guard=True)
+    assert [g.token_ids for g in answers] == [g.token_ids for g in reference]
+    assert all(len(s) == 2 for s in samples)
+    assert all(g.text.strip() for g in answers)  # the trained model answers in words
+
+
+@pytest.mark.parametrize("continuous", [True, False])
+def test_progress_hook_counts_finished_rows_and_their_tokens(tiny, continuous):
+    """`progress(rows finished, their completion tokens)`: it ends at every row and every token generated."""
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer, max_batch_size=2)
+    engine.continuous = continuous
+    calls = []
+    engine.progress = lambda done, tokens: calls.append((done, tokens))
+    gens = engine.generate(CHATS, max_new_tokens=4)
+    assert calls[-1] == (len(CHATS), sum(g.completion_tokens for g in gens))
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)  # never goes back
+    assert len(calls) == (len(CHATS) if continuous else 3)  # each finished row, or each static batch

@@ -52,3 +52,22 @@ def test_plain_progress_prints_a_line_per_interval_with_percent_and_time_left(mo
         "  train: step 25/100 (25%), 0:01:00 elapsed, about 0:03:00 left",
         "  train: step 50/100 (50%), 0:02:00 elapsed, about 0:02:00 left",
     ]
+
+
+def test_arm_meter_reports_rows_tokens_per_second_and_time_left():
+    """An evaluated arm's line: 30 of 120 rows in 20 s with 2400 tokens is 120 tokens/s and 60 s left."""
+    from tunewise.pipeline.progress import ArmMeter, NullProgress
+
+    class Recorder(NullProgress):
+        def __init__(self):
+            self.calls = []
+
+        def update(self, done, total, detail=""):
+            self.calls.append((done, total, detail))
+
+    now = [100.0]
+    recorder = Recorder()
+    meter = ArmMeter(recorder, "few-shot", 120, clock=lambda: now[0])
+    now[0] = 120.0
+    meter(30, 2400)
+    assert recorder.calls == [(30, 120, "few-shot 30/120 rows  120 tokens/s  about 0:01:00 left")]

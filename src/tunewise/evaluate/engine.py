@@ -28,6 +28,12 @@ engine therefore:
    fed again at its own position; and it refuses a token that would close a JSON container with the wrong
    bracket, choosing again without it (evaluate/loopguard.py).
 
+Steps 3 and 6 describe static batches (`continuous = False`). By default (`continuous = True`) the batch is
+refilled instead: a row that finishes hands its slot to the next waiting prompt in the same step, prefilled on
+its own and copied into the batch's cache (evaluate/continuous.py), so the batch stays full while prompts wait.
+`generate_with_samples()` asks each prompt n + 1 times (the greedy row and its consistency samples), which the
+merging of identical prompts prefills once. docs/engine.md lists the levers and their switches.
+
 Why not transformers' own batched `model.generate` either (evaluate/batched.py: left-padded batches, the grammar
 and the loop guard as logits processors, identical greedy outputs): on the demo's prompts with the embedded
 model on a CPU, the engine took 2.4x to 3.4x less time for the shapes that share a long prefix (a 500-token
@@ -150,6 +156,14 @@ class LocalEngine:
     _compact_fraction = 0.125
     # Identical prompts within a batch (sample()'s n copies) are prefilled once; tests turn it off to compare.
     _merge_duplicates = True
+    # The levers, each switchable (bench/generation.py measures each alone and all together):
+    # refill a finished row's slot with the next waiting prompt at once (evaluate/continuous.py), rather than
+    # running static batches until their last row ends;
+    continuous = True
+    _column_slack: int | None = None  # spare cache columns of a continuous batch (None: its own choice)
+    # answer generate_with_samples() (the greedy answer and the consistency samples) from one prefill per prompt,
+    # rather than a generate() call and a sample() call.
+    one_prefill = True
 
     def __init__(
         self,
@@ -180,6 +194,9 @@ class LocalEngine:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in params
         self._pieces: dict[int, str] = {}
+        # Called as rows finish with (rows finished, completion tokens so far) of the current generate() call:
+        # what a progress display needs for its tokens/s and time left (evaluation sets it per arm).
+        self.progress: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs: Any) -> LocalEngine:
@@ -291,6 +308,14 @@ class LocalEngine:
                 prefix_len,
                 max_new_tokens,
             )
+            if self.continuous and self._plain_layers():
+                from tunewise.evaluate.continuous import run_continuous
+
+                batches = []  # one batch, refilled as its rows finish
+                results = run_continuous(
+                    self, ids, prefix_len, prefix_cache, max_new_tokens, temperature, generator, spent,
+                    grammars, per_prompt, on_token, guarded, rewinds, refusals,
+                )  # fmt: skip
             for batch in batches:
                 results.update(
                     self._run_batch(
@@ -310,6 +335,8 @@ class LocalEngine:
                         refusals,
                     )
                 )
+                if self.progress is not None:
+                    self.progress(len(results), sum(len(t) for t, _ in results.values()))
         out = []
         for i, prompt_ids in enumerate(ids):
             generated, reason = results[i]
@@ -358,6 +385,58 @@ class LocalEngine:
             json_guard=json_guard,
         )
         return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+    def generate_with_samples(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        temperature: float = 0.7,
+        seed: int = 0,
+        max_new_tokens: int = 64,
+        constraint: Constraint | None = None,
+        json_guard: bool = False,
+    ) -> tuple[list[Generation], list[list[Generation]]]:
+        """Each prompt's greedy answer and its `n` sampled ones (the consistency samples; none for n < 2, as
+        evaluation draws them), from one prefill per prompt: the greedy row and the sampled rows of a prompt
+        are the same prompt asked n + 1 times, which generate() prefills once.
+
+        The greedy answers are those of `generate(prompts)`. Each sampled row draws from its own generator,
+        seeded from `seed`, the prompt's index and the sample's index, so a sample does not depend on which
+        other rows shared its steps (the samples differ from `sample()`'s, which share one generator).
+        With `one_prefill` off: a generate() call, then a sample() call.
+        """
+        if n < 2:
+            greedy = self.generate(
+                prompts, max_new_tokens, seed=seed, constraint=constraint, json_guard=json_guard
+            )
+            return greedy, [[] for _ in prompts]
+        if not self.one_prefill:
+            greedy = self.generate(
+                prompts, max_new_tokens, seed=seed, constraint=constraint, json_guard=json_guard
+            )
+            drawn = self.sample(prompts, n, temperature, seed, max_new_tokens, constraint, json_guard)
+            return greedy, drawn
+        if temperature <= 0:
+            raise TunewiseError(
+                "sampling needs temperature > 0 (temperature 0 is greedy: n identical outputs)"
+            )
+        params = [
+            SamplingParams(max_new_tokens=max_new_tokens)
+            if j == 0
+            else SamplingParams(
+                max_new_tokens=max_new_tokens, temperature=temperature, seed=_sample_seed(seed, i, j)
+            )
+            for i in range(len(prompts))
+            for j in range(n + 1)
+        ]
+        flat = self.generate(
+            [p for p in prompts for _ in range(n + 1)],
+            params=params,
+            constraint=constraint,
+            json_guard=json_guard,
+        )
+        rows = [flat[i * (n + 1) : (i + 1) * (n + 1)] for i in range(len(prompts))]
+        return [row[0] for row in rows], [row[1:] for row in rows]
 
     # --- label scoring ------------------------------------------------------------------------------------
 
@@ -570,6 +649,11 @@ class LocalEngine:
         return {i: g for i, g in grammars.items() if g is not None} or None
 
     # --- internals ----------------------------------------------------------------------------------------
+
+    def _plain_layers(self) -> bool:
+        """Whether every cache layer of the model is a plain full-attention one (what continuous batching
+        rebuilds); sliding-window or linear-attention models keep static batches."""
+        return all(type(layer) is _dynamic_layer() for layer in self._new_cache().layers)
 
     def _new_cache(self, capacity: int | None = None) -> Any:
         """A DynamicCache; with `capacity`, its plain layers preallocate that many positions (see `_SlotLayer`)."""
@@ -831,6 +915,15 @@ class LocalEngine:
         elapsed = time.perf_counter() - since
         for i in rows:
             spent[i] += elapsed / len(rows)
+
+
+def _sample_seed(seed: int, prompt: int, sample: int) -> int:
+    """The seed of one consistency sample: distinct per (seed, prompt, sample), inside torch's seed range.
+
+    >>> _sample_seed(0, 0, 1), _sample_seed(0, 1, 1), _sample_seed(1, 0, 1)
+    (1, 1000004, 1000006000010)
+    """
+    return ((seed * 1_000_003 + prompt) * 1_000_003 + sample) % 2**63
 
 
 def _shared_view(layer: Any, rows: int) -> Any:

@@ -178,11 +178,13 @@ def run_evaluation(
     seed: int = 0,
     retriever: Any | None = None,
     rag_fine_tuned_run: str | None = None,
+    progress: Any | None = None,
 ) -> EvalResult:
     """Every arm on `held_out`. `fine_tuned_run` is the training run of the fine-tuned arms,
     `rag_fine_tuned_run` the one of `rag+fine-tuned` when it differs (a run trained with passages; default
     `fine_tuned_run`). `retriever` (a `tunewise.rag.passages.Retriever`) serves the rag arms; None opens the
-    spec's knowledge index."""
+    spec's knowledge index. `progress` (a `tunewise.pipeline.progress.NullProgress`) gets each generated
+    arm's rows answered, tokens/s and time left."""
     from tunewise.evaluate.engine import LocalEngine
     from tunewise.evaluate.knowledge import (
         PassageCache,
@@ -342,9 +344,15 @@ def run_evaluation(
                 if guarded and arm not in endpoints:
                     limit_to["json_guard"] = True
                 arm_info[name]["json_guard"] = guarded and arm not in endpoints
-                answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
-                samples = (
-                    engine.sample(
+                if progress is not None and hasattr(engine, "progress"):
+                    from tunewise.pipeline.progress import ArmMeter
+
+                    engine.progress = ArmMeter(
+                        progress, name, len(prompts) * (1 + n_samples * (n_samples > 1))
+                    )
+                if n_samples > 1 and hasattr(engine, "generate_with_samples"):
+                    # The local engine decodes the greedy answer and the samples from one prefill per prompt.
+                    answers, samples = engine.generate_with_samples(
                         prompts,
                         n_samples,
                         temperature=spec.evaluation.temperature,
@@ -352,9 +360,22 @@ def run_evaluation(
                         max_new_tokens=max_new,
                         **limit_to,
                     )
-                    if n_samples > 1
-                    else [[] for _ in prompts]
-                )
+                else:
+                    answers = engine.generate(prompts, max_new_tokens=max_new, seed=seed, **limit_to)
+                    samples = (
+                        engine.sample(
+                            prompts,
+                            n_samples,
+                            temperature=spec.evaluation.temperature,
+                            seed=seed,
+                            max_new_tokens=max_new,
+                            **limit_to,
+                        )
+                        if n_samples > 1
+                        else [[] for _ in prompts]
+                    )
+                if hasattr(engine, "progress"):
+                    engine.progress = None
             if arm in endpoints:
                 arm_info[name].update(failed_requests=engine.errors, retries=engine.retries)
                 if engine.errors:

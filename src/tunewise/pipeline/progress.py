@@ -69,6 +69,33 @@ class PlainProgress(NullProgress):
         self.console.print(message, highlight=False, markup=False)
 
 
+def arm_detail(arm: str, done: int, total: int, tokens: int, elapsed: float) -> str:
+    """The progress line of one evaluated arm: rows answered, the tokens/s measured so far, the time left at
+    the rate of the rows answered so far.
+
+    >>> arm_detail("few-shot", 30, 120, 2400, 20.0)
+    'few-shot 30/120 rows  120 tokens/s  about 0:01:00 left'
+    >>> arm_detail("zero-shot", 0, 8, 0, 0.0)
+    'zero-shot 0/8 rows'
+    """
+    if done <= 0 or elapsed <= 0:
+        return f"{arm} {done}/{total} rows"
+    left = elapsed / done * (total - done)
+    return f"{arm} {done}/{total} rows  {tokens / elapsed:.0f} tokens/s  about {_clock(left)} left"
+
+
+class ArmMeter:
+    """Feeds `progress.update` from a generation engine's row counts for one arm (`LocalEngine.progress`)."""
+
+    def __init__(self, progress: NullProgress, arm: str, total: int, clock: Any = time.monotonic):
+        self.progress, self.arm, self.total, self.clock = progress, arm, total, clock
+        self.started = clock()
+
+    def __call__(self, done: int, tokens: int) -> None:
+        elapsed = self.clock() - self.started
+        self.progress.update(done, self.total, arm_detail(self.arm, done, self.total, tokens, elapsed))
+
+
 def _clock(seconds: float) -> str:
     """
     >>> _clock(3725)

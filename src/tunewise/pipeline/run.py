@@ -516,6 +516,7 @@ class Pipeline:
             dataset_version=self.outputs["split"].eval.version,
             narrate=self.say,
             seed=self.spec.data.seed,
+            progress=self.progress,
         )
         return BaselineOutput(
             run_id=result.run_id,
@@ -699,6 +700,7 @@ class Pipeline:
                 dataset_version=self.outputs["split"].eval.version,
                 narrate=self.say,
                 seed=self.spec.data.seed,
+                progress=self.progress,
             )
             records += tuned.records
             info.update(EvalSummary.model_validate(tuned.summary).arm_info)
