@@ -754,34 +754,41 @@ def _png_data_uri(path: Any, plot_note: list[str]) -> str | None:
 
 # --- every held-out example --------------------------------------------------------------------------------
 
-_TOKENS = re.compile(r"\s+|\S+")
+_WORDS = re.compile(r"(\s*)(\S+)")
 _DIFF_LIMIT = (
-    4000  # tokens per side: difflib is quadratic in the worst case, and past this nobody reads a diff
+    4000  # words per side: difflib is quadratic in the worst case, and past this nobody reads a diff
 )
 
 
 def word_diff(output: str, reference: str) -> Markup:
     """The output against the reference, word by word: words only the reference has in <del>, words only the
-    output has in <ins>, the rest as it is; every piece escaped.
+    output has in <ins>, the rest as the output wrote it (its spacing kept); every piece escaped.
 
     >>> str(word_diff("the dog sat", "the cat sat"))
     'the <del>cat</del><ins>dog</ins> sat'
-    >>> str(word_diff("<b>", "<b>"))
-    '&lt;b&gt;'
+    >>> str(word_diff("sat  <b>", "the sat"))
+    '<del>the</del> sat  <ins>&lt;b&gt;</ins>'
     """
-    a, b = _TOKENS.findall(reference), _TOKENS.findall(output)
-    if len(a) > _DIFF_LIMIT or len(b) > _DIFF_LIMIT:
+    ref = [w for _, w in _WORDS.findall(reference)]
+    out = _WORDS.findall(output)
+    if len(ref) > _DIFF_LIMIT or len(out) > _DIFF_LIMIT:
         return escape(output)
+    words = [w for _, w in out]
     parts: list[Markup] = []
-    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        old, new = "".join(a[i1:i2]), "".join(b[j1:j2])
-        if tag == "equal" or (not old.strip() and not new.strip()):
-            parts.append(escape(new))  # a change of whitespace alone is not a changed word
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ref, words, autojunk=False).get_opcodes():
+        if tag == "equal":
+            parts.extend(escape(space + word) for space, word in out[j1:j2])
             continue
-        if old.strip():
-            parts.append(Markup("<del>%s</del>") % old)
-        if new.strip():
-            parts.append(Markup("<ins>%s</ins>") % new)
+        # The spacing before a changed run is the output's; a deletion alone takes one space.
+        parts.append(escape(out[j1][0] if j2 > j1 else (" " if parts else "")))
+        if i2 > i1:
+            parts.append(Markup("<del>%s</del>") % " ".join(ref[i1:i2]))
+            if j2 == j1 and not parts[:-2] and j1 < len(out) and not out[j1][0]:
+                parts.append(Markup(" "))  # deleted at the very start, before a word with no space of its own
+        if j2 > j1:
+            inserted = out[j1][1] + "".join(space + word for space, word in out[j1 + 1 : j2])
+            parts.append(Markup("<ins>%s</ins>") % inserted)
+    parts.append(escape(output[len(output.rstrip()) :] if output.strip() else output))
     return Markup("").join(parts)
 
 
