@@ -955,10 +955,6 @@ def _examples_view(
         "total": n_total,
         "records": str(records) if records and n_total > len(items) else None,
         "legacy": legacy,
-        "wrong": {
-            arm: sum(1 for r in rows for c in r["cells"] if c["arm"] == arm and c["correct"] is False)
-            for arm in arms
-        },
     }
 
 
