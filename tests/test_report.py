@@ -289,15 +289,30 @@ def full_state() -> dict:
             "break_even": "83.3 queries/day against prompted",
             "weakest_point": "small held-out set: 60 examples (under 100)",
         },
-        "disagreements": [
+        "examples": [
             {
                 "id": "ex-7",
                 "input": "My invoice is wrong " + IMG_ATTACK,
                 "reference": "billing",
                 "outputs": {"zero-shot": SCRIPT, "few-shot": "bug", "fine-tuned": "billing"},
                 "correct": {"zero-shot": False, "few-shot": False, "fine-tuned": True},
-            }
+            },
+            {
+                "id": "ex-8",
+                "input": "The app crashes on login",
+                "reference": "bug",
+                "outputs": {"zero-shot": "bug", "few-shot": "bug", "fine-tuned": "account"},
+                "correct": {"zero-shot": True, "few-shot": True, "fine-tuned": False},
+            },
+            {
+                "id": "ex-9",
+                "input": "Where do I change my password?",
+                "reference": "account",
+                "outputs": {"zero-shot": "account", "few-shot": "account", "fine-tuned": "account"},
+                "correct": {"zero-shot": True, "few-shot": True, "fine-tuned": True},
+            },
         ],
+        "examples_total": 3,
         "stage_times": {"data": 1.2, "baseline": 45.0, "train": 312.5, "evaluate": 60.3, "report": 0.8},
     }
 
@@ -340,7 +355,7 @@ def test_full_state_has_every_section_in_order(built):
     html, html_path, json_path = built
     assert html_path.name == "report.html" and json_path.name == "report.json"
     page = parse(html)
-    order = ["verdict", "task", "data", "training", "arms", "plots", "disagreements", "stage-times"]
+    order = ["verdict", "task", "data", "training", "arms", "plots", "examples", "stage-times"]
     assert set(order) <= page.ids
     positions = [html.index(f'<section id="{s}">') for s in order]
     assert positions == sorted(positions)  # the verdict first, then the evidence
@@ -493,12 +508,14 @@ def test_plots_are_inline_images_with_content(built):
 def test_untrusted_text_is_escaped(built):
     html = built[0]
     page = parse(html)
-    assert not [t for t, _ in page.tags if t == "script"]  # no script element at all, ours or injected
+    # One script element, the page's own inline filter code: none injected, none fetched.
+    scripts = [a for t, a in page.tags if t == "script"]
+    assert scripts == [{}] and html.count("<script") == 1 and "examples-table" in html.split("<script>")[1]
     assert SCRIPT not in html and "&lt;script&gt;alert(&#39;pwned&#39;)&lt;/script&gt;" in html
     assert IMG_ATTACK not in html
     assert not [a for t, a in page.tags if t == "img" and a.get("src") == "x"]
-    d = section(html, "disagreements")
-    assert d.count("✓ right") == 1 and d.count("✗ wrong") == 2
+    d = section(html, "examples")
+    assert d.count("✓ right") == 6 and d.count("✗ wrong") == 3
     assert "ex-7" in d and "billing" in d
 
 
@@ -560,12 +577,12 @@ def test_task_and_data_only(tmp_path):
     html_path, json_path = build_report(state, tmp_path)
     html = html_path.read_text(encoding="utf-8")
     page = parse(html)
-    assert {"verdict", "task", "data", "training", "arms", "plots", "disagreements"} <= page.ids
+    assert {"verdict", "task", "data", "training", "arms", "plots", "examples"} <= page.ids
     assert "No verdict yet: evaluation has not run." in section(html, "verdict")
     assert "training has not run" in section(html, "training")
     assert "evaluation has not run" in section(html, "arms")
     assert "economics has not run" in section(html, "plots")
-    assert "no per-example outputs recorded" in section(html, "disagreements")
+    assert "no per-example outputs recorded" in section(html, "examples")
     assert "no stage times recorded" in section(html, "stage-times")
     assert "near_duplicate" in section(html, "data")  # what is there is still shown
     assert not [t for t, _ in page.tags if t == "img"]
@@ -692,16 +709,16 @@ def test_doctests():
         assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
-def test_many_disagreements_are_capped_on_the_page(tmp_path, monkeypatch):
-    monkeypatch.setattr(report_build, "MAX_DISAGREEMENTS", 3)
-    one = full_state()["disagreements"][0]
-    state = {"disagreements": [dict(one, id=f"ex-{i}") for i in range(5)]}
+def test_many_examples_are_capped_on_the_page(tmp_path, monkeypatch):
+    # 3 arms: at most 9 cells on the page is the first 3 examples; report.json keeps all 5.
+    monkeypatch.setattr(report_build, "MAX_EXAMPLE_CELLS", 9)
+    one = full_state()["examples"][0]
+    state = {"examples": [dict(one, id=f"ex-{i}") for i in range(5)]}
     html_path, json_path = build_report(state, tmp_path)
-    d = section(html_path.read_text(encoding="utf-8"), "disagreements")
-    assert "ex-2" in d and "ex-3" not in d and "the first 3 are shown" in d
-    assert (
-        len(json.loads(json_path.read_text(encoding="utf-8"))["disagreements"]) == 5
-    )  # all kept in the JSON
+    d = section(html_path.read_text(encoding="utf-8"), "examples")
+    assert "ex-2" in d and "ex-3" not in d
+    assert "the first 3 are shown" in d and "report.json has all 5" in d
+    assert len(json.loads(json_path.read_text(encoding="utf-8"))["examples"]) == 5
 
 
 def test_costs_from_economics_when_the_evaluation_has_none(tmp_path):
@@ -845,3 +862,189 @@ def test_knowledge_task_shows_exact_match_retrieval_and_mistakes(tmp_path):
 
 def test_a_task_without_retrieval_has_no_retrieval_table(built):
     assert 'id="retrieval-table"' not in built[0] and "Exact match" not in section(built[0], "arms")
+
+
+# --- every held-out example -----------------------------------------------------------------------------------
+
+TICKET = {"type": "json", "text_fields": ["reply"]}
+TICKET_REFS = [
+    {"category": "billing", "priority": "high", "reply": "We are sorry about the invoice."},
+    {"category": "bug", "priority": "low", "reply": "Thanks for the report."},
+    {"category": "account", "priority": "low", "reply": "Your account is unlocked."},
+    {"category": "bug", "priority": "high", "reply": "We are on it."},
+]
+TICKET_OUTPUTS = {
+    "few-shot": [
+        '{"category": "billing", "priority": "low", "reply": "Sorry about the invoice."}',
+        'Sure: {"category": "bug", "priority": "low", "reply": "Thanks for the report."}',
+        "no idea " + SCRIPT,
+        '{"category": "bug", "priority": "high", "reply": "We are on it."}',
+    ],
+    "fine-tuned": [
+        '{"category": "billing", "priority": "high", "reply": "We are sorry about the bill."}',
+        '{"category": "bug", "priority": "high", "reply": "Thanks for the report.", "extra": 1}',
+        '{"category": "account", "priority": "low", "reply": "Your account is unlocked."}',
+        '{"category": "other", "priority": "high", "reply": "We are on it <b>now</b>."}',
+    ],
+}
+
+
+def ticket_state() -> dict:
+    """A json contract's examples as the pipeline builds them: records scored, then grouped by example."""
+    from tunewise.evaluate.summary import score_records
+    from tunewise.pipeline.state import examples_from_scored
+
+    records = [
+        {"id": f"t-{i}", "input": f"ticket {i}", "reference": json.dumps(ref), "arm": arm, "output": outs[i]}
+        for i, ref in enumerate(TICKET_REFS)
+        for arm, outs in TICKET_OUTPUTS.items()
+    ]
+    examples = examples_from_scored(score_records(records, TICKET), TICKET)
+    arms = [{"name": "few-shot", "kind": "prompted"}, {"name": "fine-tuned", "kind": "fine-tuned"}]
+    return json.loads(
+        json.dumps(
+            {
+                "project": "tickets",
+                "evaluation": {"contract": "json", "n_examples": 4, "arms": arms},
+                "examples": examples,
+                "examples_total": 4,
+            }
+        )
+    )
+
+
+def rows_of(html: str) -> list[str]:
+    body = section(html, "examples").split("<tbody>")[-1]
+    return [r for r in body.split('<tr class="ex"')[1:]]
+
+
+def arm_cells(row: str) -> list[str]:
+    return row.split('<td class="out')[1:]
+
+
+def test_examples_from_scored_keeps_every_arm_and_names_the_wrong_fields():
+    examples = ticket_state()["examples"]
+    assert [e["id"] for e in examples] == ["t-0", "t-1", "t-2", "t-3"]
+    assert all(set(e["outputs"]) == {"few-shot", "fine-tuned"} for e in examples)
+    assert [e["correct"]["fine-tuned"] for e in examples] == [True, False, True, False]
+    assert [e["correct"]["few-shot"] for e in examples] == [False, False, False, True]
+    # The reply is free text (ROUGE-L), not a field compared exactly.
+    assert examples[0]["fields"] == ["category", "priority"]
+    assert examples[0]["wrong_fields"] == {"few-shot": ["priority"], "fine-tuned": []}
+    assert examples[1]["wrong_fields"] == {"few-shot": [], "fine-tuned": ["priority", "extra"]}
+    assert examples[2]["wrong_fields"]["few-shot"] == ["category", "priority"]  # no JSON at all
+    assert examples[1]["format_ok"] == {"few-shot": False, "fine-tuned": True}
+    assert examples[2]["similarity"]["fine-tuned"] == 1.0
+
+
+def test_every_example_is_a_row_with_the_fine_tuned_arms_own_mistakes(tmp_path):
+    html_path, json_path = build_report(ticket_state(), tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    rows = rows_of(html)
+    assert len(rows) == 4  # every held-out example, agreed on or not
+    assert "4 held-out example(s)" in section(html, "examples") and "the first" not in section(
+        html, "examples"
+    )
+    # t-3: few-shot right, fine-tuned wrong on the category: its own mistake is on the page, marked.
+    few, tuned = arm_cells(rows[3])
+    assert "✓ right" in few and "✗ wrong" in tuned and "wrong: <code>category</code>" in tuned
+    assert 'data-ok="0"' in tuned and "data-wf='[\"category\"]'" in tuned
+    assert 'data-disagree="1"' in rows[3] and 'data-disagree="0"' in rows[1]  # t-1: both wrong
+    assert len(json.loads(json_path.read_text(encoding="utf-8"))["examples"]) == 4
+
+
+def test_per_field_accuracy_equals_hand_computed(tmp_path):
+    html = build_report(ticket_state(), tmp_path)[0].read_text(encoding="utf-8")
+    table = section(html, "examples").split('id="field-accuracy"')[1].split("</table>")[0]
+    got = {}
+    for row in table.split("<tr>")[2:]:
+        cells = [c.split("</td>")[0].split(">", 1)[1] for c in row.split("<td")[1:]]
+        got[cells[0]] = [c.split(" <span")[0] for c in cells[1:]]
+    # few-shot: category wrong on t-2 only (3/4); priority wrong on t-0 and t-2 (2/4); never adds a field.
+    # fine-tuned: category wrong on t-3 (3/4); priority wrong on t-1 (3/4); adds "extra" on t-1 (3/4).
+    assert got == {
+        "category": ["75.0%", "75.0%"],
+        "priority": ["50.0%", "75.0%"],
+        "extra": ["100.0%", "75.0%"],
+    }
+
+
+def test_json_diff_marks_exactly_the_changed_fields_and_words(tmp_path):
+    rows = rows_of(build_report(ticket_state(), tmp_path)[0].read_text(encoding="utf-8"))
+    few, tuned = arm_cells(rows[0])
+    few_diff = few.split('<div class="diff mono">')[1].split("<details>")[0]
+    # priority changed; the reply lost three words and gained one; category equal.
+    assert (
+        '<div class="f diff"><span class="k">priority</span>: "<del>high</del><ins>low</ins>"</div>'
+        in few_diff
+    )
+    assert few_diff.count("<del>") == 2 and few_diff.count("<ins>") == 2
+    assert '"<del>We are sorry</del><ins>Sorry</ins> about the invoice."' in few_diff
+    assert '<div class="f same"><span class="k">category</span>: &#34;billing&#34;</div>' in few_diff
+    tuned_diff = arm_cells(rows[1])[1].split('<div class="diff mono">')[1].split("<details>")[0]
+    assert '<div class="f add"><span class="k">extra</span>: <ins>1</ins></div>' in tuned_diff
+    assert tuned_diff.count("<ins>") == 2 and tuned_diff.count("<del>") == 1  # priority changed, extra added
+    # Untrusted text inside a diff stays text: the output with no JSON, and markup inside a JSON string.
+    no_json = arm_cells(rows[2])[0]
+    assert "no JSON found" in no_json and SCRIPT not in no_json and "&lt;script&gt;" in no_json
+    assert "<b>now</b>" not in rows[3] and "&lt;b&gt;now&lt;/b&gt;" in rows[3]
+
+
+def test_text_diff_is_word_by_word(tmp_path):
+    state = {
+        "evaluation": {"contract": "text", "arms": [{"name": "ft", "kind": "fine-tuned"}]},
+        "examples": [
+            {
+                "id": "1",
+                "input": "q",
+                "reference": "Reset it from the account page.",
+                "outputs": {"ft": "Reset it from the  <i>settings</i> page."},
+                "correct": {"ft": False},
+            }
+        ],
+    }
+    (row,) = rows_of(build_report(state, tmp_path)[0].read_text(encoding="utf-8"))
+    diff = row.split('<div class="diff mono">')[1].split("</div>")[0]
+    assert diff == "Reset it from the  <del>account</del><ins>&lt;i&gt;settings&lt;/i&gt;</ins> page."
+
+
+def test_labels_show_the_answer_without_a_diff(built):
+    d = section(built[0], "examples")
+    assert 'class="diff' not in d and "field-accuracy" not in d and 'id="f-field"' not in d
+
+
+def test_an_older_state_with_disagreements_still_renders(tmp_path):
+    old = {"disagreements": full_state()["examples"][:1]}
+    html = build_report(old, tmp_path)[0].read_text(encoding="utf-8")
+    d = section(html, "examples")
+    assert "only the 1 example(s) where the arms disagreed" in d and len(rows_of(html)) == 1
+    assert "no per-example outputs recorded" not in html
+
+
+def test_the_pipeline_keeps_every_example_or_names_the_records_file(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from tunewise.pipeline import state as pipeline_state
+    from tunewise.spec import JsonContract
+
+    records = tmp_path / "records.jsonl"
+    lines = [
+        {"id": f"t-{i}", "input": "x", "reference": json.dumps(ref), "arm": arm, "output": outs[i]}
+        for i, ref in enumerate(TICKET_REFS)
+        for arm, outs in TICKET_OUTPUTS.items()
+    ]
+    records.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    contract = JsonContract(type="json", schema={"type": "object"})
+    pipeline = SimpleNamespace(
+        outputs={"evaluate": SimpleNamespace(records_path=records)}, spec=SimpleNamespace(contract=contract)
+    )
+    examples, total, path = pipeline_state._examples(pipeline)
+    assert [e["id"] for e in examples] == ["t-0", "t-1", "t-2", "t-3"] and total == 4 and path == str(records)
+    monkeypatch.setattr(report_build, "MAX_EXAMPLE_CELLS", 5)  # 2 arms: 2 examples fit
+    examples, total, path = pipeline_state._examples(pipeline)
+    assert [e["id"] for e in examples] == ["t-0", "t-1"] and total == 4
+    html = build_report({"examples": examples, "examples_total": total, "examples_records": path}, tmp_path)[
+        0
+    ]
+    d = section(html.read_text(encoding="utf-8"), "examples")
+    assert "the first 2 are shown" in d and str(records) in d

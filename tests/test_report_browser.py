@@ -37,7 +37,7 @@ def open_report(html_path: Path, screenshot: Path, width: int = 1280) -> dict:
             page.wait_for_load_state("load")
             seen = {
                 sid: page.locator(f"#{sid}").is_visible()
-                for sid in ("verdict", "task", "data", "training", "arms", "plots", "disagreements")
+                for sid in ("verdict", "task", "data", "training", "arms", "plots", "examples")
             }
             rows = page.locator("#arms-table tbody tr")
             plots = []
@@ -97,3 +97,68 @@ def test_partial_report_renders_in_chromium(tmp_path):
     assert all(seen["visible"].values())
     assert seen["rows"] == 0 and seen["plots"] == []
     assert seen["headline"] == "No verdict yet: evaluation has not run."
+
+
+def test_examples_filters_and_sort_change_the_visible_rows(tmp_path):
+    """The examples table's arm and answer filters, its field filter, the disagreements-only switch and a column
+    sort, driven by a real browser on the json contract of test_report.ticket_state."""
+    if shutil.which("chromium") is None:
+        pytest.skip("no `chromium` on PATH (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from test_report import ticket_state
+
+    html_path, _ = build_report(ticket_state(), tmp_path / "report")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(html_path.resolve().as_uri())
+            page.wait_for_load_state("load")
+
+            def visible() -> list[str]:
+                return page.locator("#examples-table tbody tr:not([hidden]) td.exid").all_inner_texts()
+
+            assert visible() == ["t-0", "t-1", "t-2", "t-3"]
+            assert page.locator("#f-count").inner_text() == "4 of 4 shown"
+            # The fine-tuned arm's own mistakes: t-1 (priority, an added field) and t-3 (category).
+            page.select_option("#f-arm", label="fine-tuned")
+            page.select_option("#f-outcome", "wrong")
+            assert visible() == ["t-1", "t-3"]
+            assert page.locator("#f-count").inner_text() == "2 of 4 shown"
+            page.select_option("#f-field", "category")
+            assert visible() == ["t-3"]
+            page.select_option("#f-field", "")
+            page.select_option("#f-outcome", "right")
+            assert visible() == ["t-0", "t-2"]
+            page.select_option("#f-arm", label="few-shot")
+            assert visible() == ["t-3"]
+            # Every arm right: none of the four; some arm wrong, the arms split: t-0, t-2 and t-3.
+            page.select_option("#f-arm", "")
+            assert visible() == [] and page.locator("#f-empty").is_visible()
+            page.select_option("#f-outcome", "wrong")
+            page.check("#f-disagree")
+            assert visible() == ["t-0", "t-2", "t-3"]
+            page.uncheck("#f-disagree")
+            page.select_option("#f-outcome", "")
+            # Sorting by the fine-tuned column: wrong answers first, the one furthest from the reference first
+            # among them (t-3 added words to the reply; t-1's reply is the reference's), then the right ones;
+            # clicking again reverses it.
+            header = page.locator("#examples-table th.arm", has_text="fine-tuned")
+            header.click()
+            assert (
+                visible() == ["t-3", "t-1", "t-0", "t-2"] and header.get_attribute("aria-sort") == "ascending"
+            )
+            header.click()
+            assert (
+                visible() == ["t-2", "t-0", "t-1", "t-3"]
+                and header.get_attribute("aria-sort") == "descending"
+            )
+            page.locator("#examples-table th", has_text="Example").click()
+            assert visible() == ["t-0", "t-1", "t-2", "t-3"]
+            page.locator("#examples").screenshot(path=str(tmp_path / "examples.png"))
+        finally:
+            browser.close()
+    assert errors == []
+    assert (tmp_path / "examples.png").stat().st_size > 10_000

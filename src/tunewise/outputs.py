@@ -446,6 +446,13 @@ class ReportState(BaseModel):
     economics: dict[str, Any] | None = None
     learning_curve: dict[str, Any] | None = None  # the curve, its reading and the data cost it was read with
     verdict: Verdict | None = None
+    # Every held-out example, all arms side by side and scored (`pipeline.state.examples_from_scored`); when
+    # there are more than `report.build.MAX_EXAMPLE_CELLS` examples x arms, the first ones, and
+    # `examples_records` names the evaluation's file of per-example records that holds them all.
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+    examples_total: int | None = None  # held-out examples the evaluation scored
+    examples_records: str | None = None
+    # Older states kept only examples where the arms disagreed, under this name; still read, no longer written.
     disagreements: list[dict[str, Any]] = Field(default_factory=list)
     stage_times: dict[str, float] = Field(default_factory=dict)
 

@@ -23,6 +23,7 @@ def _task(pipeline) -> dict[str, Any]:
         contract["labels"] = s.contract.labels
     elif isinstance(s.contract, JsonContract):
         contract["schema"] = s.contract.json_schema
+        contract["text_fields"] = list(getattr(s.contract, "text_fields", ()) or ())
     elif isinstance(s.contract, RegexContract):
         contract["pattern"] = s.contract.pattern
     return {
@@ -127,36 +128,104 @@ def _verdict(pipeline) -> Verdict | None:
     return out.verdict() if out is not None else None
 
 
-def _disagreements(pipeline, limit: int = 12) -> list[dict[str, Any]]:
-    out = pipeline.outputs.get("evaluate")
-    path = out.records_path if out is not None else None
-    if path is None or not path.is_file():
-        return []
-    from tunewise.evaluate.summary import score_records
+def _json_fields(value: Any, text_fields: tuple[str, ...]) -> dict[str, str] | None:
+    """Top-level fields of a JSON object -> canonical JSON of their values, the free-text fields left out (they
+    are compared by ROUGE-L, not exactly); None for anything that is not an object."""
+    from tunewise.evaluate.scorers import canonical_json, split_text_fields
 
-    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    scored = score_records(records, pipeline.spec.contract.model_dump(by_alias=True))
+    if not isinstance(value, dict):
+        return None
+    structured = split_text_fields(value, text_fields)[0]
+    return {str(k): canonical_json(v) for k, v in structured.items()}
+
+
+def wrong_fields(answer: Any, found: bool, reference: Any, text_fields: tuple[str, ...] = ()) -> list[str]:
+    """The top-level fields where an answer differs from the reference: a value that differs, a field the answer
+    lacks or one it added. No JSON found: every field of the reference.
+
+    >>> wrong_fields({"a": 1.0, "b": "x", "c": 3}, True, {"a": 1, "b": "y", "d": None})
+    ['b', 'd', 'c']
+    >>> wrong_fields(None, False, {"a": 1, "reply": "hi"}, ("reply",))
+    ['a']
+    """
+    ref = _json_fields(reference, text_fields)
+    if ref is None:
+        return []
+    got = _json_fields(answer, text_fields) if found else {}
+    if got is None:  # an array or a scalar where the reference is an object: every field is wrong
+        got = {}
+    missing = object()
+    wrong = [k for k, v in ref.items() if got.get(k, missing) != v]
+    return wrong + [k for k in got if k not in ref]
+
+
+def examples_from_scored(scored: list[dict[str, Any]], contract: Any) -> list[dict[str, Any]]:
+    """One entry per held-out example, in the records' order, every arm side by side:
+
+        {"id", "input", "reference", "outputs": {arm: text}, "correct": {arm: bool},
+         "format_ok": {arm: bool | None}, "similarity": {arm: ROUGE-L or None},
+         "fields": [the reference's top-level fields], "wrong_fields": {arm: [field, ...]}}   # the last two: json
+
+    `scored` is `tunewise.evaluate.summary.score_records`'s output; the report lays these out.
+    """
+    from tunewise.evaluate.scorers import as_contract, parse_json_strict
+
+    c = as_contract(contract)
     by_id: dict[str, dict[str, Any]] = {}
     for r in scored:
-        entry = by_id.setdefault(
-            str(r["id"]),
-            {
+        entry = by_id.get(str(r["id"]))
+        if entry is None:
+            entry = by_id[str(r["id"])] = {
                 "id": str(r["id"]),
                 "input": r["input"],
                 "reference": r["reference"],
                 "outputs": {},
                 "correct": {},
-            },
-        )
-        entry["outputs"][r["arm"]] = r["output"]
-        entry["correct"][r["arm"]] = bool(r["correct"])
-    split = [e for e in by_id.values() if len(set(e["correct"].values())) > 1]
-    return split[:limit]
+                "format_ok": {},
+                "similarity": {},
+            }
+            if c.type == "json":
+                ref = parse_json_strict(r["reference"])[1]
+                entry["fields"] = list(_json_fields(ref, c.text_fields) or {})
+                entry["wrong_fields"] = {}
+                entry["_ref"] = ref
+        arm = str(r["arm"])
+        entry["outputs"][arm] = r["output"]
+        entry["correct"][arm] = bool(r["correct"])
+        entry["format_ok"][arm] = r.get("format_ok")
+        sim = r.get("rouge_l") if r.get("rouge_l") is not None else r.get("text_similarity")
+        entry["similarity"][arm] = None if sim is None else round(float(sim), 4)
+        if c.type == "json":
+            answer = r.get("answer_lenient")
+            entry["wrong_fields"][arm] = wrong_fields(
+                answer, answer is not None, entry["_ref"], c.text_fields
+            )
+    for entry in by_id.values():
+        entry.pop("_ref", None)
+    return list(by_id.values())
+
+
+def _examples(pipeline) -> tuple[list[dict[str, Any]], int | None, str | None]:
+    """(the examples report.json keeps, how many the evaluation holds, the records file): all of them up to
+    `tunewise.report.build.MAX_EXAMPLE_CELLS` examples x arms, else the first ones."""
+    out = pipeline.outputs.get("evaluate")
+    path = out.records_path if out is not None else None
+    if path is None or not path.is_file():
+        return [], None, None
+    from tunewise.evaluate.summary import score_records
+    from tunewise.report.build import MAX_EXAMPLE_CELLS
+
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    contract = pipeline.spec.contract.model_dump(by_alias=True)
+    examples = examples_from_scored(score_records(records, contract), contract)
+    arms = max((len(e["outputs"]) for e in examples), default=1)
+    return examples[: max(1, MAX_EXAMPLE_CELLS // arms)], len(examples), str(path)
 
 
 def assemble_state(pipeline) -> ReportState:
     data = pipeline.outputs.get("data")
     evaluate = pipeline.outputs.get("evaluate")
+    examples, examples_total, examples_records = _examples(pipeline)
     return ReportState(
         generated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         tunewise_version=__version__,
@@ -169,6 +238,8 @@ def assemble_state(pipeline) -> ReportState:
         economics=_economics(pipeline),
         learning_curve=_learning_curve(pipeline),
         verdict=_verdict(pipeline),
-        disagreements=_disagreements(pipeline),
+        examples=examples,
+        examples_total=examples_total,
+        examples_records=examples_records,
         stage_times={k: round(v, 2) for k, v in pipeline.seconds.items()},
     )

@@ -6,7 +6,8 @@
 `state` is `tunewise.outputs.ReportState` as JSON, which the pipeline assembles from what each stage recorded:
 generated_at, tunewise_version, project, task, data (the data check report), training, evaluation (the
 evaluation summary), economics (cost options and break-even volumes), verdict (with the bars it applied and its
-best prompted arm, which the page uses), disagreements and stage_times. Any section may be missing or None; the
+best prompted arm, which the page uses), examples (every held-out example, all arms, scored; an older state's
+disagreements is read in its place) and stage_times. Any section may be missing or None; the
 page then says which stage has not run.
 """
 

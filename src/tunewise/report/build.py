@@ -14,18 +14,24 @@ testable and the template free of logic.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from markupsafe import Markup, escape
 
 from tunewise.errors import TunewiseError
 
 log = logging.getLogger(__name__)
 
-MAX_DISAGREEMENTS = 50  # shown on the page; report.json keeps them all
+# Held-out examples x arms on the page (and in report.json, `pipeline.state`): past it the page would weigh tens
+# of megabytes; the first ones are shown and the page says where the rest are.
+MAX_EXAMPLE_CELLS = 5000
 TEMPLATE = "report_template.html"
 
 SECTIONS = (
@@ -35,7 +41,7 @@ SECTIONS = (
     "evaluation",
     "economics",
     "verdict",
-    "disagreements",
+    "examples",
     "stage_times",
 )
 # What the page says when a section is absent: the stage that would have produced it.
@@ -46,7 +52,7 @@ MISSING = {
     "evaluation": "evaluation has not run",
     "economics": "economics has not run: no cost per query or break-even volume",
     "verdict": "no verdict yet",
-    "disagreements": "no per-example outputs recorded",
+    "examples": "no per-example outputs recorded",
     "stage_times": "no stage times recorded",
 }
 
@@ -746,29 +752,210 @@ def _png_data_uri(path: Any, plot_note: list[str]) -> str | None:
     return "data:image/png;base64," + base64.b64encode(p.read_bytes()).decode("ascii")
 
 
-def _disagreements_view(items: Sequence[Any]) -> list[dict[str, Any]]:
-    out = []
-    for d in items[:MAX_DISAGREEMENTS]:
-        if not isinstance(d, Mapping):
+# --- every held-out example --------------------------------------------------------------------------------
+
+_WORDS = re.compile(r"(\s*)(\S+)")
+_DIFF_LIMIT = (
+    4000  # words per side: difflib is quadratic in the worst case, and past this nobody reads a diff
+)
+
+
+def word_diff(output: str, reference: str) -> Markup:
+    """The output against the reference, word by word: words only the reference has in <del>, words only the
+    output has in <ins>, the rest as the output wrote it (its spacing kept); every piece escaped.
+
+    >>> str(word_diff("the dog sat", "the cat sat"))
+    'the <del>cat</del><ins>dog</ins> sat'
+    >>> str(word_diff("sat  <b>", "the sat"))
+    '<del>the</del> sat  <ins>&lt;b&gt;</ins>'
+    """
+    ref = [w for _, w in _WORDS.findall(reference)]
+    out = _WORDS.findall(output)
+    if len(ref) > _DIFF_LIMIT or len(out) > _DIFF_LIMIT:
+        return escape(output)
+    words = [w for _, w in out]
+    parts: list[Markup] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, ref, words, autojunk=False).get_opcodes():
+        if tag == "equal":
+            parts.extend(escape(space + word) for space, word in out[j1:j2])
             continue
-        outputs = d.get("outputs") if isinstance(d.get("outputs"), Mapping) else {}
-        correct = d.get("correct") if isinstance(d.get("correct"), Mapping) else {}
-        out.append(
+        # The spacing before a changed run is the output's; a deletion alone takes one space.
+        parts.append(escape(out[j1][0] if j2 > j1 else (" " if parts else "")))
+        if i2 > i1:
+            parts.append(Markup("<del>%s</del>") % " ".join(ref[i1:i2]))
+            if j2 == j1 and not parts[:-2] and j1 < len(out) and not out[j1][0]:
+                parts.append(Markup(" "))  # deleted at the very start, before a word with no space of its own
+        if j2 > j1:
+            inserted = out[j1][1] + "".join(space + word for space, word in out[j1 + 1 : j2])
+            parts.append(Markup("<ins>%s</ins>") % inserted)
+    parts.append(escape(output[len(output.rstrip()) :] if output.strip() else output))
+    return Markup("").join(parts)
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def json_diff(output: str, reference: str) -> Markup | None:
+    """A JSON answer against the reference, field by field (top-level fields, the reference's order, then the
+    fields the answer added): an equal field plain, a changed one with the reference's value in <del> and the
+    answer's in <ins> (two strings: word by word), a missing one in <del>, an added one in <ins>. None when the
+    reference is not JSON; the answer as written when it holds no JSON; a word diff when either side is not an
+    object.
+
+    >>> str(json_diff('{"a": 1, "b": "x y", "c": 3}', '{"a": 1.0, "b": "x z", "d": 4}'))  # doctest: +NORMALIZE_WHITESPACE
+    '<div class="f same"><span class="k">a</span>: 1</div><div class="f diff"><span class="k">b</span>: "x <del>z</del><ins>y</ins>"</div><div class="f miss"><span class="k">d</span>: <del>4</del> <span class="note">missing</span></div><div class="f add"><span class="k">c</span>: <ins>3</ins></div>'
+    """
+    from tunewise.evaluate.scorers import canonical_json, parse_json_lenient, parse_json_strict
+
+    ref_ok, ref = parse_json_strict(reference)
+    if not ref_ok:
+        return None
+    found, got = parse_json_lenient(output)
+    if not found:
+        # Nothing to set against the reference field by field: the answer as written, under a note.
+        return Markup('<div class="f nojson"><span class="note">no JSON found</span></div>%s') % output
+    if not isinstance(ref, dict) or not isinstance(got, dict):
+        return word_diff(canonical_json(got), canonical_json(ref))
+    line = Markup('<div class="f %s"><span class="k">%s</span>: %s</div>')
+    parts = []
+    for key, want in ref.items():
+        if key not in got:
+            body = Markup('<del>%s</del> <span class="note">missing</span>') % _json_text(want)
+            parts.append(line % ("miss", key, body))
+        elif canonical_json(got[key]) == canonical_json(want):
+            parts.append(line % ("same", key, _json_text(got[key])))
+        elif isinstance(got[key], str) and isinstance(want, str):
+            parts.append(line % ("diff", key, Markup('"%s"') % word_diff(got[key], want)))
+        else:
+            body = Markup("<del>%s</del> <ins>%s</ins>") % (_json_text(want), _json_text(got[key]))
+            parts.append(line % ("diff", key, body))
+    for key in got:
+        if key not in ref:
+            parts.append(line % ("add", key, Markup("<ins>%s</ins>") % _json_text(got[key])))
+    return Markup("").join(parts)
+
+
+def _diff(contract: str | None, output: str, reference: str) -> Markup | None:
+    """The diff view of one answer: per field for json, per word for text; None for labels and patterns."""
+    if contract == "json":
+        return json_diff(output, reference)
+    if contract == "text":
+        return word_diff(output, reference)
+    return None
+
+
+def _mapping(x: Any) -> Mapping[str, Any]:
+    return x if isinstance(x, Mapping) else {}
+
+
+def _example_arms(items: Sequence[Any], arm_order: Sequence[str]) -> list[str]:
+    """The arms in the evaluation's order, then any other arm an example names."""
+    seen = dict.fromkeys(arm_order)
+    for e in items:
+        seen.update(dict.fromkeys(str(a) for a in _mapping(_mapping(e).get("outputs"))))
+    return list(seen)
+
+
+def field_accuracy(items: Sequence[Any], arms: Sequence[str]) -> list[dict[str, Any]]:
+    """Per top-level field of a JSON contract, each arm's share of held-out examples where its value of the field
+    equals the reference's (a field absent from both counts as equal), from the examples' `wrong_fields`.
+
+    >>> rows = field_accuracy([{"fields": ["a", "b"], "outputs": {"x": ""}, "wrong_fields": {"x": ["b"]}},
+    ...                        {"fields": ["a", "b"], "outputs": {"x": ""}, "wrong_fields": {"x": ["a", "b"]}}],
+    ...                       ["x"])
+    >>> [(r["field"], r["arms"][0]["right"], r["arms"][0]["n"], r["arms"][0]["text"]) for r in rows]
+    [('a', 1, 2, '50.0%'), ('b', 0, 2, '0.0%')]
+    """
+    scored = [e for e in items if isinstance(e, Mapping) and isinstance(e.get("wrong_fields"), Mapping)]
+    fields: dict[str, None] = {}
+    for e in scored:
+        fields.update(dict.fromkeys(str(f) for f in e.get("fields") or []))
+        for wrong in e["wrong_fields"].values():
+            fields.update(dict.fromkeys(str(f) for f in wrong or []))
+    rows = []
+    for f in fields:
+        cells = []
+        for arm in arms:
+            answered = [e for e in scored if arm in _mapping(e.get("outputs")) and arm in e["wrong_fields"]]
+            right = sum(1 for e in answered if f not in (e["wrong_fields"][arm] or []))
+            n = len(answered)
+            cells.append({"arm": arm, "right": right, "n": n, "text": pct(right / n) if n else "—"})
+        rows.append({"field": f, "arms": cells})
+    return rows
+
+
+def _examples_view(
+    items: Sequence[Any],
+    contract: str | None,
+    arm_order: Sequence[str],
+    total: Any,
+    records: Any,
+    legacy: bool,
+) -> dict[str, Any]:
+    """The examples table: one row per held-out example, each arm's answer beside the reference with its mark,
+    its diff and its wrong fields; the per-field accuracy; what the page leaves out and where to find it."""
+    items = [e for e in items if isinstance(e, Mapping)]
+    arms = _example_arms(items, arm_order)
+    shown = items[: max(1, MAX_EXAMPLE_CELLS // max(1, len(arms)))]
+    rows = []
+    for i, e in enumerate(shown):
+        outputs, correct = _mapping(e.get("outputs")), _mapping(e.get("correct"))
+        fmt, sim, wrong = (
+            _mapping(e.get("format_ok")),
+            _mapping(e.get("similarity")),
+            _mapping(e.get("wrong_fields")),
+        )
+        reference = str(e.get("reference", ""))
+        cells = []
+        for arm in arms:
+            if arm not in outputs:
+                cells.append({"arm": arm, "present": False, "correct": None, "sort": ""})
+                continue
+            text = "" if outputs[arm] is None else str(outputs[arm])
+            ok = correct.get(arm) if isinstance(correct.get(arm), bool) else None
+            similarity = _num(sim.get(arm))
+            cells.append(
+                {
+                    "arm": arm,
+                    "present": True,
+                    "text": text,
+                    "correct": ok,
+                    "format_ok": fmt.get(arm) if isinstance(fmt.get(arm), bool) else None,
+                    "similarity": None if similarity is None else f"{similarity:.2f}",
+                    "diff": _diff(contract, text, reference),
+                    "wrong_fields": [str(f) for f in wrong.get(arm) or []],
+                    # Sorted by mark (wrong first), then by closeness to the reference.
+                    "sort": f"{int(bool(ok)) + 0.5 * (similarity or 0):.4f}",
+                }
+            )
+        marks = {c["correct"] for c in cells if c["present"]}
+        rows.append(
             {
-                "id": str(d.get("id", "")),
-                "input": str(d.get("input", "")),
-                "reference": str(d.get("reference", "")),
-                "outputs": [
-                    {
-                        "arm": str(arm),
-                        "text": "" if text is None else str(text),
-                        "correct": correct.get(arm) if isinstance(correct.get(arm), bool) else None,
-                    }
-                    for arm, text in outputs.items()
-                ],
+                "i": i,
+                "id": str(e.get("id", "")),
+                "input": str(e.get("input", "")),
+                "reference": reference,
+                "cells": cells,
+                "disagree": len(marks) > 1,
             }
         )
-    return out
+    fields = (
+        field_accuracy(items, arms) if contract == "json" or any("wrong_fields" in e for e in items) else []
+    )
+    n_total = total if isinstance(total, int) and total >= len(items) else len(items)
+    return {
+        "arms": arms,
+        "rows": rows,
+        "fields": fields,
+        "field_names": [r["field"] for r in fields],
+        "contract": contract,
+        "shown": len(rows),
+        "kept": len(items),
+        "total": n_total,
+        "records": str(records) if records and n_total > len(items) else None,
+        "legacy": legacy,
+    }
 
 
 def _stage_times_view(times: Mapping[str, Any]) -> dict[str, Any]:
@@ -884,7 +1071,8 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
     evaluation = _section(state, "evaluation", Mapping)
     economics = _section(state, "economics", Mapping)
     verdict = _section(state, "verdict", Mapping)
-    disagreements = _section(state, "disagreements", list)
+    examples = _section(state, "examples", list)
+    legacy = _section(state, "disagreements", list)
     stage_times = _section(state, "stage_times", Mapping)
     bar = bars(verdict)
 
@@ -903,9 +1091,17 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
         "data": _data_view(data) if data else None,
         "training": _training_view(training, plot_notes) if training else None,
         "economics": _economics_view(economics, plot_notes, _meeting_bars(evaluation)) if economics else None,
-        "disagreements": _disagreements_view(disagreements) if disagreements else None,
-        "disagreements_total": len(disagreements or []),
-        "max_disagreements": MAX_DISAGREEMENTS,
+        # Older states kept only the examples where the arms disagreed, under `disagreements`.
+        "examples": _examples_view(
+            examples or legacy or [],
+            (evaluation or {}).get("contract") or ((task or {}).get("contract") or {}).get("type"),
+            [str(a.get("name")) for a in (evaluation or {}).get("arms") or [] if isinstance(a, Mapping)],
+            state.get("examples_total"),
+            state.get("examples_records"),
+            legacy=not examples and bool(legacy),
+        )
+        if examples or legacy
+        else None,
         "stage_times": _stage_times_view(stage_times) if stage_times else None,
         "free_text": _preference_view(verdict, evaluation)
         if (evaluation or {}).get("contract") in ("text", "json") or (verdict or {}).get("preference")
@@ -938,7 +1134,11 @@ def view(state: Mapping[str, Any]) -> dict[str, Any]:
     ctx["retraining"] = _retraining(state)
     ctx["plot_notes"] = plot_notes
     ctx["headline"] = _headline(ctx)
-    ctx["absent"] = [MISSING[s] for s in SECTIONS if state.get(s) in (None, [], {})]
+    ctx["absent"] = [
+        MISSING[s]
+        for s in SECTIONS
+        if state.get(s) in (None, [], {}) and not (s == "examples" and ctx["examples"])
+    ]
     return ctx
 
 

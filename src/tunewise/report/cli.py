@@ -9,9 +9,9 @@ import typer
 from tunewise.cli import app, err, out, print_json
 
 # One line per paragraph: typer re-wraps paragraphs but keeps the line breaks inside them.
-REPORT_HELP = """Write the HTML report (one self-contained page: verdict, task, data, training, arms, plots, examples where the arms disagree, stage times) and report.json from a pipeline state file.
+REPORT_HELP = """Write the HTML report (one self-contained page: verdict, task, data, training, arms, plots, every held-out example with each arm's answer, stage times) and report.json from a pipeline state file.
 
-The page needs no network to be viewed: styles and plots are inside it. Sections the state lacks are shown as not run.
+The page needs no network to be viewed: styles, plots and its one script are inside it. Sections the state lacks are shown as not run.
 
 Example: tunewise report .tunewise/state.json --out reports/"""
 
