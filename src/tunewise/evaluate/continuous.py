@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tunewise.evaluate.constrain import RowMatchers
+from tunewise.evaluate.engine import rewind
 from tunewise.evaluate.loopguard import RowGuards
 
 
@@ -255,24 +256,14 @@ def run_continuous(
             if matchers:
                 matchers.accept(i, token)
             abort = on_token is not None and on_token(i, token)
-            if token in engine.stop_token_ids:
-                done[i] = (generated[i], "stop")
-            elif per_prompt is not None and per_prompt.hit_stop(i, generated[i]):
-                done[i] = (generated[i], "stop")
-            elif abort:
-                done[i] = (generated[i], "abort")
-            elif steps[r] == (per_prompt.limit(i) if per_prompt is not None else max_new_tokens):
-                done[i] = (generated[i], "length")
+            why = engine.finish_reason(i, token, generated[i], per_prompt, steps[r], max_new_tokens, abort)
+            if why is not None:
+                done[i] = (generated[i], why)
             else:
                 still.append(r)
                 back = guards.accept(i, generated[i]) if guards and i in guards else None
                 if back is not None:
-                    # As in the static path: the dropped positions and the last kept one leave the mask, and
-                    # the last kept token is fed again at its own position.
-                    attention[r, columns[i][back - 1 :]] = 0
-                    del columns[i][back - 1 :], generated[i][back:]
-                    tokens[r] = generated[i][-1]
-                    next_pos[r] = first_pos[r] + back - 1
+                    rewind(r, i, back, attention, columns, generated, tokens, next_pos, first_pos)
                 continue
             members[r] = None
             finished_tokens[0] += len(generated[i])

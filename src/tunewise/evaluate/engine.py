@@ -828,25 +828,14 @@ class LocalEngine:
                 if matchers:
                     matchers.accept(i, token)
                 abort = on_token is not None and on_token(i, token)
-                if token in self.stop_token_ids:
-                    done[i] = (generated[i], "stop")
-                elif per_prompt is not None and per_prompt.hit_stop(i, generated[i]):
-                    done[i] = (generated[i], "stop")
-                elif abort:
-                    done[i] = (generated[i], "abort")
-                elif step + 1 == (per_prompt.limit(i) if per_prompt is not None else max_new_tokens):
-                    done[i] = (generated[i], "length")
+                why = self.finish_reason(i, token, generated[i], per_prompt, step + 1, max_new_tokens, abort)
+                if why is not None:
+                    done[i] = (generated[i], why)
                 else:
                     still.append(r)
                     back = guards.accept(i, generated[i]) if guards and i in guards else None
                     if back is not None:
-                        # Go back to the first `back` tokens: the positions of the dropped ones, and of the last
-                        # kept one, leave the attention mask; the last kept token is fed again, at its position,
-                        # so that this row's next choice is made where the dropped "," was chosen.
-                        attention[r, columns[i][back - 1 :]] = 0
-                        del columns[i][back - 1 :], generated[i][back:]
-                        tokens[r] = generated[i][-1]
-                        next_pos[r] = first_pos[r] + back - 1
+                        rewind(r, i, back, attention, columns, generated, tokens, next_pos, first_pos)
             if not still:
                 # Charge the sampling of this last step to the rows that were in it.
                 self._charge([members[r] for r in live], step_start, spent)
@@ -884,6 +873,26 @@ class LocalEngine:
         if piece is None:
             piece = self._pieces[token] = self.tokenizer.decode([token])
         return piece
+
+    def finish_reason(
+        self,
+        i: int,
+        token: int,
+        generated: list[int],
+        per_prompt: Any,
+        steps: int,
+        max_new_tokens: int,
+        abort: bool,
+    ) -> str | None:
+        """Why row `i` stops after `token` and `steps` generated tokens ("stop", "abort" or "length"), or None
+        when it goes on: the one rule of the static and the continuous batch."""
+        if token in self.stop_token_ids or (per_prompt is not None and per_prompt.hit_stop(i, generated)):
+            return "stop"
+        if abort:
+            return "abort"
+        if steps == (per_prompt.limit(i) if per_prompt is not None else max_new_tokens):
+            return "length"
+        return None
 
     @staticmethod
     def _refuse(
@@ -924,6 +933,26 @@ def _sample_seed(seed: int, prompt: int, sample: int) -> int:
     (1, 1000004, 1000006000010)
     """
     return ((seed * 1_000_003 + prompt) * 1_000_003 + sample) % 2**63
+
+
+def rewind(
+    r: int,
+    i: int,
+    back: int,
+    attention: Any,
+    columns: Any,
+    generated: Any,
+    tokens: Any,
+    next_pos: Any,
+    first_pos: Any,
+) -> None:
+    """Take row `r` (prompt `i`) back to its first `back` generated tokens, the JSON loop guard's repair: the
+    positions of the dropped tokens, and of the last kept one, leave the attention mask; the last kept token is
+    fed again, at its own position, so that the row's next choice is made where the dropped "," was chosen."""
+    attention[r, columns[i][back - 1 :]] = 0
+    del columns[i][back - 1 :], generated[i][back:]
+    tokens[r] = generated[i][-1]
+    next_pos[r] = first_pos[r] + back - 1
 
 
 def _shared_view(layer: Any, rows: int) -> Any:
