@@ -51,6 +51,13 @@ class Registry:
             self.conn.execute("PRAGMA foreign_keys=ON")
         self.migrate()
 
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """`with project.registry() as registry:` closes the connection however the block ends."""
+        self.close()
+
     def close(self) -> None:
         self.conn.close()
 

@@ -31,7 +31,7 @@ from typing import Any
 from tunewise.errors import TunewiseError
 from tunewise.fileio import append_jsonl, atomic_write_json, atomic_write_jsonl
 from tunewise.project import Project
-from tunewise.registry.db import Registry, utc_now
+from tunewise.registry.db import utc_now
 
 KINDS = ("train", "eval", "pipeline", "job", "index")
 STATUSES = ("running", "succeeded", "failed", "cancelled")
@@ -112,14 +112,6 @@ class RunStore:
 
     def __init__(self, project: Project):
         self.project = project
-
-    @contextmanager
-    def _registry(self) -> Iterator[Registry]:
-        registry = self.project.registry()
-        try:
-            yield registry
-        finally:
-            registry.close()
 
     def folder(self, run_id: str) -> Path:
         return self.project.runs_dir / run_id
@@ -202,7 +194,7 @@ class RunStore:
         _check_kind(kind)
         versions = [v for v in dict.fromkeys(dataset_versions) if v]
         path = Path(path) if path is not None else self.folder(run_id)
-        with self._registry() as registry, registry.transaction() as conn:
+        with self.project.registry() as registry, registry.transaction() as conn:
             conn.execute(
                 "INSERT INTO runs (id, kind, name, status, created_at, finished_at, dataset_versions, config,"
                 " result, figures, path) VALUES (?, ?, ?, 'running', ?, NULL, ?, ?, NULL, '{}', ?)"
@@ -237,7 +229,7 @@ class RunStore:
     def set_status(self, run: Run | str, status: str) -> None:
         if status not in STATUSES:
             raise ValueError(f"unknown run status {status!r}; statuses: {', '.join(STATUSES)}")
-        with self._registry() as registry, registry.transaction() as conn:
+        with self.project.registry() as registry, registry.transaction() as conn:
             conn.execute("UPDATE runs SET status=? WHERE id=?", (status, _id(run)))
 
     def finish(
@@ -255,7 +247,7 @@ class RunStore:
             raise ValueError(f"a run finishes as {', '.join(FINISHED)}, not {status!r}")
         record = {**(result or {}), "status": status}
         record.setdefault("finished_at", utc_now())
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             row = registry.conn.execute("SELECT path FROM runs WHERE id=?", (_id(run),)).fetchone()
             if row is None:
                 raise KeyError(f"no run {_id(run)} in the registry")  # a bug: finish follows create/register
@@ -284,7 +276,7 @@ class RunStore:
             (_id(run), c.arm, c.example_id, c.sample, c.prompt_tokens, c.completion_tokens, c.latency_ms, now)
             for c in calls
         ]
-        with self._registry() as registry, registry.transaction() as conn:
+        with self.project.registry() as registry, registry.transaction() as conn:
             conn.executemany(
                 "INSERT INTO model_calls (run_id, arm, example_id, sample, prompt_tokens, completion_tokens,"
                 " latency_ms, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -293,7 +285,7 @@ class RunStore:
 
     def call_totals(self, run: Run | str) -> dict[str, dict[str, Any]]:
         """Per arm: model calls, prompt and completion tokens summed over them, mean latency in ms."""
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             rows = registry.conn.execute(
                 "SELECT arm, count(*) AS calls, sum(prompt_tokens) AS prompt_tokens,"
                 " sum(completion_tokens) AS completion_tokens, avg(latency_ms) AS latency_ms"
@@ -312,7 +304,7 @@ class RunStore:
         sql = f"SELECT * FROM runs {where} ORDER BY created_at DESC, rowid DESC"
         if limit is not None:
             sql, args = sql + " LIMIT ?", [*args, limit]
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             return [_run(r) for r in registry.conn.execute(sql, args).fetchall()]
 
     def get(self, ref: str, *, kinds: Collection[str] | None = None) -> Run:
@@ -320,7 +312,7 @@ class RunStore:
         reference is a TunewiseError that says what to type."""
         ref = Path(ref).name if "/" in ref else ref.strip()
         where, args = _filters(kinds=kinds)
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             exact = registry.conn.execute(
                 f"SELECT * FROM runs {where}{' AND' if where else ' WHERE'} id=?", [*args, ref]
             ).fetchone()

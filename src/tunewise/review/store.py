@@ -16,8 +16,7 @@ import hashlib
 import json
 import random
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 from tunewise.errors import TunewiseError
@@ -77,14 +76,6 @@ class ReviewStore:
     def __init__(self, project: Project):
         self.project = project
 
-    @contextmanager
-    def _registry(self) -> Iterator[Registry]:
-        registry = self.project.registry()
-        try:
-            yield registry
-        finally:
-            registry.close()
-
     # --- creating -------------------------------------------------------------------------------------------
 
     def create(
@@ -139,7 +130,7 @@ class ReviewStore:
             ids = random.Random(seed).sample(ids, min(sample, len(ids)))
         task = _task_text(self.project, run)
         review_id = _new_id("rv")
-        with self._registry() as registry, registry.transaction() as conn:
+        with self.project.registry() as registry, registry.transaction() as conn:
             conn.execute(
                 "INSERT INTO reviews (id, created_at, eval_run, arms, task, n_items) VALUES (?, ?, ?, ?, ?, ?)",
                 (review_id, utc_now(), run.id, json.dumps(arms), task, len(ids)),
@@ -165,7 +156,7 @@ class ReviewStore:
     # --- reading --------------------------------------------------------------------------------------------
 
     def get(self, review_id: str) -> dict[str, Any]:
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             row = registry.conn.execute("SELECT * FROM reviews WHERE id = ?", (review_id,)).fetchone()
         if row is None:
             raise ReviewError(
@@ -176,7 +167,7 @@ class ReviewStore:
         return out
 
     def list(self) -> list[dict[str, Any]]:
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             rows = registry.conn.execute("SELECT * FROM reviews ORDER BY created_at DESC, id").fetchall()
         return [{**dict(r), "arms": json.loads(r["arms"])} for r in rows]
 
@@ -188,7 +179,7 @@ class ReviewStore:
 
     def choices(self, review_id: str) -> list[dict[str, Any]]:
         """Every choice of a review, with the reviewer's name and the item's example id."""
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             rows = registry.conn.execute(
                 "SELECT c.*, r.name AS reviewer, i.example_id FROM review_choices c"
                 " JOIN reviewers r ON r.id = c.reviewer_id"
@@ -209,7 +200,7 @@ class ReviewStore:
             raise ReviewError(f"a reviewer's name is 1 to {MAX_NAME} characters")
         token = secrets.token_urlsafe(24)
         reviewer_id = _new_id("rr")
-        with self._registry() as registry, registry.transaction() as conn:
+        with self.project.registry() as registry, registry.transaction() as conn:
             taken = conn.execute(
                 "SELECT 1 FROM reviewers WHERE review_id = ? AND lower(name) = lower(?)", (review_id, name)
             ).fetchone()
@@ -241,7 +232,7 @@ class ReviewStore:
         """What the reviewer sees now: progress and the next item without a choice (None when done), its answers
         under "left" and "right" only."""
         review = self.get(review_id)
-        with self._registry() as registry:
+        with self.project.registry() as registry:
             reviewer = self._reviewer(registry, review_id, token)
             done = {
                 r[0]
@@ -284,7 +275,7 @@ class ReviewStore:
         review = self.get(review_id)
         if not isinstance(position, int) or not 0 <= position < review["n_items"]:
             raise ReviewError(f"no item {position} in this review", status=404)
-        with self._registry() as registry, registry.transaction() as conn:
+        with self.project.registry() as registry, registry.transaction() as conn:
             reviewer = self._reviewer(registry, review_id, token)
             if conn.execute(
                 "SELECT 1 FROM review_choices WHERE reviewer_id = ? AND position = ?",
@@ -320,7 +311,7 @@ class ReviewStore:
 
     def undo(self, review_id: str, token: str) -> dict[str, Any]:
         """Take back the reviewer's last choice; its item is the next one shown again."""
-        with self._registry() as registry, registry.transaction() as conn:
+        with self.project.registry() as registry, registry.transaction() as conn:
             reviewer = self._reviewer(registry, review_id, token)
             last = conn.execute(
                 "SELECT id FROM review_choices WHERE reviewer_id = ? ORDER BY seq DESC LIMIT 1",
