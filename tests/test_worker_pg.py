@@ -131,6 +131,22 @@ def _start_worker(project: Project, name: str, tmp_path: Path) -> subprocess.Pop
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _signal_runners(worker_pid: int, sig: int) -> None:
+    """Send `sig` to the processes of the worker's session other than the worker: its job's runner."""
+    runners = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        pid, session = int(stat.parent.name), int(fields[3])
+        if session == worker_pid and pid != worker_pid:
+            runners.append(pid)
+    assert runners, "the worker has no running job process"
+    for pid in runners:
+        os.kill(pid, sig)
+
+
 def test_a_killed_workers_job_resumes_on_another_worker(project, tmp_path):
     from tunewise.serve.auth import create_key
     from tunewise.serve.worker import log_path
@@ -150,6 +166,9 @@ def test_a_killed_workers_job_resumes_on_another_worker(project, tmp_path):
             first = wait_for(
                 lambda: list(client.fine_tuning.jobs.checkpoints.list(job)), 180, 0.3, "a checkpoint", log
             )
+            # Freeze a's training process where it is, so that the job cannot finish on a however fast the
+            # machine; a itself keeps its heartbeat going.
+            _signal_runners(workers[0].pid, signal.SIGSTOP)
             assert _job(project, job)["worker"].startswith("gpu-a:")
             workers.append(_start_worker(project, "gpu-b", tmp_path))
             time.sleep(2)  # b looks at the queue while a is alive: the job stays a's
