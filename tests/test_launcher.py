@@ -99,11 +99,25 @@ def test_torchrun_script_runs_two_cpu_processes_that_follow_one(tmp_path, run_cl
     assert json.loads((run_dir / "environment.json").read_text())["world_size"] == 2
 
 
-def test_fsdp_is_refused_with_the_reason(tmp_path, run_cli):
+def test_fsdp_is_passed_on_to_every_process(tmp_path, run_cli):
     spec = _spec(tmp_path)
-    code, _, err = run_cli("train", "--spec", spec, "--launcher-config", "torchrun", "--strategy", "fsdp")
+    code, out, err = run_cli(
+        "train", "--spec", spec, "--launcher-config", "torchrun", "--strategy", "fsdp", "--processes", "4",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / ".tunewise" / "launch" / "torchrun-fsdp.sh").is_file()
+    assert out.strip().endswith(f"-m tunewise train --spec {spec} --strategy fsdp")
+    assert "(fsdp)" in err
+
+
+def test_bad_launches_and_sharded_qlora_are_refused_in_one_line(tmp_path, run_cli):
+    spec = _spec(tmp_path)
+    code, _, err = run_cli("train", "--spec", spec, "--strategy", "zero3")
+    assert code == 1 and "Traceback" not in err and "strategy" in err and "zero3" in err
+    code, _, err = run_cli("train", "--spec", spec, "--strategy", "fsdp", "--method", "qlora")
     assert code == 1 and "Traceback" not in err
-    assert "error: strategy fsdp is not supported yet" in err and "--strategy ddp" in err
+    assert "error: --strategy fsdp cannot shard a 4-bit (qlora) base" in err and "--strategy ddp" in err
     code, _, err = run_cli("train", "--spec", spec, "--launcher-config", "torchrun", "--main-port", "0")
     assert code == 1 and "--main-port 0 is not a port" in err
     code, _, err = run_cli("train", "--spec", spec, "--launcher-config", "mpirun")

@@ -20,10 +20,11 @@ trajectory of one process with the same global batch. Only rank 0 writes the run
     torchrun --nnodes 2 --node_rank 0 --rdzv_endpoint HOST:29500 --nproc_per_node 8 \\
         -m tunewise train --data train.jsonl                                             # two machines
 
-Tested: 2 CPU processes with gloo equal 1 process (tests/test_train_ddp.py). Not tested here (no GPU): NCCL
-on GPUs, multi-node rendezvous. Sharded training (FSDP, DeepSpeed ZeRO) for models whose weights, gradients
-and optimizer state do not fit one device is not implemented by this loop: for those, use TRL or accelerate
-(`accelerate launch --config_file fsdp.yaml`) with the same chat JSONL, and keep tunewise for evaluation.
+With `--strategy fsdp` each process keeps 1/N of the weights, gradients and optimizer state instead
+(train/sharded.py), for models whose full fine-tuning does not fit one device.
+
+Tested: 2 CPU processes with gloo equal 1 process, replicated (tests/test_train_ddp.py) and sharded
+(tests/test_train_fsdp.py). Not tested here (no GPU): NCCL on GPUs, multi-node rendezvous.
 """
 
 from tunewise.train.config import TrainConfig, auto_hyperparameters

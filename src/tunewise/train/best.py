@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from tunewise.fileio import publish, temp_path
 from tunewise.train.config import TrainConfig
 from tunewise.train.model import load_trainable, trainable
+from tunewise.train.sharded import full_tensors
 
 if TYPE_CHECKING:
     from tunewise.train.context import RunContext
@@ -37,13 +38,15 @@ def track_best(
         state["best_step"] = step
         state["best_example_losses"] = list(example_losses)
         state["bad_evals"] = 0
-        if ctx.writer and keeps_best(config):
+        if keeps_best(config) and (ctx.writer or ctx.sharded):
             from safetensors.torch import save_file
 
-            assert ctx.run_dir is not None
-            tmp = temp_path(ctx.run_dir / BEST)
-            save_file({n: p.detach().contiguous().clone() for n, p in trainable(ctx.model)}, str(tmp))
-            publish(tmp, ctx.run_dir / BEST)
+            weights = full_tensors(trainable(ctx.model))  # sharded: gathered by every process
+            if ctx.writer:
+                assert ctx.run_dir is not None
+                tmp = temp_path(ctx.run_dir / BEST)
+                save_file(weights, str(tmp))
+                publish(tmp, ctx.run_dir / BEST)
         return False
     state["bad_evals"] += 1
     return config.early_stopping_patience is not None and state["bad_evals"] >= config.early_stopping_patience

@@ -14,12 +14,26 @@ from tunewise.errors import TunewiseError
 from tunewise.fileio import atomic_write_json, atomic_write_text, publish
 from tunewise.train import records
 from tunewise.train.model import trainable
+from tunewise.train.sharded import copy_into, full_tensors, is_sharded, load_optimizer_state, optimizer_state
+
+
+def checkpoint_contents(model: Any, optimizer: Any) -> dict[str, Any]:
+    """The trainable weights and the optimizer's state to checkpoint. A sharded model's are gathered (every
+    process must call) and its optimizer state is keyed by parameter name, not by position."""
+    if is_sharded(model):
+        return {
+            "weights": full_tensors(trainable(model)),
+            "optimizer_by_name": optimizer_state(model, optimizer),
+        }
+    weights = {n: p.detach().contiguous().clone() for n, p in trainable(model)}
+    return {"weights": weights, "optimizer": optimizer.state_dict()}
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model: Any, optimizer: Any, state: dict[str, Any], keep: int = 2
+    run_dir: Path, step: int, contents: dict[str, Any], state: dict[str, Any], keep: int = 2
 ) -> Path:
-    """Write checkpoint `step` to a temporary folder, then rename it into place and point `latest` at it.
+    """Write checkpoint `step` (`checkpoint_contents` and the loop's `state`) to a temporary folder, then rename
+    it into place and point `latest` at it.
 
     A SIGKILL at any moment leaves either the previous checkpoint or the new one, never half of one.
     """
@@ -31,12 +45,9 @@ def save_checkpoint(
     tmp = folder / f".tmp-step-{step:06d}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {n: p.detach().contiguous().clone() for n, p in trainable(model)}
-    save_file(weights, str(tmp / "trainable.safetensors"))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
-        tmp / "optimizer.pt",
-    )
+    save_file(contents["weights"], str(tmp / "trainable.safetensors"))
+    optimizer = {k: v for k, v in contents.items() if k != "weights"}
+    torch.save({**optimizer, "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
     py_state = random.getstate()
     atomic_write_json(
         tmp / "state.json",
@@ -73,9 +84,17 @@ def load_checkpoint(folder: Path, model: Any, optimizer: Any) -> dict[str, Any]:
         )
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            copy_into(params[name], value)
     blob = torch.load(folder / "optimizer.pt", weights_only=True)
-    optimizer.load_state_dict(blob["optimizer"])
+    if "optimizer_by_name" in blob:
+        load_optimizer_state(model, optimizer, blob["optimizer_by_name"])
+    elif is_sharded(model):
+        raise TunewiseError(
+            f"checkpoint {folder} was written by an unsharded run: its optimizer state cannot be sharded",
+            hint="resume it with --strategy ddp (or one process)",
+        )
+    else:
+        optimizer.load_state_dict(blob["optimizer"])
     torch.set_rng_state(blob["torch_rng"])
     state = records.read_json(folder / "state.json")
     version, internal, gauss = state.pop("python_rng")

@@ -173,7 +173,13 @@ def train(
         help="Write that launcher's config for a multi-process run (under .tunewise/launch) and print the "
         "command that starts it with the other flags given here; do not train.",
     ),
-    strategy: str = typer.Option("ddp", "--strategy", metavar="ddp", help="With --launcher-config: ddp."),
+    strategy: str | None = typer.Option(
+        None,
+        "--strategy",
+        metavar="ddp|fsdp",
+        help="Under a launcher: ddp, every process holds the whole model (the default); fsdp, weights, gradients "
+        "and optimizer state are sharded across the processes.",
+    ),
     processes: int = typer.Option(
         1, "--processes", metavar="N", help="With --launcher-config: processes per machine (one per GPU)."
     ),
@@ -247,6 +253,7 @@ def train(
         "precision": precision,
         "threads": threads,
         "gradient_checkpointing": gradient_checkpointing,
+        "strategy": strategy,
     }
     if eval_data and keep_best is None and loaded_spec is not None:
         # --eval names a validation set, not the spec's test set: the spec's choice holds again.
@@ -259,7 +266,7 @@ def train(
         from tunewise.train.launcher import Launch
 
         launch = Launch(
-            launcher_config, strategy, processes, machines, machine_rank, main_address, main_port, cpu
+            launcher_config, config.strategy, processes, machines, machine_rank, main_address, main_port, cpu
         )  # fmt: skip
         _write_launcher(launch, project)
         return
@@ -279,9 +286,9 @@ def train(
     _render(result, json_out)
 
 
-# Flags that describe the launch, not the run: left out of the command each process runs.
-LAUNCH_OPTIONS = ("--launcher-config", "--strategy", "--processes", "--machines", "--machine-rank",
-                  "--main-address", "--main-port")  # fmt: skip
+# Flags that describe the launch, not the run: left out of the command each process runs (--strategy is both).
+LAUNCH_OPTIONS = ("--launcher-config", "--processes", "--machines", "--machine-rank", "--main-address",
+                  "--main-port")  # fmt: skip
 
 
 def train_args(argv: list[str]) -> list[str]:

@@ -70,6 +70,9 @@ class TrainConfig(BaseModel):
     micro_batch_workers: Auto | MicroBatchWorkers = AUTO
     # auto: tunewise's CPU training kernels where they are known to help; off: plain transformers + PEFT.
     kernels: Literal["auto", "off"] = AUTO
+    # Under a launcher with several processes (train/launcher.py): ddp, each process holds the whole model;
+    # fsdp, each holds 1/N of the weights, gradients and optimizer state (train/sharded.py). One process: ignored.
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     # Recompute each layer's activations in the backward pass instead of keeping them (about a third more
     # compute, a layer's input kept instead of ~9 of its widths). auto: on when the memory estimate
     # (train/memory.py) does not fit the device without it and does with it; needs kernels off (on a GPU they are).

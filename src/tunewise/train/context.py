@@ -63,6 +63,7 @@ class RunContext:
     autocast_dtype: Any = None
     micro_tokens: int = 0
     run_dir: Path | None = None
+    sharded: bool = False  # the model is split across processes (train/sharded.py)
 
     @property
     def writer(self) -> bool:

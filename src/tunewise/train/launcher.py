@@ -7,11 +7,10 @@ Strategy `ddp` (data parallel): every process holds the whole model and trains o
 examples; gradients are summed across processes before each optimizer step (train/loop.py), so N processes
 follow one process's loss trajectory (tests/test_train_ddp.py: two CPU processes under torchrun with gloo).
 
-Strategy `fsdp` (sharded weights, gradients and optimizer state) is refused for now: under FSDP every forward
-pass all-gathers each layer's weights, a collective every process must join, while tunewise balances each step's
-examples by tokens, so processes run different numbers of micro-batches (and of held-out batches). It needs
-micro-batches padded to equal counts and full state dicts gathered for checkpoints and the saved output first.
-Until then, methods lora and qlora keep a 7-8B model on one 24-80 GB GPU per process (`--dry-run` estimates it).
+Strategy `fsdp` (`--strategy fsdp`, passed on to every process): each process keeps 1/N of the weights,
+gradients and optimizer state (PyTorch's FSDP2, train/sharded.py), for a model whose full fine-tuning does not
+fit one GPU; the same loss trajectory as one process (tests/test_launcher.py). The launcher is the same for
+both: the sharding happens inside `tunewise train`, not in accelerate's wrappers.
 """
 
 from __future__ import annotations
@@ -24,8 +23,7 @@ from tunewise.errors import TunewiseError
 from tunewise.fileio import atomic_write_text
 
 LAUNCHERS = ("accelerate", "torchrun")
-STRATEGIES = ("ddp",)
-KNOWN_STRATEGIES = ("ddp", "fsdp")
+STRATEGIES = ("ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -46,16 +44,9 @@ class Launch:
             raise TunewiseError(
                 f"unknown launcher '{self.launcher}'", hint=f"use one of: {', '.join(LAUNCHERS)}"
             )
-        if self.strategy not in KNOWN_STRATEGIES:
-            raise TunewiseError(
-                f"unknown strategy '{self.strategy}'", hint=f"use one of: {', '.join(KNOWN_STRATEGIES)}"
-            )
         if self.strategy not in STRATEGIES:
             raise TunewiseError(
-                f"strategy {self.strategy} is not supported yet: tunewise gives processes different numbers of "
-                "micro-batches, and sharded weights need every process in every forward pass",
-                hint="use --strategy ddp: each process holds the whole model (with method lora or qlora a 7B "
-                "model fits one 24 GB GPU; `tunewise train --dry-run` estimates it)",
+                f"unknown strategy '{self.strategy}'", hint=f"use one of: {', '.join(STRATEGIES)}"
             )
         if self.processes < 1 or self.machines < 1 or not 0 <= self.machine_rank < self.machines:
             raise TunewiseError(

@@ -25,8 +25,9 @@ checkpointing, full-vocabulary logits over padded batches) cost 2-3x. Here compu
 The kernels above run where they are known to help (a CPU, the Llama family) with `kernels: auto`; with
 `kernels: off`, or on a GPU, the run is plain transformers + PEFT (train/kernels.py).
 
-Distributed: under `torchrun --nproc_per_node N`, each process takes every N-th micro-batch of a step and
-the gradients are summed with one all-reduce (gloo on CPU, NCCL on GPU); only rank 0 writes files.
+Distributed: under `torchrun --nproc_per_node N`, each process takes its share of a step's examples (balanced
+by tokens) and the gradients are summed with one all-reduce (gloo on CPU, NCCL on GPU); only rank 0 writes
+files. With `strategy: fsdp` the weights, gradients and optimizer state are sharded instead (train/sharded.py).
 
 The parts: the model and its loss (train/model.py), the plan and the precision measurement's timed step
 (train/plan.py), checkpoints (train/checkpoints.py), the choice of the weights kept (train/best.py), and
@@ -53,7 +54,12 @@ from tunewise.fileio import atomic_write_json
 from tunewise.project import Project
 from tunewise.train import mixed, records
 from tunewise.train.best import compare_with_best, keep_best_or_last, track_best
-from tunewise.train.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from tunewise.train.checkpoints import (
+    checkpoint_contents,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from tunewise.train.config import AUTO, Resolved, TrainConfig, auto_hyperparameters, micro_batch_tokens
 from tunewise.train.context import Narrate, RunContext, Steps
 from tunewise.train.data import (
@@ -80,6 +86,7 @@ from tunewise.train.model import (
     trainable_params,
 )
 from tunewise.train.plan import Plan, lr_at, measure_plan, step_groups, time_step, timing_examples
+from tunewise.train.sharded import check_strategy, even_out, model_state, scalar, shard
 from tunewise.train.workers import MicroBatchWorkers, draws_random_numbers, workers_for
 
 # Names other modules and the benches import from here.
@@ -254,6 +261,7 @@ def run(
                     hint="resume needs the same data; start a new run for new data",
                 )
     assert config is not None
+    check_strategy(config.strategy, config.method)
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -298,14 +306,20 @@ def _set_up(
         check_trainable(prepared.train)
         if prepared.eval is not None:
             prepared.eval = truncate(prepared.eval, resolved.max_length)
-    model = build_model(config, resolved, prepared.tokenizer, device).to(
+    sharded = config.strategy == "fsdp" and world > 1
+    # Sharded units are plain transformers + PEFT layers: tunewise's kernels patch the layers they run in.
+    build_config = config.model_copy(update={"kernels": "off"}) if sharded else config
+    model = build_model(build_config, resolved, prepared.tokenizer, device).to(
         torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
     )
+    if sharded:
+        shard(model, device, world)
     model.train()
     steps = Steps.of(config, n_examples, resolved)
     return RunContext(
-        config, prepared, resolved, model, steps, workers, say, device, rank, world, run_dir=run_dir
-    )
+        config, prepared, resolved, model, steps, workers, say, device, rank, world, run_dir=run_dir,
+        sharded=sharded,
+    )  # fmt: skip
 
 
 def _plan(ctx: RunContext, recorded: dict[str, Any] | None, dry_run: bool) -> Plan:
@@ -334,7 +348,8 @@ def _plan(ctx: RunContext, recorded: dict[str, Any] | None, dry_run: bool) -> Pl
         ctx.workers.configure(workers_in(dtype), threads)
         return time_step(model, config, prepared, timed, dtype, ctx.workers)
 
-    precision = choose_precision(device, requested, step_timer=timer)
+    # Sharded, a timed step is a collective that every process would have to join: the matmul screen decides.
+    precision = choose_precision(device, requested, step_timer=None if ctx.sharded else timer)
     if ctx.world > 1 and not dry_run:  # all processes compute in one precision: rank 0's measurement decides
         import torch.distributed as dist
 
@@ -508,8 +523,9 @@ def _train(
         if prepared.eval is None:
             return None
         scores, example_losses[:] = evaluate_examples(
-            model, prepared.eval, ctx.micro_tokens, ctx.autocast_dtype, ctx.rank, ctx.world, workers
-        )
+            model, prepared.eval, ctx.micro_tokens, ctx.autocast_dtype, ctx.rank, ctx.world, workers,
+            even=ctx.sharded,
+        )  # fmt: skip
         heap.now()
         if writer and record:
             metrics.append({"step": step, **scores})
@@ -535,6 +551,8 @@ def _train(
         batch, groups = step_groups(
             prepared, resolved, step, steps.per_epoch, ctx.micro_tokens, ctx.rank, ctx.world
         )
+        if ctx.sharded:  # every process runs as many passes as the busiest one
+            groups = even_out(groups, _all_step_groups(ctx, step))
         step_examples = [examples[i] for i in batch]
         # Normalize by the trained tokens of the whole step (all micro-batches, all processes): accumulation
         # then gives exactly the gradient of one big batch.
@@ -543,10 +561,14 @@ def _train(
         lr = lr_at(step, total_steps, resolved.learning_rate, steps.warmup, config.schedule)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_total = workers.gradient(step_loss, groups, params, n_trained)
-        if ctx.world > 1:
+        # FSDP averages the processes' gradients where the step needs their sum (train/sharded.py).
+        divisor = n_trained / ctx.world if ctx.sharded else n_trained
+        loss_total = workers.gradient(step_loss, groups, params, divisor)
+        if ctx.sharded:  # FSDP reduce-scattered the gradients in the backward passes
+            torch.distributed.all_reduce(loss_total)
+        elif ctx.world > 1:
             _all_reduce_grads(params, loss_total)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm).item()
+        grad_norm = scalar(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
         optimizer.step()
         optimizer.zero_grad(set_to_none=False)
         resident = heap.after_step()
@@ -581,8 +603,10 @@ def _train(
             scores = run_eval(done)
             assert scores is not None
             stop = track_best(ctx, state, done, scores, example_losses)
-        if done % steps.checkpoint_every == 0 and done < total_steps and writer and not stop:
-            save_checkpoint(run_dir, done, model, optimizer, {k: v for k, v in state.items() if k != "step"})
+        if done % steps.checkpoint_every == 0 and done < total_steps and not stop and (writer or ctx.sharded):
+            contents = checkpoint_contents(model, optimizer)  # sharded: gathered by every process
+            if writer:
+                save_checkpoint(run_dir, done, contents, {k: v for k, v in state.items() if k != "step"})
         if on_step is not None:
             on_step(done, {**record, "total_steps": total_steps})
         if stop:
@@ -607,13 +631,23 @@ def _train(
             ctx, state, final, example_losses, result.extra, lambda: run_eval(result.steps, record=False)
         )
     result.eval_after = final
+    full_state = model_state(model) if ctx.sharded else None  # gathered by every process
     if writer:
-        result.output = str(save_output(model, prepared.tokenizer, config, run_dir))
+        result.output = str(save_output(model, prepared.tokenizer, config, run_dir, full_state))
         if final is not None:
             say(f"held-out loss {result.eval_before['eval_loss']:.4f} -> {final['eval_loss']:.4f}, token accuracy "
                 f"{result.eval_before['eval_accuracy']:.3f} -> {final['eval_accuracy']:.3f}")  # fmt: skip
         say(f"train loss {result.train_loss_first:.4f} -> {result.train_loss_last:.4f}; "
             f"{result.tokens_per_s:.0f} tokens/s ({result.trained_tokens_per_s:.0f} trained tokens/s)")  # fmt: skip
+
+
+def _all_step_groups(ctx: RunContext, step: int) -> list[list[list[int]]]:
+    """Every process's micro-batches of step `step` (each process can work them out: the split is
+    deterministic)."""
+    return [
+        step_groups(ctx.prepared, ctx.resolved, step, ctx.steps.per_epoch, ctx.micro_tokens, r, ctx.world)[1]
+        for r in range(ctx.world)
+    ]
 
 
 def _all_reduce_grads(params: list[Any], loss_total: Any) -> None:

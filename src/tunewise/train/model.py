@@ -25,6 +25,7 @@ from tunewise.train.fused import use_fused_lora
 from tunewise.train.kernels import choose_kernels, model_kernels, set_attention
 from tunewise.train.layers import use_fused_layers
 from tunewise.train.loss import linear_cross_entropy
+from tunewise.train.sharded import Filler, copy_into, even_out
 from tunewise.train.swiglu import use_fused_swiglu
 from tunewise.train.workers import MicroBatchWorkers
 
@@ -254,7 +255,12 @@ def batch_loss(
 
 def loss_of(model: Any, examples: list[Example], autocast_dtype: Any) -> Callable[[list[int]], Any]:
     """The summed loss of the micro-batch of `examples` at the given indices (what a step differentiates)."""
-    return lambda group: batch_loss(model, [examples[i] for i in group], autocast_dtype)[0]
+
+    def loss(group: list[int]) -> Any:
+        value = batch_loss(model, [examples[i] for i in group], autocast_dtype)[0]
+        return value * 0.0 if isinstance(group, Filler) else value  # a sharded process keeping in step
+
+    return loss
 
 
 def trainable_params(model: Any) -> list[Any]:
@@ -285,14 +291,18 @@ def evaluate(
 
 def evaluate_examples(
     model: Any, data: TokenizedData, micro_tokens: int, autocast_dtype: Any, rank: int = 0, world: int = 1,
-    workers: MicroBatchWorkers | None = None,
+    workers: MicroBatchWorkers | None = None, even: bool = False,
 ) -> tuple[dict[str, float], list[float]]:  # fmt: skip
     """`evaluate`'s scores, and each example's summed loss over its assistant tokens (in `data`'s order);
-    `workers` compute several micro-batches at once."""
+    `workers` compute several micro-batches at once; `even`: every process runs as many passes (a sharded
+    model's forward pass is a collective), the extra ones scored for nothing."""
     import torch
 
     lengths = [len(e) for e in data.examples]
-    groups = micro_batches(lengths, range(len(lengths)), micro_tokens)[rank::world]
+    every = micro_batches(lengths, range(len(lengths)), micro_tokens)
+    groups = every[rank::world]
+    if even:
+        groups = even_out(groups, [every[r::world] for r in range(world)])
     totals = torch.zeros(3, dtype=torch.float64)
     per_example = torch.zeros(len(lengths), dtype=torch.float64)
     was_training = model.training
@@ -304,6 +314,8 @@ def evaluate_examples(
 
     results = (workers or MicroBatchWorkers()).map(score, groups)
     for group, (sums, correct, n) in zip(groups, results, strict=True):
+        if isinstance(group, Filler):
+            continue
         per_example[group] = sums.to(torch.float64).cpu()
         totals += torch.tensor([float(per_example[group].sum()), correct.item(), n], dtype=torch.float64)
     if world > 1:
@@ -343,18 +355,21 @@ def load_trainable(model: Any, path: Path) -> None:
     params = dict(trainable(model))
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            copy_into(params[name], value)
 
 
-def save_output(model: Any, tokenizer: Any, config: TrainConfig, run_dir: Path) -> Path:
-    """The adapter in PEFT layout (lora) or a safetensors model folder (full), written then renamed."""
+def save_output(
+    model: Any, tokenizer: Any, config: TrainConfig, run_dir: Path, state_dict: dict[str, Any] | None = None
+) -> Path:
+    """The adapter in PEFT layout (lora) or a safetensors model folder (full), written then renamed; a sharded
+    model's weights come gathered in `state_dict` (train/sharded.py)."""
     name = "adapter" if config.lora else "model"
     final = run_dir / name
     tmp = run_dir / f".{name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     use_packed_attention(model, False)  # the saved config must name a standard attention implementation
     model.config.use_cache = True
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(tmp)
     if final.exists():
         shutil.rmtree(final)
