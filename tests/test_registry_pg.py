@@ -484,6 +484,8 @@ def test_every_statement_in_the_code_is_valid_on_postgres(pg, tmp_path):
     for n, (where, sql) in enumerate(statements):
         if sql.split()[0].upper() not in ("SELECT", "INSERT", "UPDATE", "DELETE"):
             continue  # BEGIN, COMMIT, PRAGMA (SQLite's side only), CREATE (the migrations' test applies them)
+        if "sqlite_master" in sql:
+            continue  # SQLite's own catalog, read only from a SQLite file (the source of `registry copy`)
         text = _numbered(to_postgres(sql))
         try:
             with registry.transaction() as conn:
