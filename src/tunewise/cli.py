@@ -66,7 +66,7 @@ COMMAND_MODULES = (
     "tunewise.report.cli",  # report
     "tunewise.serve.cli",  # serve, keys
     "tunewise.export.cli",  # export, promote, rollback, aliases
-    "tunewise.registry.cli",  # runs, runs show
+    "tunewise.registry.cli",  # runs, runs show, registry copy
     "tunewise.review.cli",  # review create/serve/results/export/judge
     "tunewise.lifecycle.cli",  # traffic export/import, drift, retrain, lineage
 )

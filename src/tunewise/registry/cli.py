@@ -1,4 +1,5 @@
-"""`tunewise runs` and `tunewise runs show`: list and show the project's runs (registry/runs.py)."""
+"""`tunewise runs` and `tunewise runs show`: list and show the project's runs (registry/runs.py);
+`tunewise registry copy`: move the project's SQLite registry onto a shared PostgreSQL server (registry/pgcopy.py)."""
 
 from __future__ import annotations
 
@@ -22,21 +23,32 @@ ID is a run id or a unique start of one (as `tunewise runs` lists them).
 
 Example: tunewise runs show train-2026"""
 
+COPY_HELP = """Copy the project's SQLite registry (.tunewise/registry.sqlite3) into an empty PostgreSQL database, so that a team's servers and workers can share it: datasets, runs, model calls, keys, files, fine-tuning jobs, aliases, reviews, traffic, everything.
+
+The target is migrated, must hold no rows, and is filled in one transaction: every table, the ids' sequences moved past the largest id, each table's row count checked. A failure leaves it without rows. The SQLite file is only read. Then point the project at the URL (registry: in tunewise.yaml, TUNEWISE_REGISTRY or --registry).
+
+Example: tunewise registry copy --to postgresql://team@db.internal/tunewise"""
+
 runs_app = typer.Typer(help=RUNS_HELP, invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
+registry_app = typer.Typer(help="The project's registry: copy it onto a shared PostgreSQL server.")
+app.add_typer(registry_app, name="registry")
 
 _PROJECT_HELP = "Project folder (default: found upward)."
 
 
-def _store(project_dir: Path | None):
+def _project(project_dir: Path | None):
     from tunewise.project import Project, find_project
-    from tunewise.registry.runs import RunStore
 
     if project_dir is not None:
-        return RunStore(
-            find_project(project_dir) if project_dir.is_file() else Project(project_dir.resolve())
-        )
-    return RunStore(find_project())
+        return find_project(project_dir) if project_dir.is_file() else Project(project_dir.resolve())
+    return find_project()
+
+
+def _store(project_dir: Path | None):
+    from tunewise.registry.runs import RunStore
+
+    return RunStore(_project(project_dir))
 
 
 def _check_choice(value: str | None, choices: tuple[str, ...], flag: str) -> None:
@@ -198,3 +210,34 @@ def _figure(key: str, value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     return f"{value:.4f}" if key.endswith("loss") else f"{value:,.1f}"
+
+
+@registry_app.command("copy", help=COPY_HELP)
+def copy(
+    to: str = typer.Option(..., "--to", metavar="URL", help="An empty PostgreSQL database: postgresql://..."),
+    source: Path | None = typer.Option(
+        None, "--from", metavar="PATH", help="The SQLite registry to copy (default: the project's)."
+    ),
+    project_dir: Path | None = typer.Option(None, "--project", help=_PROJECT_HELP),
+) -> None:
+    from rich.table import Table
+
+    from tunewise.cli import err
+    from tunewise.registry.pgcopy import copy_registry
+    from tunewise.registry.postgres import redact
+
+    if source is None:
+        source = _project(project_dir).state_dir / "registry.sqlite3"
+    copied = copy_registry(
+        source, to, progress=lambda table, n: err.print(f"copied {table}: {n:,} rows", highlight=False)
+    )
+    table = Table("table", "rows")
+    for c in copied:
+        table.add_row(c.table, f"{c.rows:,}")
+    out.print(table)
+    err.print(
+        f"copied {sum(c.rows for c in copied):,} rows in {len(copied)} tables from {source} to {redact(to)}; "
+        "point the project at it with `registry:` in tunewise.yaml (or TUNEWISE_REGISTRY)",
+        highlight=False,
+        markup=False,
+    )

@@ -54,6 +54,9 @@ Examples:
 
   tunewise serve --engine vllm --adapter support=train-20250101-120000-ab12   (vLLM decodes, on a GPU)
 
+  tunewise serve --host 0.0.0.0 --registry postgresql://team@db.internal/tunewise   (one of several servers on a
+  team's shared registry)
+
 Then: OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=KEY).chat.completions.create(model=..., messages=[...])"""
 
 
@@ -80,6 +83,12 @@ def serve(
     ),
     project_dir: Path | None = typer.Option(
         None, "--project", help="Project folder (default: found upward)."
+    ),
+    registry: str | None = typer.Option(
+        None,
+        "--registry",
+        help="A shared registry's PostgreSQL URL, for several servers and workers on one team's keys, files and "
+        "jobs (default: TUNEWISE_REGISTRY, then registry: in tunewise.yaml, else the project's SQLite file).",
     ),
     no_jobs: bool = typer.Option(False, "--no-jobs", help="Do not run fine-tuning jobs in this server."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (and uvicorn's info)."),
@@ -154,7 +163,10 @@ def serve(
 
         check_vllm()  # before a port is bound or a model read
     check_auth(host, no_auth)
-    project = _project(project_dir)
+    import dataclasses
+
+    project = dataclasses.replace(_project(project_dir), registry_url=registry)
+    project.registry().close()  # reach the registry (and migrate it) before loading a model
     settings = ServeSettings(
         base=base,
         adapters=_adapters(adapter),
@@ -196,6 +208,11 @@ def serve(
     pool = server.config.app.state.inference.pool
     names = [m.id for m in pool.list()]
     err.print(f"tunewise serve: {url}  (models: {', '.join(names)})", highlight=False)
+    location = project.registry_location()
+    if location:
+        from tunewise.registry.postgres import redact
+
+        err.print(f"registry: {redact(location)}", highlight=False, markup=False)
     if not no_auth and not any(k["revoked_at"] is None for k in list_keys(project)):
         err.print("warning: no API key exists yet; create one with `tunewise keys create`", highlight=False)
     key = '"not-needed"' if no_auth else "KEY"
