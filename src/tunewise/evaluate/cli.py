@@ -46,29 +46,37 @@ def render_arms(summary: dict) -> None:
             f"{arm['completion_tokens']:.1f}" if arm.get("completion_tokens") is not None else "-",
         )
     out.print(table)
-    knowledge = [a for a in summary["arms"] if a.get("exact_match") or a.get("recall_at_k")]
-    if knowledge:
-        render_knowledge(summary["task"], knowledge)
+    render_reference_metrics(summary["task"], summary["arms"])
 
 
-def render_knowledge(task: str, arms: list[dict]) -> None:
-    """Short-answer and retrieval measures (knowledge tasks): exact match, token F1, groundedness, recall@k, MRR."""
+# The measures against the reference beyond accuracy, each shown when some arm has it: short answers (exact match,
+# token F1), prose (ROUGE-L, chrF), a JSON contract's free-text fields, and the rag arms' retrieval.
+REFERENCE_COLUMNS = (
+    ("exact match", "exact_match"), ("token F1", "token_f1"), ("ROUGE-L", "rouge_l"), ("chrF", "chrf"),
+    ("text ROUGE-L", "text_similarity"), ("text chrF", "text_chrf"), ("grounded", "grounded_rate"),
+    ("recall@k", "recall_at_k"), ("MRR", "mrr"),
+)  # fmt: skip
+
+
+def render_reference_metrics(task: str, arms: list[dict]) -> None:
+    """One table of `REFERENCE_COLUMNS` that some arm has, or nothing."""
     from rich.table import Table
 
-    table = Table(title=f"{task}: answers and retrieval (95% intervals)")
-    for column in ("arm", "exact match", "token F1", "grounded", "recall@k", "MRR"):
+    columns = [(title, key) for title, key in REFERENCE_COLUMNS if any(arm.get(key) for arm in arms)]
+    if not columns:
+        return
+    retrieval = any(key == "recall_at_k" for _, key in columns)
+    table = Table(
+        title=f"{task}: against the reference{' and retrieval' if retrieval else ''} (95% intervals)"
+    )
+    for column in ("arm", *(title for title, _ in columns)):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for arm in arms:
-        k = arm.get("k")
-        recall = _interval(arm.get("recall_at_k"))
-        table.add_row(
-            arm["name"],
-            _interval(arm.get("exact_match")),
-            _interval(arm.get("token_f1")),
-            _interval(arm.get("grounded_rate")),
-            f"{recall} (k={k})" if arm.get("recall_at_k") else "-",
-            _interval(arm.get("mrr")),
-        )
+        cells = []
+        for _, key in columns:
+            cell = _interval(arm.get(key))
+            cells.append(f"{cell} (k={arm.get('k')})" if key == "recall_at_k" and arm.get(key) else cell)
+        table.add_row(arm["name"], *cells)
     out.print(table)
 
 
