@@ -43,13 +43,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tunewise.decide import verdict as v
 from tunewise.economics.cost import CostOption, break_even, monthly_cost
 from tunewise.economics.plan import arm_tokens, build_options, corpus_tokens
 from tunewise.economics.pricing import Catalog
 from tunewise.economics.retrieval import closed_book, is_rag_arm, is_rag_tuned
 from tunewise.economics.settings import Economics
 from tunewise.errors import TunewiseError
-from tunewise.outputs import ArmResult, EvalSummary, LearningCurve, RuleRecord, Verdict
+from tunewise.outputs import ArmResult, EvalSummary, RuleRecord, Verdict
 
 GUIDE_ORDER = (
     "prompt engineering first, RAG second, fine-tuning third. Each step only makes sense when the previous one "
@@ -61,12 +62,6 @@ MISTAKE_1 = (
     'when the data changes. Fine-tuning does not teach the model new facts reliably. It teaches behavior."'
 )
 BOTH = "If you need knowledge grounding + behavior control, combine RAG with fine-tuning."
-
-
-def _verdict_helpers():
-    from tunewise.decide import verdict
-
-    return verdict
 
 
 def _exact_match(arm: ArmResult) -> Mapping[str, Any] | None:
@@ -127,14 +122,14 @@ def _accuracy(summary: EvalSummary, a: ArmResult, b: ArmResult) -> dict[str, Any
     answers), else accuracy; paired where the summary has the record, else the Wilson intervals."""
     ea, eb = _exact_match(a), _exact_match(b)
     if ea is None or eb is None:
-        return _verdict_helpers()._compare(summary, a, b, "accuracy")
+        return v._compare(summary, a, b, "accuracy")
     p = _paired_extra(summary, a.name, b.name, "exact_match_diff")
     if p is not None:
         return _paired_record("exact_match", "exact match", a.name, b.name, p)
     if None in (ea.get("low"), ea.get("high"), eb.get("low"), eb.get("high")):
         return None
     better, worse = ea["low"] > eb["high"], ea["high"] < eb["low"]
-    pct = _verdict_helpers()._pct
+    pct = v._pct
     return {
         "measure": "exact_match", "test": "Wilson intervals", "diff": ea["value"] - eb["value"],
         "better": better, "worse": worse,
@@ -150,27 +145,15 @@ def _short(c: dict[str, Any] | None, a: str, b: str) -> str:
     return f"{a} vs {b}: {c['text']}"
 
 
-def with_retrieval(
-    summary: EvalSummary,
-    econ: Economics,
-    catalog: Catalog,
-    fine_tuned: str | None = None,
-    learning_curve: LearningCurve | None = None,
-) -> Verdict:
-    """The verdict of an evaluation with retrieval arms: the closed-book verdict (`verdict.decide` on the other
-    arms) through the guide's order (`three_way`), or prompting against RAG when no closed-book arm is
-    fine-tuned (`prompting_or_rag`)."""
+def closed_book_summary(summary: EvalSummary) -> EvalSummary:
+    """The evaluation without its retrieval arms: what the closed-book verdict (`verdict.decide`) is made on."""
     closed = summary.model_copy(update={"arms": [a for a in summary.arms if not is_rag_arm(a.name)]})
     if not closed.arms:
         raise TunewiseError(
             "the evaluation has only retrieval arms",
             hint="evaluate the closed-book arms beside them: --arms zero-shot,rag,fine-tuned,rag+fine-tuned",
         )
-    if fine_tuned is None and not any(a.kind == "fine-tuned" for a in closed.arms):
-        return prompting_or_rag(summary, econ, catalog)
-    return three_way(
-        summary, _verdict_helpers().decide(closed, econ, catalog, fine_tuned, learning_curve), econ, catalog
-    )
+    return closed
 
 
 def price_arms(
@@ -211,7 +194,6 @@ def _monthly(option: CostOption | None, q: float) -> float | None:
 
 def three_way(summary: EvalSummary, base: Verdict, econ: Economics, catalog: Catalog) -> Verdict:
     """Take the closed-book verdict `base` through the guide's order with the retrieval arms (module docstring)."""
-    v = _verdict_helpers()
     rag_free = [a for a in summary.arms if is_rag_arm(a.name) and not is_rag_tuned(a.name)]
     best = v.best_prompted_arm([a.model_dump() for a in rag_free])
     R = summary.arm(best["name"]) if best is not None else None
@@ -363,7 +345,6 @@ def prompting_or_rag(summary: EvalSummary, econ: Economics, catalog: Catalog) ->
     """The verdict of an evaluation without a fine-tuned arm (`tunewise eval --arms zero-shot,rag`): keep
     prompting when the best prompted arm meets the bars (prompting first), use RAG when the best retrieval arm
     does, else not yet; fine-tuning is not judged, and the verdict says how to measure it."""
-    v = _verdict_helpers()
     closed = [a.model_dump() for a in summary.arms if not is_rag_arm(a.name)]
     rag_free = [a.model_dump() for a in summary.arms if is_rag_arm(a.name) and not is_rag_tuned(a.name)]
     best_p, best_r = v.best_prompted_arm(closed), v.best_prompted_arm(rag_free)
@@ -462,7 +443,6 @@ def _both_help(
     econ: Economics,
 ) -> RuleRecord:
     """Rule 2 of the module docstring: does the fine-tuned model with passages earn its place over each alone?"""
-    v = _verdict_helpers()
     over_r = _accuracy(summary, RT, R) if R is not None else None
     over_t = _accuracy(summary, RT, T) if T is not None else None
     behaviour = []
@@ -542,7 +522,6 @@ def _closest_retrieval(
     RT: ArmResult | None,
 ) -> str | None:
     """A 'not yet' reason naming a retrieval arm when it is closer to the bars than every closed-book arm."""
-    v = _verdict_helpers()
     closed = [a for a in (P, T) if a is not None]
     rag = [a for a in (R, RT) if a is not None]
     if not closed or not rag:
@@ -561,7 +540,6 @@ def _closest_retrieval(
 def _knowledge_change(summary: EvalSummary, a: ArmResult, b: ArmResult) -> str | None:
     """'exact match 0.0% -> 40.0% (+40.0 points [+25.0, +55.0]), token F1 1.5% -> 52.0% (...), recall@2 100.0%'
     for b -> a, where the arms have the knowledge measures; None where they do not."""
-    v = _verdict_helpers()
     parts = []
     for key, label in (("exact_match", "exact match"), ("token_f1", "token F1")):
         ma, mb = (a.model_extra or {}).get(key), (b.model_extra or {}).get(key)
@@ -584,7 +562,6 @@ def _diagnose(
     """Which problem retrieval fixes: each retrieval arm against its closed-book arm, and RT against R. With the
     knowledge measures: better exact match fixes knowledge; better token F1 alone finds the facts but not the
     expected form of the answer (a behaviour problem)."""
-    v = _verdict_helpers()
     lines = []
     by_name = {a.name: a for a in summary.arms}
     for arm in (a for a in (R, RT) if a is not None):
@@ -624,8 +601,8 @@ def _diagnose(
 __all__: Sequence[str] = [
     "GUIDE_ORDER",
     "MISTAKE_1",
+    "closed_book_summary",
     "price_arms",
     "prompting_or_rag",
     "three_way",
-    "with_retrieval",
 ]

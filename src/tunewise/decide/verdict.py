@@ -54,7 +54,6 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tunewise.decide.rag import with_retrieval
 from tunewise.decide.rules import Finding, Situation, apply_rules, closed_platforms, hourly_hosting
 from tunewise.economics.cost import break_even, monthly_cost
 from tunewise.economics.plan import ArmTokens, CostRequest, build_options
@@ -204,8 +203,16 @@ def decide(
     applied by `with_preference`."""
     tuned_arms = [a for a in summary.arms if a.kind == "fine-tuned"]
     if any(is_rag_arm(a.name) for a in summary.arms):
-        # With retrieval arms, the closed-book verdict is taken through the guide's order (`decide.rag`).
-        return with_retrieval(summary, econ, catalog, fine_tuned, learning_curve)
+        # With retrieval arms, the closed-book verdict is taken through the guide's order. decide.rag builds on
+        # this module's rules and bars, so it is imported here rather than at the top.
+        from tunewise.decide import rag
+
+        closed = rag.closed_book_summary(summary)
+        if fine_tuned is None and not any(a.kind == "fine-tuned" for a in closed.arms):
+            return rag.prompting_or_rag(summary, econ, catalog)
+        return rag.three_way(
+            summary, decide(closed, econ, catalog, fine_tuned, learning_curve), econ, catalog
+        )
     if fine_tuned is not None:
         tuned = summary.arm(fine_tuned)
     elif tuned_arms:
