@@ -48,6 +48,22 @@ def test_full_fine_tuning_of_7b_on_an_80_gb_gpu_is_refused_with_the_numbers():
     assert "method: lora" in info.value.hint and "gradient_checkpointing: on" in info.value.hint
 
 
+def test_full_fine_tuning_of_7b_sharded_over_8_gpus_fits_each_80_gb_card():
+    shape = ModelShape.from_config(LLAMA7B)
+    e = estimate(shape, "full", "cuda", "bfloat16", 2048, available_gb=79.0, shards=8)
+    p = 6_738_415_616
+    layer = (p - 2 * 32000 * 4096) / 32  # 202,383,360 parameters a decoder layer
+    # A process keeps 1/8 of the fp32 weights, gradients and moments, plus two layers gathered in full (larger
+    # than the untied embeddings and head, 262,144,000): 3.37 + 1.62 GB of weights.
+    assert e.weights_gb == pytest.approx((4 * p / 8 + 4 * 2 * layer) / 1e9)
+    assert e.gradients_gb == pytest.approx(4 * p / 8 / 1e9)
+    assert e.optimizer_gb == pytest.approx(8 * p / 8 / 1e9)
+    per_token = 32 * 65_792 * 2 + 8 * 32_000  # activations are not sharded
+    assert e.activations_gb == pytest.approx(per_token * 2048 / 1e9)
+    assert e.fits and e.shards == 8
+    assert "per process, sharded over 8" in e.describe()
+
+
 def test_qlora_of_7b_stores_the_linear_weights_in_4_bits():
     shape = ModelShape.from_config(LLAMA7B)
     rank = 16
@@ -105,6 +121,31 @@ def test_dry_run_prints_the_estimate(tmp_path, run_cli):
     assert memory["device"] == "cpu" and memory["method"] == "lora" and memory["fits"] is True
     parts = ("weights_gb", "gradients_gb", "optimizer_gb", "activations_gb", "runtime_gb")
     assert memory["total_gb"] == pytest.approx(sum(memory[k] for k in parts), abs=1e-3)
+
+
+def test_a_sharded_dry_run_estimates_one_process_of_the_planned_ones(tmp_path, run_cli):
+    data = write_chat(tmp_path / "train.jsonl", 16)
+    plans = {}
+    for processes in ("1", "4"):
+        code, out, err = run_cli(
+            "train", "--data", data, "--base", "tiny:random", "--dry-run", "--precision", "float32", "--json",
+            "--method", "full", "--strategy", "fsdp", "--processes", processes, cwd=tmp_path,
+        )  # fmt: skip
+        assert code == 0, err
+        plans[processes] = json.loads(out)["memory"]
+    one, four = plans["1"], plans["4"]
+    assert one["shards"] == 1 and four["shards"] == 4
+    assert four["gradients_gb"] == pytest.approx(one["gradients_gb"] / 4, rel=1e-3)
+    assert four["optimizer_gb"] == pytest.approx(one["optimizer_gb"] / 4, rel=1e-3)
+    # A quarter, plus the unit gathered in full: for this tiny model its tied embeddings, most of its weights.
+    gathered = four["weights_gb"] - one["weights_gb"] / 4
+    assert 0.5 * one["weights_gb"] < gathered < one["weights_gb"]
+    assert four["activations_gb"] == pytest.approx(one["activations_gb"])
+    code, _, err = run_cli(
+        "train", "--data", data, "--base", "tiny:random", "--dry-run", "--strategy", "fsdp", "--processes", "0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert code == 1 and "error: 0 processes is not a plan" in err and "Traceback" not in err
 
 
 def _losses(run_dir) -> list[float]:

@@ -181,9 +181,15 @@ def train(
         "and optimizer state are sharded across the processes.",
     ),
     processes: int = typer.Option(
-        1, "--processes", metavar="N", help="With --launcher-config: processes per machine (one per GPU)."
+        1,
+        "--processes",
+        metavar="N",
+        help="With --launcher-config: processes per machine (one per GPU); with --dry-run --strategy fsdp, the "
+        "memory estimate is per process of processes x machines.",
     ),
-    machines: int = typer.Option(1, "--machines", metavar="N", help="With --launcher-config: machines."),
+    machines: int = typer.Option(
+        1, "--machines", metavar="N", help="With --launcher-config (or a sharded --dry-run): machines."
+    ),
     machine_rank: int = typer.Option(
         0, "--machine-rank", metavar="N", help="With --launcher-config: this machine's number (0 first)."
     ),
@@ -273,8 +279,9 @@ def train(
     if dry_run:
         catalog, platforms = dry_run_pricing(loaded_spec, project.root, platform, pricing)
     result = run(
-        config, project, dry_run=dry_run, narrate=lambda m: err.print(m, highlight=False, markup=False)
-    )
+        config, project, dry_run=dry_run, narrate=lambda m: err.print(m, highlight=False, markup=False),
+        planned_processes=processes * machines,  # a sharded dry run's estimate is per process
+    )  # fmt: skip
     if dry_run:
         price_plan(result, catalog, platforms)
     elif retrieval is not None and getattr(result, "status", None) == "succeeded":

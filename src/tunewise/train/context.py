@@ -64,6 +64,7 @@ class RunContext:
     micro_tokens: int = 0
     run_dir: Path | None = None
     sharded: bool = False  # the model is split across processes (train/sharded.py)
+    shards: int = 1  # how many: the world size when sharded; a dry run's planned processes
 
     @property
     def writer(self) -> bool:

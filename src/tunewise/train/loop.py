@@ -224,8 +224,11 @@ def run(
     on_step: Callable[[int, dict[str, Any]], None] | None = None,
     prepared: Prepared | None = None,
     run_id: str | None = None,
+    planned_processes: int = 1,
 ) -> TrainResult | Plan:
     """Train (or, with `dry_run`, plan) one run; `resume` names a run to continue from its last checkpoint.
+    `planned_processes`: with `dry_run` and strategy fsdp, the processes the run will be sharded over (the memory
+    estimate is then per process).
 
     `run_id` names a new run's directory (default: a fresh `train-<time>-<hex>` id); the fine-tuning jobs API
     names it after the job."""
@@ -270,7 +273,13 @@ def run(
         prepared = prepared or prepare(config)
         if rank == 0:
             say(prepared.summary())
-        ctx = _set_up(config, prepared, recorded, run_dir, device, rank, world, workers, say)
+        if planned_processes < 1:
+            raise TunewiseError(
+                f"{planned_processes} processes is not a plan",
+                hint="--processes and --machines are at least 1",
+            )
+        shards = world if world > 1 else planned_processes if dry_run else 1
+        ctx = _set_up(config, prepared, recorded, run_dir, device, rank, world, workers, say, shards)
         plan = _plan(ctx, recorded, dry_run)
         result: TrainResult | Plan = (
             measure_plan(plan, ctx)
@@ -289,7 +298,7 @@ def run(
 
 def _set_up(
     config: TrainConfig, prepared: Prepared, recorded: dict[str, Any] | None, run_dir: Path | None, device: str,
-    rank: int, world: int, workers: MicroBatchWorkers, say: Narrate,
+    rank: int, world: int, workers: MicroBatchWorkers, say: Narrate, shards: int = 1,
 ) -> RunContext:  # fmt: skip
     """The model, with every `auto` resolved against the data size and the model size."""
     import torch
@@ -307,9 +316,10 @@ def _set_up(
         if prepared.eval is not None:
             prepared.eval = truncate(prepared.eval, resolved.max_length)
     sharded = config.strategy == "fsdp" and world > 1
+    shards = shards if config.strategy == "fsdp" else 1
     # Sharded units are plain transformers + PEFT layers: tunewise's kernels patch the layers they run in.
     build_config = config.model_copy(update={"kernels": "off"}) if sharded else config
-    model = build_model(build_config, resolved, prepared.tokenizer, device).to(
+    model = build_model(build_config, resolved, prepared.tokenizer, device, shards).to(
         torch.device(device, torch.cuda.current_device()) if device == "cuda" else device
     )
     if sharded:
@@ -318,7 +328,7 @@ def _set_up(
     steps = Steps.of(config, n_examples, resolved)
     return RunContext(
         config, prepared, resolved, model, steps, workers, say, device, rank, world, run_dir=run_dir,
-        sharded=sharded,
+        sharded=sharded, shards=shards,
     )  # fmt: skip
 
 

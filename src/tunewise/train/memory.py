@@ -9,6 +9,10 @@ Bytes per parameter, by method (`B` is the base's parameter count, `T` the train
     qlora   linear weights in NF4: 0.5 B plus 1/64 for the double-quantized block scales; the embeddings (and an
             untied output head) stay bf16; adapters, gradients and AdamW as lora
 
+Sharded over N processes (`strategy: fsdp`, train/sharded.py), a process keeps 1/N of the weights, gradients and
+AdamW moments, plus the weights FSDP gathers in full while it computes: two decoder layers (the one computing
+and the next, prefetched) or the embeddings and head, whichever is larger.
+
 Activations kept per token and layer, in elements of the compute dtype (2 bytes bf16, 4 fp32), for a decoder
 layer with hidden size h, key/value width kv and MLP width i (Korthikanti et al. 2022, without dropout, with an
 attention that keeps no L x L scores: per-example, SDPA's flash kernel or flash-attention):
@@ -145,6 +149,7 @@ class MemoryEstimate:
     activations_gb: float  # all micro-batches in flight
     runtime_gb: float
     available_gb: float | None
+    shards: int = 1  # processes the weights, gradients and moments are split over (strategy fsdp)
 
     @property
     def total_gb(self) -> float:
@@ -168,21 +173,29 @@ class MemoryEstimate:
             f"+ {act} + runtime {self.runtime_gb:.2f}"
         )
         room = f" of {self.available_gb:.2f} GB available" if self.available_gb is not None else ""
-        return f"memory estimate ({self.device}, {self.method}): {self.total_gb:.2f} GB{room} = {parts}"
+        where = f", per process, sharded over {self.shards}" if self.shards > 1 else ""
+        return (
+            f"memory estimate ({self.device}, {self.method}{where}): {self.total_gb:.2f} GB{room} = {parts}"
+        )
 
 
 def estimate(
     shape: ModelShape, method: str, device: str, dtype: str, micro_batch_tokens: int, *,
     lora_rank: int | None = None, micro_batches_at_once: int = 1, checkpointing: bool = False,
     chunked_loss: bool = False, available_gb: float | None = None, bf16_base: bool | None = None,
+    shards: int = 1,
 ) -> MemoryEstimate:  # fmt: skip
-    """The memory a run needs (module docstring: the formulas). `bf16_base`: whether a LoRA base is stored in
-    bf16 (default: when the run computes in bf16; a CPU run without the kernels autocasts an fp32 base).
+    """The memory a run needs (module docstring: the formulas), per process when sharded over `shards`.
+    `bf16_base`: whether a LoRA base is stored in bf16 (default: when the run computes in bf16; a CPU run
+    without the kernels autocasts an fp32 base).
 
-    >>> e = estimate(ModelShape(1_000_000_000, 2048, 16, 8192, 128_000, 512, 262_144_000), "full", "cuda",
-    ...              "bfloat16", 4096)
+    >>> shape = ModelShape(1_000_000_000, 2048, 16, 8192, 128_000, 512, 262_144_000)
+    >>> e = estimate(shape, "full", "cuda", "bfloat16", 4096)
     >>> round(e.weights_gb, 1), round(e.gradients_gb, 1), round(e.optimizer_gb, 1)
     (4.0, 4.0, 8.0)
+    >>> e = estimate(shape, "full", "cuda", "bfloat16", 4096, shards=8)  # + the embeddings gathered: 1.05 GB
+    >>> round(e.weights_gb, 2), round(e.gradients_gb, 2), round(e.optimizer_gb, 2)
+    (1.55, 0.5, 1.0)
     """
     dtype_bytes = 2 if dtype == "bfloat16" else 4
     if method == "full":
@@ -202,11 +215,18 @@ def estimate(
     if not chunked_loss:
         per_token += 8.0 * shape.vocab  # fp32 logits of a trained position and their gradient
     activations = per_token * micro_batch_tokens * micro_batches_at_once
+    gradients, optimizer = 4.0 * trainable, 8.0 * trainable
+    if shards > 1:
+        per_param = weights / shape.params  # bytes a weight takes, adapters included
+        layer = (shape.params - shape.embedding_params) / shape.layers
+        gathered = per_param * max(2 * layer, shape.embedding_params)
+        weights, gradients, optimizer = weights / shards + gathered, gradients / shards, optimizer / shards
     return MemoryEstimate(
         device=device, method=method, dtype=dtype, micro_batch_tokens=micro_batch_tokens,
         micro_batches_at_once=micro_batches_at_once, gradient_checkpointing=checkpointing,
-        weights_gb=weights / GB, gradients_gb=4.0 * trainable / GB, optimizer_gb=8.0 * trainable / GB,
+        weights_gb=weights / GB, gradients_gb=gradients / GB, optimizer_gb=optimizer / GB,
         activations_gb=activations / GB, runtime_gb=RUNTIME_GB.get(device, 0.4), available_gb=available_gb,
+        shards=shards,
     )  # fmt: skip
 
 

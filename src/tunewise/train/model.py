@@ -30,8 +30,11 @@ from tunewise.train.swiglu import use_fused_swiglu
 from tunewise.train.workers import MicroBatchWorkers
 
 
-def build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any, device: str = "cpu") -> Any:
-    """The base model, wrapped with LoRA adapters for methods lora and qlora; every parameter trainable for full.
+def build_model(
+    config: TrainConfig, resolved: Resolved | None, tokenizer: Any, device: str = "cpu", shards: int = 1
+) -> Any:
+    """The base model, wrapped with LoRA adapters for methods lora and qlora; every parameter trainable for full;
+    `shards`: the processes a sharded run splits it over (for the memory estimate).
 
     With tunewise's kernels (`config.kernels`, train/kernels.py) its modules get the fused forwards; without,
     it is the model transformers and PEFT build, on transformers' attention. On a CUDA GPU computing in bf16,
@@ -60,7 +63,9 @@ def build_model(config: TrainConfig, resolved: Resolved | None, tokenizer: Any, 
         off = choose_kernels("off", device, None)
         choice = replace(off, reason="gradient_checkpointing: on runs plain transformers + PEFT")
     choice = replace(choice, attention=set_attention(model, choice.attention))
-    checkpointing = checkpointing_for(config, resolved, model.config.to_dict(), device, choice.enabled)
+    checkpointing = checkpointing_for(
+        config, resolved, model.config.to_dict(), device, choice.enabled, shards
+    )
     model.tunewise_checkpointing = checkpointing
     if config.method == "qlora":
         from peft import prepare_model_for_kbit_training
@@ -119,8 +124,9 @@ def cuda_bf16(precision: str) -> bool:
 
 
 def checkpointing_for(
-    config: TrainConfig, resolved: Resolved | None, model_config: dict[str, Any], device: str, kernels: bool
-) -> tuple[bool, str]:
+    config: TrainConfig, resolved: Resolved | None, model_config: dict[str, Any], device: str, kernels: bool,
+    shards: int = 1,
+) -> tuple[bool, str]:  # fmt: skip
     """(gradient checkpointing on, why): as asked, or with `auto` on when the memory estimate
     (train/memory.py) of one micro-batch does not fit the free memory without it and does with it. The CPU
     kernels keep their own, smaller activations and run without it."""
@@ -138,7 +144,8 @@ def checkpointing_for(
     if free is None:
         return False, f"auto: the free memory of {device} cannot be read"
     without, with_ = (
-        run_memory(config, resolved, model_config, device, dtype, c, free) for c in (False, True)
+        run_memory(config, resolved, model_config, device, dtype, c, free, shards=shards)
+        for c in (False, True)
     )
     if without.fits or not with_.fits:
         return False, f"auto: {'fits' if without.fits else 'does not fit either way'} without it"
@@ -151,9 +158,10 @@ def checkpointing_for(
 def run_memory(
     config: TrainConfig, resolved: Resolved | None, model_config: dict[str, Any], device: str, dtype: str,
     checkpointing: bool, available: float | None, micro_tokens: int | None = None, at_once: int = 1,
-    kernels: bool = False,
+    kernels: bool = False, shards: int = 1,
 ) -> Any:  # fmt: skip
-    """The memory estimate (train/memory.py) of this run's model, method and micro-batches."""
+    """The memory estimate (train/memory.py) of this run's model, method and micro-batches, per process when
+    sharded over `shards`."""
     from tunewise.train.config import micro_batch_tokens
     from tunewise.train.memory import ModelShape, estimate
 
@@ -163,6 +171,7 @@ def run_memory(
         lora_rank=resolved.lora_rank if resolved is not None else None, micro_batches_at_once=at_once,
         checkpointing=checkpointing, chunked_loss=kernels, available_gb=available,
         bf16_base=dtype == "bfloat16" and (device == "cuda" or kernels),  # else autocast over an fp32 base
+        shards=shards,
     )  # fmt: skip
 
 

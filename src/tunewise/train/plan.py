@@ -235,5 +235,5 @@ def plan_memory(plan: Plan, ctx: RunContext) -> MemoryEstimate:
     return run_memory(
         ctx.config, ctx.resolved, base.config.to_dict(), ctx.device, plan.precision["dtype"], checkpointing,
         available_gb(ctx.device), micro_tokens=plan.micro_batch_tokens, at_once=plan.micro_batch_workers,
-        kernels=enabled,
+        kernels=enabled, shards=ctx.shards,
     )  # fmt: skip
