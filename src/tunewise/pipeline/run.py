@@ -347,8 +347,10 @@ class Pipeline:
         """The fine-tuned arm and any variant of it the spec names (`fine-tuned+scored`)."""
         return [a for a in self.spec.evaluation.arms if is_tuned_arm(a)]
 
+    @functools.cached_property
     def _knowledge(self) -> Any:
-        """The knowledge settings and every document's content: a changed document redoes the rag arms."""
+        """The knowledge settings and every document's content: a changed document redoes the rag arms. Read
+        once per run: the baseline's and the evaluation's stage keys share it."""
         from tunewise.rag.ingest import resolve
 
         k = self.spec.knowledge
@@ -362,7 +364,7 @@ class Pipeline:
         return {
             "split": self._made("split"),
             "arms": self._arms(),
-            **({"knowledge": self._knowledge()} if any(is_rag_arm(a) for a in self._arms()) else {}),
+            **({"knowledge": self._knowledge} if any(is_rag_arm(a) for a in self._arms()) else {}),
             "system_prompt": s.system_prompt,
             "contract": s.contract.model_dump(by_alias=True),
             "evaluation": self._evaluation_settings(),
@@ -383,7 +385,7 @@ class Pipeline:
             "seed": s.data.seed,
             "wanted": bool(self._tuned_arms()),
             # rag+fine-tuned trains a second run with passages in its prompts (see _run_train)
-            **({"knowledge": self._knowledge()} if any(is_rag_arm(a) for a in self._tuned_arms()) else {}),
+            **({"knowledge": self._knowledge} if any(is_rag_arm(a) for a in self._tuned_arms()) else {}),
         }
 
     def _inputs_evaluate(self) -> Any:
