@@ -325,8 +325,8 @@ def test_a_request_whose_prefill_fails_fails_alone(api, continuous, monkeypatch)
 
 
 def test_a_request_that_breaks_a_decode_step_fails_alone(api, continuous, monkeypatch):
-    """A failure in a decode step cannot be pinned on a row: the batch's requests are decoded again as static
-    batches, in halves, until the one that fails is alone. A streamed request's replayed tokens are not sent
+    """A failure in a decode step cannot be pinned on a row: the batch's requests are decoded again in static
+    batches, its halves apart, and so on until the one that fails is alone. A streamed request's replayed tokens are not sent
     twice: its stream equals its answer alone."""
     from tunewise.evaluate import engine as engine_module
 
@@ -353,8 +353,8 @@ def test_a_request_that_breaks_a_decode_step_fails_alone(api, continuous, monkey
         t.__exit__(None, None, None)
     assert [outs[0].get("result"), outs[2].get("result")] == alone
     assert isinstance(outs[1]["error"], openai.InternalServerError)
-    # The continuous batch, then static ones: all three, [film], [hello, story], [hello], [story].
-    assert batcher.batches - before == 6
+    # The continuous batch, then static ones, its halves apart: [film], [hello, story], [hello], [story].
+    assert batcher.batches - before == 5
 
 
 # --- the fair rule between models (the batcher alone, over a scripted batch) ---------------------------------------

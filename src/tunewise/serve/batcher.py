@@ -25,7 +25,7 @@ for the longest one of its batch, and a newcomer does not wait for the batch to 
 The worker never dies on a failed batch, and one request cannot fail the others. Static: a failed batch is
 decoded again in halves until the request that fails is alone (it gets the error). Continuous: a request whose
 prefill fails is retried alone and, failing again, gets the error without entering the batch; if a decode step
-fails, the batch is dropped and its requests are decoded again as a static batch, in halves as above (a
+fails, the batch is dropped and its requests are decoded again in static batches, its halves apart as above (a
 streamed request's replayed tokens are checked against the ones already sent, never sent twice). A request
 whose client went away or timed out is marked `cancelled`; its row is dropped at the next token (the
 `on_token` callback answers True) and the rest of the batch goes on.
@@ -347,12 +347,17 @@ class Batcher:
                     time.monotonic() - started,
                     self.waiting,
                 )
-        if again:  # after the batch's context is left: a static batch enters the model's own
+        # After the batch's context is left: a static batch enters the model's own.
+        if batch is None:
             self._run_group(model, again)
+        elif again:  # they just failed together: straight to their halves (see _run_group)
+            half = len(again) // 2
+            for group in (again[:half], again[half:]) if half else (again,):
+                self._run_group(model, group)
 
     def _decode_rows(self, model: str, batch: Any, pending: list[Job], rows: dict[int, Job]) -> list[Job]:
         """Step `batch` until no row is left, admitting newcomers as rows free up. Returns the requests to
-        decode again in a static batch when a decode step failed (none otherwise)."""
+        decode again in static batches when a decode step failed (none otherwise)."""
         while True:
             if pending:
                 self._admit(batch, pending, rows)
