@@ -2,6 +2,12 @@
 
     .venv/bin/python bench/serve_load.py [--clients 1,4,16] [--requests 32] [--max-tokens 48] [--threads T]
                                          [--url http://HOST:PORT/v1 --key KEY] [--json out.json]
+    .venv/bin/python bench/serve_load.py --compare-batching [--requests 32] [--rate 1.0] [--seed 0] [--threads T]
+
+With --compare-batching: the same staggered requests (Poisson arrivals at --rate per second, mixed prompt and
+answer lengths, streamed, greedy) against `tunewise serve --batching continuous`, then `--batching static`, each
+started fresh; prints completion tokens/s, p50/p95 latency and time to first token per mode, and how many
+answers are the same in both.
 
 Without --url it starts `tunewise serve --no-auth` on a free loopback port with the embedded model
 (SmolLM2-135M-Instruct, fp32, CPU) in a subprocess, so the clients (asyncio, the official `openai` client) and
@@ -21,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -44,6 +51,13 @@ FALLBACK = [
     "Why is there a fee on my cash withdrawal?",
 ]
 TARGET_RATIO = 3.0
+POLICY = (
+    "Our bank's policy: card payments are usually settled within two working days; refunds go back to the card "
+    "they were paid with and can take up to ten working days; transfers between our own accounts are instant; "
+    "international transfers may take three to five days and carry a fixed fee plus the exchange margin shown "
+    "before you confirm; disputed payments are investigated within fifteen days; cards are blocked at once when "
+    "reported lost and a replacement arrives within a week."
+)
 
 
 def questions(n: int) -> list[str]:
@@ -61,12 +75,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def start_server(args: argparse.Namespace, batching: str | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [
         sys.executable, "-m", "tunewise", "-v", "serve", "--no-auth", "--no-jobs", "--port", str(port),
         "--base", MODEL, "--max-batch-size", str(max(args.clients)), "--queue-size", "256", "--timeout", "900",
     ]  # fmt: skip
+    if batching is not None:
+        command += ["--batching", batching]
     if args.threads:
         command += ["--threads", str(args.threads)]
     log = open(args.server_log, "w")  # noqa: SIM115 - closed with the process
@@ -137,6 +153,129 @@ async def level(client, prompts: list[str], clients: int, max_tokens: int) -> di
     }
 
 
+def staggered(n: int, rate: float, seed: int) -> list[dict]:
+    """n requests: Poisson arrival times at `rate` per second, mixed answer lengths (max_tokens cycling over
+    16, 96, 32, 64), every third prompt long (the question after a paragraph of bank policy)."""
+    rng = random.Random(seed)
+    at = 0.0
+    plan = []
+    for i, question in enumerate(questions(n)):
+        at += rng.expovariate(rate)
+        content = (POLICY + "\n\n" + question) if i % 3 == 2 else question
+        plan.append({"at": at, "content": content, "max_tokens": (16, 96, 32, 64)[i % 4]})
+    return plan
+
+
+async def arrivals(client, plan: list[dict]) -> dict:
+    """Send each request of `plan` at its arrival time, streamed; latency, time to first token, tokens."""
+    results: list[dict] = []
+    errors: list[str] = []
+
+    async def one(i: int, request: dict, started: float) -> None:
+        await asyncio.sleep(max(0.0, started + request["at"] - time.perf_counter()))
+        sent = time.perf_counter()
+        first = None
+        text = []
+        usage = None
+        try:
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[
+                    {"role": "system", "content": SYSTEM},
+                    {"role": "user", "content": request["content"]},
+                ],
+                temperature=0,
+                max_tokens=request["max_tokens"],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first = first or time.perf_counter()
+                    text.append(chunk.choices[0].delta.content)
+        except Exception as exc:  # counted, not fatal: the table shows every failure
+            errors.append(f"{type(exc).__name__}: {exc}")
+            return
+        end = time.perf_counter()
+        results.append(
+            {
+                "i": i,
+                "latency_s": end - sent,
+                "ttft_s": (first or end) - sent,
+                "tokens": usage.completion_tokens if usage else 0,
+                "text": "".join(text),
+            }
+        )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i, r, started) for i, r in enumerate(plan)))
+    wall = time.perf_counter() - started
+    tokens = sum(r["tokens"] for r in results)
+
+    def pct(key: str, q: float) -> float:
+        ordered = sorted(r[key] for r in results)
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+    return {
+        "ok": len(results),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "wall_s": wall,
+        "completion_tokens": tokens,
+        "tokens_per_s": tokens / wall,
+        "p50_s": pct("latency_s", 0.5),
+        "p95_s": pct("latency_s", 0.95),
+        "ttft_p50_s": pct("ttft_s", 0.5),
+        "ttft_p95_s": pct("ttft_s", 0.95),
+        "answers": {r["i"]: r["text"] for r in results},
+    }
+
+
+async def compare_batching(args: argparse.Namespace) -> int:
+    from openai import AsyncOpenAI
+
+    plan = staggered(args.requests, args.rate, args.seed)
+    load = os.getloadavg()
+    modes = {}
+    for batching in ("continuous", "static"):
+        process, url = start_server(args, batching)
+        print(f"--batching {batching}: tunewise serve at {url} (log: {args.server_log})", file=sys.stderr)
+        client = AsyncOpenAI(base_url=url, api_key="not-needed", max_retries=0, timeout=900)
+        try:
+            await wait_ready(client, process)
+            await level(client, questions(2), 1, 8)  # warm-up: first-call allocations
+            modes[batching] = await arrivals(client, plan)
+        finally:
+            await client.close()
+            process.terminate()
+            process.wait(30)
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"{len(plan)} requests, Poisson arrivals at {args.rate:g}/s over {plan[-1]['at']:.1f} s, "
+        f"max_tokens 16/96/32/64, every third prompt long"
+    )
+    print(
+        f"{'batching':>10} {'tok/s':>7} {'wall s':>7} {'p50 s':>7} {'p95 s':>7} {'ttft50':>7} {'ttft95':>7} {'errors':>6}"
+    )
+    for name, r in modes.items():
+        print(
+            f"{name:>10} {r['tokens_per_s']:>7.1f} {r['wall_s']:>7.1f} {r['p50_s']:>7.2f} {r['p95_s']:>7.2f} "
+            f"{r['ttft_p50_s']:>7.2f} {r['ttft_p95_s']:>7.2f} {r['errors']:>6}"
+        )
+        for e in r["error_examples"]:
+            print(f"    error: {e}")
+    a, b = modes["continuous"]["answers"], modes["static"]["answers"]
+    same = sum(a.get(i) == text for i, text in b.items())
+    print(f"same answers in both modes: {same}/{len(plan)}")
+    if args.json:
+        for r in modes.values():
+            r.pop("answers")
+        args.json.write_text(json.dumps({"load_average": load, "rate": args.rate, "modes": modes}, indent=2))
+    return 0 if all(r["errors"] == 0 for r in modes.values()) else 1
+
+
 async def run(args: argparse.Namespace) -> int:
     from openai import AsyncOpenAI
 
@@ -201,6 +340,17 @@ def main() -> int:
     parser.add_argument(
         "--threads", type=int, help="the started server's torch threads (default: one per core)"
     )
+    parser.add_argument(
+        "--compare-batching",
+        action="store_true",
+        help="staggered requests against --batching continuous, then static (instead of the client levels)",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=1.0, help="with --compare-batching: arrivals per second"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="with --compare-batching: the arrival times' seed"
+    )
     parser.add_argument("--server-log", default="bench/out/serve_load_server.log")
     parser.add_argument("--workdir", default=None, help="the started server's working directory")
     args = parser.parse_args()
@@ -213,6 +363,9 @@ def main() -> int:
         args.workdir = tempfile.mkdtemp(prefix="serve-load-")  # the server's project state goes here
     Path(args.server_log).parent.mkdir(parents=True, exist_ok=True)
     args.server_log = str(Path(args.server_log).resolve())
+    if args.compare_batching:
+        args.clients = [16]  # the servers' --max-batch-size
+        return asyncio.run(compare_batching(args))
     return asyncio.run(run(args))
 
 

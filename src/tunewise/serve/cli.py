@@ -75,6 +75,13 @@ def serve(
         "adapter_model.safetensors) on the base it names, as model NAME; repeatable.",
     ),
     max_batch_size: int = typer.Option(16, "--max-batch-size", help="Requests decoded together."),
+    batching: str = typer.Option(
+        "continuous",
+        "--batching",
+        metavar="continuous|static",
+        help="continuous: a request joins its model's running batch at the next decode step and leaves it when "
+        "it ends; static: a batch runs until its last request ends, newcomers wait for the next one.",
+    ),
     queue_size: int = typer.Option(64, "--queue-size", help="Waiting requests before 429."),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds per request, queue wait included."),
     max_tokens_cap: int = typer.Option(1024, "--max-tokens-cap", help="The largest max_tokens allowed."),
@@ -156,6 +163,10 @@ def serve(
     from tunewise.serve.auth import list_keys
     from tunewise.serve.inference import ServeSettings
 
+    if batching not in ("continuous", "static"):
+        raise TunewiseError(
+            f"unknown batching '{batching}'", hint="use --batching continuous or --batching static"
+        )
     if engine not in ("local", "vllm"):
         raise TunewiseError(f"unknown engine '{engine}'", hint="use --engine local or --engine vllm")
     if engine == "vllm":
@@ -171,6 +182,7 @@ def serve(
         base=base,
         adapters=_adapters(adapter),
         max_batch_size=max_batch_size,
+        batching=batching,
         queue_size=queue_size,
         timeout_s=timeout,
         max_tokens_cap=max_tokens_cap,

@@ -20,8 +20,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +44,10 @@ class ServeSettings:
     # model name -> training run (id or folder) or PEFT adapter folder
     adapters: dict[str, str] = field(default_factory=dict)
     max_batch_size: int = 16  # requests decoded together
-    batch_wait_ms: float = 5.0  # how long the worker waits for companions to a lone request
+    # continuous: a request joins the running batch of its model at the next decode step and leaves it as soon
+    # as it ends; static: a batch runs until its last request ends (serve/batcher.py).
+    batching: Literal["continuous", "static"] = "continuous"
+    batch_wait_ms: float = 5.0  # static batching: how long the worker waits for companions to a lone request
     queue_size: int = 64  # waiting requests beyond which the server answers 429
     timeout_s: float = 120.0  # per request, queue wait included
     max_tokens_cap: int = 1024  # the largest max_tokens a request may ask for
@@ -92,6 +95,8 @@ class ServeSettings:
             problems.append(f"min_body_rate must be >= 0 (got {self.min_body_rate})")
         if self.threads is not None and self.threads < 1:
             problems.append(f"threads must be at least 1 (got {self.threads})")
+        if self.batching not in ("continuous", "static"):
+            problems.append(f"batching must be 'continuous' or 'static' (got {self.batching!r})")
         if self.batch_wait_ms < 0:
             problems.append(f"batch_wait_ms must be >= 0 (got {self.batch_wait_ms})")
         if self.default_max_tokens > self.max_tokens_cap:
@@ -504,7 +509,11 @@ class InferenceService:
         self.settings = settings
         self.pool = ModelPool(project, settings)
         self.batcher = Batcher(
-            self._execute, settings.max_batch_size, settings.queue_size, settings.batch_wait_ms / 1000.0
+            self._execute,
+            settings.max_batch_size,
+            settings.queue_size,
+            settings.batch_wait_ms / 1000.0,
+            open_batch=self._open_batch if settings.batching == "continuous" else None,
         )
 
     def start(self) -> None:
@@ -562,6 +571,9 @@ class InferenceService:
             loop=asyncio.get_running_loop(),
             stream=req.stream,
             constraint=constraint,
+            # The loop guard the evaluation decoded with, on free rows whose tokens are not streamed (a streamed
+            # token cannot be taken back; a grammar already keeps JSON well-formed).
+            json_guard=self.settings.json_guard and not req.stream and constraint is None,
         )
 
     def submit(self, job: Job) -> None:
@@ -589,8 +601,22 @@ class InferenceService:
                 constraint=constraints if any(c is not None for c in constraints) else None,
                 params=[j.params for j in jobs],
                 on_token=on_token,
-                json_guard=[self.settings.json_guard and not j.stream and j.constraint is None for j in jobs],
+                json_guard=[j.json_guard for j in jobs],
             )
+
+    @contextmanager
+    def _open_batch(self, model: str, on_token: Callable[[int, int], bool]) -> Iterator[Any]:
+        """A continuous batch of `model` (worker thread), its adapter active while the batch lives; None for a
+        model whose cache layers continuous batching cannot rebuild (sliding-window or linear attention), which
+        the batcher decodes in static batches."""
+        from tunewise.evaluate.continuous import OpenBatch
+
+        engine, active = self.pool.engine_for(self.pool.resolve(model))
+        if not engine._plain_layers():
+            yield None
+            return
+        with active:
+            yield OpenBatch(engine, self.settings.max_batch_size, on_token)
 
     # --- responses -------------------------------------------------------------------------------------------
 
