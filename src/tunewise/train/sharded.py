@@ -111,10 +111,12 @@ def copy_into(target: Any, value: Any) -> None:
 
 
 def optimizer_state(model: Any, optimizer: Any) -> dict[str, Any]:
-    """The optimizer's full state, keyed by parameter name (every process must call; all get it)."""
+    """The optimizer's full state, keyed by parameter name, in CPU memory on rank 0 (the writer; the others get
+    an empty dict). Every process must call."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True))
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_optimizer_state_dict(model, optimizer, options=options)
 
 
 def load_optimizer_state(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
