@@ -347,8 +347,12 @@ def test_a_request_that_breaks_a_decode_step_fails_alone(api, continuous, monkey
             background(ask, api, HELLO, 10, temperature=0, seed=666),
             background(streamed, api, STORY, 9, temperature=0),
         ]
-        outs = [t.__enter__() for t in threads]
-        wait_until(lambda: batcher.waiting == 3)
+        outs = []
+        for n, t in enumerate(
+            threads, 1
+        ):  # one at a time: the batch's rows, and so its halves, in this order
+            outs.append(t.__enter__())
+            wait_until(lambda n=n: batcher.waiting == n)
     for t in threads:
         t.__exit__(None, None, None)
     assert [outs[0].get("result"), outs[2].get("result")] == alone
