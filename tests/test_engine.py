@@ -336,6 +336,52 @@ def test_embedded_model_levers_keep_greedy_outputs(shared_datasets):
     assert all(g.text.strip() for g in answers)  # the trained model answers in words
 
 
+FEW_SHOT = "Examples. Where is my card? card_arrival. Declined transfer again! declined_transfer. " * 3
+
+
+def test_arms_answered_together_give_each_arms_outputs(tiny):
+    """generate_arms(): a free arm, its constrained variant (same prompts) and a guarded arm with other prompts
+    that share the system prompt are answered by one generate() call, each distinct prompt prefilled once, with
+    the greedy answers and samples that generate_with_samples() gives each arm alone. An arm whose few-shot block
+    would be lost to the shared prefix gets a call of its own."""
+    from tunewise.evaluate.constrain import Constraint
+    from tunewise.evaluate.engine import ArmRequest
+
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    regex = Constraint("regex", pattern="[a-z_]{1,12}")
+    shot = [[{"role": "system", "content": SYSTEM + " " + FEW_SHOT}, c[1]] for c in CHATS[:3]]
+    arms = [
+        ArmRequest(CHATS[:4]),
+        ArmRequest(CHATS[:4], constraint=regex),
+        ArmRequest(CHATS[3:], json_guard=True),
+        ArmRequest(shot),
+    ]
+    alone = [engine.generate_with_samples(a.prompts, 2, 1.0, 3, 6, a.constraint, a.json_guard) for a in arms]
+    seen, handle = _prefill_rows(model)
+    try:
+        together = engine.generate_arms(arms, 2, temperature=1.0, seed=3, max_new_tokens=6)
+    finally:
+        handle.remove()
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    for (answers, samples), (want, want_samples) in zip(together, alone, strict=True):
+        assert [g.token_ids for g in answers] == [g.token_ids for g in want]
+        assert ids(samples) == ids(want_samples)
+    assert all(len(s) == 2 for _, samples in together for s in samples)
+    assert all(len(g.text) <= 12 and g.text.replace("_", "").isalpha() for g in together[1][0])
+    # First call: the system prompt, then the 6 distinct prompts of arms 0-2 (CHATS[:4] asked by two arms, and
+    # CHATS[3] by all three), admitted together as 18 rows x 3 copies fit one batch. Second: the few-shot arm.
+    assert seen["prefill"] == [1, 6, 1, 3]
+    assert engine._arm_groups([[engine.encode(c) for c in a.prompts] for a in arms]) == [[0, 1, 2], [3]]
+    engine.merge_arms = False
+    apart = engine.generate_arms(arms, 2, temperature=1.0, seed=3, max_new_tokens=6)
+    assert [ids([a]) for a, _ in apart] == [ids([a]) for a, _ in together]
+    engine.merge_arms = True
+    greedy = engine.generate_arms(arms[:2], 1, max_new_tokens=6)  # n < 2: greedy answers only
+    assert [g.token_ids for g in greedy[0][0]] == [g.token_ids for g in alone[0][0]]
+    assert greedy[1][1] == [[], [], [], []]
+
+
 @pytest.mark.parametrize("continuous", [True, False])
 def test_progress_hook_counts_finished_rows_and_their_tokens(tiny, continuous):
     """`progress(rows finished, their completion tokens)`: it ends at every row and every token generated."""

@@ -97,6 +97,16 @@ class Generation:
 
 
 @dataclass(frozen=True)
+class ArmRequest:
+    """One arm's prompts for `LocalEngine.generate_arms`: decoded under `constraint` (None: free), its free rows
+    under the JSON loop guard when `json_guard`."""
+
+    prompts: Sequence[Prompt]
+    constraint: Constraint | None = None
+    json_guard: bool = False
+
+
+@dataclass(frozen=True)
 class LabelScores:
     """One prompt's labels ranked by likelihood (`LocalEngine.score_labels`)."""
 
@@ -164,6 +174,13 @@ class LocalEngine:
     # answer generate_with_samples() (the greedy answer and the consistency samples) from one prefill per prompt,
     # rather than a generate() call and a sample() call.
     one_prefill = True
+    # answer the arms of generate_arms() whose prompts share their prefix from one generate() call, rather than a
+    # call per arm: a prompt two arms ask (a free arm and its constrained variant) is prefilled once, and one
+    # batch serves them all, so its slots stay full until the last arm's last rows instead of draining per arm.
+    merge_arms = True
+    # Arms share a call only when that leaves each within this many tokens of the prefix its prompts share (the
+    # rest of a longer prefix, a few-shot block, would be prefilled again for every prompt).
+    _max_prefix_loss = 32
 
     def __init__(
         self,
@@ -438,6 +455,85 @@ class LocalEngine:
         rows = [flat[i * (n + 1) : (i + 1) * (n + 1)] for i in range(len(prompts))]
         return [row[0] for row in rows], [row[1:] for row in rows]
 
+    def generate_arms(
+        self,
+        arms: Sequence[ArmRequest],
+        n: int,
+        temperature: float = 0.7,
+        seed: int = 0,
+        max_new_tokens: int = 64,
+    ) -> list[tuple[list[Generation], list[list[Generation]]]]:
+        """Each arm's `generate_with_samples(arm.prompts, n, ...)`: its greedy answers and, for n >= 2, its n
+        consistency samples per prompt, with the same seeds, so the same outputs.
+
+        With `merge_arms` (and `one_prefill`), arms whose prompts share their prefix (within `_max_prefix_loss`
+        tokens of each arm's own) are answered by one generate() call: one continuously refilled batch for all
+        their rows, each distinct prompt prefilled once however many arms ask it. Otherwise a call per arm.
+        """
+        if n >= 2 and temperature <= 0:
+            raise TunewiseError(
+                "sampling needs temperature > 0 (temperature 0 is greedy: n identical outputs)"
+            )
+        if not (self.merge_arms and self.one_prefill) or len(arms) < 2:
+            return [
+                self.generate_with_samples(
+                    a.prompts, n, temperature, seed, max_new_tokens, a.constraint, a.json_guard
+                )
+                for a in arms
+            ]
+        copies = n + 1 if n >= 2 else 1  # rows per prompt: the greedy one, then the samples
+        encoded = [[self.encode(p) for p in a.prompts] for a in arms]
+        results: list[tuple[list[Generation], list[list[Generation]]]] = [([], []) for _ in arms]
+        for group in self._arm_groups([[x for x in ids for _ in range(copies)] for ids in encoded]):
+            prompts: list[list[int]] = []
+            params: list[SamplingParams] = []
+            constraints: list[Constraint | None] = []
+            guards: list[bool] = []
+            for a in group:
+                for i, ids in enumerate(encoded[a]):
+                    for j in range(copies):
+                        prompts.append(ids)
+                        params.append(
+                            SamplingParams(max_new_tokens=max_new_tokens)
+                            if j == 0
+                            else SamplingParams(
+                                max_new_tokens=max_new_tokens,
+                                temperature=temperature,
+                                seed=_sample_seed(seed, i, j),
+                            )
+                        )
+                        constraints.append(arms[a].constraint)
+                        guards.append(arms[a].json_guard)
+            flat = self.generate(
+                prompts,
+                params=params,
+                constraint=constraints if any(constraints) else None,
+                json_guard=guards,
+            )
+            at = 0
+            for a in group:
+                rows = [flat[at + k * copies : at + (k + 1) * copies] for k in range(len(encoded[a]))]
+                at += len(rows) * copies
+                results[a] = ([r[0] for r in rows], [r[1:] for r in rows])
+        return results
+
+    def _arm_groups(self, arms: list[list[list[int]]]) -> list[list[int]]:
+        """Arm indices grouped into generate() calls (`arms[a]`: the token ids of arm a's rows): an arm joins the
+        first group where the prefix shared by all the rows, its own included, is within `_max_prefix_loss`
+        tokens of every member's own shared prefix."""
+        own = [_common_prefix(ids) if len(ids) > 1 else 0 for ids in arms]
+        own = [k if k >= self.min_shared_prefix else 0 for k in own]  # below it nothing is shared anyway
+        groups: list[list[int]] = []
+        for a, ids in enumerate(arms):
+            for members in groups if ids else []:
+                union = _common_prefix([x for m in members for x in arms[m]] + ids)
+                if all(own[m] - union <= self._max_prefix_loss for m in [*members, a]):
+                    members.append(a)
+                    break
+            else:
+                groups.append([a])
+        return groups
+
     # --- label scoring ------------------------------------------------------------------------------------
 
     def score_labels(
@@ -681,12 +777,8 @@ class LocalEngine:
         """Longest token prefix common to all prompts, run once; (length, cache, seconds), or (0, None, 0)."""
         import torch
 
-        # Leave every prompt at least one token of its own: the prefill must produce each row's next logits.
-        limit = min(len(x) for x in ids) - 1
+        n = _common_prefix(ids)
         first = ids[0]
-        n = 0
-        while n < limit and all(x[n] == first[n] for x in ids):
-            n += 1
         if len(ids) < 2 or n < self.min_shared_prefix:
             return 0, None, 0.0
         start = time.perf_counter()
@@ -924,6 +1016,21 @@ class LocalEngine:
         elapsed = time.perf_counter() - since
         for i in rows:
             spent[i] += elapsed / len(rows)
+
+
+def _common_prefix(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens at the start of every prompt of `ids`, leaving each at least one of its own (a prefill must give
+    every row its next logits).
+
+    >>> _common_prefix([[1, 2, 3, 4], [1, 2, 5]]), _common_prefix([[1, 2, 3], [1, 2, 3]])
+    (2, 2)
+    """
+    limit = min(len(x) for x in ids) - 1
+    first = ids[0]
+    n = 0
+    while n < limit and all(x[n] == first[n] for x in ids):
+        n += 1
+    return n
 
 
 def _sample_seed(seed: int, prompt: int, sample: int) -> int:
