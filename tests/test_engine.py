@@ -382,6 +382,46 @@ def test_arms_answered_together_give_each_arms_outputs(tiny):
     assert greedy[1][1] == [[], [], [], []]
 
 
+def test_arms_batch_rows_fill_a_cache_budget(tiny):
+    """generate_arms() batches up to `arm_rows` rows, as many as the keys and values of the longest prompt plus
+    twice max_new_tokens fit in `arm_cache_bytes`, never fewer than the engine's own limits; its answers are
+    those of smaller batches."""
+    from tunewise.evaluate.engine import ArmRequest
+
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer, max_batch_size=4)
+    # The tiny Llama: 2 layers x (keys, values) x 2 kv heads x 16 dims x 4 bytes = 512 bytes per cache column.
+    prompts = [[7] * 100, [8] * 60]
+    per_row = 512 * (100 + 2 * 10)
+    engine.arm_cache_bytes = per_row * 40
+    assert engine._arm_batch_rows(prompts, 10) == 40
+    engine.arm_rows = 24
+    assert engine._arm_batch_rows(prompts, 10) == 24
+    engine.arm_cache_bytes = per_row * 2
+    assert engine._arm_batch_rows(prompts, 10) == 4  # the engine's own max_batch_size
+    engine.max_batch_tokens = 300
+    assert engine._arm_batch_rows(prompts, 10) == 3  # its own token limit: 300 // 100
+
+    engine = LocalEngine(model, tokenizer, max_batch_size=4)
+    arms = [ArmRequest(CHATS[:4]), ArmRequest(CHATS[2:6], json_guard=True)]
+    small = engine.generate_arms(arms, 2, temperature=1.0, seed=1, max_new_tokens=5)
+    engine.arm_rows = 64
+    engine.arm_cache_bytes = 1 << 30
+    widest = []
+    record = lambda module, args, kwargs: widest.append(kwargs["input_ids"].shape[0])  # noqa: E731
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        wide = engine.generate_arms(arms, 2, temperature=1.0, seed=1, max_new_tokens=5)
+    finally:
+        handle.remove()
+    assert max(widest) == 24  # all rows (2 arms x 4 prompts x 3) decoded together, not 4 at a time
+    assert (engine.max_batch_size, engine.max_batch_tokens) == (4, 8192)  # the engine's limits restored
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    for (answers, samples), (want, want_samples) in zip(wide, small, strict=True):
+        assert [g.token_ids for g in answers] == [g.token_ids for g in want]
+        assert ids(samples) == ids(want_samples)
+
+
 @pytest.mark.parametrize("continuous", [True, False])
 def test_progress_hook_counts_finished_rows_and_their_tokens(tiny, continuous):
     """`progress(rows finished, their completion tokens)`: it ends at every row and every token generated."""
