@@ -304,9 +304,9 @@ def test_greedy_and_samples_share_one_prefill(tiny):
 
 @pytest.mark.embedded
 def test_embedded_model_levers_keep_greedy_outputs(shared_datasets):
-    """The real SmolLM2-135M (fp32) on restaurant8k prompts: continuous batching with slots refilled, and the
-    greedy row decoded beside the consistency samples from one prefill, give the static engine's greedy
-    answers token for token."""
+    """The real SmolLM2-135M (fp32) on restaurant8k prompts: continuous batching with slots refilled, the
+    greedy row decoded beside the consistency samples from one prefill, and a free and a constrained arm
+    answered together, give the static engine's greedy answers (and each arm's own) token for token."""
     import json
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -334,6 +334,25 @@ def test_embedded_model_levers_keep_greedy_outputs(shared_datasets):
     assert [g.token_ids for g in answers] == [g.token_ids for g in reference]
     assert all(len(s) == 2 for s in samples)
     assert all(g.text.strip() for g in answers)  # the trained model answers in words
+    # The free arm and its JSON-constrained variant answered together: each arm's own answers and samples.
+    from tunewise.evaluate.constrain import Constraint
+    from tunewise.evaluate.engine import ArmRequest
+
+    schema = {"type": "object", "properties": {k: {"type": "string"} for k in ("date", "time", "people")}}
+    constrained = engine.generate_with_samples(
+        chats, 2, seed=0, max_new_tokens=24, constraint=Constraint("json", schema)
+    )
+    together = engine.generate_arms(
+        [ArmRequest(chats, json_guard=True), ArmRequest(chats, Constraint("json", schema))],
+        2,
+        seed=0,
+        max_new_tokens=24,
+    )
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    assert [g.token_ids for g in together[0][0]] == [g.token_ids for g in reference]
+    assert ids(together[0][1]) == ids(samples)
+    assert [g.token_ids for g in together[1][0]] == [g.token_ids for g in constrained[0]]
+    assert ids(together[1][1]) == ids(constrained[1])
 
 
 FEW_SHOT = "Examples. Where is my card? card_arrival. Declined transfer again! declined_transfer. " * 3

@@ -32,7 +32,9 @@ Steps 3 and 6 describe static batches (`continuous = False`). By default (`conti
 refilled instead: a row that finishes hands its slot to the next waiting prompt in the same step, prefilled on
 its own and copied into the batch's cache (evaluate/continuous.py), so the batch stays full while prompts wait.
 `generate_with_samples()` asks each prompt n + 1 times (the greedy row and its consistency samples), which the
-merging of identical prompts prefills once. docs/engine.md lists the levers and their switches.
+merging of identical prompts prefills once; `generate_arms()` does so for several arms in one call, so a prompt
+two arms ask is prefilled once and one batch serves all their rows. docs/engine.md lists the levers and their
+switches.
 
 Why not transformers' own batched `model.generate` either (evaluate/batched.py: left-padded batches, the grammar
 and the loop guard as logits processors, identical greedy outputs): on the demo's prompts with the embedded
