@@ -399,6 +399,7 @@ def test_arms_answered_together_give_each_arms_outputs(tiny):
     greedy = engine.generate_arms(arms[:2], 1, max_new_tokens=6)  # n < 2: greedy answers only
     assert [g.token_ids for g in greedy[0][0]] == [g.token_ids for g in alone[0][0]]
     assert greedy[1][1] == [[], [], [], []]
+    assert engine.generate_arms([ArmRequest([]), ArmRequest([])], 2)[0] == ([], [])  # no prompts, no answers
 
 
 def test_arms_batch_rows_fill_a_cache_budget(tiny):

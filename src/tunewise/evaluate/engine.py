@@ -511,6 +511,8 @@ class LocalEngine:
                         )
                         constraints.append(arms[a].constraint)
                         guards.append(arms[a].json_guard)
+            if not prompts:  # arms without prompts: nothing to answer
+                continue
             rows = self._arm_batch_rows(prompts, max_new_tokens)
             saved = self.max_batch_size, self.max_batch_tokens
             # The batch's rows, whatever the prompts' widths: generate() cuts batches by both limits.
@@ -526,9 +528,9 @@ class LocalEngine:
                 self.max_batch_size, self.max_batch_tokens = saved
             at = 0
             for a in group:
-                rows = [flat[at + k * copies : at + (k + 1) * copies] for k in range(len(encoded[a]))]
-                at += len(rows) * copies
-                results[a] = ([r[0] for r in rows], [r[1:] for r in rows])
+                asked = [flat[at + k * copies : at + (k + 1) * copies] for k in range(len(encoded[a]))]
+                at += len(asked) * copies
+                results[a] = ([r[0] for r in asked], [r[1:] for r in asked])
         return results
 
     def _arm_batch_rows(self, prompts: list[list[int]], max_new_tokens: int) -> int:
