@@ -378,10 +378,19 @@ def test_arms_answered_together_give_each_arms_outputs(tiny):
     ]
     alone = [engine.generate_with_samples(a.prompts, 2, 1.0, 3, 6, a.constraint, a.json_guard) for a in arms]
     seen, handle = _prefill_rows(model)
+    calls = []
+    engine.progress = lambda done, tokens: calls.append((done, tokens))
     try:
         together = engine.generate_arms(arms, 2, temperature=1.0, seed=3, max_new_tokens=6)
     finally:
         handle.remove()
+        engine.progress = None
+    # Progress counts on across the two calls: every row of every arm, never going back.
+    flat = [g for answers, samples in together for g in answers + [x for s in samples for x in s]]
+    assert (
+        calls[-1] == (len(flat), sum(g.completion_tokens for g in flat)) == (42, calls[-1][1])
+    )  # 14 prompts x 3 rows
+    assert calls == sorted(calls)
     ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
     for (answers, samples), (want, want_samples) in zip(together, alone, strict=True):
         assert [g.token_ids for g in answers] == [g.token_ids for g in want]

@@ -491,6 +491,8 @@ class LocalEngine:
         copies = n + 1 if n >= 2 else 1  # rows per prompt: the greedy one, then the samples
         encoded = [[self.encode(p) for p in a.prompts] for a in arms]
         results: list[tuple[list[Generation], list[list[Generation]]]] = [([], []) for _ in arms]
+        # `progress` counts the rows and tokens of one generate() call: those of the earlier groups are added.
+        report, before = self.progress, [0, 0]
         for group in self._arm_groups([[x for x in ids for _ in range(copies)] for ids in encoded]):
             prompts: list[list[int]] = []
             params: list[SamplingParams] = []
@@ -517,6 +519,8 @@ class LocalEngine:
             saved = self.max_batch_size, self.max_batch_tokens
             # The batch's rows, whatever the prompts' widths: generate() cuts batches by both limits.
             self.max_batch_size, self.max_batch_tokens = rows, rows * max(len(x) for x in prompts)
+            if report is not None:
+                self.progress = lambda done, tokens: report(before[0] + done, before[1] + tokens)
             try:
                 flat = self.generate(
                     prompts,
@@ -526,6 +530,9 @@ class LocalEngine:
                 )
             finally:
                 self.max_batch_size, self.max_batch_tokens = saved
+                self.progress = report
+            before[0] += len(flat)
+            before[1] += sum(g.completion_tokens for g in flat)
             at = 0
             for a in group:
                 asked = [flat[at + k * copies : at + (k + 1) * copies] for k in range(len(encoded[a]))]
