@@ -1,7 +1,7 @@
 """The local engine vs transformers' own batched `model.generate`, on the demo's prompt shapes, embedded model.
 
     .venv/bin/python bench/generation.py [--n 16] [--reps 2] [--threads T] [--json out.json]
-                          [--cases zero-shot,few-shot,samples,constrained,short,no-system]
+                          [--cases zero-shot,few-shot,samples,constrained,short,no-system] [--levers | --arms]
 
 Both sides answer the same prompts through the same interface: `LocalEngine.generate` (evaluate/engine.py:
 shared-prefix KV cache, in-place cache, its own decode loop) and `GenerateEngine.generate` (evaluate/batched.py:
@@ -41,6 +41,13 @@ times the decode steps the completion tokens need). The levers:
 - continuous:  a finished row's slot refilled at once with the next prompt (evaluate/continuous.py).
 
 Greedy outputs are compared token for token with the engine before the levers.
+
+With `--arms` it measures the baseline stage's generated arms instead: the zero-shot and few-shot prompts, each
+free (JSON loop guard on) and constrained to the demo contract's JSON Schema, greedy + 3 samples at temperature
+0.7 per prompt, answered three ways: "before" (static batches, greedy and samples in two calls, a call per arm),
+"per arm" (the levers, a `generate_with_samples` call per arm) and "together" (`generate_arms`: the arms that
+share their prefix in one continuously refilled batch, each distinct prompt prefilled once, up to
+`arm_rows` rows). Greedy outputs are compared token for token with "before", samples with "per arm".
 """
 
 from __future__ import annotations
@@ -72,6 +79,9 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice, one per core)")
     parser.add_argument("--levers", action="store_true", help="measure each engine lever (see above)")
+    parser.add_argument(
+        "--arms", action="store_true", help="measure the prompted arms answered together (see above)"
+    )
     args = parser.parse_args()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = sorted(set(cases) - set(CASES))
@@ -145,6 +155,8 @@ def main() -> int:
     for engine in engines.values():
         engine.generate(zero[:2], max_new_tokens=2, constraint=constraint)
 
+    if args.arms:
+        return measure_arms(model, tokenizer, zero, few, constraint, max_new, args.reps, args.json)
     if args.levers:
         shapes = {"zero-shot": zero, "few-shot": few}
         named = [c for c in cases if c in shapes] if args.cases != ",".join(CASES[:4]) else list(shapes)
@@ -328,6 +340,65 @@ def measure_levers(
         results[shape] = {"configs": rows, "bound": bound}
     if out:
         out.write_text(json.dumps({"max_new_tokens": max_new, "levers": results}, indent=2))
+    return 0
+
+
+def measure_arms(
+    model, tokenizer, zero: list, few: list, constraint, max_new: int, reps: int, out: Path | None
+) -> int:
+    """The baseline stage's generated arms three ways (module docstring), interleaved `reps` rounds."""
+    from tunewise.evaluate.engine import ArmRequest, LocalEngine
+
+    arms = {
+        "zero-shot": ArmRequest(zero, json_guard=True),
+        "zero-shot+constrained": ArmRequest(zero, constraint=constraint),
+        "few-shot": ArmRequest(few, json_guard=True),
+        "few-shot+constrained": ArmRequest(few, constraint=constraint),
+    }
+    ways = {"before": (False, False, False), "per arm": (True, True, False), "together": (True, True, True)}
+
+    def run(way: str) -> list:
+        engine = LocalEngine(model, tokenizer)  # evaluation's engine, with its default limits
+        engine.continuous, engine.one_prefill, engine.merge_arms = ways[way]
+        return engine.generate_arms(
+            list(arms.values()), SAMPLES, temperature=TEMPERATURE, seed=0, max_new_tokens=max_new
+        )
+
+    print(
+        f"# arms: {', '.join(arms)}; {len(zero)} prompts each, greedy + {SAMPLES} samples (temperature "
+        f"{TEMPERATURE}), max_new_tokens {max_new}, fp32, {torch_threads()} threads; load average at start: "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    )
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    outputs: dict[str, list] = {}
+    for rep in range(reps):
+        for way in list(ways) if rep % 2 == 0 else list(ways)[::-1]:
+            print(f"arms: {way}, round {rep + 1}/{reps}...", file=sys.stderr)
+            start = time.perf_counter()
+            outputs[way] = run(way)
+            times[way].append(time.perf_counter() - start)
+    rows = {}
+    for way in ways:
+        greedy = [g for answers, _ in outputs[way] for g in answers]
+        drawn = [g for _, samples in outputs[way] for row in samples for g in row]
+        before = [g for answers, _ in outputs["before"] for g in answers]
+        per_arm = [g for _, samples in outputs["per arm"] for row in samples for g in row]
+        tokens = sum(g.completion_tokens for g in greedy + drawn)
+        best = min(times[way])
+        same = sum(a.token_ids == b.token_ids for a, b in zip(greedy, before, strict=True))
+        same_samples = sum(a.token_ids == b.token_ids for a, b in zip(drawn, per_arm, strict=True))
+        rows[way] = {
+            "seconds": times[way], "best_s": best, "tokens": tokens, "tokens_per_s": tokens / best,
+            "greedy_identical_to_before": same, "samples_identical_to_per_arm": same_samples,
+            "greedy": len(greedy), "samples": len(drawn),
+        }  # fmt: skip
+        print(
+            f"  {way:9s} best {best:6.1f} s (runs {', '.join(f'{t:.1f}' for t in times[way])})  {tokens} tokens "
+            f"= {tokens / best:6.1f} tokens/s  greedy = before's: {same}/{len(greedy)}  samples = per arm's: "
+            f"{same_samples}/{len(drawn)}  x{min(times['before']) / best:.2f} vs before"
+        )
+    if out:
+        out.write_text(json.dumps({"max_new_tokens": max_new, "arms": rows}, indent=2))
     return 0
 
 

@@ -6,8 +6,9 @@
     .venv/bin/python bench/quality.py --datasets restaurant8k --limit 20 --until baseline --levers off
 
 `--until baseline` runs the stages up to the baseline only (the prompted arms), each forced to run again;
-`--levers off` evaluates with the generation engine as it was before its last two levers (static batches,
-the greedy answers and the consistency samples in two calls), to measure the baseline stage before and after.
+`--levers off` evaluates with the generation engine as it was before its last three levers (static batches,
+the greedy answers and the consistency samples in two calls, a call per arm), to measure the baseline stage
+before and after.
 
 For each dataset it writes a project under bench/out/quality/<name>/ (the spec, with the instruction the
 dataset's SOURCE.md suggests as the system prompt), runs `tunewise run` on it, and prints every arm's strict and
@@ -316,7 +317,7 @@ def main() -> int:
         "--levers",
         choices=("on", "off"),
         default="on",
-        help="the engine's continuous batching and one prefill",
+        help="the engine's continuous batching, one prefill and arms answered together",
     )
     parser.add_argument(
         "--set",
@@ -337,7 +338,7 @@ def main() -> int:
     if args.levers == "off":
         from tunewise.evaluate.engine import LocalEngine
 
-        LocalEngine.continuous = LocalEngine.one_prefill = False
+        LocalEngine.continuous = LocalEngine.one_prefill = LocalEngine.merge_arms = False
     rows = []
     for name in names:
         folder = args.out / name

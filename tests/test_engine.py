@@ -304,9 +304,9 @@ def test_greedy_and_samples_share_one_prefill(tiny):
 
 @pytest.mark.embedded
 def test_embedded_model_levers_keep_greedy_outputs(shared_datasets):
-    """The real SmolLM2-135M (fp32) on restaurant8k prompts: continuous batching with slots refilled, and the
-    greedy row decoded beside the consistency samples from one prefill, give the static engine's greedy
-    answers token for token."""
+    """The real SmolLM2-135M (fp32) on restaurant8k prompts: continuous batching with slots refilled, the
+    greedy row decoded beside the consistency samples from one prefill, and a free and a constrained arm
+    answered together, give the static engine's greedy answers (and each arm's own) token for token."""
     import json
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -334,6 +334,121 @@ def test_embedded_model_levers_keep_greedy_outputs(shared_datasets):
     assert [g.token_ids for g in answers] == [g.token_ids for g in reference]
     assert all(len(s) == 2 for s in samples)
     assert all(g.text.strip() for g in answers)  # the trained model answers in words
+    # The free arm and its JSON-constrained variant answered together: each arm's own answers and samples.
+    from tunewise.evaluate.constrain import Constraint
+    from tunewise.evaluate.engine import ArmRequest
+
+    schema = {"type": "object", "properties": {k: {"type": "string"} for k in ("date", "time", "people")}}
+    constrained = engine.generate_with_samples(
+        chats, 2, seed=0, max_new_tokens=24, constraint=Constraint("json", schema)
+    )
+    together = engine.generate_arms(
+        [ArmRequest(chats, json_guard=True), ArmRequest(chats, Constraint("json", schema))],
+        2,
+        seed=0,
+        max_new_tokens=24,
+    )
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    assert [g.token_ids for g in together[0][0]] == [g.token_ids for g in reference]
+    assert ids(together[0][1]) == ids(samples)
+    assert [g.token_ids for g in together[1][0]] == [g.token_ids for g in constrained[0]]
+    assert ids(together[1][1]) == ids(constrained[1])
+
+
+FEW_SHOT = "Examples. Where is my card? card_arrival. Declined transfer again! declined_transfer. " * 3
+
+
+def test_arms_answered_together_give_each_arms_outputs(tiny):
+    """generate_arms(): a free arm, its constrained variant (same prompts) and a guarded arm with other prompts
+    that share the system prompt are answered by one generate() call, each distinct prompt prefilled once, with
+    the greedy answers and samples that generate_with_samples() gives each arm alone. An arm whose few-shot block
+    would be lost to the shared prefix gets a call of its own."""
+    from tunewise.evaluate.constrain import Constraint
+    from tunewise.evaluate.engine import ArmRequest
+
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer)
+    regex = Constraint("regex", pattern="[a-z_]{1,12}")
+    shot = [[{"role": "system", "content": SYSTEM + " " + FEW_SHOT}, c[1]] for c in CHATS[:3]]
+    arms = [
+        ArmRequest(CHATS[:4]),
+        ArmRequest(CHATS[:4], constraint=regex),
+        ArmRequest(CHATS[3:], json_guard=True),
+        ArmRequest(shot),
+    ]
+    alone = [engine.generate_with_samples(a.prompts, 2, 1.0, 3, 6, a.constraint, a.json_guard) for a in arms]
+    seen, handle = _prefill_rows(model)
+    calls = []
+    engine.progress = lambda done, tokens: calls.append((done, tokens))
+    try:
+        together = engine.generate_arms(arms, 2, temperature=1.0, seed=3, max_new_tokens=6)
+    finally:
+        handle.remove()
+        engine.progress = None
+    # Progress counts on across the two calls: every row of every arm, never going back.
+    flat = [g for answers, samples in together for g in answers + [x for s in samples for x in s]]
+    assert (
+        calls[-1] == (len(flat), sum(g.completion_tokens for g in flat)) == (42, calls[-1][1])
+    )  # 14 prompts x 3 rows
+    assert calls == sorted(calls)
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    for (answers, samples), (want, want_samples) in zip(together, alone, strict=True):
+        assert [g.token_ids for g in answers] == [g.token_ids for g in want]
+        assert ids(samples) == ids(want_samples)
+    assert all(len(s) == 2 for _, samples in together for s in samples)
+    assert all(len(g.text) <= 12 and g.text.replace("_", "").isalpha() for g in together[1][0])
+    # First call: the system prompt, then the 6 distinct prompts of arms 0-2 (CHATS[:4] asked by two arms, and
+    # CHATS[3] by all three), admitted together as 18 rows x 3 copies fit one batch. Second: the few-shot arm.
+    assert seen["prefill"] == [1, 6, 1, 3]
+    assert engine._arm_groups([[engine.encode(c) for c in a.prompts] for a in arms]) == [[0, 1, 2], [3]]
+    engine.merge_arms = False
+    apart = engine.generate_arms(arms, 2, temperature=1.0, seed=3, max_new_tokens=6)
+    assert [ids([a]) for a, _ in apart] == [ids([a]) for a, _ in together]
+    engine.merge_arms = True
+    greedy = engine.generate_arms(arms[:2], 1, max_new_tokens=6)  # n < 2: greedy answers only
+    assert [g.token_ids for g in greedy[0][0]] == [g.token_ids for g in alone[0][0]]
+    assert greedy[1][1] == [[], [], [], []]
+    assert engine.generate_arms([ArmRequest([]), ArmRequest([])], 2)[0] == ([], [])  # no prompts, no answers
+
+
+def test_arms_batch_rows_fill_a_cache_budget(tiny):
+    """generate_arms() batches up to `arm_rows` rows, as many as the keys and values of the longest prompt plus
+    twice max_new_tokens fit in `arm_cache_bytes`, never fewer than the engine's own limits; its answers are
+    those of smaller batches."""
+    from tunewise.evaluate.engine import ArmRequest
+
+    model, tokenizer = tiny
+    engine = LocalEngine(model, tokenizer, max_batch_size=4)
+    # The tiny Llama: 2 layers x (keys, values) x 2 kv heads x 16 dims x 4 bytes = 512 bytes per cache column.
+    prompts = [[7] * 100, [8] * 60]
+    per_row = 512 * (100 + 2 * 10)
+    engine.arm_cache_bytes = per_row * 40
+    assert engine._arm_batch_rows(prompts, 10) == 40
+    engine.arm_rows = 24
+    assert engine._arm_batch_rows(prompts, 10) == 24
+    engine.arm_cache_bytes = per_row * 2
+    assert engine._arm_batch_rows(prompts, 10) == 4  # the engine's own max_batch_size
+    engine.max_batch_tokens = 300
+    assert engine._arm_batch_rows(prompts, 10) == 3  # its own token limit: 300 // 100
+
+    engine = LocalEngine(model, tokenizer, max_batch_size=4)
+    arms = [ArmRequest(CHATS[:4]), ArmRequest(CHATS[2:6], json_guard=True)]
+    small = engine.generate_arms(arms, 2, temperature=1.0, seed=1, max_new_tokens=5)
+    engine.arm_rows = 64
+    engine.arm_cache_bytes = 1 << 30
+    widest = []
+    record = lambda module, args, kwargs: widest.append(kwargs["input_ids"].shape[0])  # noqa: E731
+    handle = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        wide = engine.generate_arms(arms, 2, temperature=1.0, seed=1, max_new_tokens=5)
+    finally:
+        handle.remove()
+    assert max(widest) == 24  # all rows (2 arms x 4 prompts x 3) decoded together, not 4 at a time
+    assert (engine.max_batch_size, engine.max_batch_tokens) == (4, 8192)  # the engine's limits restored
+    ids = lambda runs: [[g.token_ids for g in per] for per in runs]  # noqa: E731
+    for (answers, samples), (want, want_samples) in zip(wide, small, strict=True):
+        assert [g.token_ids for g in answers] == [g.token_ids for g in want]
+        assert ids(samples) == ids(want_samples)
 
 
 @pytest.mark.parametrize("continuous", [True, False])

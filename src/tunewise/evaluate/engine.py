@@ -32,7 +32,9 @@ Steps 3 and 6 describe static batches (`continuous = False`). By default (`conti
 refilled instead: a row that finishes hands its slot to the next waiting prompt in the same step, prefilled on
 its own and copied into the batch's cache (evaluate/continuous.py), so the batch stays full while prompts wait.
 `generate_with_samples()` asks each prompt n + 1 times (the greedy row and its consistency samples), which the
-merging of identical prompts prefills once. docs/engine.md lists the levers and their switches.
+merging of identical prompts prefills once; `generate_arms()` does so for several arms in one call, so a prompt
+two arms ask is prefilled once and one batch serves all their rows. docs/engine.md lists the levers and their
+switches.
 
 Why not transformers' own batched `model.generate` either (evaluate/batched.py: left-padded batches, the grammar
 and the loop guard as logits processors, identical greedy outputs): on the demo's prompts with the embedded
@@ -94,6 +96,16 @@ class Generation:
     # With `generate(params=...)` a stop string also gives "stop"; an `on_token` callback's abort gives "abort".
     rewinds: int = 0  # times the JSON loop guard took the row back (evaluate/loopguard.py)
     refusals: int = 0  # tokens the JSON guard refused (a "," in a sealed container, a mismatched bracket)
+
+
+@dataclass(frozen=True)
+class ArmRequest:
+    """One arm's prompts for `LocalEngine.generate_arms`: decoded under `constraint` (None: free), its free rows
+    under the JSON loop guard when `json_guard`."""
+
+    prompts: Sequence[Prompt]
+    constraint: Constraint | None = None
+    json_guard: bool = False
 
 
 @dataclass(frozen=True)
@@ -164,6 +176,18 @@ class LocalEngine:
     # answer generate_with_samples() (the greedy answer and the consistency samples) from one prefill per prompt,
     # rather than a generate() call and a sample() call.
     one_prefill = True
+    # answer the arms of generate_arms() whose prompts share their prefix from one generate() call, rather than a
+    # call per arm: a prompt two arms ask (a free arm and its constrained variant) is prefilled once, and one
+    # batch serves them all, so its slots stay full until the last arm's last rows instead of draining per arm.
+    merge_arms = True
+    # Arms share a call only when that leaves each within this many tokens of the prefix its prompts share (the
+    # rest of a longer prefix, a few-shot block, would be prefilled again for every prompt).
+    _max_prefix_loss = 32
+    # Rows of a generate_arms() batch: a decode step's cost grows slower than its rows (on a 2-core EPYC, one
+    # thread, 300 cache columns: 219 ms for 32 rows, 357 ms for 64), so up to `arm_rows` rows, as many as the
+    # keys and values of their prompts and answers fit in `arm_cache_bytes`.
+    arm_rows = 64
+    arm_cache_bytes = 2 * 2**30
 
     def __init__(
         self,
@@ -438,6 +462,115 @@ class LocalEngine:
         rows = [flat[i * (n + 1) : (i + 1) * (n + 1)] for i in range(len(prompts))]
         return [row[0] for row in rows], [row[1:] for row in rows]
 
+    def generate_arms(
+        self,
+        arms: Sequence[ArmRequest],
+        n: int,
+        temperature: float = 0.7,
+        seed: int = 0,
+        max_new_tokens: int = 64,
+    ) -> list[tuple[list[Generation], list[list[Generation]]]]:
+        """Each arm's `generate_with_samples(arm.prompts, n, ...)`: its greedy answers and, for n >= 2, its n
+        consistency samples per prompt, with the same seeds, so the same outputs.
+
+        With `merge_arms` (and `one_prefill`), arms whose prompts share their prefix (within `_max_prefix_loss`
+        tokens of each arm's own) are answered by one generate() call: one continuously refilled batch for all
+        their rows, each distinct prompt prefilled once however many arms ask it. Otherwise a call per arm.
+        """
+        if n >= 2 and temperature <= 0:
+            raise TunewiseError(
+                "sampling needs temperature > 0 (temperature 0 is greedy: n identical outputs)"
+            )
+        if not (self.merge_arms and self.one_prefill) or len(arms) < 2:
+            return [
+                self.generate_with_samples(
+                    a.prompts, n, temperature, seed, max_new_tokens, a.constraint, a.json_guard
+                )
+                for a in arms
+            ]
+        copies = n + 1 if n >= 2 else 1  # rows per prompt: the greedy one, then the samples
+        encoded = [[self.encode(p) for p in a.prompts] for a in arms]
+        results: list[tuple[list[Generation], list[list[Generation]]]] = [([], []) for _ in arms]
+        # `progress` counts the rows and tokens of one generate() call: those of the earlier groups are added.
+        report, before = self.progress, [0, 0]
+        for group in self._arm_groups([[x for x in ids for _ in range(copies)] for ids in encoded]):
+            prompts: list[list[int]] = []
+            params: list[SamplingParams] = []
+            constraints: list[Constraint | None] = []
+            guards: list[bool] = []
+            for a in group:
+                for i, ids in enumerate(encoded[a]):
+                    for j in range(copies):
+                        prompts.append(ids)
+                        params.append(
+                            SamplingParams(max_new_tokens=max_new_tokens)
+                            if j == 0
+                            else SamplingParams(
+                                max_new_tokens=max_new_tokens,
+                                temperature=temperature,
+                                seed=_sample_seed(seed, i, j),
+                            )
+                        )
+                        constraints.append(arms[a].constraint)
+                        guards.append(arms[a].json_guard)
+            if not prompts:  # arms without prompts: nothing to answer
+                continue
+            rows = self._arm_batch_rows(prompts, max_new_tokens)
+            saved = self.max_batch_size, self.max_batch_tokens
+            # The batch's rows, whatever the prompts' widths: generate() cuts batches by both limits.
+            self.max_batch_size, self.max_batch_tokens = rows, rows * max(len(x) for x in prompts)
+            if report is not None:
+                self.progress = lambda done, tokens: report(before[0] + done, before[1] + tokens)
+            try:
+                flat = self.generate(
+                    prompts,
+                    params=params,
+                    constraint=constraints if any(constraints) else None,
+                    json_guard=guards,
+                )
+            finally:
+                self.max_batch_size, self.max_batch_tokens = saved
+                self.progress = report
+            before[0] += len(flat)
+            before[1] += sum(g.completion_tokens for g in flat)
+            at = 0
+            for a in group:
+                asked = [flat[at + k * copies : at + (k + 1) * copies] for k in range(len(encoded[a]))]
+                at += len(asked) * copies
+                results[a] = ([r[0] for r in asked], [r[1:] for r in asked])
+        return results
+
+    def _arm_batch_rows(self, prompts: list[list[int]], max_new_tokens: int) -> int:
+        """Rows of one generate_arms() batch: up to `arm_rows` while the caches of the rows (each the longest
+        prompt, its answer and as many spare columns) fit `arm_cache_bytes`; never fewer than the engine's own
+        limits give."""
+        config = self.model.config
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        width = self.model.get_output_embeddings().weight.element_size()
+        per_column = config.num_hidden_layers * 2 * heads * dim * width  # keys and values of every layer
+        longest = max(len(x) for x in prompts)
+        fit = self.arm_cache_bytes // (per_column * (longest + 2 * max_new_tokens))
+        own = min(self.max_batch_size, self.max_batch_tokens // longest)
+        return max(1, own, min(self.arm_rows, fit))
+
+    def _arm_groups(self, arms: list[list[list[int]]]) -> list[list[int]]:
+        """Arm indices grouped into generate() calls (`arms[a]`: the token ids of arm a's rows): an arm joins the
+        first group where the prefix shared by all the rows, its own included, is within `_max_prefix_loss`
+        tokens of every member's own shared prefix."""
+        own = [_common_prefix(ids) if len(ids) > 1 else 0 for ids in arms]
+        own = [k if k >= self.min_shared_prefix else 0 for k in own]  # below it nothing is shared anyway
+        groups: list[list[int]] = []
+        for a, ids in enumerate(arms):
+            for members in groups if ids else []:
+                union = _common_prefix([x for m in members for x in arms[m]] + ids)
+                if all(own[m] - union <= self._max_prefix_loss for m in [*members, a]):
+                    members.append(a)
+                    break
+            else:
+                groups.append([a])
+        return groups
+
     # --- label scoring ------------------------------------------------------------------------------------
 
     def score_labels(
@@ -681,12 +814,8 @@ class LocalEngine:
         """Longest token prefix common to all prompts, run once; (length, cache, seconds), or (0, None, 0)."""
         import torch
 
-        # Leave every prompt at least one token of its own: the prefill must produce each row's next logits.
-        limit = min(len(x) for x in ids) - 1
+        n = _common_prefix(ids)
         first = ids[0]
-        n = 0
-        while n < limit and all(x[n] == first[n] for x in ids):
-            n += 1
         if len(ids) < 2 or n < self.min_shared_prefix:
             return 0, None, 0.0
         start = time.perf_counter()
@@ -924,6 +1053,21 @@ class LocalEngine:
         elapsed = time.perf_counter() - since
         for i in rows:
             spent[i] += elapsed / len(rows)
+
+
+def _common_prefix(ids: Sequence[Sequence[int]]) -> int:
+    """Tokens at the start of every prompt of `ids`, leaving each at least one of its own (a prefill must give
+    every row its next logits).
+
+    >>> _common_prefix([[1, 2, 3, 4], [1, 2, 5]]), _common_prefix([[1, 2, 3], [1, 2, 3]])
+    (2, 2)
+    """
+    limit = min(len(x) for x in ids) - 1
+    first = ids[0]
+    n = 0
+    while n < limit and all(x[n] == first[n] for x in ids):
+        n += 1
+    return n
 
 
 def _sample_seed(seed: int, prompt: int, sample: int) -> int:

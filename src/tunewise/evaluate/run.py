@@ -185,7 +185,7 @@ def run_evaluation(
     `fine_tuned_run`). `retriever` (a `tunewise.rag.passages.Retriever`) serves the rag arms; None opens the
     spec's knowledge index. `progress` (a `tunewise.pipeline.progress.NullProgress`) gets each generated
     arm's rows answered, tokens/s and time left."""
-    from tunewise.evaluate.engine import LocalEngine
+    from tunewise.evaluate.engine import ArmRequest, LocalEngine
     from tunewise.evaluate.knowledge import (
         PassageCache,
         meta_for,
@@ -271,6 +271,7 @@ def run_evaluation(
         run_id, run_dir = run.id, run.path
         base_engine = None
         tuned: dict[str, tuple[Any, str, Any]] = {}  # run -> (engine, run id, its retrieval): loaded once
+        jobs: list[_Job] = []  # the arms to answer, in order, each with its engine and prompts
         for name in arms:
             # `few-shot+scored` is the few-shot prompt, answered by label scoring (see the module docstring).
             arm, variant = (name, None) if name in endpoints else split_arm(name)
@@ -326,24 +327,65 @@ def run_evaluation(
                     "top_k": cache.k,
                     "retriever": spec.knowledge.retriever if spec.knowledge is not None else None,
                 }
-            if variant == SCORED:
-                how = spec.evaluation.label_scoring
-                say(f"{name}: {len(prompts)} prompts, {len(labels)} labels ranked by likelihood ({how})")
-                answers, samples = _score_arm(
-                    engine, prompts, labels, n_samples, spec.evaluation.temperature, seed, how == "mean"
-                )
-            else:
-                say(
-                    f"{name}: {len(prompts)} prompts, greedy"
-                    + (f" + {n_samples} samples each" if n_samples > 1 else "")
-                    + (f", decoding constrained to the contract's {constraint.kind}" if variant else "")
-                )
+            limit_to: dict[str, Any] = {}
+            if variant != SCORED:
                 limit_to = {"constraint": constraint} if variant == CONSTRAINED else {}
                 # Free local decoding only: a grammar state cannot rewind, an endpoint is not ours to steer.
                 guarded = spec.evaluation.json_guard and spec.contract.type == "json" and variant is None
                 if guarded and arm not in endpoints:
                     limit_to["json_guard"] = True
                 arm_info[name]["json_guard"] = guarded and arm not in endpoints
+            jobs.append(_Job(name, arm, variant, engine, prompts, found, limit_to))
+
+        # The generated arms of each local engine are answered together (LocalEngine.generate_arms): a prompt
+        # asked by an arm and its constrained variant is prefilled once, and one batch serves all their rows.
+        answered: dict[str, tuple[list[Any], list[list[Any]]]] = {}
+        together: dict[int, list[_Job]] = {}
+        for job in jobs:
+            if job.variant != SCORED and hasattr(job.engine, "generate_arms"):
+                together.setdefault(id(job.engine), []).append(job)
+        for group in together.values():
+            engine = group[0].engine
+            for job in group:
+                say(_generating(job, n_samples, constraint))
+            if progress is not None:
+                from tunewise.pipeline.progress import ArmMeter
+
+                rows = sum(len(job.prompts) for job in group) * (1 + n_samples * (n_samples > 1))
+                engine.progress = ArmMeter(progress, ", ".join(job.name for job in group), rows)
+            try:
+                results = engine.generate_arms(
+                    [
+                        ArmRequest(
+                            job.prompts,
+                            job.limit_to.get("constraint"),
+                            job.limit_to.get("json_guard", False),
+                        )
+                        for job in group
+                    ],
+                    n_samples,
+                    temperature=spec.evaluation.temperature,
+                    seed=seed,
+                    max_new_tokens=max_new,
+                )
+            finally:
+                engine.progress = None
+            answered.update({job.name: result for job, result in zip(group, results, strict=True)})
+
+        for job in jobs:
+            name, arm, variant, engine, prompts, found, limit_to = (
+                job.name, job.arm, job.variant, job.engine, job.prompts, job.found, job.limit_to
+            )  # fmt: skip
+            if name in answered:
+                answers, samples = answered[name]
+            elif variant == SCORED:
+                how = spec.evaluation.label_scoring
+                say(f"{name}: {len(prompts)} prompts, {len(labels)} labels ranked by likelihood ({how})")
+                answers, samples = _score_arm(
+                    engine, prompts, labels, n_samples, spec.evaluation.temperature, seed, how == "mean"
+                )
+            else:
+                say(_generating(job, n_samples, constraint))
                 if progress is not None and hasattr(engine, "progress"):
                     from tunewise.pipeline.progress import ArmMeter
 
@@ -434,6 +476,29 @@ def run_evaluation(
         record.figures = eval_figures(summary)
         store.log_calls(run, calls)
     return EvalResult(run_id, run_dir, summary, records)
+
+
+@dataclass
+class _Job:
+    """One arm to answer: its name, base arm and variant, the engine that answers it, its prompts, the passages
+    retrieved for each (rag arms), and how its generated answers are decoded (constraint, json_guard)."""
+
+    name: str
+    arm: str
+    variant: str | None
+    engine: Any
+    prompts: list
+    found: list[list[Any]]
+    limit_to: dict[str, Any]
+
+
+def _generating(job: _Job, n_samples: int, constraint: Any) -> str:
+    """The line that says how an arm is generated."""
+    return (
+        f"{job.name}: {len(job.prompts)} prompts, greedy"
+        + (f" + {n_samples} samples each" if n_samples > 1 else "")
+        + (f", decoding constrained to the contract's {constraint.kind}" if job.variant else "")
+    )
 
 
 @dataclass(frozen=True)
