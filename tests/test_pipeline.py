@@ -224,6 +224,26 @@ def test_the_economics_line_names_the_cheapest_option_among_arms_that_meet_the_b
     assert cheapest_meeting_bars(report, ready) == (
         "cheapest at 500 queries/day among the options that meet the quality bars: fine-tuned @ together"
     )
+    # Only rag+fine-tuned (a fine-tuned kind) meets the bars: the closed-book fine-tuned arm, which misses them,
+    # is not named for its kind's sake.
+    knowledge = EvalSummary(
+        n_examples=34,
+        arms=[
+            arm("zero-shot", "prompted", 0.0, 0.0),
+            arm("fine-tuned", "fine-tuned", 0.0, 0.0),
+            arm("rag+fine-tuned", "fine-tuned", 1.0, 1.0),
+        ],
+    )
+    assert (
+        cheapest_meeting_bars(report, knowledge)
+        == "cheapest at 500 queries/day: none named, no option meets the quality bars"
+    )
+    # With the arms named otherwise, the given costs are priced for their kinds.
+    named = EvalSummary(
+        n_examples=50,
+        arms=[arm("zero-shot", "prompted", 0.0, 0.0), arm("fine-tuned:run-1", "fine-tuned", 0.9, 0.97)],
+    )
+    assert cheapest_meeting_bars(report, named).endswith("the quality bars: fine-tuned @ together")
 
 
 def test_run_prints_the_verdicts_sentence_then_its_rules(project: Project, run_cli, monkeypatch, tmp_path):

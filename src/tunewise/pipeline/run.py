@@ -84,8 +84,11 @@ def cheapest_meeting_bars(report: Any, summary: EvalSummary) -> str:
     from tunewise.decide.verdict import meets_bars
 
     met = [a for a in summary.arms if meets_bars(a.model_dump())]
-    # Options priced from given per-query costs are named for the kind of arm ("prompted", "fine-tuned").
-    passing = {a.name for a in met} | {"fine-tuned" if a.kind == "fine-tuned" else "prompted" for a in met}
+    # Options priced from given per-query costs are named for the kind of arm ("prompted", "fine-tuned"); a name
+    # that is also an evaluated arm's (the closed-book "fine-tuned") is that arm, whatever its kind's others did.
+    evaluated = {a.name for a in summary.arms}
+    kinds = {"fine-tuned" if a.kind == "fine-tuned" else "prompted" for a in met}
+    passing = {a.name for a in met} | (kinds - evaluated)
     arm_of = {o.name: o.arm for o in report.options}
     q = report.queries_per_day
     eligible = [m for m in report.monthly if arm_of.get(m.option) in passing]
