@@ -116,8 +116,7 @@ def run_judge(
         raise TunewiseError(
             f"evaluation {run.id} has no arm {', '.join(missing)}", hint=f"its arms: {', '.join(by_arm)}"
         )
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         done = {
             r[0]
             for r in registry.conn.execute(
@@ -126,8 +125,6 @@ def run_judge(
                 (run.id, a, b, judge_name),
             )
         }
-    finally:
-        registry.close()
     ids = [i for i in by_arm[a] if i in by_arm[b] and i not in done]
     rubric = rubric or default_rubric(task)
     prompts = []
@@ -172,8 +169,7 @@ def run_judge(
             calls.append(
                 ModelCall(f"judge:{judge_name}", i, n, g.prompt_tokens, g.completion_tokens, g.latency_ms)
             )
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         with registry.transaction() as conn:
             # An unjudged pair from an earlier run is replaced; a judged one was never asked again.
             conn.executemany(
@@ -186,8 +182,6 @@ def run_judge(
                 " prompt_tokens, completion_tokens, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
-    finally:
-        registry.close()
     runs.log_calls(run, calls)
     if ids and len(unusable) == len(ids):
         example, text = unusable[0]

@@ -69,8 +69,7 @@ def project_cadence(project_path: str | Path, now: datetime | None = None) -> di
         from tunewise.spec import load_spec
 
         every = load_spec(project.spec_path).retrain_every_days
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         conn = registry.conn
         ids = {r[0] for r in conn.execute("SELECT run_id FROM model_aliases WHERE action = 'promote'")}
         ids |= {r[0] for r in conn.execute("SELECT candidate_run FROM retrain_decisions")}
@@ -78,8 +77,6 @@ def project_cadence(project_path: str | Path, now: datetime | None = None) -> di
             "SELECT id, created_at FROM runs WHERE kind IN ('train', 'job') AND status = 'succeeded'"
             " ORDER BY created_at DESC"
         ).fetchall()
-    finally:
-        registry.close()
     times = [r["created_at"] for r in rows if r["id"] in ids]
     if not times and rows:
         times = [rows[0]["created_at"]]

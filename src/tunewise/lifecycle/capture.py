@@ -83,8 +83,7 @@ def record(project: Project, exchange: Exchange, settings: CaptureSettings) -> s
     response, n = hook(exchange.response)
     masked += n
     row_id = "tr-" + uuid.uuid4().hex[:16]
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         with registry.transaction() as conn:
             conn.execute(
                 "INSERT INTO traffic (id, created_at, model, messages, response, latency_ms, prompt_tokens,"
@@ -103,8 +102,6 @@ def record(project: Project, exchange: Exchange, settings: CaptureSettings) -> s
                 ),
             )
             _retain(conn, exchange.model, settings)
-    finally:
-        registry.close()
     return row_id
 
 
@@ -134,11 +131,8 @@ def traffic(
             where.append(clause)
             args.append(value)
     sql = "SELECT * FROM traffic" + (" WHERE " + " AND ".join(where) if where else "")
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         rows = registry.conn.execute(sql + " ORDER BY created_at, id", args).fetchall()
-    finally:
-        registry.close()
     out = []
     for r in rows:
         d = dict(r)

@@ -471,11 +471,8 @@ def labelled_sample(project: Any, contract: Any, since: str | None = None) -> li
     from tunewise.lifecycle.lineage import parents
     from tunewise.lifecycle.traffic import LABELLED
 
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         found = [v for v in registry.dataset_versions() if v["name"] == LABELLED]
-    finally:
-        registry.close()
     found = [v for v in found if not since or v["created_at"] >= since]
     if not found:
         return None

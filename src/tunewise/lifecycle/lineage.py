@@ -18,8 +18,7 @@ from tunewise.registry.db import utc_now
 
 def add_lineage(project: Project, child: str, parent: str, relation: str, detail: dict[str, Any]) -> None:
     """Record that dataset version `child` was made from `parent` (kept once per pair)."""
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         with registry.transaction() as conn:
             exists = conn.execute(
                 "SELECT 1 FROM dataset_lineage WHERE child = ? AND parent = ?", (child, parent)
@@ -30,18 +29,13 @@ def add_lineage(project: Project, child: str, parent: str, relation: str, detail
                     " VALUES (?, ?, ?, ?, ?)",
                     (child, parent, relation, utc_now(), json.dumps(detail, ensure_ascii=False)),
                 )
-    finally:
-        registry.close()
 
 
 def parents(project: Project, version: str) -> list[dict[str, Any]]:
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         rows = registry.conn.execute(
             "SELECT * FROM dataset_lineage WHERE child = ? ORDER BY created_at, parent", (version,)
         ).fetchall()
-    finally:
-        registry.close()
     return [{**dict(r), "detail": json.loads(r["detail"])} for r in rows]
 
 
@@ -68,11 +62,8 @@ class Lineage:
 def _promotions(project: Project, model: str) -> list[dict[str, Any]]:
     from tunewise.registry.aliases import history
 
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         return list(history(registry, model))
-    finally:
-        registry.close()
 
 
 def lineage(project: Project, model: str) -> Lineage:
@@ -83,8 +74,7 @@ def lineage(project: Project, model: str) -> Lineage:
 
     out = Lineage(model)
     out.promotions = _promotions(project, model)
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         out.decisions = [
             {**dict(r), "figures": json.loads(r["figures"]), "promoted": bool(r["promoted"])}
             for r in registry.conn.execute(
@@ -93,8 +83,6 @@ def lineage(project: Project, model: str) -> Lineage:
         ]
         edges = [dict(r) for r in registry.conn.execute("SELECT * FROM dataset_lineage").fetchall()]
         versions = {v["id"]: v for v in registry.dataset_versions()}
-    finally:
-        registry.close()
     store = RunStore(project)
     named = [p.get("run_id") for p in out.promotions]
     named += [d[k] for d in out.decisions for k in ("current_run", "candidate_run")]

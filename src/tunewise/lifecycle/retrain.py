@@ -45,11 +45,8 @@ def current_model(project: Project, model: str) -> Current:
     from tunewise.registry.aliases import current
     from tunewise.registry.runs import RunStore
 
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         alias = current(registry, model)
-    finally:
-        registry.close()
     if alias is not None:
         return Current(alias["run_id"], f"alias {model}")
     runs = [r for r in RunStore(project).list(kind="train") if r.status == "succeeded"]
@@ -62,11 +59,8 @@ def current_model(project: Project, model: str) -> Current:
 
 
 def _version_path(project: Project, prefix: str) -> tuple[str, Path]:
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         v = registry.dataset_version(prefix)
-    finally:
-        registry.close()
     if v is None:
         raise TunewiseError(
             f"no single dataset version starts with '{prefix}'",
@@ -103,11 +97,8 @@ def labelled_version(project: Project, with_: str | None) -> tuple[str, Path]:
         return got.version, got.path
     if with_:
         return _version_path(project, with_)
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         found = [v for v in registry.dataset_versions() if v["name"] == LABELLED]
-    finally:
-        registry.close()
     if not found:
         raise TunewiseError(
             "no labelled traffic to retrain with",
@@ -265,11 +256,8 @@ def retrain(
     if decision.promote:
         from tunewise.registry.aliases import promote
 
-        registry = project.registry()
-        try:
+        with project.registry() as registry:
             promote(registry, model, candidate, by=by, reason=decision.why, verdict="fine-tune")
-        finally:
-            registry.close()
     return RetrainResult(
         model, cur.run_id, candidate, vid, decision, decision.promote, warnings, decision.lines()
     )
@@ -318,8 +306,7 @@ def _trainer(project: Project, say: Narrate) -> Callable[[Any], str]:
 def _record(
     project: Project, model: str, current: str, candidate: str, version: str, d: GateDecision
 ) -> None:
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         with registry.transaction() as conn:
             conn.execute(
                 "INSERT INTO retrain_decisions (id, created_at, model, current_run, candidate_run,"
@@ -336,5 +323,3 @@ def _record(
                     json.dumps(d.to_dict()),
                 ),
             )
-    finally:
-        registry.close()

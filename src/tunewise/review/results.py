@@ -84,15 +84,12 @@ def _reading(pref: dict[str, Any], a: str, b: str, who: str) -> str:
 def judgement_outcomes(project: Project, eval_run: str, a: str, b: str) -> dict[str, dict[str, Any]]:
     """The judge's outcomes on a pair, by example id, from the newest judge that judged it (either order of the
     pair's names: outcomes are turned to `a`'s point of view)."""
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         rows = registry.conn.execute(
             "SELECT * FROM judgements WHERE eval_run = ? AND ((arm_a = ? AND arm_b = ?) OR (arm_a = ? AND arm_b = ?))"
             " ORDER BY created_at",
             (eval_run, a, b, b, a),
         ).fetchall()
-    finally:
-        registry.close()
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         outcome = r["outcome"]
