@@ -89,6 +89,18 @@ def find_project(start: Path | None = None) -> Project:
     )
 
 
+def project_or_cwd(path: Path | None = None) -> Project:
+    """The project at `path` as given, else the one found upward from the working directory, else the working
+    directory itself: commands that need no spec (`serve`, `export`, `keys`) keep their state under
+    ./.tunewise there, as `tunewise train` does."""
+    if path is not None:
+        return Project(path.resolve())
+    try:
+        return find_project()
+    except TunewiseError:
+        return Project(Path.cwd())
+
+
 _SPEC_REGISTRY: dict[tuple[str, int, int], str | None] = {}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from tunewise.cli import app, err, out, print_json
+from tunewise.project import project_or_cwd
 
 PROMOTE_HELP = """Make `tunewise serve` answer the model name NAME with training run RUN (or a fine-tuning job's run).
 
@@ -26,18 +27,6 @@ Example: tunewise aliases support"""
 
 _PROJECT_HELP = "Project folder (default: found upward, else the current folder)."
 _BY_HELP = "Who makes the change, as recorded (default: the login name)."
-
-
-def _project(path: Path | None):
-    from tunewise.errors import TunewiseError
-    from tunewise.project import Project, find_project
-
-    if path is not None:
-        return Project(path.resolve())
-    try:
-        return find_project()
-    except TunewiseError:
-        return Project(Path.cwd())  # state under ./.tunewise, as `tunewise train` keeps it
 
 
 def _who(by: str | None) -> str:
@@ -66,13 +55,10 @@ def promote_command(
     from tunewise.registry import aliases
     from tunewise.registry.runs import RunStore
 
-    project = _project(project_dir)
+    project = project_or_cwd(project_dir)
     found = RunStore(project).get(run, kinds=aliases.PROMOTABLE_KINDS)
-    registry = project.registry()
-    try:
+    with project.registry() as registry:
         event = aliases.promote(registry, name, found.id, by=_who(by), reason=reason, force=force)
-    finally:
-        registry.close()
     if as_json:
         print_json(event)
         return
@@ -91,11 +77,8 @@ def rollback_command(
 ) -> None:
     from tunewise.registry import aliases
 
-    registry = _project(project_dir).registry()
-    try:
+    with project_or_cwd(project_dir).registry() as registry:
         event = aliases.rollback(registry, name, by=_who(by))
-    finally:
-        registry.close()
     if as_json:
         print_json(event)
         return
@@ -113,11 +96,8 @@ def aliases_command(
     from tunewise.errors import TunewiseError
     from tunewise.registry import aliases
 
-    registry = _project(project_dir).registry()
-    try:
+    with project_or_cwd(project_dir).registry() as registry:
         rows = aliases.history(registry, name) if name else aliases.list_aliases(registry)
-    finally:
-        registry.close()
     if as_json:
         print_json(rows)
         return
@@ -176,7 +156,7 @@ def export_command(
         min_agreement=min_agreement, template=template.read_text(encoding="utf-8") if template else None,
     )  # fmt: skip
     err.print(f"exporting {run} --to {to} into {out_dir} ...", highlight=False)
-    result = export(_project(project_dir), config)
+    result = export(project_or_cwd(project_dir), config)
     if as_json:
         print_json(result.info)
         return

@@ -9,20 +9,10 @@ import typer
 
 from tunewise.cli import app, err, out, print_json
 from tunewise.errors import TunewiseError
+from tunewise.project import project_or_cwd
 
 keys_app = typer.Typer(help="Create, list and revoke API keys for `tunewise serve`.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
-
-
-def _project(path: Path | None):
-    from tunewise.project import Project, find_project
-
-    if path is not None:
-        return Project(path.resolve())
-    try:
-        return find_project()
-    except TunewiseError:
-        return Project(Path.cwd())  # no spec: state under ./.tunewise, as `tunewise train` does
 
 
 def _adapters(values: list[str] | None) -> dict[str, str]:
@@ -176,7 +166,7 @@ def serve(
     check_auth(host, no_auth)
     import dataclasses
 
-    project = dataclasses.replace(_project(project_dir), registry_url=registry)
+    project = dataclasses.replace(project_or_cwd(project_dir), registry_url=registry)
     project.registry().close()  # reach the registry (and migrate it) before loading a model
     settings = ServeSettings(
         base=base,
@@ -328,7 +318,7 @@ def worker(
         )
     if name is not None and (not name.strip() or ":" in name):
         raise TunewiseError(f"--name {name!r} must be a non-empty name without ':'", hint="e.g. --name gpu-3")
-    project = dataclasses.replace(_project(project_dir), registry_url=registry)
+    project = dataclasses.replace(project_or_cwd(project_dir), registry_url=registry)
     project.registry().close()  # reach the registry (and migrate it) before waiting for work
     jobs = JobWorker(project, poll, host=name, heartbeat_s=heartbeat, stale_after_s=stale_after)
     location = project.registry_location()
@@ -357,7 +347,7 @@ def keys_create(
 ) -> None:
     from tunewise.serve.auth import create_key
 
-    row, key = create_key(_project(project_dir), name, admin=admin)
+    row, key = create_key(project_or_cwd(project_dir), name, admin=admin)
     if as_json:
         print_json({**row, "key": key})
         return
@@ -382,7 +372,7 @@ def keys_list(
 
     from tunewise.serve.auth import list_keys
 
-    rows = list_keys(_project(project_dir))
+    rows = list_keys(project_or_cwd(project_dir))
     if as_json:
         print_json(rows)
         return
@@ -415,7 +405,7 @@ def keys_revoke(
 ) -> None:
     from tunewise.serve.auth import revoke_key
 
-    row = revoke_key(_project(project_dir), key_id)
+    row = revoke_key(project_or_cwd(project_dir), key_id)
     out.print(
         f"key {row['id']} ({row['name']}, {row['prefix']}...) revoked at {row['revoked_at']}", highlight=False
     )
